@@ -1,0 +1,9 @@
+//! `palisade lab`: a cluster made of network namespaces on one machine, running the real agent
+//! logic and the real eBPF programs, probed cell by cell against conformance truth tables.
+
+pub mod case;
+pub mod netns;
+pub mod probe;
+pub mod serve;
+pub mod table;
+pub mod topology;

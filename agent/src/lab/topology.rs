@@ -1,0 +1,567 @@
+//! A cluster of network namespaces: nodes, and pods wired to their node the way Calico wires
+//! them, so the node is a router and every pod-to-pod packet crosses the node's host-side veth
+//! (where the dataplane's hooks sit).
+//!
+//! ```text
+//!  pod ns pal<PID>-p<N>                 node ns pal<PID>-<name>
+//!  eth0: 10.244.x.y/32, fd00:10:244::../128     pv<N>: 169.254.1.1/32, fe80::1/64
+//!  default via 169.254.1.1 / fe80::1  <──veth──>  10.244.x.y/32 dev pv<N> src <node addr>
+//!                                                node0 (dummy): 10.244.0.<index>/32
+//! ```
+//!
+//! Every netlink request is sent from a socket created inside the namespace it changes: one
+//! batch of requests is one [`NetNs::run`] with a private current-thread runtime.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use futures::TryStreamExt;
+use rtnetlink::{
+    Handle, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
+        link::{InfoData, InfoVeth},
+        route::RouteScope,
+    },
+};
+
+use super::netns::{LabError, NetNs, Result, clean_stale, run_prefix};
+
+/// The pods' gateway, as in Calico: the node answers for it on every host-side veth.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The IPv6 gateway, link-local on every host-side veth.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// Name of the interface holding the node's own addresses.
+pub const NODE_IFNAME: &str = "node0";
+/// Name of the pod side of its veth.
+pub const POD_IFNAME: &str = "eth0";
+
+/// Pod numbers are process-wide so that topologies living side by side (tests) never pick the
+/// same namespace name.
+static NEXT_POD: AtomicU32 = AtomicU32::new(1);
+
+/// A node: a namespace that routes between its pods. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    pub name: String,
+    pub index: u8,
+    pub netns: Arc<NetNs>,
+}
+
+impl NodeHandle {
+    /// The node's IPv4 address, `10.244.0.<index>`.
+    pub fn addr_v4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, 0, self.index)
+    }
+
+    /// The node's IPv6 address, `fd00:10:244::<index>`.
+    pub fn addr_v6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, u16::from(self.index))
+    }
+
+    /// The node's address of the same family as `ip`.
+    pub fn addr_like(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => self.addr_v4().into(),
+            IpAddr::V6(_) => self.addr_v6().into(),
+        }
+    }
+}
+
+/// A pod: its namespace and the host side of its veth. Cheap enough to clone.
+#[derive(Clone, Debug)]
+pub struct PodHandle {
+    pub key: String,
+    pub node: NodeHandle,
+    pub netns: Arc<NetNs>,
+    /// `pv<N>`, in the node's namespace.
+    pub host_ifname: String,
+    /// The ifindex of `host_ifname` in the node's namespace (where the dataplane attaches).
+    pub host_ifindex: u32,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Owns every namespace it creates and removes them all when dropped, pods before nodes.
+#[derive(Debug)]
+pub struct Topology {
+    prefix: String,
+    nodes: Vec<NodeHandle>,
+    pods: BTreeMap<String, PodHandle>,
+}
+
+impl Topology {
+    /// Starts an empty cluster, first removing namespaces left by crashed runs.
+    pub fn new() -> Result<Self> {
+        let removed = clean_stale()?;
+        if removed > 0 {
+            tracing::info!(removed, "removed stale lab network namespaces");
+        }
+        Ok(Topology {
+            prefix: run_prefix(),
+            nodes: Vec::new(),
+            pods: BTreeMap::new(),
+        })
+    }
+
+    pub fn nodes(&self) -> &[NodeHandle] {
+        &self.nodes
+    }
+
+    pub fn pod(&self, key: &str) -> Option<&PodHandle> {
+        self.pods.get(key)
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &PodHandle> {
+        self.pods.values()
+    }
+
+    /// Adds a node `pal<PID>-<name>` that forwards, has no reverse-path filter, and holds
+    /// `10.244.0.<index>/32` and `fd00:10:244::<index>/128` on a dummy interface.
+    pub fn add_node(&mut self, name: &str, index: u8) -> Result<NodeHandle> {
+        if index == 0 || index == 255 {
+            return Err(LabError::InvalidNodeIndex { index });
+        }
+        if self.nodes.iter().any(|node| node.name == name) {
+            return Err(LabError::DuplicateNode {
+                name: name.to_owned(),
+            });
+        }
+        // Dropped (and so removed) on any error below, until it is pushed to `self.nodes`.
+        let netns = Arc::new(NetNs::create(&format!("{}{name}", self.prefix))?);
+        let node = NodeHandle {
+            name: name.to_owned(),
+            index,
+            netns,
+        };
+        node.netns.sysctls(&[
+            ("net/ipv4/ip_forward", "1"),
+            ("net/ipv6/conf/all/forwarding", "1"),
+            // The effective rp_filter is max(all, device), and devices copy `default`, which a
+            // new namespace inherits from the host: clear both so forwarded pod traffic is kept.
+            ("net/ipv4/conf/all/rp_filter", "0"),
+            ("net/ipv4/conf/default/rp_filter", "0"),
+            // IPv6 addresses usable at once, including the veths' link-local ones.
+            ("net/ipv6/conf/all/accept_dad", "0"),
+            ("net/ipv6/conf/default/accept_dad", "0"),
+        ])?;
+        let (v4, v6) = (node.addr_v4(), node.addr_v6());
+        netlink(&node.netns, move |nl| async move {
+            nl.set_up_by_name("lo").await?;
+            nl.run(
+                format!("add dummy interface {NODE_IFNAME}"),
+                nl.handle
+                    .link()
+                    .add(LinkDummy::new(NODE_IFNAME).up().build())
+                    .execute(),
+            )
+            .await?;
+            let index = nl.index_of(NODE_IFNAME).await?;
+            nl.add_addr(index, v4.into(), 32).await?;
+            nl.add_addr(index, v6.into(), 128).await
+        })?;
+        self.nodes.push(node.clone());
+        tracing::debug!(node = name, netns = node.netns.name(), "added node");
+        Ok(node)
+    }
+
+    /// Adds a pod `pal<PID>-p<N>` on `node`, with `addrs` (/32 or /128 each) on its `eth0`.
+    pub fn add_pod(&mut self, node: &NodeHandle, key: &str, addrs: &[IpAddr]) -> Result<PodHandle> {
+        if self.pods.contains_key(key) {
+            return Err(LabError::DuplicatePod {
+                key: key.to_owned(),
+            });
+        }
+        let number = NEXT_POD.fetch_add(1, Ordering::Relaxed);
+        let netns = Arc::new(NetNs::create(&format!("{}p{number}", self.prefix))?);
+        // Before the veth arrives: its per-device settings are copied from `default`.
+        netns.sysctls(&[
+            ("net/ipv6/conf/all/accept_dad", "0"),
+            ("net/ipv6/conf/default/accept_dad", "0"),
+        ])?;
+        let host_ifname = format!("pv{number}");
+        let has_v4 = addrs.iter().any(IpAddr::is_ipv4);
+        let has_v6 = addrs.iter().any(IpAddr::is_ipv6);
+
+        // Node side: the veth (its peer born in the pod namespace as eth0), the gateway
+        // addresses, and a route per pod address.
+        let pod_fd = netns.fd()?;
+        let (ifname, pod_addrs, node_handle) = (host_ifname.clone(), addrs.to_vec(), node.clone());
+        let host_ifindex = netlink(&node.netns, move |nl| async move {
+            let peer = LinkMessageBuilder::<LinkUnspec>::new()
+                .name(POD_IFNAME.to_owned())
+                .setns_by_fd(pod_fd.as_raw_fd())
+                .build();
+            let veth = LinkVeth::new(&ifname, POD_IFNAME)
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .up()
+                .build();
+            let what = format!("add veth {ifname} (peer {POD_IFNAME} in the pod namespace)");
+            nl.run(what, nl.handle.link().add(veth).execute()).await?;
+            // The request is done; the pod namespace is held by its mount, not by this fd.
+            drop(pod_fd);
+            let index = nl.index_of(&ifname).await?;
+            if has_v4 {
+                nl.add_addr(index, GATEWAY_V4.into(), 32).await?;
+            }
+            if has_v6 {
+                nl.add_addr(index, GATEWAY_V6.into(), 64).await?;
+            }
+            for addr in pod_addrs {
+                nl.add_host_route(index, addr, Some(node_handle.addr_like(addr)))
+                    .await?;
+            }
+            Ok(index)
+        })?;
+
+        // Pod side: addresses on eth0, the gateway on-link, default routes through it.
+        let pod_addrs = addrs.to_vec();
+        netlink(&netns, move |nl| async move {
+            nl.set_up_by_name("lo").await?;
+            let eth0 = nl.set_up_by_name(POD_IFNAME).await?;
+            for &addr in &pod_addrs {
+                nl.add_addr(eth0, addr, if addr.is_ipv4() { 32 } else { 128 })
+                    .await?;
+            }
+            // The first address of each family is the pod's source address.
+            let v4 = pod_addrs.iter().find_map(|addr| match addr {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            });
+            let v6 = pod_addrs.iter().find_map(|addr| match addr {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
+            });
+            if let Some(src) = v4 {
+                nl.add_host_route(eth0, GATEWAY_V4.into(), None).await?;
+                nl.add_default_route_v4(eth0, src).await?;
+            }
+            if let Some(src) = v6 {
+                // fe80::1 is on-link through the /64 the kernel gives every link-local.
+                nl.add_default_route_v6(eth0, src).await?;
+            }
+            Ok(())
+        })?;
+
+        let pod = PodHandle {
+            key: key.to_owned(),
+            node: node.clone(),
+            netns,
+            host_ifname,
+            host_ifindex,
+            addrs: addrs.to_vec(),
+        };
+        self.pods.insert(key.to_owned(), pod.clone());
+        tracing::debug!(pod = key, node = %node.name, netns = pod.netns.name(), "added pod");
+        Ok(pod)
+    }
+
+    /// Removes a pod: its veth first (so its routes go at once, even while sockets of a server
+    /// still hold the pod namespace alive), then its namespace.
+    pub fn remove_pod(&mut self, key: &str) -> Result<()> {
+        let pod = self.pods.remove(key).ok_or_else(|| LabError::UnknownPod {
+            key: key.to_owned(),
+        })?;
+        let (index, ifname) = (pod.host_ifindex, pod.host_ifname.clone());
+        let unplugged = netlink(&pod.node.netns, move |nl| async move {
+            let what = format!("delete veth {ifname}");
+            nl.run(what, nl.handle.link().del(index).execute()).await
+        });
+        let removed = pod.netns.remove();
+        unplugged.and(removed)
+    }
+
+    /// Removes every namespace, pods first. Tries them all, then reports the first failure.
+    pub fn teardown(&mut self) -> Result<()> {
+        let pods = std::mem::take(&mut self.pods)
+            .into_values()
+            .map(|pod| pod.netns);
+        let nodes = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .map(|node| node.netns);
+        let mut first_error = None;
+        for netns in pods.chain(nodes) {
+            if let Err(error) = netns.remove() {
+                tracing::warn!(netns = netns.name(), error = ?error, "could not remove lab namespace");
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Topology {
+    /// Synchronous on purpose: it must run on every exit path, async or not, panics included.
+    fn drop(&mut self) {
+        // Failures were logged one by one in teardown.
+        let _ = self.teardown();
+    }
+}
+
+/// Runs one batch of netlink requests inside `netns`, on a connection opened there.
+fn netlink<T, F, Fut>(netns: &NetNs, batch: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Netlink) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+{
+    let ns = netns.name().to_owned();
+    netns.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|source| LabError::Io {
+                what: format!("network namespace {ns}: start a netlink runtime"),
+                source,
+            })?;
+        runtime.block_on(async move {
+            // Inside the runtime: the socket registers with its reactor when created.
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(|source| LabError::Io {
+                    what: format!("network namespace {ns}: open a netlink socket"),
+                    source,
+                })?;
+            let driver = tokio::spawn(connection);
+            let result = batch(Netlink { handle, ns }).await;
+            driver.abort();
+            result
+        })
+    })?
+}
+
+/// A netlink handle that knows its namespace, so every error says where it happened.
+struct Netlink {
+    handle: Handle,
+    ns: String,
+}
+
+impl Netlink {
+    async fn run<T>(
+        &self,
+        what: String,
+        request: impl Future<Output = std::result::Result<T, rtnetlink::Error>>,
+    ) -> Result<T> {
+        request.await.map_err(|source| LabError::Netlink {
+            what: format!("in {}: {what}", self.ns),
+            source,
+        })
+    }
+
+    async fn index_of(&self, ifname: &str) -> Result<u32> {
+        let what = format!("look up interface {ifname}");
+        let mut request = self.handle.link().get().match_name(ifname).execute();
+        let link = self.run(what, request.try_next()).await?;
+        link.map(|link| link.header.index)
+            .ok_or_else(|| LabError::NoSuchLink {
+                ns: self.ns.clone(),
+                ifname: ifname.to_owned(),
+            })
+    }
+
+    async fn set_up_by_name(&self, ifname: &str) -> Result<u32> {
+        let index = self.index_of(ifname).await?;
+        let request = self
+            .handle
+            .link()
+            .change(LinkUnspec::new_with_index(index).up().build())
+            .execute();
+        self.run(format!("set {ifname} up"), request).await?;
+        Ok(index)
+    }
+
+    /// Adds an address; IPv6 ones skip duplicate address detection so they work at once.
+    async fn add_addr(&self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
+        let mut request = self.handle.address().add(index, addr, prefix_len);
+        if addr.is_ipv6() {
+            let message = request.message_mut();
+            message.header.flags |= AddressHeaderFlags::Nodad;
+            message
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        let what = format!("add address {addr}/{prefix_len} on ifindex {index}");
+        self.run(what, request.execute()).await
+    }
+
+    /// `<dst>/32 (or /128) dev <index> [src <src>]`, on-link.
+    async fn add_host_route(&self, index: u32, dst: IpAddr, src: Option<IpAddr>) -> Result<()> {
+        let message = match dst {
+            IpAddr::V4(dst) => {
+                let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst, 32)
+                    .output_interface(index)
+                    .scope(RouteScope::Link);
+                if let Some(IpAddr::V4(src)) = src {
+                    builder = builder.pref_source(src);
+                }
+                builder.build()
+            }
+            IpAddr::V6(dst) => {
+                let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(dst, 128)
+                    .output_interface(index);
+                if let Some(IpAddr::V6(src)) = src {
+                    builder = builder.pref_source(src);
+                }
+                builder.build()
+            }
+        };
+        let what = format!("add route {dst} dev ifindex {index}");
+        self.run(what, self.handle.route().add(message).execute())
+            .await
+    }
+
+    /// `default via 169.254.1.1 dev <index> src <src>`.
+    async fn add_default_route_v4(&self, index: u32, src: Ipv4Addr) -> Result<()> {
+        let message = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(GATEWAY_V4)
+            .output_interface(index)
+            .pref_source(src)
+            .build();
+        let what = format!("add default route via {GATEWAY_V4} dev ifindex {index}");
+        self.run(what, self.handle.route().add(message).execute())
+            .await
+    }
+
+    /// `default via fe80::1 dev <index> src <src>`.
+    async fn add_default_route_v6(&self, index: u32, src: Ipv6Addr) -> Result<()> {
+        let message = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(GATEWAY_V6)
+            .output_interface(index)
+            .pref_source(src)
+            .build();
+        let what = format!("add default route via {GATEWAY_V6} dev ifindex {index}");
+        self.run(what, self.handle.route().add(message).execute())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+    use super::*;
+    use crate::lab::{
+        netns::require_root,
+        probe::{ProbeOutcome, probe},
+        serve::{Proto, serve},
+    };
+
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test addresses are valid")
+    }
+
+    #[tokio::test]
+    async fn pods_on_a_node_reach_each_other_until_one_is_removed() -> Result<()> {
+        require_root();
+        let mut topology = Topology::new()?;
+        let node = topology.add_node("topo-v4", 1)?;
+        let a = topology.add_pod(&node, "default/a", &[ip("10.244.77.10")])?;
+        let b = topology.add_pod(&node, "default/b", &[ip("10.244.77.11")])?;
+        assert_ne!(a.host_ifindex, b.host_ifindex);
+        let paths: Vec<PathBuf> = [&node.netns, &a.netns, &b.netns]
+            .iter()
+            .map(|ns| ns.path().to_owned())
+            .collect();
+        let _servers = serve(&b, &[(Proto::Tcp, 8080), (Proto::Udp, 5353)])?;
+        let b_at = |port| SocketAddr::new(b.addrs[0], port);
+
+        assert_eq!(
+            probe(&a, b_at(8080), Proto::Tcp, TIMEOUT).await,
+            ProbeOutcome::Connected
+        );
+        assert_eq!(
+            probe(&a, b_at(5353), Proto::Udp, TIMEOUT).await,
+            ProbeOutcome::Connected
+        );
+        assert_eq!(
+            probe(&a, b_at(8081), Proto::Tcp, TIMEOUT).await,
+            ProbeOutcome::Refused
+        );
+
+        topology.remove_pod("default/b")?;
+        assert!(!b.netns.path().exists());
+        assert!(topology.pod("default/b").is_none());
+        // The server still holds b's namespace alive: only the unplugged veth can stop this.
+        let after = probe(&a, b_at(8080), Proto::Tcp, TIMEOUT).await;
+        assert!(!after.succeeded(), "probe after removal: {after}");
+        assert!(matches!(
+            topology.remove_pod("default/b"),
+            Err(LabError::UnknownPod { .. })
+        ));
+
+        drop(topology);
+        for path in paths {
+            assert!(!path.exists(), "{} outlived its topology", path.display());
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn dual_stack_pods_reach_each_other_over_ipv6() -> Result<()> {
+        require_root();
+        let mut topology = Topology::new()?;
+        let node = topology.add_node("topo-v6", 2)?;
+        let a = topology.add_pod(
+            &node,
+            "default/a6",
+            &[ip("10.244.78.10"), ip("fd00:10:244:78::10")],
+        )?;
+        let b = topology.add_pod(
+            &node,
+            "default/b6",
+            &[ip("10.244.78.11"), ip("fd00:10:244:78::11")],
+        )?;
+        let servers = serve(
+            &b,
+            &[(Proto::Tcp, 8080), (Proto::Udp, 5353), (Proto::Sctp, 7777)],
+        )?;
+        assert_eq!(
+            servers.listening().len(),
+            4,
+            "TCP and UDP on v4 and v6, SCTP skipped"
+        );
+        for addr in &b.addrs {
+            let tcp = probe(&a, SocketAddr::new(*addr, 8080), Proto::Tcp, TIMEOUT).await;
+            let udp = probe(&a, SocketAddr::new(*addr, 5353), Proto::Udp, TIMEOUT).await;
+            assert_eq!(
+                (tcp, udp),
+                (ProbeOutcome::Connected, ProbeOutcome::Connected),
+                "to {addr}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn names_and_indexes_are_checked() -> Result<()> {
+        require_root();
+        let mut topology = Topology::new()?;
+        assert!(matches!(
+            topology.add_node("topo-bad", 0),
+            Err(LabError::InvalidNodeIndex { index: 0 })
+        ));
+        let node = topology.add_node("topo-dup", 3)?;
+        assert_eq!(node.addr_v4(), Ipv4Addr::new(10, 244, 0, 3));
+        assert_eq!(node.addr_v6(), ip("fd00:10:244::3"));
+        assert!(matches!(
+            topology.add_node("topo-dup", 4),
+            Err(LabError::DuplicateNode { .. })
+        ));
+        topology.add_pod(&node, "x/p", &[ip("10.244.79.10")])?;
+        assert!(matches!(
+            topology.add_pod(&node, "x/p", &[ip("10.244.79.11")]),
+            Err(LabError::DuplicatePod { .. })
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! Palisade's agent, lab and tools.
+//!
+//! Layers: [`cluster`] (the Kubernetes objects a node knows), [`policy`] (a pure resolver from
+//! those objects to dataplane state; no aya import), [`dataplane`] (the only code that touches
+//! eBPF maps and programs), [`lab`] (network-namespace clusters, probes and conformance cases).
+
+pub mod cluster;
+pub mod dataplane;
+pub mod lab;
+pub mod policy;

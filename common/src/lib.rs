@@ -1,0 +1,312 @@
+//! The contract between Palisade's eBPF programs and its agent: map names, key and value
+//! layouts, reserved identities and drop reasons. Everything here is `#[repr(C)]`, padded
+//! explicitly and `bytemuck::Pod`, so a layout mistake is a compile error, and the sizes are
+//! asserted below.
+//!
+//! # How a packet is judged
+//!
+//! Programs sit on the node side of each pod's veth: [`PROG_FROM_POD`] on TC ingress (what the
+//! pod sends: the pod's *egress* policy) and [`PROG_TO_POD`] on TC egress (what the pod receives:
+//! its *ingress* policy). The interface index names the endpoint ([`MAP_ENDPOINTS`]).
+//!
+//! A policy rule is `peers x ports`. Per endpoint and direction the agent groups rules by their
+//! port set; each distinct port set is a *class* (a bit in a [`ClassMask`], at most
+//! [`MAX_CLASSES`]). A peer gets the bits of the classes of every rule that lists it; a
+//! (protocol, port) gets the bits of every class whose port set contains it. A new connection is
+//! allowed when the two masks share a bit. Entries therefore grow as peers + ports, never as
+//! peers x ports, and an `endPort` range costs at most 30 port prefixes.
+//!
+//! Lookup precedence for a packet at endpoint E, direction D, peer address A, protocol P, port N:
+//!
+//! 1. not IP (ARP, ...): pass; malformed or truncated IP: drop ([`DropReason::Malformed`]).
+//! 2. [`MAP_ENDPOINTS`]\[ifindex\] missing: drop ([`DropReason::NoEndpoint`]) - a program is never
+//!    attached before its endpoint is written, so a missing entry means we lost track: fail closed.
+//! 3. [`MAP_CONNTRACK`] holds the packet's flow in this direction, or the reverse flow in the other
+//!    direction (a reply): pass. Established flows are kept across policy changes.
+//! 4. E not isolated for D: pass (and track the flow).
+//! 5. D is ingress and A is the node itself ([`IDENTITY_HOST`]): pass (kubelet probes).
+//! 6. peer mask = `any_peer[D]` | [`MAP_PEERS`]\[(E, identity(A), D)\] | [`MAP_PEERS`]\[(E, cidr(A), D)\]
+//!    where identity(A) comes from [`MAP_POD_IDENTITIES`] (exact address) and cidr(A) from the
+//!    longest match in [`MAP_CIDRS`];
+//!    port mask = `any_port[D]` | longest match in [`MAP_PORTS`] for (E, D, P, N).
+//! 7. peer mask & port mask != 0: pass and track; otherwise drop
+//!    ([`DropReason::PolicyIngress`] / [`DropReason::PolicyEgress`]).
+//!
+//! Addresses are 16 bytes everywhere; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so one
+//! trie serves both families and an IPv4 prefix /n is stored as /(96+n).
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+/// Bumped whenever a layout below changes; pinned state of another ABI is never re-adopted.
+pub const ABI_VERSION: u32 = 1;
+
+/// TC ingress on the pod's host-side veth: packets the pod sends (its egress policy).
+pub const PROG_FROM_POD: &str = "palisade_from_pod";
+/// TC egress on the pod's host-side veth: packets delivered to the pod (its ingress policy).
+pub const PROG_TO_POD: &str = "palisade_to_pod";
+
+pub const MAP_ENDPOINTS: &str = "PAL_ENDPOINTS";
+pub const MAP_POD_IDENTITIES: &str = "PAL_POD_IDS";
+pub const MAP_CIDRS: &str = "PAL_CIDRS";
+pub const MAP_PEERS: &str = "PAL_PEERS";
+pub const MAP_PORTS: &str = "PAL_PORTS";
+pub const MAP_CONNTRACK: &str = "PAL_CT";
+pub const MAP_STATS: &str = "PAL_STATS";
+
+/// Every map, for the agent's checks that the object and this crate agree.
+pub const ALL_MAPS: [&str; 7] = [
+    MAP_ENDPOINTS,
+    MAP_POD_IDENTITIES,
+    MAP_CIDRS,
+    MAP_PEERS,
+    MAP_PORTS,
+    MAP_CONNTRACK,
+    MAP_STATS,
+];
+
+pub const MAX_ENDPOINTS: u32 = 4096;
+pub const MAX_POD_IDENTITIES: u32 = 262_144;
+pub const MAX_CIDRS: u32 = 65_536;
+pub const MAX_PEERS: u32 = 524_288;
+pub const MAX_PORTS: u32 = 262_144;
+pub const MAX_CONNTRACK: u32 = 262_144;
+
+/// Rules of one endpoint and direction are grouped into at most this many port-set classes.
+pub const MAX_CLASSES: usize = 64;
+
+/// Direction, from the endpoint's point of view.
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+/// No identity: an address that is not a known pod or node.
+pub const IDENTITY_UNKNOWN: u32 = 0;
+/// The node itself (its own addresses). Ingress from it is always allowed.
+pub const IDENTITY_HOST: u32 = 1;
+/// First identity handed to pods (label-set identities).
+pub const IDENTITY_FIRST_POD: u32 = 256;
+/// CIDR classes live in their own half of the identity space, so a pod identity and a CIDR
+/// class never share a [`PeerKey`].
+pub const IDENTITY_CIDR_FLAG: u32 = 0x8000_0000;
+
+/// [`EndpointInfo::flags`]: ingress is isolated (some policy selects the pod for Ingress).
+pub const EP_INGRESS_ISOLATED: u32 = 1 << 0;
+/// [`EndpointInfo::flags`]: egress is isolated.
+pub const EP_EGRESS_ISOLATED: u32 = 1 << 1;
+
+/// A set of port-set classes of one endpoint and direction: bit `c` is class `c`.
+pub type ClassMask = u64;
+
+/// An address, IPv4 mapped into IPv6, network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct Addr {
+    pub bytes: [u8; 16],
+}
+
+impl Addr {
+    pub const fn from_v4(octets: [u8; 4]) -> Self {
+        let [a, b, c, d] = octets;
+        Self {
+            bytes: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d],
+        }
+    }
+
+    pub const fn from_v6(bytes: [u8; 16]) -> Self {
+        Self { bytes }
+    }
+
+    pub const fn is_v4(&self) -> bool {
+        let b = &self.bytes;
+        b[0] == 0
+            && b[1] == 0
+            && b[2] == 0
+            && b[3] == 0
+            && b[4] == 0
+            && b[5] == 0
+            && b[6] == 0
+            && b[7] == 0
+            && b[8] == 0
+            && b[9] == 0
+            && b[10] == 0xff
+            && b[11] == 0xff
+    }
+}
+
+/// Bits of an IPv4 prefix length once mapped into the 128-bit space.
+pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
+
+/// [`MAP_ENDPOINTS`] key: the ifindex of the pod's host-side veth (in the node's netns).
+pub type EndpointKey = u32;
+
+/// [`MAP_ENDPOINTS`] value: one local pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct EndpointInfo {
+    /// The endpoint id used in [`PeerKey`] and [`PortKey`]; stable for the pod's lifetime.
+    pub id: u32,
+    /// `EP_*` flags.
+    pub flags: u32,
+    /// Classes whose rules admit every peer (`from`/`to` empty), by direction.
+    pub any_peer: [ClassMask; 2],
+    /// Classes whose rules admit every port and protocol (`ports` empty), by direction.
+    pub any_port: [ClassMask; 2],
+}
+
+/// [`MAP_POD_IDENTITIES`] key is an [`Addr`]; the value the identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct IdentityValue {
+    pub identity: u32,
+}
+
+/// [`MAP_CIDRS`] is an LPM trie keyed by `(prefix_len, Addr)` with an [`IdentityValue`] whose
+/// identity has [`IDENTITY_CIDR_FLAG`] set. Every `cidr` and `except` of every ipBlock is
+/// inserted, so the longest match alone determines which ipBlock peers hold an address: for the
+/// longest matching prefix P, an address lies in a block B iff P lies inside B.
+pub type CidrKeyData = Addr;
+
+/// [`MAP_PEERS`] key. Value: [`ClassMask`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct PeerKey {
+    pub endpoint: u32,
+    /// A pod identity, [`IDENTITY_HOST`], or a CIDR class.
+    pub peer: u32,
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+/// [`MAP_PORTS`] LPM key data (after the 32-bit prefix length). Endpoint, direction and protocol
+/// always match in full ([`PORT_KEY_FIXED_BITS`]); the port is big-endian so that a port range
+/// is a handful of prefixes over its bits. Value: [`ClassMask`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct PortKey {
+    pub endpoint: u32,
+    pub direction: u8,
+    pub protocol: u8,
+    pub port_be: [u8; 2],
+}
+
+/// Bits of [`PortKey`] before the port.
+pub const PORT_KEY_FIXED_BITS: u32 = 48;
+
+/// [`MAP_CONNTRACK`] key: a flow as seen at one hook. `direction` is the hook's policy direction,
+/// so the two hooks one pod-to-pod flow crosses on a node keep separate entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct CtKey {
+    pub saddr: Addr,
+    pub daddr: Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+/// [`MAP_CONNTRACK`] value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns()` when the flow was admitted.
+    pub created_ns: u64,
+    /// The endpoint that admitted it.
+    pub endpoint: u32,
+    pub _pad: u32,
+}
+
+/// Indices of [`MAP_STATS`], a per-CPU array of `u64` counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// A packet of a tracked flow (forward or reply) passed.
+    CtHit = 0,
+    /// A new flow was admitted by policy (or the endpoint is not isolated).
+    NewFlowAllowed = 1,
+    /// A packet that is not IP passed.
+    NotIp = 2,
+    /// Conntrack insert failed (the flow still passes; its replies are judged as new flows).
+    CtInsertFailed = 3,
+}
+
+/// Why a packet was dropped; the index of its counter in [`MAP_STATS`] is
+/// `STAT_DROP_BASE + reason`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The destination pod's ingress policy does not admit the flow.
+    PolicyIngress = 0,
+    /// The source pod's egress policy does not admit the flow.
+    PolicyEgress = 1,
+    /// A program ran on an interface with no endpoint entry.
+    NoEndpoint = 2,
+    /// Truncated or malformed IP/L4 header.
+    Malformed = 3,
+    /// A non-first IP fragment for an isolated endpoint (it carries no ports).
+    Fragment = 4,
+    /// IPv6 extension headers for an isolated endpoint.
+    Ipv6ExtensionHeader = 5,
+}
+
+pub const STAT_DROP_BASE: u32 = 16;
+pub const DROP_REASONS: [DropReason; 6] = [
+    DropReason::PolicyIngress,
+    DropReason::PolicyEgress,
+    DropReason::NoEndpoint,
+    DropReason::Malformed,
+    DropReason::Fragment,
+    DropReason::Ipv6ExtensionHeader,
+];
+pub const STAT_SLOTS: u32 = 32;
+
+impl DropReason {
+    pub const fn stat_index(self) -> u32 {
+        STAT_DROP_BASE + self as u32
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PolicyIngress => "policy-ingress",
+            Self::PolicyEgress => "policy-egress",
+            Self::NoEndpoint => "no-endpoint",
+            Self::Malformed => "malformed",
+            Self::Fragment => "fragment",
+            Self::Ipv6ExtensionHeader => "ipv6-extension-header",
+        }
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Addr>() == 16);
+    assert!(core::mem::size_of::<EndpointInfo>() == 40);
+    assert!(core::mem::size_of::<IdentityValue>() == 4);
+    assert!(core::mem::size_of::<PeerKey>() == 12);
+    assert!(core::mem::size_of::<PortKey>() == 8);
+    assert!(core::mem::offset_of!(PortKey, port_be) * 8 == PORT_KEY_FIXED_BITS as usize);
+    assert!(core::mem::size_of::<CtKey>() == 40);
+    assert!(core::mem::offset_of!(CtKey, sport) == 32);
+    assert!(core::mem::size_of::<CtValue>() == 16);
+    assert!(MAX_CLASSES == ClassMask::BITS as usize);
+    assert!(STAT_DROP_BASE + DROP_REASONS.len() as u32 <= STAT_SLOTS);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are `bytemuck::Pod` (no padding, every bit pattern valid).
+    unsafe impl aya::Pod for Addr {}
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for IdentityValue {}
+    unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+}

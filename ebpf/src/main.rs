@@ -1,0 +1,42 @@
+//! Palisade's TC programs. One hook per direction of a pod's host-side veth; both share the
+//! parser ([`parse`]), the maps ([`maps`]) and the verdict ([`verdict`]). The precedence they
+//! follow is written down in `palisade_common`, where the maps are declared.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod verdict;
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{macros::classifier, programs::TcContext};
+    use palisade_common::{DIR_EGRESS, DIR_INGRESS};
+
+    use crate::verdict::judge;
+
+    /// TC ingress of the host-side veth: what the pod sends, judged by its egress policy.
+    #[classifier]
+    pub fn palisade_from_pod(ctx: TcContext) -> i32 {
+        judge(&ctx, DIR_EGRESS)
+    }
+
+    /// TC egress of the host-side veth: what the pod receives, judged by its ingress policy.
+    #[classifier]
+    pub fn palisade_to_pod(ctx: TcContext) -> i32 {
+        judge(&ctx, DIR_INGRESS)
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    // SAFETY: the verifier rejects any program with a reachable panic path.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

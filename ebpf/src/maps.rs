@@ -1,0 +1,42 @@
+//! The maps, named as `palisade_common` declares them (the agent checks the names on load).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use palisade_common::{
+    Addr, ClassMask, CtKey, CtValue, EndpointInfo, EndpointKey, IdentityValue, MAX_CIDRS,
+    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_PEERS, MAX_POD_IDENTITIES, MAX_PORTS, PeerKey, PortKey,
+    STAT_SLOTS,
+};
+
+#[map(name = "PAL_ENDPOINTS")]
+pub(crate) static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
+    HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map(name = "PAL_POD_IDS")]
+pub(crate) static POD_IDS: HashMap<Addr, IdentityValue> =
+    HashMap::with_max_entries(MAX_POD_IDENTITIES, 0);
+
+#[map(name = "PAL_CIDRS")]
+pub(crate) static CIDRS: LpmTrie<Addr, IdentityValue> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
+
+#[map(name = "PAL_PEERS")]
+pub(crate) static PEERS: HashMap<PeerKey, ClassMask> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+#[map(name = "PAL_PORTS")]
+pub(crate) static PORTS: LpmTrie<PortKey, ClassMask> = LpmTrie::with_max_entries(MAX_PORTS, 0);
+
+#[map(name = "PAL_CT")]
+pub(crate) static CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(MAX_CONNTRACK, 0);
+
+#[map(name = "PAL_STATS")]
+pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
+
+#[inline(always)]
+pub(crate) fn bump(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot; only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
