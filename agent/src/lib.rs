@@ -7,4 +7,5 @@
 pub mod cluster;
 pub mod dataplane;
 pub mod lab;
+pub mod manifest;
 pub mod policy;

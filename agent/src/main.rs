@@ -1,1 +1,92 @@
-fn main() {}
+//! `palisade`: the agent binary and its tools.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use palisade::lab;
+
+#[derive(Parser)]
+#[command(name = "palisade", version, about = "A Kubernetes NetworkPolicy dataplane in eBPF")]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `palisade=debug`.
+    #[arg(long, env = "PALISADE_LOG", default_value = "warn", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A cluster made of network namespaces on this machine, running the real dataplane.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Run connectivity cases (folders with a case.yaml) and compare every truth table.
+    Run {
+        /// Case folders.
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+        /// After each table, say in one line what it showed.
+        #[arg(long)]
+        narrate: bool,
+    },
+    /// Remove every lab namespace, including those of other or crashed runs.
+    Clean,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("palisade: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Lab { command: LabCommand::Run { cases, narrate } } => {
+                let options = lab::run::RunOptions { narrate };
+                // On Ctrl-C or SIGTERM the run future is dropped, and with it every namespace
+                // it created (their owners clean up in Drop).
+                tokio::select! {
+                    r = lab::run::run_cases(&cases, options) => r,
+                    s = shutdown_signal() => Err(anyhow::anyhow!("interrupted by {s}; lab namespaces removed")),
+                }
+            }
+            Command::Lab { command: LabCommand::Clean } => lab::netns::clean_all().map(|n| {
+                println!("removed {n} lab namespace(s)");
+                true
+            }).map_err(Into::into),
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("palisade: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}

@@ -1,1 +1,133 @@
-fn main() {}
+//! `cargo xtask`: the one entry point for building, testing and demonstrating Palisade.
+//!
+//! - `setup`: install what the build and the tests need (idempotent; fast when all is there).
+//! - `build`: the agent with its embedded eBPF programs.
+//! - `demo`: build and run the quick-start walkthrough in the lab.
+//! - `test`: formatting, clippy, unit and kernel tests, and the conformance cases in the lab.
+//! - `lab ARGS...`: `palisade lab ARGS...` with a fresh build.
+
+mod toolchain;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Conformance cases that must pass on the real kernel in `cargo xtask test`.
+const KERNEL_CASES: &[&str] = &[
+    "01-default-deny-ingress",
+    "02-default-deny-all",
+    "03-allow-from-same-ns-podselector",
+    "05-allow-from-all-namespaces",
+    "06-allow-from-other-ns-nsselector",
+    "07-podselector-matchexpressions",
+    "08-nsselector-matchexpressions",
+    "12-any-podselectors",
+    "16-allow-all",
+    "23-deny-ingress-from-other-ns",
+    "25-deny-egress-podselector",
+    "26-deny-egress-whole-ns",
+];
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let (cmd, rest) = args.split_first().map(|(c, r)| (c.as_str(), r)).unwrap_or(("help", &[]));
+    match cmd {
+        "setup" => toolchain::setup(),
+        "build" => build().map(drop),
+        "demo" => demo(),
+        "test" => test(),
+        "lab" => {
+            let palisade = build()?;
+            run(Command::new(palisade).arg("lab").args(rest))
+        }
+        "help" | "-h" | "--help" => {
+            println!("usage: cargo xtask <setup|build|demo|test|lab ARGS...>");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}; try `cargo xtask help`"),
+    }
+}
+
+fn root() -> PathBuf {
+    // xtask/ is one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn shared() -> PathBuf {
+    root().join("../shared")
+}
+
+fn ensure_setup() -> Result<()> {
+    if !toolchain::ready() {
+        toolchain::setup()?;
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new("/usr/bin/cargo");
+    toolchain::build_env(&mut cmd).args(args).current_dir(root());
+    cmd
+}
+
+/// Builds the agent (debug profile, shared with the tests) and returns the binary's path.
+fn build() -> Result<PathBuf> {
+    ensure_setup()?;
+    eprintln!("[build] palisade agent and its eBPF programs");
+    run(&mut cargo(&["build", "-p", "palisade-agent", "--bin", "palisade"]))?;
+    Ok(root().join("target/debug/palisade"))
+}
+
+fn demo() -> Result<()> {
+    let palisade = build()?;
+    require_root("the demo creates network namespaces and loads eBPF programs")?;
+    run(Command::new(palisade).args(["lab", "run", "--narrate"]).arg(root().join("examples/quick-start")))
+}
+
+fn test() -> Result<()> {
+    ensure_setup()?;
+    require_root("the tests create network namespaces and load eBPF programs")?;
+    eprintln!("[test] rustfmt");
+    run(&mut cargo(&["fmt", "--all", "--", "--check"])).context("run `cargo fmt --all` to fix formatting")?;
+    eprintln!("[test] clippy");
+    run(&mut cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    eprintln!("[test] unit and kernel tests");
+    // One test thread: kernel tests share bpffs, namespaces and two cores.
+    run(&mut cargo(&["test", "--workspace", "--", "--test-threads=2"]))?;
+    let palisade = build()?;
+    let cases: Vec<PathBuf> = KERNEL_CASES.iter().map(|c| shared().join("conformance/upstream").join(c)).collect();
+    eprintln!("[test] conformance cases on the real kernel");
+    run(Command::new(&palisade).args(["lab", "run"]).args(&cases))?;
+    eprintln!("[test] quick-start example");
+    run(Command::new(&palisade).args(["lab", "run"]).arg(root().join("examples/quick-start")))
+}
+
+fn require_root(why: &str) -> Result<()> {
+    if !toolchain::is_root() {
+        bail!("run as root: {why}");
+    }
+    Ok(())
+}
+
+/// Runs a command with inherited output; an error names the command and its status.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", cmd.get_program());
+    }
+    Ok(())
+}

@@ -1,9 +1,11 @@
 //! `palisade lab`: a cluster made of network namespaces on one machine, running the real agent
 //! logic and the real eBPF programs, probed cell by cell against conformance truth tables.
 
+pub mod agent;
 pub mod case;
 pub mod netns;
 pub mod probe;
+pub mod run;
 pub mod serve;
 pub mod table;
 pub mod topology;

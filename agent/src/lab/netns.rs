@@ -201,7 +201,7 @@ impl NetNs {
         let fd = self.fd()?;
         let name = self.name.clone();
         on_thread(&self.name, "run", move || {
-            enter(&name, fd)?;
+            enter(&name, &fd)?;
             Ok(f())
         })?
     }
@@ -217,7 +217,7 @@ impl NetNs {
         let (tx, rx) = tokio::sync::oneshot::channel();
         spawn(&self.name, move || {
             // The receiver may be gone (the caller timed out); the result is then dropped here.
-            let _ = tx.send(enter(&name, fd).map(|()| f()));
+            let _ = tx.send(enter(&name, &fd).map(|()| f()));
         })?;
         rx.await.map_err(|_| LabError::ThreadPanicked {
             name: self.name.clone(),
@@ -371,7 +371,7 @@ fn path_for(name: &str) -> Result<PathBuf> {
 fn remove_path(name: &str, path: &Path) -> Result<()> {
     // EINVAL: not a mount point (creation failed half-way); the file still has to go.
     match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+        Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
         Err(source) => {
             return Err(LabError::Netns {
                 name: name.to_owned(),
@@ -392,8 +392,8 @@ fn remove_path(name: &str, path: &Path) -> Result<()> {
 
 /// Moves the calling thread into the namespace behind `fd`. Only ever called on threads made
 /// for that purpose, which exit afterwards.
-fn enter(name: &str, fd: OwnedFd) -> Result<()> {
-    nix::sched::setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|source| LabError::Netns {
+fn enter(name: &str, fd: &OwnedFd) -> Result<()> {
+    nix::sched::setns(fd, CloneFlags::CLONE_NEWNET).map_err(|source| LabError::Netns {
         name: name.to_owned(),
         op: "setns",
         source,
@@ -401,9 +401,7 @@ fn enter(name: &str, fd: OwnedFd) -> Result<()> {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
-    thread::Builder::new()
-        // Thread names are cut to 15 bytes; the tail of a lab name is its distinctive part.
-        .name(format!("ns-{}", tail(name, 12)))
+    thread_for(name)
         .spawn(f)
         .map(drop)
         .map_err(|source| LabError::Io {
@@ -417,17 +415,19 @@ fn on_thread<T: Send + 'static>(
     op: &'static str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
-    let handle = thread::Builder::new()
-        .name(format!("ns-{}", tail(name, 12)))
-        .spawn(f)
-        .map_err(|source| LabError::Io {
-            what: format!("spawn a thread for network namespace {name}"),
-            source,
-        })?;
+    let handle = thread_for(name).spawn(f).map_err(|source| LabError::Io {
+        what: format!("spawn a thread for network namespace {name}"),
+        source,
+    })?;
     handle.join().map_err(|_| LabError::ThreadPanicked {
         name: name.to_owned(),
         op,
     })
+}
+
+/// Thread names are cut to 15 bytes; the tail of a lab name is its distinctive part.
+fn thread_for(name: &str) -> thread::Builder {
+    thread::Builder::new().name(format!("ns-{}", tail(name, 12)))
 }
 
 fn tail(s: &str, max: usize) -> &str {
@@ -441,8 +441,10 @@ fn tail(s: &str, max: usize) -> &str {
 /// Panics unless the tests can create namespaces: a skipped test would read as a passed one.
 #[cfg(test)]
 pub(crate) fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
     assert!(
-        nix::unistd::geteuid().is_root(),
+        euid == 0,
         "needs root (CAP_NET_ADMIN) to create network namespaces"
     );
 }

@@ -125,7 +125,8 @@ async fn udp(from: &PodHandle, to: SocketAddr) -> ProbeOutcome {
         }
         match tokio::time::timeout(UDP_RESEND, socket.recv(&mut buf)).await {
             Ok(Ok(len)) if &buf[..len] == payload.as_bytes() => return ProbeOutcome::Connected,
-            Ok(Ok(_)) | Err(_) => continue,
+            // A stranger's datagram, or no echo yet: send again.
+            Ok(Ok(_)) | Err(_) => {}
             Ok(Err(error)) => return from_io(&error),
         }
     }

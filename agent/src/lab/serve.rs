@@ -6,7 +6,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, OwnedFd},
     str::FromStr,
     time::Duration,
@@ -25,7 +25,7 @@ use super::{
     topology::PodHandle,
 };
 
-/// A transport protocol a NetworkPolicy port can name.
+/// A transport protocol a `NetworkPolicy` port can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
     Tcp,
@@ -97,7 +97,7 @@ pub fn serve(pod: &PodHandle, ports: &[(Proto, u16)]) -> Result<ServerHandle> {
             continue;
         }
         binds.push((proto, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))));
-        if pod.addrs.iter().any(|addr| addr.is_ipv6()) {
+        if pod.addrs.iter().any(IpAddr::is_ipv6) {
             binds.push((proto, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))));
         }
     }

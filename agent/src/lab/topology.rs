@@ -6,7 +6,7 @@
 //!  pod ns pal<PID>-p<N>                 node ns pal<PID>-<name>
 //!  eth0: 10.244.x.y/32, fd00:10:244::../128     pv<N>: 169.254.1.1/32, fe80::1/64
 //!  default via 169.254.1.1 / fe80::1  <──veth──>  10.244.x.y/32 dev pv<N> src <node addr>
-//!                                                node0 (dummy): 10.244.0.<index>/32
+//!                                                lo: 10.244.0.<index>/32
 //! ```
 //!
 //! Every netlink request is sent from a socket created inside the namespace it changes: one
@@ -25,7 +25,7 @@ use std::{
 
 use futures::TryStreamExt;
 use rtnetlink::{
-    Handle, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
         link::{InfoData, InfoVeth},
@@ -39,8 +39,6 @@ use super::netns::{LabError, NetNs, Result, clean_stale, run_prefix};
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The IPv6 gateway, link-local on every host-side veth.
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
-/// Name of the interface holding the node's own addresses.
-pub const NODE_IFNAME: &str = "node0";
 /// Name of the pod side of its veth.
 pub const POD_IFNAME: &str = "eth0";
 
@@ -124,7 +122,10 @@ impl Topology {
     }
 
     /// Adds a node `pal<PID>-<name>` that forwards, has no reverse-path filter, and holds
-    /// `10.244.0.<index>/32` and `fd00:10:244::<index>/128` on a dummy interface.
+    /// `10.244.0.<index>/32` and `fd00:10:244::<index>/128` on `lo`.
+    ///
+    /// On `lo` rather than a dummy interface: the lab kernels are built without
+    /// `CONFIG_DUMMY`, and a local address routes the same wherever it sits.
     pub fn add_node(&mut self, name: &str, index: u8) -> Result<NodeHandle> {
         if index == 0 || index == 255 {
             return Err(LabError::InvalidNodeIndex { index });
@@ -154,16 +155,7 @@ impl Topology {
         ])?;
         let (v4, v6) = (node.addr_v4(), node.addr_v6());
         netlink(&node.netns, move |nl| async move {
-            nl.set_up_by_name("lo").await?;
-            nl.run(
-                format!("add dummy interface {NODE_IFNAME}"),
-                nl.handle
-                    .link()
-                    .add(LinkDummy::new(NODE_IFNAME).up().build())
-                    .execute(),
-            )
-            .await?;
-            let index = nl.index_of(NODE_IFNAME).await?;
+            let index = nl.set_up_by_name("lo").await?;
             nl.add_addr(index, v4.into(), 32).await?;
             nl.add_addr(index, v6.into(), 128).await
         })?;

@@ -1,1 +1,15 @@
-//! The policy resolver.
+//! The policy resolver: pure functions from Kubernetes objects to dataplane state, with no aya
+//! import. [`model`] reads NetworkPolicies (with the API server's defaulting), [`compile`] turns
+//! a snapshot into the map entries of one node, and [`lookup`] answers verdicts from those
+//! entries exactly as the eBPF programs do.
+
+pub mod compile;
+pub mod lookup;
+pub mod model;
+pub mod ports;
+pub mod selector;
+
+pub use compile::{Compiler, NodeState, NodeView};
+
+#[cfg(test)]
+mod tests;

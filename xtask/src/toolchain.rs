@@ -1,0 +1,122 @@
+//! `cargo xtask setup`: everything the build and the tests need, installed idempotently.
+//!
+//! The eBPF programs build with Debian's rustc (it ships a prebuilt `core` for
+//! `bpfel-unknown-none`) and bpf-linker built against the same LLVM major; see
+//! `../shared/notes/TOOLCHAIN.md`. Every cargo invocation of the workspace therefore runs with
+//! [`build_env`]: Debian's cargo first in PATH and rustup's proxies out of it.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::run;
+
+/// Debian packages: the Rust toolchain with the BPF core, LLVM for bpf-linker, rustfmt and
+/// clippy of the same release, and iproute2 for people who want to look around the lab.
+const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "rust-web-llvm",
+    "llvm-22-dev",
+    "rustfmt-web",
+    "rust-web-clippy",
+    "iproute2",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Where bpf-linker is installed (outside the repository, so a fresh clone reuses it).
+pub fn tools_dir() -> PathBuf {
+    env::var_os("PALISADE_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/palisade-tools"))
+}
+
+/// PATH and variables for building the workspace with Debian's toolchain.
+pub fn build_env(cmd: &mut Command) -> &mut Command {
+    let path = format!("{}:/usr/bin:/bin:/usr/sbin:/sbin", tools_dir().join("bin").display());
+    cmd.env("PATH", path)
+        // Exactly the crate that needs a nightly feature; `=1` would make aya-build add
+        // `-Z build-std`, which this toolchain cannot do.
+        .env("RUSTC_BOOTSTRAP", "aya_ebpf")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO")
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect()
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new(tools_dir().join("bin/bpf-linker"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+}
+
+/// True when nothing needs installing (cheap: a few dpkg queries).
+pub fn ready() -> bool {
+    missing_packages().is_empty() && bpf_linker_ok()
+}
+
+pub fn setup() -> Result<()> {
+    if !cfg!(target_os = "linux") {
+        bail!("Palisade needs Linux (eBPF TC programs, network namespaces)");
+    }
+    let missing = missing_packages();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing Debian packages {missing:?}; run `cargo xtask setup` as root (apt-get install)");
+        }
+        eprintln!("[setup] installing Debian packages: {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !bpf_linker_ok() {
+        let root = tools_dir();
+        eprintln!("[setup] building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 into {} (about 2-3 minutes)", root.display());
+        run(Command::new("/usr/bin/cargo")
+            .args(["install", "--locked", "--root"])
+            .arg(&root)
+            .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("PATH", "/usr/lib/llvm-22/bin:/usr/bin:/bin")
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC"))
+        .context("installing bpf-linker")?;
+    }
+    check_kernel()?;
+    Ok(())
+}
+
+/// The kernel features the dataplane relies on; a clear message instead of a late failure.
+fn check_kernel() -> Result<()> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux); Palisade needs Linux >= 6.6 built with CONFIG_DEBUG_INFO_BTF");
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
