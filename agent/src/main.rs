@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use palisade::lab;
 
 #[derive(Parser)]
-#[command(name = "palisade", version, about = "A Kubernetes NetworkPolicy dataplane in eBPF")]
+#[command(
+    name = "palisade",
+    version,
+    about = "A Kubernetes NetworkPolicy dataplane in eBPF"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `palisade=debug`.
     #[arg(long, env = "PALISADE_LOG", default_value = "warn", global = true)]
@@ -42,10 +46,15 @@ enum LabCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("palisade: cannot start the runtime: {e}");

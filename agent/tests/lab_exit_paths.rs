@@ -48,11 +48,25 @@ fn interrupting_a_run_removes_its_namespaces() {
     while namespaces_of(pid).is_empty() && start.elapsed() < Duration::from_secs(60) {
         thread::sleep(Duration::from_millis(50));
     }
-    assert!(!namespaces_of(pid).is_empty(), "the run never created its namespaces");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    assert!(
+        !namespaces_of(pid).is_empty(),
+        "the run never created its namespaces"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
     let status = child.wait().expect("wait");
-    assert!(!status.success(), "an interrupted run must not report success");
-    assert_eq!(namespaces_of(pid), Vec::<String>::new(), "namespaces left behind after SIGINT");
+    assert!(
+        !status.success(),
+        "an interrupted run must not report success"
+    );
+    assert_eq!(
+        namespaces_of(pid),
+        Vec::<String>::new(),
+        "namespaces left behind after SIGINT"
+    );
 }
 
 #[test]
@@ -70,21 +84,47 @@ fn a_killed_run_leaves_nothing_that_stops_the_next_one() {
     }
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
-    assert!(!namespaces_of(pid).is_empty(), "SIGKILL cannot clean up; this test needs leftovers");
+    assert!(
+        !namespaces_of(pid).is_empty(),
+        "SIGKILL cannot clean up; this test needs leftovers"
+    );
     // The next run starts cleanly, removes the dead run's namespaces, and passes.
-    let out = palisade().args(["lab", "run"]).arg(quick_start()).output().expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(namespaces_of(pid), Vec::<String>::new(), "stale namespaces of a dead run survive");
+    let out = palisade()
+        .args(["lab", "run"])
+        .arg(quick_start())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        namespaces_of(pid),
+        Vec::<String>::new(),
+        "stale namespaces of a dead run survive"
+    );
 }
 
 #[test]
 fn a_malformed_case_is_an_error_naming_the_field() {
     let dir = tempdir();
     fs::write(dir.join("case.yaml"), "name: bad\ncluster: []\nsteps:\n  - probes:\n      - connect: ICMP/80\n        expect: \"- x/a\\nx/a .\\n\"\n").expect("write");
-    let out = palisade().args(["lab", "run"]).arg(&dir).output().expect("run");
+    let out = palisade()
+        .args(["lab", "run"])
+        .arg(&dir)
+        .output()
+        .expect("run");
     assert!(!out.status.success());
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("connect"), "error should name the field: {text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("connect"),
+        "error should name the field: {text}"
+    );
     let _ = fs::remove_dir_all(&dir);
 }
 

@@ -34,12 +34,18 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn tools_dir() -> PathBuf {
     env::var_os("PALISADE_TOOLS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/palisade-tools"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/palisade-tools")
+        })
 }
 
 /// PATH and variables for building the workspace with Debian's toolchain.
 pub fn build_env(cmd: &mut Command) -> &mut Command {
-    let path = format!("{}:/usr/bin:/bin:/usr/sbin:/sbin", tools_dir().join("bin").display());
+    let path = format!(
+        "{}:/usr/bin:/bin:/usr/sbin:/sbin",
+        tools_dir().join("bin").display()
+    );
     cmd.env("PATH", path)
         // Exactly the crate that needs a nightly feature; `=1` would make aya-build add
         // `-Z build-std`, which this toolchain cannot do.
@@ -82,10 +88,14 @@ pub fn setup() -> Result<()> {
     let missing = missing_packages();
     if !missing.is_empty() {
         if !is_root() {
-            bail!("missing Debian packages {missing:?}; run `cargo xtask setup` as root (apt-get install)");
+            bail!(
+                "missing Debian packages {missing:?}; run `cargo xtask setup` as root (apt-get install)"
+            );
         }
         eprintln!("[setup] installing Debian packages: {}", missing.join(" "));
-        run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
@@ -93,7 +103,10 @@ pub fn setup() -> Result<()> {
     }
     if !bpf_linker_ok() {
         let root = tools_dir();
-        eprintln!("[setup] building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 into {} (about 2-3 minutes)", root.display());
+        eprintln!(
+            "[setup] building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 into {} (about 2-3 minutes)",
+            root.display()
+        );
         run(Command::new("/usr/bin/cargo")
             .args(["install", "--locked", "--root"])
             .arg(&root)
@@ -112,11 +125,16 @@ pub fn setup() -> Result<()> {
 /// The kernel features the dataplane relies on; a clear message instead of a late failure.
 fn check_kernel() -> Result<()> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux); Palisade needs Linux >= 6.6 built with CONFIG_DEBUG_INFO_BTF");
+        bail!(
+            "this kernel has no BTF (/sys/kernel/btf/vmlinux); Palisade needs Linux >= 6.6 built with CONFIG_DEBUG_INFO_BTF"
+        );
     }
     Ok(())
 }
 
 pub fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }

@@ -10,7 +10,9 @@ use aya::{
     maps::{MapError, PerCpuArray},
     programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
-use palisade_common::{ALL_MAPS, DROP_REASONS, MAP_STATS, PROG_FROM_POD, PROG_TO_POD, STAT_DROP_BASE};
+use palisade_common::{
+    ALL_MAPS, DROP_REASONS, MAP_STATS, PROG_FROM_POD, PROG_TO_POD, STAT_DROP_BASE,
+};
 
 pub use self::sync::SyncReport;
 use crate::{cluster::ObjectKey, policy::NodeState};
@@ -20,18 +22,39 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pa
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("this binary was built without its eBPF programs (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`")]
+    #[error(
+        "this binary was built without its eBPF programs (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`"
+    )]
     NoObject,
-    #[error("loading the eBPF object failed (needs root or CAP_BPF+CAP_NET_ADMIN, and a kernel with BTF): {0}")]
+    #[error(
+        "loading the eBPF object failed (needs root or CAP_BPF+CAP_NET_ADMIN, and a kernel with BTF): {0}"
+    )]
     Load(#[source] EbpfError),
     #[error("the eBPF object has no {kind} named {name}; agent and programs are out of step")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("{what} program {name}: {source}")]
-    Program { what: &'static str, name: &'static str, #[source] source: ProgramError },
+    Program {
+        what: &'static str,
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
     #[error("attaching to interface {ifname}: {source}")]
-    Attach { ifname: String, #[source] source: ProgramError },
+    Attach {
+        ifname: String,
+        #[source]
+        source: ProgramError,
+    },
     #[error("map {map}: {op} failed: {source}")]
-    Map { map: &'static str, op: &'static str, #[source] source: MapError },
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
 }
 
 /// Links of one interface, detached when the pod goes.
@@ -62,12 +85,27 @@ impl Dataplane {
         for name in [PROG_FROM_POD, PROG_TO_POD] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
-                .ok_or(DataplaneError::Missing { kind: "program", name })?
+                .ok_or(DataplaneError::Missing {
+                    kind: "program",
+                    name,
+                })?
                 .try_into()
-                .map_err(|source| DataplaneError::Program { what: "converting", name, source })?;
-            program.load().map_err(|source| DataplaneError::Program { what: "loading", name, source })?;
+                .map_err(|source| DataplaneError::Program {
+                    what: "converting",
+                    name,
+                    source,
+                })?;
+            program.load().map_err(|source| DataplaneError::Program {
+                what: "loading",
+                name,
+                source,
+            })?;
         }
-        Ok(Self { ebpf, attached: BTreeMap::new(), written: sync::Written::default() })
+        Ok(Self {
+            ebpf,
+            attached: BTreeMap::new(),
+            written: sync::Written::default(),
+        })
     }
 
     /// Attaches both programs to `ifname` (TCX links; resolved in the calling thread's network
@@ -77,26 +115,43 @@ impl Dataplane {
         if self.attached.contains_key(ifname) {
             return Ok(());
         }
-        let mut attach = |name: &'static str, kind| -> Result<SchedClassifierLinkId, DataplaneError> {
-            let program: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::Missing { kind: "program", name })?
-                .try_into()
-                .map_err(|source| DataplaneError::Program { what: "converting", name, source })?;
-            program.attach(ifname, kind).map_err(|source| DataplaneError::Attach { ifname: ifname.to_string(), source })
-        };
+        let mut attach =
+            |name: &'static str, kind| -> Result<SchedClassifierLinkId, DataplaneError> {
+                let program: &mut SchedClassifier = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or(DataplaneError::Missing {
+                        kind: "program",
+                        name,
+                    })?
+                    .try_into()
+                    .map_err(|source| DataplaneError::Program {
+                        what: "converting",
+                        name,
+                        source,
+                    })?;
+                program
+                    .attach(ifname, kind)
+                    .map_err(|source| DataplaneError::Attach {
+                        ifname: ifname.to_string(),
+                        source,
+                    })
+            };
         let from_pod = attach(PROG_FROM_POD, TcAttachType::Ingress)?;
         let to_pod = attach(PROG_TO_POD, TcAttachType::Egress)?;
-        self.attached.insert(ifname.to_string(), Attachment { from_pod, to_pod });
+        self.attached
+            .insert(ifname.to_string(), Attachment { from_pod, to_pod });
         Ok(())
     }
 
     /// Detaches from an interface (a no-op if the interface is already gone with its pod).
     pub fn detach(&mut self, ifname: &str) {
-        let Some(att) = self.attached.remove(ifname) else { return };
+        let Some(att) = self.attached.remove(ifname) else {
+            return;
+        };
         for (name, link) in [(PROG_FROM_POD, att.from_pod), (PROG_TO_POD, att.to_pod)] {
-            let program: Option<&mut SchedClassifier> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+            let program: Option<&mut SchedClassifier> =
+                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
             if let Some(program) = program
                 && let Err(e) = program.detach(link)
             {
@@ -107,21 +162,36 @@ impl Dataplane {
 
     /// Writes `state` for the endpoints whose host-side interface index is known, removing what
     /// the previous sync wrote and `state` no longer has.
-    pub fn sync(&mut self, state: &NodeState, ifindex: &BTreeMap<ObjectKey, u32>) -> Result<SyncReport, DataplaneError> {
+    pub fn sync(
+        &mut self,
+        state: &NodeState,
+        ifindex: &BTreeMap<ObjectKey, u32>,
+    ) -> Result<SyncReport, DataplaneError> {
         self.written.apply(&mut self.ebpf, state, ifindex)
     }
 
     /// Drop counters summed over CPUs, by reason name.
     pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, DataplaneError> {
-        let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Missing { kind: "map", name: MAP_STATS })?;
+        let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Missing {
+            kind: "map",
+            name: MAP_STATS,
+        })?;
         let stats: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| DataplaneError::Map { map: MAP_STATS, op: "open", source })?;
+            PerCpuArray::try_from(map).map_err(|source| DataplaneError::Map {
+                map: MAP_STATS,
+                op: "open",
+                source,
+            })?;
         DROP_REASONS
             .iter()
             .map(|r| {
                 let values = stats
                     .get(&(STAT_DROP_BASE + *r as u32), 0)
-                    .map_err(|source| DataplaneError::Map { map: MAP_STATS, op: "read", source })?;
+                    .map_err(|source| DataplaneError::Map {
+                        map: MAP_STATS,
+                        op: "read",
+                        source,
+                    })?;
                 Ok((r.name(), values.iter().sum()))
             })
             .collect()

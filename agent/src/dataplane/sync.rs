@@ -11,8 +11,8 @@ use aya::{
     maps::{HashMap, LpmTrie, MapData, lpm_trie::Key},
 };
 use palisade_common::{
-    Addr, ClassMask, EndpointInfo, IdentityValue, MAP_CIDRS, MAP_ENDPOINTS, MAP_PEERS, MAP_POD_IDENTITIES,
-    MAP_PORTS, PORT_KEY_FIXED_BITS, PeerKey, PortKey,
+    Addr, ClassMask, EndpointInfo, IdentityValue, MAP_CIDRS, MAP_ENDPOINTS, MAP_PEERS,
+    MAP_POD_IDENTITIES, MAP_PORTS, PORT_KEY_FIXED_BITS, PeerKey, PortKey,
 };
 
 use super::DataplaneError;
@@ -49,20 +49,41 @@ fn map_err(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) 
     move |source| DataplaneError::Map { map, op, source }
 }
 
-fn hash<'a, K: aya::Pod, V: aya::Pod>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<HashMap<&'a mut MapData, K, V>, DataplaneError> {
-    let map = ebpf.map_mut(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+fn hash<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<&'a mut MapData, K, V>, DataplaneError> {
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(DataplaneError::Missing { kind: "map", name })?;
     HashMap::try_from(map).map_err(map_err(name, "open"))
 }
 
-fn trie<'a, K: aya::Pod, V: aya::Pod>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<LpmTrie<&'a mut MapData, K, V>, DataplaneError> {
-    let map = ebpf.map_mut(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+fn trie<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<LpmTrie<&'a mut MapData, K, V>, DataplaneError> {
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(DataplaneError::Missing { kind: "map", name })?;
     LpmTrie::try_from(map).map_err(map_err(name, "open"))
 }
 
 /// Entries of `new` that differ from `old`, and keys of `old` that `new` lacks.
-fn diff<K: Ord + Copy, V: PartialEq + Copy>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> (Vec<(K, V)>, Vec<K>) {
-    let upserts = new.iter().filter(|(k, v)| old.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect();
-    let deletes = old.keys().filter(|k| !new.contains_key(k)).copied().collect();
+fn diff<K: Ord + Copy, V: PartialEq + Copy>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+) -> (Vec<(K, V)>, Vec<K>) {
+    let upserts = new
+        .iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let deletes = old
+        .keys()
+        .filter(|k| !new.contains_key(k))
+        .copied()
+        .collect();
     (upserts, deletes)
 }
 
@@ -71,36 +92,72 @@ impl Written {
         let mut d = Desired {
             endpoints: BTreeMap::new(),
             identities: state.identities.clone(),
-            cidrs: state.cidrs.iter().map(|(p, id)| ((p.len, p.addr), *id)).collect(),
+            cidrs: state
+                .cidrs
+                .iter()
+                .map(|(p, id)| ((p.len, p.addr), *id))
+                .collect(),
             peers: BTreeMap::new(),
             ports: BTreeMap::new(),
         };
-        self.endpoint_ids.retain(|k, _| state.endpoints.contains_key(k) && ifindex.contains_key(k));
+        self.endpoint_ids
+            .retain(|k, _| state.endpoints.contains_key(k) && ifindex.contains_key(k));
         for (key, ep) in &state.endpoints {
-            let Some(ifindex) = ifindex.get(key) else { continue };
+            let Some(ifindex) = ifindex.get(key) else {
+                continue;
+            };
             let id = *self.endpoint_ids.entry(key.clone()).or_insert_with(|| {
                 self.next_endpoint_id += 1;
                 self.next_endpoint_id
             });
-            d.endpoints.insert(*ifindex, EndpointInfo { id, flags: ep.flags, any_peer: ep.any_peer, any_port: ep.any_port });
+            d.endpoints.insert(
+                *ifindex,
+                EndpointInfo {
+                    id,
+                    flags: ep.flags,
+                    any_peer: ep.any_peer,
+                    any_port: ep.any_port,
+                },
+            );
             for ((direction, peer), mask) in &ep.peers {
-                d.peers.insert(PeerKey { endpoint: id, peer: *peer, direction: *direction, _pad: [0; 3] }, *mask);
+                d.peers.insert(
+                    PeerKey {
+                        endpoint: id,
+                        peer: *peer,
+                        direction: *direction,
+                        _pad: [0; 3],
+                    },
+                    *mask,
+                );
             }
             for ((direction, protocol, prefix), mask) in &ep.ports {
-                let key = PortKey { endpoint: id, direction: *direction, protocol: *protocol, port_be: prefix.value.to_be_bytes() };
-                d.ports.insert((PORT_KEY_FIXED_BITS + u32::from(prefix.len), key), *mask);
+                let key = PortKey {
+                    endpoint: id,
+                    direction: *direction,
+                    protocol: *protocol,
+                    port_be: prefix.value.to_be_bytes(),
+                };
+                d.ports
+                    .insert((PORT_KEY_FIXED_BITS + u32::from(prefix.len), key), *mask);
             }
         }
         d
     }
 
-    pub(super) fn apply(&mut self, ebpf: &mut Ebpf, state: &NodeState, ifindex: &BTreeMap<ObjectKey, u32>) -> Result<SyncReport, DataplaneError> {
+    pub(super) fn apply(
+        &mut self,
+        ebpf: &mut Ebpf,
+        state: &NodeState,
+        ifindex: &BTreeMap<ObjectKey, u32>,
+    ) -> Result<SyncReport, DataplaneError> {
         let d = self.desired(state, ifindex);
         let mut report = SyncReport::default();
         let (ep_up, ep_del) = diff(&self.endpoints, &d.endpoints);
         // 1. Endpoints that gain isolation: before anything else, so no window is open.
         let (tighten, loosen): (Vec<_>, Vec<_>) = ep_up.into_iter().partition(|(k, v)| {
-            self.endpoints.get(k).is_some_and(|old| v.flags & !old.flags != 0)
+            self.endpoints
+                .get(k)
+                .is_some_and(|old| v.flags & !old.flags != 0)
         });
         self.write_endpoints(ebpf, &tighten, &mut report)?;
         // 2. Grants: identities, CIDR classes, peers, ports.
@@ -108,7 +165,8 @@ impl Written {
             let mut m: HashMap<_, Addr, IdentityValue> = hash(ebpf, MAP_POD_IDENTITIES)?;
             let (up, del) = diff(&self.identities, &d.identities);
             for (k, v) in up {
-                m.insert(k, IdentityValue { identity: v }, 0).map_err(map_err(MAP_POD_IDENTITIES, "insert"))?;
+                m.insert(k, IdentityValue { identity: v }, 0)
+                    .map_err(map_err(MAP_POD_IDENTITIES, "insert"))?;
                 self.identities.insert(k, v);
                 report.writes += 1;
             }
@@ -122,7 +180,8 @@ impl Written {
             let mut m: LpmTrie<_, Addr, IdentityValue> = trie(ebpf, MAP_CIDRS)?;
             let (up, del) = diff(&self.cidrs, &d.cidrs);
             for ((len, addr), v) in up {
-                m.insert(&Key::new(len, addr), IdentityValue { identity: v }, 0).map_err(map_err(MAP_CIDRS, "insert"))?;
+                m.insert(&Key::new(len, addr), IdentityValue { identity: v }, 0)
+                    .map_err(map_err(MAP_CIDRS, "insert"))?;
                 self.cidrs.insert((len, addr), v);
                 report.writes += 1;
             }
@@ -145,7 +204,8 @@ impl Written {
         {
             let mut m: LpmTrie<_, PortKey, ClassMask> = trie(ebpf, MAP_PORTS)?;
             for ((len, k), v) in port_up {
-                m.insert(&Key::new(len, k), v, 0).map_err(map_err(MAP_PORTS, "insert"))?;
+                m.insert(&Key::new(len, k), v, 0)
+                    .map_err(map_err(MAP_PORTS, "insert"))?;
                 self.ports.insert((len, k), v);
                 report.writes += 1;
             }
@@ -180,10 +240,16 @@ impl Written {
         Ok(report)
     }
 
-    fn write_endpoints(&mut self, ebpf: &mut Ebpf, entries: &[(u32, EndpointInfo)], report: &mut SyncReport) -> Result<(), DataplaneError> {
+    fn write_endpoints(
+        &mut self,
+        ebpf: &mut Ebpf,
+        entries: &[(u32, EndpointInfo)],
+        report: &mut SyncReport,
+    ) -> Result<(), DataplaneError> {
         let mut m: HashMap<_, u32, EndpointInfo> = hash(ebpf, MAP_ENDPOINTS)?;
         for (k, v) in entries {
-            m.insert(k, v, 0).map_err(map_err(MAP_ENDPOINTS, "insert"))?;
+            m.insert(k, v, 0)
+                .map_err(map_err(MAP_ENDPOINTS, "insert"))?;
             self.endpoints.insert(*k, *v);
             report.writes += 1;
         }

@@ -63,7 +63,10 @@ impl NodeAgent {
     /// Starts the agent of `node`: enters its namespace and loads the programs.
     pub fn start(node: &NodeHandle) -> Result<Self, AgentError> {
         let name = node.name.clone();
-        let fail = |message: String| AgentError::Failed { node: name.clone(), message };
+        let fail = |message: String| AgentError::Failed {
+            node: name.clone(),
+            message,
+        };
         let netns = node.netns.fd().map_err(|e| fail(e.to_string()))?;
         let addrs: Vec<IpAddr> = vec![node.addr_v4().into(), node.addr_v6().into()];
         let (tx, rx) = mpsc::channel::<Command>();
@@ -88,7 +91,11 @@ impl NodeAgent {
             })
             .map_err(|e| fail(format!("spawning the agent thread: {e}")))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self { node: name, tx: Some(tx), thread: Some(thread) }),
+            Ok(Ok(())) => Ok(Self {
+                node: name,
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
             Ok(Err(message)) => Err(fail(message)),
             Err(_) => Err(AgentError::Gone { node: name }),
         }
@@ -96,12 +103,25 @@ impl NodeAgent {
 
     /// Compiles `cluster` for this node and writes the result; attaches to new interfaces after
     /// their endpoint is written and detaches from interfaces that are gone.
-    pub fn sync(&self, cluster: &Cluster, interfaces: BTreeMap<ObjectKey, Interface>) -> Result<SyncOutcome, AgentError> {
+    pub fn sync(
+        &self,
+        cluster: &Cluster,
+        interfaces: BTreeMap<ObjectKey, Interface>,
+    ) -> Result<SyncOutcome, AgentError> {
         let (reply, rx) = mpsc::channel();
-        self.send(Command::Sync { cluster: Box::new(cluster.clone()), interfaces, reply })?;
+        self.send(Command::Sync {
+            cluster: Box::new(cluster.clone()),
+            interfaces,
+            reply,
+        })?;
         rx.recv()
-            .map_err(|_| AgentError::Gone { node: self.node.clone() })?
-            .map_err(|message| AgentError::Failed { node: self.node.clone(), message })
+            .map_err(|_| AgentError::Gone {
+                node: self.node.clone(),
+            })?
+            .map_err(|message| AgentError::Failed {
+                node: self.node.clone(),
+                message,
+            })
     }
 
     /// Drop counters by reason.
@@ -109,15 +129,22 @@ impl NodeAgent {
         let (reply, rx) = mpsc::channel();
         self.send(Command::Drops { reply })?;
         rx.recv()
-            .map_err(|_| AgentError::Gone { node: self.node.clone() })?
-            .map_err(|message| AgentError::Failed { node: self.node.clone(), message })
+            .map_err(|_| AgentError::Gone {
+                node: self.node.clone(),
+            })?
+            .map_err(|message| AgentError::Failed {
+                node: self.node.clone(),
+                message,
+            })
     }
 
     fn send(&self, command: Command) -> Result<(), AgentError> {
         self.tx
             .as_ref()
             .and_then(|tx| tx.send(command).ok())
-            .ok_or_else(|| AgentError::Gone { node: self.node.clone() })
+            .ok_or_else(|| AgentError::Gone {
+                node: self.node.clone(),
+            })
     }
 }
 
@@ -135,27 +162,42 @@ fn serve(node: &str, addrs: &[IpAddr], mut dataplane: Dataplane, rx: &mpsc::Rece
     let mut attached: BTreeMap<ObjectKey, Interface> = BTreeMap::new();
     while let Ok(command) = rx.recv() {
         match command {
-            Command::Sync { cluster, interfaces, reply } => {
+            Command::Sync {
+                cluster,
+                interfaces,
+                reply,
+            } => {
                 let view = NodeView { name: node, addrs };
                 let state = compiler.compile(&cluster, &view);
-                let ifindex = interfaces.iter().map(|(k, i)| (k.clone(), i.ifindex)).collect();
-                let result = dataplane.sync(&state, &ifindex).map_err(|e| e.to_string()).and_then(|report| {
-                    for (key, iface) in &attached {
-                        if interfaces.get(key).is_none_or(|i| i.ifname != iface.ifname) {
-                            dataplane.detach(&iface.ifname);
+                let ifindex = interfaces
+                    .iter()
+                    .map(|(k, i)| (k.clone(), i.ifindex))
+                    .collect();
+                let result = dataplane
+                    .sync(&state, &ifindex)
+                    .map_err(|e| e.to_string())
+                    .and_then(|report| {
+                        for (key, iface) in &attached {
+                            if interfaces.get(key).is_none_or(|i| i.ifname != iface.ifname) {
+                                dataplane.detach(&iface.ifname);
+                            }
                         }
-                    }
-                    attached.retain(|k, i| interfaces.get(k).is_some_and(|n| n.ifname == i.ifname));
-                    for (key, iface) in &interfaces {
-                        // Only pods whose endpoint entry was just written: never attach a
-                        // program that would find no policy for its pod.
-                        if state.endpoints.contains_key(key) && !attached.contains_key(key) {
-                            dataplane.attach(&iface.ifname).map_err(|e| e.to_string())?;
-                            attached.insert(key.clone(), iface.clone());
+                        attached
+                            .retain(|k, i| interfaces.get(k).is_some_and(|n| n.ifname == i.ifname));
+                        for (key, iface) in &interfaces {
+                            // Only pods whose endpoint entry was just written: never attach a
+                            // program that would find no policy for its pod.
+                            if state.endpoints.contains_key(key) && !attached.contains_key(key) {
+                                dataplane.attach(&iface.ifname).map_err(|e| e.to_string())?;
+                                attached.insert(key.clone(), iface.clone());
+                            }
                         }
-                    }
-                    Ok(SyncOutcome { report, errors: state.errors.clone(), endpoints: state.endpoints.len() })
-                });
+                        Ok(SyncOutcome {
+                            report,
+                            errors: state.errors.clone(),
+                            endpoints: state.endpoints.len(),
+                        })
+                    });
                 let _ = reply.send(result);
             }
             Command::Drops { reply } => {

@@ -103,7 +103,9 @@ async fn run_case(case: &Case, options: RunOptions) -> Result<bool> {
     let mut ok = true;
     for (i, step) in case.steps.iter().enumerate() {
         for reference in &step.delete {
-            lab.cluster.delete(reference).with_context(|| format!("step {}: delete", i + 1))?;
+            lab.cluster
+                .delete(reference)
+                .with_context(|| format!("step {}: delete", i + 1))?;
         }
         for file in &step.apply {
             for object in manifest::load_file(file)? {
@@ -111,7 +113,9 @@ async fn run_case(case: &Case, options: RunOptions) -> Result<bool> {
             }
         }
         for spec in &step.label {
-            lab.cluster.label(spec).with_context(|| format!("step {}: label", i + 1))?;
+            lab.cluster
+                .label(spec)
+                .with_context(|| format!("step {}: label", i + 1))?;
         }
         lab.reconcile()?;
         for probe in &step.probes {
@@ -140,14 +144,17 @@ impl Lab {
             if self.servers.contains_key(&key) || self.unplaced.contains_key(&key) {
                 continue;
             }
-            let Some(pod) = self.cluster.pods.get(&key) else { continue };
+            let Some(pod) = self.cluster.pods.get(&key) else {
+                continue;
+            };
             if is_host_network(pod) {
                 self.unplaced.insert(key, "hostNetwork pods".into());
                 continue;
             }
             let node = pod_node(pod).to_string();
             if node != self.node.name {
-                self.unplaced.insert(key, format!("pods on {node} (second node)"));
+                self.unplaced
+                    .insert(key, format!("pods on {node} (second node)"));
                 continue;
             }
             let ports: Vec<(Proto, u16)> = container_ports(pod)
@@ -155,7 +162,9 @@ impl Lab {
                 .filter_map(|(_, protocol, port)| proto_of(protocol).map(|p| (p, port)))
                 .collect();
             let addrs = self.addresses(&key)?;
-            let handle = self.topology.add_pod(&self.node, &key.to_string(), &addrs)?;
+            let handle = self
+                .topology
+                .add_pod(&self.node, &key.to_string(), &addrs)?;
             let server = serve(&handle, &ports)?;
             self.servers.insert(key, server);
         }
@@ -164,21 +173,34 @@ impl Lab {
             .pods()
             .filter_map(|p| {
                 let key = parse_key(&p.key)?;
-                Some((key, Interface { ifname: p.host_ifname.clone(), ifindex: p.host_ifindex }))
+                Some((
+                    key,
+                    Interface {
+                        ifname: p.host_ifname.clone(),
+                        ifindex: p.host_ifindex,
+                    },
+                ))
             })
             .collect();
         let outcome = self.agent.sync(&self.cluster, interfaces)?;
         for e in &outcome.errors {
             println!("    policy error: {e}");
         }
-        tracing::debug!(writes = outcome.report.writes, deletes = outcome.report.deletes, endpoints = outcome.endpoints, "synced");
+        tracing::debug!(
+            writes = outcome.report.writes,
+            deletes = outcome.report.deletes,
+            endpoints = outcome.endpoints,
+            "synced"
+        );
         Ok(())
     }
 
     /// The pod's addresses from its status, or lab-assigned ones written into its status (so the
     /// agent sees them as a kubelet would report them).
     fn addresses(&mut self, key: &ObjectKey) -> Result<Vec<IpAddr>> {
-        let Some(pod) = self.cluster.pods.get_mut(key) else { bail!("no pod {key}") };
+        let Some(pod) = self.cluster.pods.get_mut(key) else {
+            bail!("no pod {key}")
+        };
         let from_status = pod_addrs(pod);
         if !from_status.is_empty() {
             return Ok(from_status);
@@ -190,7 +212,12 @@ impl Lab {
                 // addresses give them explicitly, elsewhere in 10.244.0.0/16.
                 self.next_addr += 1;
                 let n = self.next_addr;
-                let a = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 100 + (n / 250) as u8, (n % 250) as u8 + 2))];
+                let a = vec![IpAddr::V4(Ipv4Addr::new(
+                    10,
+                    244,
+                    100 + (n / 250) as u8,
+                    (n % 250) as u8 + 2,
+                ))];
                 self.assigned.insert(key.clone(), a.clone());
                 a
             }
@@ -206,7 +233,13 @@ impl Lab {
         Ok(addrs)
     }
 
-    async fn probe_table(&self, step: usize, probe_spec: &Probe, case: &Case, options: RunOptions) -> Result<bool> {
+    async fn probe_table(
+        &self,
+        step: usize,
+        probe_spec: &Probe,
+        case: &Case,
+        options: RunOptions,
+    ) -> Result<bool> {
         let (proto, port) = probe_spec.connect;
         let via = match probe_spec.via {
             Via::PodIp => "pod-ip",
@@ -215,10 +248,15 @@ impl Lab {
         println!("step {step}: {proto}/{port} via {via}");
         let mut skipped = BTreeSet::new();
         if probe_spec.via == Via::Service {
-            skipped.insert("via: service (Service translation comes with the dataplane issue)".to_string());
+            skipped.insert(
+                "via: service (Service translation comes with the dataplane issue)".to_string(),
+            );
         }
         if proto == CaseProto::Sctp {
-            skipped.insert("SCTP (this kernel has no SCTP sockets; the raw-socket responder comes later)".to_string());
+            skipped.insert(
+                "SCTP (this kernel has no SCTP sockets; the raw-socket responder comes later)"
+                    .to_string(),
+            );
         }
         let table = &probe_spec.expect;
         // Cells to probe: (row, column) -> (source pod, destination address).
@@ -248,22 +286,27 @@ impl Lab {
         let mut observed: BTreeMap<(String, String), bool> = BTreeMap::new();
         let mut pending: Vec<_> = cells.iter().collect();
         for attempt in 0..=RETRIES {
-            let results: Vec<((String, String), bool)> = join_all(pending.iter().map(|cell| async move {
-                let (row, col, src, dst) = cell;
-                let outcome = probe(src, SocketAddr::new(*dst, port), proto, PROBE_TIMEOUT).await;
-                ((row.clone(), col.clone()), outcome.succeeded())
-            }))
-            .await;
+            let results: Vec<((String, String), bool)> =
+                join_all(pending.iter().map(|cell| async move {
+                    let (row, col, src, dst) = cell;
+                    let outcome =
+                        probe(src, SocketAddr::new(*dst, port), proto, PROBE_TIMEOUT).await;
+                    ((row.clone(), col.clone()), outcome.succeeded())
+                }))
+                .await;
             observed.extend(results);
             pending.retain(|cell| {
                 let (row, col) = (&cell.0, &cell.1);
-                table.expected(row, col) == Some(true) && observed.get(&(row.clone(), col.clone())) == Some(&false)
+                table.expected(row, col) == Some(true)
+                    && observed.get(&(row.clone(), col.clone())) == Some(&false)
             });
             if pending.is_empty() || attempt == RETRIES {
                 break;
             }
         }
-        let comparison: Comparison = compare(table, &|row: &str, col: &str| observed.get(&(row.to_string(), col.to_string())).copied());
+        let comparison: Comparison = compare(table, &|row: &str, col: &str| {
+            observed.get(&(row.to_string(), col.to_string())).copied()
+        });
         print!("{}", indent(&comparison.render()));
         if options.narrate {
             println!("    => {}", narrate(table, &observed));
@@ -279,7 +322,9 @@ impl Lab {
         if let Some(why) = self.unplaced.get(&key) {
             return Err(why.clone());
         }
-        self.topology.pod(name).ok_or_else(|| format!("{name}: no such pod"))
+        self.topology
+            .pod(name)
+            .ok_or_else(|| format!("{name}: no such pod"))
     }
 
     fn destination(&self, name: &str, case: &Case) -> Result<Option<IpAddr>, String> {
@@ -292,7 +337,12 @@ impl Lab {
             Err(why) if why.ends_with("no such pod") => return Ok(None),
             Err(why) => return Err(why),
         };
-        Ok(handle.addrs.iter().find(|a| a.is_ipv4()).or(handle.addrs.first()).copied())
+        Ok(handle
+            .addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(handle.addrs.first())
+            .copied())
     }
 }
 

@@ -42,7 +42,10 @@ impl Prefix {
                 len: V4_MAPPED_PREFIX_BITS + u32::from(n.prefix_len()),
                 addr: Addr::from_v4(n.network().octets()),
             },
-            IpNet::V6(n) => Self { len: u32::from(n.prefix_len()), addr: Addr::from_v6(n.network().octets()) },
+            IpNet::V6(n) => Self {
+                len: u32::from(n.prefix_len()),
+                addr: Addr::from_v6(n.network().octets()),
+            },
         }
     }
 
@@ -71,7 +74,10 @@ pub fn addr_of(ip: &IpAddr) -> Addr {
 /// The IPv4 space as a prefix of the mapped space. Always in the CIDR trie, so that an IPv4
 /// address never falls through to an IPv6 prefix such as `::/0` that happens to contain
 /// `::ffff:0:0/96`.
-pub const V4_ROOT: Prefix = Prefix { len: V4_MAPPED_PREFIX_BITS, addr: Addr::from_v4([0, 0, 0, 0]) };
+pub const V4_ROOT: Prefix = Prefix {
+    len: V4_MAPPED_PREFIX_BITS,
+    addr: Addr::from_v4([0, 0, 0, 0]),
+};
 
 /// Which rule a class bit stands for (for explanations and flow attribution).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -140,7 +146,10 @@ pub struct NodeView<'a> {
 
 impl Compiler {
     pub fn new() -> Self {
-        Self { next_identity: IDENTITY_FIRST_POD, ..Self::default() }
+        Self {
+            next_identity: IDENTITY_FIRST_POD,
+            ..Self::default()
+        }
     }
 
     pub fn compile(&mut self, cluster: &Cluster, node: &NodeView<'_>) -> NodeState {
@@ -197,7 +206,11 @@ impl Compiler {
             state.cidrs.insert(*p, id);
         }
 
-        let ctx = Context { cluster, identities: &live, cidrs: &state.cidrs };
+        let ctx = Context {
+            cluster,
+            identities: &live,
+            cidrs: &state.cidrs,
+        };
         for (key, pod) in &cluster.pods {
             let addrs = pod_addrs(pod);
             if is_host_network(pod) || addrs.is_empty() || pod_node(pod) != node.name {
@@ -236,7 +249,10 @@ impl ClassTable {
         let i = match self.index.get(ports) {
             Some(i) => *i,
             None if self.classes.len() < MAX_CLASSES => {
-                self.classes.push(Class { ports: ports.clone(), rules: Vec::new() });
+                self.classes.push(Class {
+                    ports: ports.clone(),
+                    rules: Vec::new(),
+                });
                 self.index.insert(ports.clone(), self.classes.len() - 1);
                 self.classes.len() - 1
             }
@@ -251,8 +267,17 @@ impl ClassTable {
 }
 
 impl Context<'_> {
-    fn endpoint(&self, key: &ObjectKey, pod: &Pod, addrs: Vec<IpAddr>, policies: &[&Policy]) -> (EndpointState, Vec<PolicyError>) {
-        let mut ep = EndpointState { addrs, ..Default::default() };
+    fn endpoint(
+        &self,
+        key: &ObjectKey,
+        pod: &Pod,
+        addrs: Vec<IpAddr>,
+        policies: &[&Policy],
+    ) -> (EndpointState, Vec<PolicyError>) {
+        let mut ep = EndpointState {
+            addrs,
+            ..Default::default()
+        };
         let mut errors = Vec::new();
         let own_ports = container_ports(pod);
         for direction in [DIR_INGRESS, DIR_EGRESS] {
@@ -260,12 +285,25 @@ impl Context<'_> {
             let mut table = ClassTable::default();
             let mut overflow = false;
             for policy in policies {
-                let rules = if direction == DIR_INGRESS { &policy.ingress } else { &policy.egress };
+                let rules = if direction == DIR_INGRESS {
+                    &policy.ingress
+                } else {
+                    &policy.egress
+                };
                 let Some(rules) = rules else { continue };
-                ep.flags |= if direction == DIR_INGRESS { EP_INGRESS_ISOLATED } else { EP_EGRESS_ISOLATED };
+                ep.flags |= if direction == DIR_INGRESS {
+                    EP_INGRESS_ISOLATED
+                } else {
+                    EP_EGRESS_ISOLATED
+                };
                 for rule in rules {
-                    let rule_ref = RuleRef { policy: policy.key.clone(), direction, index: rule.index };
-                    overflow |= !self.add_rule(&mut ep, &mut table, direction, rule, &rule_ref, &own_ports);
+                    let rule_ref = RuleRef {
+                        policy: policy.key.clone(),
+                        direction,
+                        index: rule.index,
+                    };
+                    overflow |=
+                        !self.add_rule(&mut ep, &mut table, direction, rule, &rule_ref, &own_ports);
                 }
             }
             if overflow {
@@ -278,7 +316,9 @@ impl Context<'_> {
             // Port prefixes: every prefix of every class's ranges, carrying every class whose
             // ranges contain the whole prefix (the longest match then answers exactly).
             for class in &table.classes {
-                let PortSet::Ranges(ranges) = &class.ports else { continue };
+                let PortSet::Ranges(ranges) = &class.ports else {
+                    continue;
+                };
                 for r in ranges {
                     for p in range_to_prefixes(r.first, r.last) {
                         ep.ports.entry((direction, r.protocol, p)).or_insert(0);
@@ -291,7 +331,11 @@ impl Context<'_> {
                 }
                 for (i, class) in table.classes.iter().enumerate() {
                     if let PortSet::Ranges(ranges) = &class.ports
-                        && ranges.iter().any(|r| r.protocol == *protocol && r.first <= prefix.first() && prefix.last() <= r.last)
+                        && ranges.iter().any(|r| {
+                            r.protocol == *protocol
+                                && r.first <= prefix.first()
+                                && prefix.last() <= r.last
+                        })
                     {
                         *mask |= 1 << i;
                     }
@@ -309,14 +353,51 @@ impl Context<'_> {
     }
 
     /// Adds one rule's bits; false when a class could not be allocated.
-    fn add_rule(&self, ep: &mut EndpointState, table: &mut ClassTable, direction: u8, rule: &Rule, rule_ref: &RuleRef, own_ports: &[(String, u8, u16)]) -> bool {
+    fn add_rule(
+        &self,
+        ep: &mut EndpointState,
+        table: &mut ClassTable,
+        direction: u8,
+        rule: &Rule,
+        rule_ref: &RuleRef,
+        own_ports: &[(String, u8, u16)],
+    ) -> bool {
         let d = usize::from(direction);
-        let numeric: Vec<PortRange> = rule.ports.iter().filter_map(|p| if let Port::Numeric(r) = p { Some(*r) } else { None }).collect();
-        let named: Vec<(u8, &str)> = rule.ports.iter().filter_map(|p| if let Port::Named { protocol, name } = p { Some((*protocol, name.as_str())) } else { None }).collect();
+        let numeric: Vec<PortRange> = rule
+            .ports
+            .iter()
+            .filter_map(|p| {
+                if let Port::Numeric(r) = p {
+                    Some(*r)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let named: Vec<(u8, &str)> = rule
+            .ports
+            .iter()
+            .filter_map(|p| {
+                if let Port::Named { protocol, name } = p {
+                    Some((*protocol, name.as_str()))
+                } else {
+                    None
+                }
+            })
+            .collect();
         let resolve = |ports: &[(String, u8, u16)]| {
             let mut ranges = numeric.clone();
             for (protocol, name) in &named {
-                ranges.extend(ports.iter().filter(|(n, p, _)| n == name && p == protocol).map(|(_, p, port)| PortRange { protocol: *p, first: *port, last: *port }));
+                ranges.extend(
+                    ports
+                        .iter()
+                        .filter(|(n, p, _)| n == name && p == protocol)
+                        .map(|(_, p, port)| PortRange {
+                            protocol: *p,
+                            first: *port,
+                            last: *port,
+                        }),
+                );
             }
             PortSet::ranges(ranges)
         };
@@ -356,10 +437,19 @@ impl Context<'_> {
                     match peer {
                         Peer::Pods { namespaces, pods } => {
                             for (id, ident) in self.identities {
-                                if !self.selects(rule_ref, namespaces.as_ref(), pods.as_ref(), ident) {
+                                if !self.selects(
+                                    rule_ref,
+                                    namespaces.as_ref(),
+                                    pods.as_ref(),
+                                    ident,
+                                ) {
                                     continue;
                                 }
-                                let ports = if per_peer_ports { resolve(&ident.named_ports) } else { fixed.clone() };
+                                let ports = if per_peer_ports {
+                                    resolve(&ident.named_ports)
+                                } else {
+                                    fixed.clone()
+                                };
                                 if let Some(b) = bit(&ports) {
                                     *ep.peers.entry((direction, *id)).or_insert(0) |= b;
                                 }
@@ -372,7 +462,10 @@ impl Context<'_> {
                             let cidr = Prefix::from_net(cidr);
                             let except: Vec<Prefix> = except.iter().map(Prefix::from_net).collect();
                             for (p, id) in self.cidrs {
-                                if same_family(&cidr, p) && cidr.contains(p) && !except.iter().any(|e| e.contains(p)) {
+                                if same_family(&cidr, p)
+                                    && cidr.contains(p)
+                                    && !except.iter().any(|e| e.contains(p))
+                                {
                                     *ep.peers.entry((direction, *id)).or_insert(0) |= b;
                                 }
                             }
@@ -384,11 +477,22 @@ impl Context<'_> {
         ok
     }
 
-    fn selects(&self, rule: &RuleRef, namespaces: Option<&LabelSelector>, pods: Option<&LabelSelector>, ident: &IdentityKey) -> bool {
+    fn selects(
+        &self,
+        rule: &RuleRef,
+        namespaces: Option<&LabelSelector>,
+        pods: Option<&LabelSelector>,
+        ident: &IdentityKey,
+    ) -> bool {
         let ns_ok = match namespaces {
             None => ident.namespace == rule.policy.namespace,
             Some(sel) => {
-                let labels = self.cluster.namespaces.get(&ident.namespace).and_then(|n| n.metadata.labels.clone()).unwrap_or_default();
+                let labels = self
+                    .cluster
+                    .namespaces
+                    .get(&ident.namespace)
+                    .and_then(|n| n.metadata.labels.clone())
+                    .unwrap_or_default();
                 matches(sel, &labels)
             }
         };
@@ -402,28 +506,53 @@ fn same_family(a: &Prefix, b: &Prefix) -> bool {
 }
 
 fn identity_key(key: &ObjectKey, pod: &Pod) -> IdentityKey {
-    let mut named_ports: Vec<_> = container_ports(pod).into_iter().filter(|(n, _, _)| !n.is_empty()).collect();
+    let mut named_ports: Vec<_> = container_ports(pod)
+        .into_iter()
+        .filter(|(n, _, _)| !n.is_empty())
+        .collect();
     named_ports.sort();
-    IdentityKey { namespace: key.namespace.clone(), labels: pod.metadata.labels.clone().unwrap_or_default(), named_ports }
+    IdentityKey {
+        namespace: key.namespace.clone(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        named_ports,
+    }
 }
 
 /// Every address of a pod (`status.podIPs`, else `status.podIP`); unparsable ones are skipped.
 pub fn pod_addrs(pod: &Pod) -> Vec<IpAddr> {
-    let Some(status) = &pod.status else { return Vec::new() };
-    let mut out: Vec<IpAddr> = status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let mut out: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
     if out.is_empty() {
-        out.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+        out.extend(
+            status
+                .pod_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
+        );
     }
     out
 }
 
 pub fn is_host_network(pod: &Pod) -> bool {
-    pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false)
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false)
 }
 
 /// `spec.nodeName`, `node-1` when unset (the lab's single-node default).
 pub fn pod_node(pod: &Pod) -> &str {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("node-1")
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or("node-1")
 }
 
 /// (name, protocol, port) of each container port; protocol defaults to TCP.

@@ -14,10 +14,21 @@ use crate::cluster::ObjectKey;
 
 /// Whether a new flow at `endpoint` in `direction` with `peer` to `protocol`/`port` is admitted.
 /// `None` when the endpoint is unknown (the eBPF side then drops: fail closed).
-pub fn admits(state: &NodeState, endpoint: &ObjectKey, direction: u8, peer: IpAddr, protocol: u8, port: u16) -> Option<bool> {
+pub fn admits(
+    state: &NodeState,
+    endpoint: &ObjectKey,
+    direction: u8,
+    peer: IpAddr,
+    protocol: u8,
+    port: u16,
+) -> Option<bool> {
     let ep = state.endpoints.get(endpoint)?;
     let d = usize::from(direction);
-    let isolated = if direction == DIR_INGRESS { EP_INGRESS_ISOLATED } else { EP_EGRESS_ISOLATED };
+    let isolated = if direction == DIR_INGRESS {
+        EP_INGRESS_ISOLATED
+    } else {
+        EP_EGRESS_ISOLATED
+    };
     if ep.flags & isolated == 0 {
         return Some(true);
     }
@@ -30,7 +41,12 @@ pub fn admits(state: &NodeState, endpoint: &ObjectKey, direction: u8, peer: IpAd
         peer_mask |= ep.peers.get(&(direction, *id)).copied().unwrap_or(0);
     }
     // Longest prefix match over the CIDR trie.
-    if let Some((_, id)) = state.cidrs.iter().filter(|(p, _)| p.contains_addr(&addr)).max_by_key(|(p, _)| p.len) {
+    if let Some((_, id)) = state
+        .cidrs
+        .iter()
+        .filter(|(p, _)| p.contains_addr(&addr))
+        .max_by_key(|(p, _)| p.len)
+    {
         peer_mask |= ep.peers.get(&(direction, *id)).copied().unwrap_or(0);
     }
     if peer_mask == 0 {
@@ -40,7 +56,9 @@ pub fn admits(state: &NodeState, endpoint: &ObjectKey, direction: u8, peer: IpAd
         && let Some((_, mask)) = ep
             .ports
             .iter()
-            .filter(|((dir, proto, p), _)| *dir == direction && *proto == protocol && p.first() <= port && port <= p.last())
+            .filter(|((dir, proto, p), _)| {
+                *dir == direction && *proto == protocol && p.first() <= port && port <= p.last()
+            })
             .max_by_key(|((_, _, p), _)| p.len)
     {
         port_mask |= *mask;

@@ -43,7 +43,10 @@ pub struct Rule {
 #[derive(Debug, Clone)]
 pub enum Peer {
     /// Pods: with no namespace selector, those of the policy's own namespace.
-    Pods { namespaces: Option<LabelSelector>, pods: Option<LabelSelector> },
+    Pods {
+        namespaces: Option<LabelSelector>,
+        pods: Option<LabelSelector>,
+    },
     /// Addresses in `cidr` minus every `except` block.
     Block { cidr: IpNet, except: Vec<IpNet> },
 }
@@ -52,7 +55,10 @@ pub enum Peer {
 pub enum Port {
     Numeric(PortRange),
     /// Resolved against the destination pod's container ports, name and protocol both.
-    Named { protocol: u8, name: String },
+    Named {
+        protocol: u8,
+        name: String,
+    },
 }
 
 impl Policy {
@@ -60,7 +66,11 @@ impl Policy {
     /// policy we cannot understand must never widen access.
     pub fn from_api(policy: &NetworkPolicy) -> (Self, Vec<PolicyError>) {
         let key = ObjectKey::new(
-            policy.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            policy
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
             policy.metadata.name.clone().unwrap_or_default(),
         );
         let mut errors = Vec::new();
@@ -79,10 +89,20 @@ impl Policy {
         };
         for (i, t) in types.iter().enumerate() {
             if t != "Ingress" && t != "Egress" {
-                errors.push(err(&key, format!("spec.policyTypes[{i}]"), format!("unknown policy type {t:?}")));
+                errors.push(err(
+                    &key,
+                    format!("spec.policyTypes[{i}]"),
+                    format!("unknown policy type {t:?}"),
+                ));
             }
         }
-        let mut read = |dir: &str, rules: Option<Vec<(Option<Vec<NetworkPolicyPeer>>, Option<Vec<NetworkPolicyPort>>)>>| {
+        let mut read = |dir: &str,
+                        rules: Option<
+            Vec<(
+                Option<Vec<NetworkPolicyPeer>>,
+                Option<Vec<NetworkPolicyPort>>,
+            )>,
+        >| {
             rules
                 .unwrap_or_default()
                 .into_iter()
@@ -96,7 +116,15 @@ impl Policy {
                             p.iter()
                                 .enumerate()
                                 .filter_map(|(i, peer)| {
-                                    read_peer(peer).map_err(|(f, m)| errors.push(err(&key, format!("{at}.{peer_field}[{i}]{f}"), m))).ok()
+                                    read_peer(peer)
+                                        .map_err(|(f, m)| {
+                                            errors.push(err(
+                                                &key,
+                                                format!("{at}.{peer_field}[{i}]{f}"),
+                                                m,
+                                            ))
+                                        })
+                                        .ok()
                                 })
                                 .collect()
                         }),
@@ -105,15 +133,23 @@ impl Policy {
                             .iter()
                             .enumerate()
                             .filter_map(|(i, port)| {
-                                read_port(port).map_err(|(f, m)| errors.push(err(&key, format!("{at}.ports[{i}]{f}"), m))).ok()
+                                read_port(port)
+                                    .map_err(|(f, m)| {
+                                        errors.push(err(&key, format!("{at}.ports[{i}]{f}"), m))
+                                    })
+                                    .ok()
                             })
                             .collect(),
                     }
                 })
                 .collect::<Vec<_>>()
         };
-        let ingress = spec.ingress.map(|r| r.into_iter().map(|r| (r.from, r.ports)).collect());
-        let egress = spec.egress.map(|r| r.into_iter().map(|r| (r.to, r.ports)).collect());
+        let ingress = spec
+            .ingress
+            .map(|r| r.into_iter().map(|r| (r.from, r.ports)).collect());
+        let egress = spec
+            .egress
+            .map(|r| r.into_iter().map(|r| (r.to, r.ports)).collect());
         let ingress_rules = read("ingress", ingress);
         let egress_rules = read("egress", egress);
         let (ingress_rules, egress_rules) = if errors.is_empty() {
@@ -124,7 +160,10 @@ impl Policy {
         let policy = Self {
             key,
             pod_selector: spec.pod_selector.unwrap_or_default(),
-            ingress: types.iter().any(|t| t == "Ingress").then_some(ingress_rules),
+            ingress: types
+                .iter()
+                .any(|t| t == "Ingress")
+                .then_some(ingress_rules),
             egress: types.iter().any(|t| t == "Egress").then_some(egress_rules),
         };
         (policy, errors)
@@ -132,7 +171,11 @@ impl Policy {
 }
 
 fn err(key: &ObjectKey, field: String, message: String) -> PolicyError {
-    PolicyError { policy: key.clone(), field, message }
+    PolicyError {
+        policy: key.clone(),
+        field,
+        message,
+    }
 }
 
 type FieldError = (String, String);
@@ -153,17 +196,36 @@ fn read_peer(peer: &NetworkPolicyPeer) -> Result<Peer, FieldError> {
             }
             Ok(Peer::Block { cidr, except })
         }
-        (Some(_), _, _) => Err((String::new(), "ipBlock cannot be combined with podSelector or namespaceSelector".into())),
-        (None, None, None) => Err((String::new(), "a peer must set podSelector, namespaceSelector or ipBlock".into())),
-        (None, namespaces, pods) => Ok(Peer::Pods { namespaces: namespaces.clone(), pods: pods.clone() }),
+        (Some(_), _, _) => Err((
+            String::new(),
+            "ipBlock cannot be combined with podSelector or namespaceSelector".into(),
+        )),
+        (None, None, None) => Err((
+            String::new(),
+            "a peer must set podSelector, namespaceSelector or ipBlock".into(),
+        )),
+        (None, namespaces, pods) => Ok(Peer::Pods {
+            namespaces: namespaces.clone(),
+            pods: pods.clone(),
+        }),
     }
 }
 
 fn read_port(port: &NetworkPolicyPort) -> Result<Port, FieldError> {
-    let protocol = protocol_number(port.protocol.as_deref())
-        .ok_or_else(|| (".protocol".to_string(), format!("unsupported protocol {:?} (TCP, UDP or SCTP)", port.protocol.as_deref().unwrap_or(""))))?;
+    let protocol = protocol_number(port.protocol.as_deref()).ok_or_else(|| {
+        (
+            ".protocol".to_string(),
+            format!(
+                "unsupported protocol {:?} (TCP, UDP or SCTP)",
+                port.protocol.as_deref().unwrap_or("")
+            ),
+        )
+    })?;
     let check = |p: i32, field: &str| {
-        u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| (field.to_string(), format!("port {p} is not in 1-65535")))
+        u16::try_from(p)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| (field.to_string(), format!("port {p} is not in 1-65535")))
     };
     match (&port.port, port.end_port) {
         (None, None) => Ok(Port::Numeric(PortRange::all(protocol))),
@@ -175,29 +237,49 @@ fn read_port(port: &NetworkPolicyPort) -> Result<Port, FieldError> {
                 Some(e) => {
                     let e = check(e, ".endPort")?;
                     if e < first {
-                        return Err((".endPort".into(), format!("endPort {e} is below port {first}")));
+                        return Err((
+                            ".endPort".into(),
+                            format!("endPort {e} is below port {first}"),
+                        ));
                     }
                     e
                 }
             };
-            Ok(Port::Numeric(PortRange { protocol, first, last }))
+            Ok(Port::Numeric(PortRange {
+                protocol,
+                first,
+                last,
+            }))
         }
         (Some(IntOrString::String(name)), None) => {
             // A numeric string is what `port: "80"` decodes to; treat it as the number.
             match name.parse::<i32>() {
-                Ok(p) => Ok(Port::Numeric(PortRange { protocol, first: check(p, ".port")?, last: check(p, ".port")? })),
+                Ok(p) => Ok(Port::Numeric(PortRange {
+                    protocol,
+                    first: check(p, ".port")?,
+                    last: check(p, ".port")?,
+                })),
                 Err(_) if name.is_empty() => Err((".port".into(), "empty port name".into())),
-                Err(_) => Ok(Port::Named { protocol, name: name.clone() }),
+                Err(_) => Ok(Port::Named {
+                    protocol,
+                    name: name.clone(),
+                }),
             }
         }
-        (Some(IntOrString::String(_)), Some(_)) => Err((".endPort".into(), "endPort cannot be used with a named port".into())),
+        (Some(IntOrString::String(_)), Some(_)) => Err((
+            ".endPort".into(),
+            "endPort cannot be used with a named port".into(),
+        )),
     }
 }
 
 fn parse_cidr(text: &str) -> Result<IpNet, String> {
     // Legacy forms such as "10.0.0.1/8" (host bits set) are accepted and normalised, as the
     // API server accepted them before v1.22's stricter validation.
-    text.trim().parse::<IpNet>().map(|n| n.trunc()).map_err(|e| format!("invalid CIDR {text:?}: {e}"))
+    text.trim()
+        .parse::<IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|e| format!("invalid CIDR {text:?}: {e}"))
 }
 
 pub fn is_v4(net: &IpNet) -> bool {

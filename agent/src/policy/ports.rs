@@ -12,7 +12,11 @@ pub struct PortRange {
 
 impl PortRange {
     pub const fn all(protocol: u8) -> Self {
-        Self { protocol, first: 0, last: u16::MAX }
+        Self {
+            protocol,
+            first: 0,
+            last: u16::MAX,
+        }
     }
 
     pub const fn contains(&self, protocol: u8, port: u16) -> bool {
@@ -61,7 +65,11 @@ impl PortPrefix {
     }
 
     pub const fn last(&self) -> u16 {
-        if self.len == 0 { u16::MAX } else { self.value | (u16::MAX >> self.len) }
+        if self.len >= 16 {
+            self.value
+        } else {
+            self.value | (u16::MAX >> self.len)
+        }
     }
 }
 
@@ -71,11 +79,18 @@ pub fn range_to_prefixes(first: u16, last: u16) -> Vec<PortPrefix> {
     let (mut lo, hi) = (u32::from(first), u32::from(last));
     while lo <= hi {
         // The largest aligned block starting at `lo` that does not pass `hi`.
-        let mut size_bits = if lo == 0 { 16 } else { lo.trailing_zeros().min(16) };
+        let mut size_bits = if lo == 0 {
+            16
+        } else {
+            lo.trailing_zeros().min(16)
+        };
         while lo + (1 << size_bits) - 1 > hi {
             size_bits -= 1;
         }
-        out.push(PortPrefix { value: lo as u16, len: (16 - size_bits) as u8 });
+        out.push(PortPrefix {
+            value: lo as u16,
+            len: (16 - size_bits) as u8,
+        });
         lo += 1 << size_bits;
     }
     out
@@ -99,12 +114,18 @@ mod tests {
 
     #[test]
     fn a_single_port_is_one_full_length_prefix() {
-        assert_eq!(range_to_prefixes(80, 80), vec![PortPrefix { value: 80, len: 16 }]);
+        assert_eq!(
+            range_to_prefixes(80, 80),
+            vec![PortPrefix { value: 80, len: 16 }]
+        );
     }
 
     #[test]
     fn the_whole_range_is_one_zero_length_prefix() {
-        assert_eq!(range_to_prefixes(0, u16::MAX), vec![PortPrefix { value: 0, len: 0 }]);
+        assert_eq!(
+            range_to_prefixes(0, u16::MAX),
+            vec![PortPrefix { value: 0, len: 0 }]
+        );
     }
 
     #[test]

@@ -36,7 +36,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelector {
@@ -68,13 +71,19 @@ mod tests {
     #[test]
     fn not_in_matches_objects_without_the_key() {
         assert!(matches(&expr("ns", "NotIn", &["x"]), &labels(&[])));
-        assert!(!matches(&expr("ns", "NotIn", &["x"]), &labels(&[("ns", "x")])));
+        assert!(!matches(
+            &expr("ns", "NotIn", &["x"]),
+            &labels(&[("ns", "x")])
+        ));
     }
 
     #[test]
     fn exists_and_does_not_exist_ignore_values() {
         assert!(matches(&expr("k", "Exists", &[]), &labels(&[("k", "")])));
-        assert!(!matches(&expr("k", "DoesNotExist", &[]), &labels(&[("k", "")])));
+        assert!(!matches(
+            &expr("k", "DoesNotExist", &[]),
+            &labels(&[("k", "")])
+        ));
     }
 
     #[test]

@@ -28,7 +28,10 @@ impl World {
     fn ns(mut self, name: &str, labels: &[(&str, &str)]) -> Self {
         let mut ns = Namespace::default();
         ns.metadata.name = Some(name.into());
-        let mut l: std::collections::BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut l: std::collections::BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         l.insert(NAMESPACE_NAME_LABEL.into(), name.into());
         ns.metadata.labels = Some(l);
         self.cluster.namespaces.insert(name.into(), ns);
@@ -36,12 +39,24 @@ impl World {
     }
 
     /// `ports`: (name, protocol, port).
-    fn pod(mut self, ns: &str, name: &str, ip: &str, labels: &[(&str, &str)], ports: &[(&str, &str, i32)]) -> Self {
+    fn pod(
+        mut self,
+        ns: &str,
+        name: &str,
+        ip: &str,
+        labels: &[(&str, &str)],
+        ports: &[(&str, &str, i32)],
+    ) -> Self {
         let ports_yaml: String = ports
             .iter()
-            .map(|(n, p, port)| format!("        - {{name: \"{n}\", protocol: {p}, containerPort: {port}}}\n"))
+            .map(|(n, p, port)| {
+                format!("        - {{name: \"{n}\", protocol: {p}, containerPort: {port}}}\n")
+            })
             .collect();
-        let labels_yaml: String = labels.iter().map(|(k, v)| format!("    {k}: \"{v}\"\n")).collect();
+        let labels_yaml: String = labels
+            .iter()
+            .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+            .collect();
         let yaml = format!(
             "metadata:\n  name: {name}\n  namespace: \"{ns}\"\n  labels:\n{labels_yaml}    _: \"\"\nspec:\n  containers:\n    - name: c\n      ports:\n{ports_yaml}        - {{containerPort: 1}}\nstatus:\n  podIPs:\n    - ip: {ip}\n"
         );
@@ -52,20 +67,36 @@ impl World {
 
     fn policy(mut self, yaml: &str) -> Self {
         let policy: NetworkPolicy = serde_yaml_ng::from_str(yaml).expect("test policy");
-        let key = ObjectKey::new(policy.metadata.namespace.clone().unwrap_or_default(), policy.metadata.name.clone().unwrap_or_default());
+        let key = ObjectKey::new(
+            policy.metadata.namespace.clone().unwrap_or_default(),
+            policy.metadata.name.clone().unwrap_or_default(),
+        );
         self.cluster.policies.insert(key, policy);
         self
     }
 
     fn compile(&self) -> NodeState {
         let addrs: Vec<IpAddr> = vec![NODE_ADDR.parse().expect("addr")];
-        Compiler::new().compile(&self.cluster, &NodeView { name: "node-1", addrs: &addrs })
+        Compiler::new().compile(
+            &self.cluster,
+            &NodeView {
+                name: "node-1",
+                addrs: &addrs,
+            },
+        )
     }
 }
 
 /// Whether `from` (`ns/pod` or an address) may open `proto`/`port` to `to`: the source's egress
 /// AND the destination's ingress, as the two hooks judge it.
-fn allowed(state: &NodeState, world: &World, from: &str, to: &str, protocol: u8, port: u16) -> bool {
+fn allowed(
+    state: &NodeState,
+    world: &World,
+    from: &str,
+    to: &str,
+    protocol: u8,
+    port: u16,
+) -> bool {
     let addr = |s: &str| -> (Option<ObjectKey>, IpAddr) {
         match s.split_once('/') {
             Some((ns, pod)) => {
@@ -79,8 +110,10 @@ fn allowed(state: &NodeState, world: &World, from: &str, to: &str, protocol: u8,
     };
     let (src_key, src_ip) = addr(from);
     let (dst_key, dst_ip) = addr(to);
-    let egress = src_key.is_none_or(|k| admits(state, &k, DIR_EGRESS, dst_ip, protocol, port).expect("endpoint"));
-    let ingress = dst_key.is_none_or(|k| admits(state, &k, DIR_INGRESS, src_ip, protocol, port).expect("endpoint"));
+    let egress = src_key
+        .is_none_or(|k| admits(state, &k, DIR_EGRESS, dst_ip, protocol, port).expect("endpoint"));
+    let ingress = dst_key
+        .is_none_or(|k| admits(state, &k, DIR_INGRESS, src_ip, protocol, port).expect("endpoint"));
     egress && ingress
 }
 
@@ -88,10 +121,34 @@ fn xy() -> World {
     World::new()
         .ns("x", &[("ns", "x")])
         .ns("y", &[("ns", "y")])
-        .pod("x", "a", "10.244.1.10", &[("pod", "a")], &[("serve-80-tcp", "TCP", 80)])
-        .pod("x", "b", "10.244.1.11", &[("pod", "b")], &[("serve-80-tcp", "TCP", 80)])
-        .pod("y", "a", "10.244.2.10", &[("pod", "a")], &[("serve-80-tcp", "TCP", 80)])
-        .pod("y", "b", "10.244.2.11", &[("pod", "b")], &[("http", "TCP", 81)])
+        .pod(
+            "x",
+            "a",
+            "10.244.1.10",
+            &[("pod", "a")],
+            &[("serve-80-tcp", "TCP", 80)],
+        )
+        .pod(
+            "x",
+            "b",
+            "10.244.1.11",
+            &[("pod", "b")],
+            &[("serve-80-tcp", "TCP", 80)],
+        )
+        .pod(
+            "y",
+            "a",
+            "10.244.2.10",
+            &[("pod", "a")],
+            &[("serve-80-tcp", "TCP", 80)],
+        )
+        .pod(
+            "y",
+            "b",
+            "10.244.2.11",
+            &[("pod", "b")],
+            &[("http", "TCP", 81)],
+        )
 }
 
 #[test]
@@ -108,19 +165,30 @@ fn an_egress_only_policy_written_without_policy_types_also_isolates_ingress() {
         "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  egress: [{}]\n",
     );
     let s = w.compile();
-    assert!(!allowed(&s, &w, "x/b", "x/a", PROTO_TCP, 80), "ingress isolated by defaulting");
-    assert!(allowed(&s, &w, "x/a", "y/a", PROTO_TCP, 80), "egress allowed by the empty rule");
+    assert!(
+        !allowed(&s, &w, "x/b", "x/a", PROTO_TCP, 80),
+        "ingress isolated by defaulting"
+    );
+    assert!(
+        allowed(&s, &w, "x/a", "y/a", PROTO_TCP, 80),
+        "egress allowed by the empty rule"
+    );
 }
 
 #[test]
 fn empty_ingress_list_denies_and_a_list_with_one_empty_rule_allows_all() {
-    let deny = xy().policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: []\n");
+    let deny =
+        xy().policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: []\n");
     let s = deny.compile();
     assert!(!allowed(&s, &deny, "y/a", "x/a", PROTO_TCP, 80));
-    let allow = xy().policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{}]\n");
+    let allow = xy()
+        .policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{}]\n");
     let s = allow.compile();
     assert!(allowed(&s, &allow, "y/a", "x/a", PROTO_TCP, 80));
-    assert!(allowed(&s, &allow, "192.0.2.1", "x/a", PROTO_ICMP, 0), "empty ports allow every protocol");
+    assert!(
+        allowed(&s, &allow, "192.0.2.1", "x/a", PROTO_ICMP, 0),
+        "empty ports allow every protocol"
+    );
 }
 
 #[test]
@@ -169,8 +237,18 @@ fn end_port_makes_an_inclusive_range() {
         "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: 1000, endPort: 2000}]\n",
     );
     let s = w.compile();
-    for (port, ok) in [(999, false), (1000, true), (1500, true), (2000, true), (2001, false)] {
-        assert_eq!(allowed(&s, &w, "y/a", "x/a", PROTO_TCP, port), ok, "port {port}");
+    for (port, ok) in [
+        (999, false),
+        (1000, true),
+        (1500, true),
+        (2000, true),
+        (2001, false),
+    ] {
+        assert_eq!(
+            allowed(&s, &w, "y/a", "x/a", PROTO_TCP, port),
+            ok,
+            "port {port}"
+        );
     }
 }
 
@@ -192,11 +270,20 @@ fn named_ports_resolve_against_the_destination_pod() {
         "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{port: http}, {port: serve-80-tcp}]\n",
     );
     let s = w.compile();
-    assert!(allowed(&s, &w, "x/a", "y/b", PROTO_TCP, 81), "y/b names 81 http");
+    assert!(
+        allowed(&s, &w, "x/a", "y/b", PROTO_TCP, 81),
+        "y/b names 81 http"
+    );
     assert!(!allowed(&s, &w, "x/a", "y/b", PROTO_TCP, 80));
-    assert!(allowed(&s, &w, "x/a", "y/a", PROTO_TCP, 80), "y/a names 80 serve-80-tcp");
+    assert!(
+        allowed(&s, &w, "x/a", "y/a", PROTO_TCP, 80),
+        "y/a names 80 serve-80-tcp"
+    );
     assert!(!allowed(&s, &w, "x/a", "y/a", PROTO_TCP, 81));
-    assert!(!allowed(&s, &w, "x/a", "192.0.2.1", PROTO_TCP, 81), "an egress named port to a non-pod address never matches");
+    assert!(
+        !allowed(&s, &w, "x/a", "192.0.2.1", PROTO_TCP, 81),
+        "an egress named port to a non-pod address never matches"
+    );
 }
 
 #[test]
@@ -205,9 +292,15 @@ fn ip_block_matches_pod_addresses_and_except_is_per_peer() {
         "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.244.0.0/16, except: [10.244.2.0/24]}\n    - ipBlock: {cidr: 10.244.2.11/32}\n",
     );
     let s = w.compile();
-    assert!(allowed(&s, &w, "x/b", "x/a", PROTO_TCP, 80), "pod address inside the block");
+    assert!(
+        allowed(&s, &w, "x/b", "x/a", PROTO_TCP, 80),
+        "pod address inside the block"
+    );
     assert!(!allowed(&s, &w, "y/a", "x/a", PROTO_TCP, 80), "excepted");
-    assert!(allowed(&s, &w, "y/b", "x/a", PROTO_TCP, 80), "excepted by one peer, allowed by another");
+    assert!(
+        allowed(&s, &w, "y/b", "x/a", PROTO_TCP, 80),
+        "excepted by one peer, allowed by another"
+    );
     assert!(!allowed(&s, &w, "192.0.2.1", "x/a", PROTO_TCP, 80));
 }
 
@@ -223,7 +316,9 @@ fn ipv6_blocks_never_match_ipv4_addresses() {
 
 #[test]
 fn traffic_from_the_node_to_its_own_pods_is_always_allowed() {
-    let w = xy().policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n");
+    let w = xy().policy(
+        "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n",
+    );
     let s = w.compile();
     assert!(allowed(&s, &w, NODE_ADDR, "x/a", PROTO_TCP, 80));
     assert!(!allowed(&s, &w, "y/a", "x/a", PROTO_TCP, 80));
@@ -237,8 +332,14 @@ fn an_invalid_policy_isolates_its_pods_without_allowing_anything() {
     let s = w.compile();
     assert_eq!(s.errors.len(), 1);
     assert_eq!(s.errors[0].field, "spec.ingress[0].from[0].ipBlock.cidr");
-    assert!(!allowed(&s, &w, "x/b", "x/a", PROTO_TCP, 80), "the valid allow-all rule is not applied either");
-    assert!(allowed(&s, &w, "x/a", "x/b", PROTO_TCP, 80), "other pods keep working");
+    assert!(
+        !allowed(&s, &w, "x/b", "x/a", PROTO_TCP, 80),
+        "the valid allow-all rule is not applied either"
+    );
+    assert!(
+        allowed(&s, &w, "x/a", "x/b", PROTO_TCP, 80),
+        "other pods keep working"
+    );
 }
 
 #[test]
@@ -246,12 +347,24 @@ fn a_new_pod_with_an_existing_label_set_costs_one_identity_entry() {
     let policy = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: a}}}]\n";
     let mut compiler = Compiler::new();
     let addrs: Vec<IpAddr> = vec![NODE_ADDR.parse().expect("addr")];
-    let view = NodeView { name: "node-1", addrs: &addrs };
+    let view = NodeView {
+        name: "node-1",
+        addrs: &addrs,
+    };
     let before = compiler.compile(&xy().policy(policy).cluster, &view);
-    let grown = xy().policy(policy).pod("y", "c", "10.244.2.12", &[("pod", "a")], &[("serve-80-tcp", "TCP", 80)]);
+    let grown = xy().policy(policy).pod(
+        "y",
+        "c",
+        "10.244.2.12",
+        &[("pod", "a")],
+        &[("serve-80-tcp", "TCP", 80)],
+    );
     let after = compiler.compile(&grown.cluster, &view);
     assert_eq!(after.identities.len() - before.identities.len(), 1);
     let x_a = ObjectKey::new("x", "a");
-    assert_eq!(before.endpoints[&x_a], after.endpoints[&x_a], "the policy's entries do not change");
+    assert_eq!(
+        before.endpoints[&x_a], after.endpoints[&x_a],
+        "the policy's entries do not change"
+    );
     assert!(allowed(&after, &grown, "y/c", "x/a", PROTO_TCP, 80));
 }
