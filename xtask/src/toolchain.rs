@@ -30,6 +30,9 @@ const PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Debian's toolchain as rustup knows it (the agent's build.rs asks rustup for it by name).
+const RUSTUP_TOOLCHAIN: &str = "palisade-bpf";
+
 /// Where bpf-linker is installed (outside the repository, so a fresh clone reuses it).
 pub fn tools_dir() -> PathBuf {
     env::var_os("PALISADE_TOOLS")
@@ -76,9 +79,20 @@ fn bpf_linker_ok() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
 }
 
+/// Whether rustup is absent (nothing to link) or already knows Debian's toolchain.
+fn rustup_ok() -> bool {
+    match Command::new("rustup")
+        .args(["run", RUSTUP_TOOLCHAIN, "rustc", "--version"])
+        .output()
+    {
+        Err(_) => true,
+        Ok(out) => out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1.96"),
+    }
+}
+
 /// True when nothing needs installing (cheap: a few dpkg queries).
 pub fn ready() -> bool {
-    missing_packages().is_empty() && bpf_linker_ok()
+    missing_packages().is_empty() && bpf_linker_ok() && rustup_ok()
 }
 
 pub fn setup() -> Result<()> {
@@ -117,6 +131,10 @@ pub fn setup() -> Result<()> {
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("RUSTC"))
         .context("installing bpf-linker")?;
+    }
+    if !rustup_ok() {
+        eprintln!("[setup] linking Debian's rustc into rustup as {RUSTUP_TOOLCHAIN}");
+        run(Command::new("rustup").args(["toolchain", "link", RUSTUP_TOOLCHAIN, "/usr"]))?;
     }
     check_kernel()?;
     Ok(())

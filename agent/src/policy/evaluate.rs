@@ -156,7 +156,14 @@ pub struct Evaluator<'a> {
 }
 
 /// One connection against `cluster`; `nodes` name each node's own addresses.
-pub fn evaluate(cluster: &Cluster, nodes: &[NodeView<'_>], from: Endpoint<'_>, to: Endpoint<'_>, protocol: u8, port: u16) -> Verdict {
+pub fn evaluate(
+    cluster: &Cluster,
+    nodes: &[NodeView<'_>],
+    from: Endpoint<'_>,
+    to: Endpoint<'_>,
+    protocol: u8,
+    port: u16,
+) -> Verdict {
     Evaluator::new(cluster, nodes).evaluate(from, to, protocol, port)
 }
 
@@ -170,7 +177,12 @@ impl<'a> Evaluator<'a> {
             policies.push(policy);
             errors.extend(errs);
         }
-        Self { cluster, nodes, policies, errors }
+        Self {
+            cluster,
+            nodes,
+            policies,
+            errors,
+        }
     }
 
     /// Problems with the policies read (their pods stay isolated, with no rules from them).
@@ -179,28 +191,60 @@ impl<'a> Evaluator<'a> {
     }
 
     /// A new connection from `from` to `to` on `protocol`/`port` (the destination port).
-    pub fn evaluate(&self, from: Endpoint<'_>, to: Endpoint<'_>, protocol: u8, port: u16) -> Verdict {
+    pub fn evaluate(
+        &self,
+        from: Endpoint<'_>,
+        to: Endpoint<'_>,
+        protocol: u8,
+        port: u16,
+    ) -> Verdict {
         let (egress, ingress) = match (from, to) {
-            (Endpoint::Pod(a, _), Endpoint::Pod(b, _)) if a == b => (DirectionVerdict::Itself, DirectionVerdict::Itself),
+            (Endpoint::Pod(a, _), Endpoint::Pod(b, _)) if a == b => {
+                (DirectionVerdict::Itself, DirectionVerdict::Itself)
+            }
             _ => (
                 self.judge(Direction::Egress, from, to, to, protocol, port),
                 self.judge(Direction::Ingress, to, from, to, protocol, port),
             ),
         };
-        Verdict { allowed: egress.allows() && ingress.allows(), egress, ingress, from: from.to_string(), to: to.to_string(), protocol, port }
+        Verdict {
+            allowed: egress.allows() && ingress.allows(),
+            egress,
+            ingress,
+            from: from.to_string(),
+            to: to.to_string(),
+            protocol,
+            port,
+        }
     }
 
     /// The pod behind an endpoint, if it is one that policy applies to.
     fn pod(&self, end: Endpoint<'_>) -> Result<&'a Pod, NotAPod> {
-        let Endpoint::Pod(key, _) = end else { return Err(NotAPod::Address) };
+        let Endpoint::Pod(key, _) = end else {
+            return Err(NotAPod::Address);
+        };
         let pod = self.cluster.pods.get(key).ok_or(NotAPod::Unknown)?;
-        if is_host_network(pod) { Err(NotAPod::HostNetwork) } else { Ok(pod) }
+        if is_host_network(pod) {
+            Err(NotAPod::HostNetwork)
+        } else {
+            Ok(pod)
+        }
     }
 
     /// `subject`'s policy for `direction`, towards `peer`; `dest` is whichever of the two the
     /// connection goes to (named ports are its ports).
-    fn judge(&self, direction: Direction, subject: Endpoint<'_>, peer: Endpoint<'_>, dest: Endpoint<'_>, protocol: u8, port: u16) -> DirectionVerdict {
-        let Endpoint::Pod(key, _) = subject else { return DirectionVerdict::NotApplicable(NotAPod::Address) };
+    fn judge(
+        &self,
+        direction: Direction,
+        subject: Endpoint<'_>,
+        peer: Endpoint<'_>,
+        dest: Endpoint<'_>,
+        protocol: u8,
+        port: u16,
+    ) -> DirectionVerdict {
+        let Endpoint::Pod(key, _) = subject else {
+            return DirectionVerdict::NotApplicable(NotAPod::Address);
+        };
         let pod = match self.pod(subject) {
             Ok(pod) => pod,
             Err(why) => return DirectionVerdict::NotApplicable(why),
@@ -211,7 +255,9 @@ impl<'a> Evaluator<'a> {
         let isolating: Vec<(&Policy, &[Rule])> = self
             .policies
             .iter()
-            .filter(|p| p.key.namespace == key.namespace && matches(&p.pod_selector, pod_labels(pod)))
+            .filter(|p| {
+                p.key.namespace == key.namespace && matches(&p.pod_selector, pod_labels(pod))
+            })
             .filter_map(|p| Some((p, direction.rules(p)?)))
             .collect();
         // "Traffic is allowed [...] if there are no NetworkPolicies selecting the pod".
@@ -230,13 +276,18 @@ impl<'a> Evaluator<'a> {
                 rules
                     .iter()
                     .filter(|rule| self.rule_admits(policy, rule, peer, dest, protocol, port))
-                    .map(|rule| RuleId { policy: policy.key.clone(), index: rule.index })
+                    .map(|rule| RuleId {
+                        policy: policy.key.clone(),
+                        index: rule.index,
+                    })
             })
             .collect();
         if allowed_by.is_empty() {
             // "If this field is empty then this NetworkPolicy does not allow any traffic (and
             // serves solely to ensure that the pods it selects are isolated by default)".
-            DirectionVerdict::Denied { isolating: isolating.iter().map(|(p, _)| p.key.clone()).collect() }
+            DirectionVerdict::Denied {
+                isolating: isolating.iter().map(|(p, _)| p.key.clone()).collect(),
+            }
         } else {
             DirectionVerdict::AllowedBy(allowed_by)
         }
@@ -244,17 +295,34 @@ impl<'a> Evaluator<'a> {
 
     fn is_node_of(&self, pod: &Pod, addr: IpAddr) -> bool {
         let node = pod_node(pod);
-        self.nodes.iter().any(|n| n.name == node && n.addrs.contains(&addr))
+        self.nodes
+            .iter()
+            .any(|n| n.name == node && n.addrs.contains(&addr))
     }
 
     /// "The traffic must match both ports and from" (ingress) / "both ports and to" (egress).
-    fn rule_admits(&self, policy: &Policy, rule: &Rule, peer: Endpoint<'_>, dest: Endpoint<'_>, protocol: u8, port: u16) -> bool {
+    fn rule_admits(
+        &self,
+        policy: &Policy,
+        rule: &Rule,
+        peer: Endpoint<'_>,
+        dest: Endpoint<'_>,
+        protocol: u8,
+        port: u16,
+    ) -> bool {
         // from/to: "If this field is empty or missing, this rule matches all sources [...]
         // Items in this list are combined using a logical OR operation."
-        let peer_ok = rule.peers.as_ref().is_none_or(|peers| peers.iter().any(|p| self.peer_matches(policy, p, peer)));
+        let peer_ok = rule
+            .peers
+            .as_ref()
+            .is_none_or(|peers| peers.iter().any(|p| self.peer_matches(policy, p, peer)));
         // ports: "If this field is empty or missing, this rule matches all ports [...] Each
         // item in this list is combined using a logical OR."
-        let port_ok = rule.ports.is_empty() || rule.ports.iter().any(|p| self.port_matches(p, dest, protocol, port));
+        let port_ok = rule.ports.is_empty()
+            || rule
+                .ports
+                .iter()
+                .any(|p| self.port_matches(p, dest, protocol, port));
         peer_ok && port_ok
     }
 
@@ -262,7 +330,9 @@ impl<'a> Evaluator<'a> {
         match peer {
             Peer::Pods { namespaces, pods } => {
                 // hostNetwork pods and plain addresses are never selected by label.
-                let (Endpoint::Pod(key, _), Ok(pod)) = (end, self.pod(end)) else { return false };
+                let (Endpoint::Pod(key, _), Ok(pod)) = (end, self.pod(end)) else {
+                    return false;
+                };
                 // podSelector: "If namespaceSelector is also set, then the NetworkPolicyPeer as
                 // a whole selects the pods matching podSelector in the Namespaces selected by
                 // NamespaceSelector. Otherwise it selects the pods matching podSelector in the
@@ -272,14 +342,23 @@ impl<'a> Evaluator<'a> {
                 let namespace_ok = match namespaces {
                     None => key.namespace == policy.key.namespace,
                     Some(selector) => {
-                        let mut labels = self.cluster.namespace_labels(&key.namespace).cloned().unwrap_or_default();
+                        let mut labels = self
+                            .cluster
+                            .namespace_labels(&key.namespace)
+                            .cloned()
+                            .unwrap_or_default();
                         // Set by the API server on every namespace since v1.21.
-                        labels.entry(NAMESPACE_NAME_LABEL.to_owned()).or_insert_with(|| key.namespace.clone());
+                        labels
+                            .entry(NAMESPACE_NAME_LABEL.to_owned())
+                            .or_insert_with(|| key.namespace.clone());
                         matches(selector, &labels)
                     }
                 };
                 // "if present but empty, it selects all pods".
-                namespace_ok && pods.as_ref().is_none_or(|selector| matches(selector, pod_labels(pod)))
+                namespace_ok
+                    && pods
+                        .as_ref()
+                        .is_none_or(|selector| matches(selector, pod_labels(pod)))
             }
             // IPBlock: "a particular CIDR [...] The except entry describes CIDRs that should not
             // be included within this rule." Pod addresses count too (upstream e2e expects it),
@@ -303,13 +382,20 @@ impl<'a> Evaluator<'a> {
             // not provided, this matches all port names and numbers. If present, only traffic
             // on the specified protocol AND port will be matched." endPort: "the range of ports
             // from port to endPort if set, inclusive". (Read into a range by the model.)
-            Port::Numeric(range) => range.protocol == protocol && range.first <= port && port <= range.last,
+            Port::Numeric(range) => {
+                range.protocol == protocol && range.first <= port && port <= range.last
+            }
             // port: "This can either be a numerical or named port on a pod": the destination
             // pod's container port of that name and protocol. A non-pod has no named ports.
-            Port::Named { protocol: named_protocol, name } => {
+            Port::Named {
+                protocol: named_protocol,
+                name,
+            } => {
                 *named_protocol == protocol
                     && self.pod(dest).is_ok_and(|pod| {
-                        container_ports(pod).iter().any(|(n, p, number)| n == name && *p == protocol && *number == port)
+                        container_ports(pod)
+                            .iter()
+                            .any(|(n, p, number)| n == name && *p == protocol && *number == port)
                     })
             }
         }
@@ -333,21 +419,40 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let outcome = if self.allowed { "allowed" } else { "denied" };
         if self.egress == DirectionVerdict::Itself {
-            return write!(f, "{outcome}: {} to itself (policy never applies to a pod's own traffic)", self.from);
+            return write!(
+                f,
+                "{outcome}: {} to itself (policy never applies to a pod's own traffic)",
+                self.from
+            );
         }
         let flow = match self.protocol {
-            PROTO_TCP | PROTO_UDP | PROTO_SCTP => format!("{}/{}", protocol_name(self.protocol), self.port),
+            PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+                format!("{}/{}", protocol_name(self.protocol), self.port)
+            }
             other => protocol_name(other),
         };
-        let side = |f: &mut fmt::Formatter<'_>, direction: Direction, verdict: &DirectionVerdict, subject: &str, peer: &str| {
+        let side = |f: &mut fmt::Formatter<'_>,
+                    direction: Direction,
+                    verdict: &DirectionVerdict,
+                    subject: &str,
+                    peer: &str| {
             let d = direction.name();
             match verdict {
-                DirectionVerdict::NotApplicable(NotAPod::Address) => write!(f, "{d}: {subject} is not a pod"),
-                DirectionVerdict::NotApplicable(NotAPod::HostNetwork) => write!(f, "{d}: {subject} is a hostNetwork pod (not subject to policy)"),
-                DirectionVerdict::NotApplicable(NotAPod::Unknown) => write!(f, "{d}: {subject} is not a known pod"),
+                DirectionVerdict::NotApplicable(NotAPod::Address) => {
+                    write!(f, "{d}: {subject} is not a pod")
+                }
+                DirectionVerdict::NotApplicable(NotAPod::HostNetwork) => write!(
+                    f,
+                    "{d}: {subject} is a hostNetwork pod (not subject to policy)"
+                ),
+                DirectionVerdict::NotApplicable(NotAPod::Unknown) => {
+                    write!(f, "{d}: {subject} is not a known pod")
+                }
                 DirectionVerdict::Itself => write!(f, "{d} of {subject} to itself"),
                 DirectionVerdict::NotIsolated => write!(f, "{d} of {subject} not isolated"),
-                DirectionVerdict::FromNode => write!(f, "{d} of {subject} from its own node (always allowed)"),
+                DirectionVerdict::FromNode => {
+                    write!(f, "{d} of {subject} from its own node (always allowed)")
+                }
                 DirectionVerdict::AllowedBy(rules) => {
                     write!(f, "{d} of {subject} allowed by ")?;
                     for (i, rule) in rules.iter().enumerate() {
@@ -358,8 +463,16 @@ impl fmt::Display for Verdict {
                 }
                 DirectionVerdict::Denied { isolating } => {
                     let names: Vec<String> = isolating.iter().map(ToString::to_string).collect();
-                    let with = if direction == Direction::Ingress { "from" } else { "to" };
-                    write!(f, "{d} of {subject} denied: isolated by {} and no rule admits {flow} {with} {peer}", names.join(", "))
+                    let with = if direction == Direction::Ingress {
+                        "from"
+                    } else {
+                        "to"
+                    };
+                    write!(
+                        f,
+                        "{d} of {subject} denied: isolated by {} and no rule admits {flow} {with} {peer}",
+                        names.join(", ")
+                    )
                 }
             }
         };
@@ -389,17 +502,29 @@ mod tests {
 
     impl World {
         fn new() -> Self {
-            let mut world = Self { cluster: Cluster::default(), nodes: vec![NODE.parse().expect("node address")] };
+            let mut world = Self {
+                cluster: Cluster::default(),
+                nodes: vec![NODE.parse().expect("node address")],
+            };
             for name in ["x", "y"] {
                 let mut ns = Namespace::default();
                 ns.metadata.name = Some(name.into());
-                ns.metadata.labels = Some(BTreeMap::from([("ns".into(), name.into()), (NAMESPACE_NAME_LABEL.into(), name.into())]));
+                ns.metadata.labels = Some(BTreeMap::from([
+                    ("ns".into(), name.into()),
+                    (NAMESPACE_NAME_LABEL.into(), name.into()),
+                ]));
                 world.cluster.namespaces.insert(name.into(), ns);
             }
             world
         }
 
-        fn pod(self, key: &str, ips: &[&str], labels: &[(&str, &str)], ports: &[(&str, &str, u16)]) -> Self {
+        fn pod(
+            self,
+            key: &str,
+            ips: &[&str],
+            labels: &[(&str, &str)],
+            ports: &[(&str, &str, u16)],
+        ) -> Self {
             self.pod_yaml(key, ips, labels, ports, "")
         }
 
@@ -407,10 +532,25 @@ mod tests {
             self.pod_yaml(key, &[ip], labels, &[], "  hostNetwork: true\n")
         }
 
-        fn pod_yaml(mut self, key: &str, ips: &[&str], labels: &[(&str, &str)], ports: &[(&str, &str, u16)], extra: &str) -> Self {
+        fn pod_yaml(
+            mut self,
+            key: &str,
+            ips: &[&str],
+            labels: &[(&str, &str)],
+            ports: &[(&str, &str, u16)],
+            extra: &str,
+        ) -> Self {
             let (ns, name) = key.split_once('/').expect("ns/name");
-            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: \"{v}\"")).collect();
-            let ports: Vec<String> = ports.iter().map(|(n, p, port)| format!("{{name: \"{n}\", protocol: {p}, containerPort: {port}}}")).collect();
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}: \"{v}\""))
+                .collect();
+            let ports: Vec<String> = ports
+                .iter()
+                .map(|(n, p, port)| {
+                    format!("{{name: \"{n}\", protocol: {p}, containerPort: {port}}}")
+                })
+                .collect();
             let ips: Vec<String> = ips.iter().map(|ip| format!("{{ip: \"{ip}\"}}")).collect();
             let (labels, ports, ips) = (labels.join(", "), ports.join(", "), ips.join(", "));
             let yaml = format!(
@@ -423,16 +563,26 @@ mod tests {
 
         fn policy(mut self, yaml: &str) -> Self {
             let policy: NetworkPolicy = serde_yaml_ng::from_str(yaml).expect("test policy");
-            let key = ObjectKey::new(policy.metadata.namespace.clone().unwrap_or_default(), policy.metadata.name.clone().unwrap_or_default());
+            let key = ObjectKey::new(
+                policy.metadata.namespace.clone().unwrap_or_default(),
+                policy.metadata.name.clone().unwrap_or_default(),
+            );
             self.cluster.policies.insert(key, policy);
             self
         }
 
         /// `from`/`to`: `ns/pod` (at its address of the other end's family) or an address.
         fn verdict(&self, from: &str, to: &str, protocol: u8, port: u16) -> Verdict {
-            let family = [from, to].iter().find_map(|s| s.parse().ok()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-            let keys = [from, to].map(|s| s.split_once('/').map(|(ns, name)| ObjectKey::new(ns, name)));
-            let nodes = [NodeView { name: "node-1", addrs: &self.nodes }];
+            let family = [from, to]
+                .iter()
+                .find_map(|s| s.parse().ok())
+                .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            let keys =
+                [from, to].map(|s| s.split_once('/').map(|(ns, name)| ObjectKey::new(ns, name)));
+            let nodes = [NodeView {
+                name: "node-1",
+                addrs: &self.nodes,
+            }];
             let from = self.end(&keys[0], from, family);
             let to = self.end(&keys[1], to, family);
             evaluate(&self.cluster, &nodes, from, to, protocol, port)
@@ -440,7 +590,8 @@ mod tests {
 
         fn end<'k>(&self, key: &'k Option<ObjectKey>, text: &str, family: IpAddr) -> Endpoint<'k> {
             match key {
-                Some(key) => Endpoint::pod_like(&self.cluster, key, family).expect("a pod with an address of that family"),
+                Some(key) => Endpoint::pod_like(&self.cluster, key, family)
+                    .expect("a pod with an address of that family"),
                 None => Endpoint::Address(text.parse().expect("address")),
             }
         }
@@ -452,25 +603,60 @@ mod tests {
 
     fn xy() -> World {
         World::new()
-            .pod("x/a", &["10.244.1.10"], &[("pod", "a")], &[("http", "TCP", 80)])
-            .pod("x/b", &["10.244.1.11"], &[("pod", "b")], &[("http", "TCP", 80)])
-            .pod("y/a", &["10.244.2.10"], &[("pod", "a")], &[("http", "TCP", 8080), ("dns", "UDP", 53)])
-            .pod("y/b", &["10.244.2.11", "fd00:10:244:2::11"], &[("pod", "b")], &[])
+            .pod(
+                "x/a",
+                &["10.244.1.10"],
+                &[("pod", "a")],
+                &[("http", "TCP", 80)],
+            )
+            .pod(
+                "x/b",
+                &["10.244.1.11"],
+                &[("pod", "b")],
+                &[("http", "TCP", 80)],
+            )
+            .pod(
+                "y/a",
+                &["10.244.2.10"],
+                &[("pod", "a")],
+                &[("http", "TCP", 8080), ("dns", "UDP", 53)],
+            )
+            .pod(
+                "y/b",
+                &["10.244.2.11", "fd00:10:244:2::11"],
+                &[("pod", "b")],
+                &[],
+            )
     }
 
     #[test]
     fn traffic_is_allowed_to_a_pod_if_there_are_no_network_policies_selecting_it() {
-        let w = xy().policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n");
+        let w = xy().policy(
+            "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n",
+        );
         let v = w.verdict("y/a", "x/a", PROTO_TCP, 80);
-        assert_eq!((v.allowed, &v.egress, &v.ingress), (true, &DirectionVerdict::NotIsolated, &DirectionVerdict::NotIsolated));
+        assert_eq!(
+            (v.allowed, &v.egress, &v.ingress),
+            (
+                true,
+                &DirectionVerdict::NotIsolated,
+                &DirectionVerdict::NotIsolated
+            )
+        );
         assert!(!w.allowed("y/a", "x/b", PROTO_TCP, 80));
     }
 
     #[test]
     fn all_policies_are_assumed_to_affect_ingress_and_those_with_an_egress_section_egress() {
         let w = xy().policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  egress: [{}]\n");
-        assert!(!w.allowed("x/b", "x/a", PROTO_TCP, 80), "ingress isolated by defaulting");
-        assert!(w.allowed("x/a", "192.0.2.1", PROTO_TCP, 80), "egress allowed by the empty rule");
+        assert!(
+            !w.allowed("x/b", "x/a", PROTO_TCP, 80),
+            "ingress isolated by defaulting"
+        );
+        assert!(
+            w.allowed("x/a", "192.0.2.1", PROTO_TCP, 80),
+            "egress allowed by the empty rule"
+        );
         let egress_only = xy().policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n");
         assert!(egress_only.allowed("y/a", "x/a", PROTO_TCP, 80));
         assert!(!egress_only.allowed("x/a", "y/a", PROTO_TCP, 8080));
@@ -478,9 +664,16 @@ mod tests {
 
     #[test]
     fn an_empty_ingress_list_allows_no_traffic_and_serves_solely_to_isolate() {
-        let w = xy().policy("metadata: {name: deny, namespace: x}\nspec:\n  podSelector: {}\n  ingress: []\n");
+        let w = xy().policy(
+            "metadata: {name: deny, namespace: x}\nspec:\n  podSelector: {}\n  ingress: []\n",
+        );
         let v = w.verdict("y/a", "x/a", PROTO_TCP, 80);
-        assert_eq!(v.ingress, DirectionVerdict::Denied { isolating: vec![ObjectKey::new("x", "deny")] });
+        assert_eq!(
+            v.ingress,
+            DirectionVerdict::Denied {
+                isolating: vec![ObjectKey::new("x", "deny")]
+            }
+        );
         assert_eq!(v.egress, DirectionVerdict::NotIsolated);
     }
 
@@ -543,7 +736,10 @@ mod tests {
         );
         assert!(!w.allowed("y/a", "x/a", PROTO_TCP, 80));
         assert!(w.allowed("y/a", "x/a", PROTO_UDP, 80));
-        assert!(w.allowed("y/a", "x/a", PROTO_SCTP, 1), "port omitted: every port of the protocol");
+        assert!(
+            w.allowed("y/a", "x/a", PROTO_SCTP, 1),
+            "port omitted: every port of the protocol"
+        );
         assert!(w.allowed("y/a", "x/a", PROTO_TCP, 81));
         assert!(!w.allowed("y/a", "x/a", PROTO_UDP, 81));
         assert!(!w.allowed("y/a", "x/a", PROTO_ICMP, 0));
@@ -552,7 +748,13 @@ mod tests {
     #[test]
     fn end_port_makes_an_inclusive_range() {
         let w = xy().policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 1000, endPort: 2000}]}]\n");
-        for (port, ok) in [(999, false), (1000, true), (1500, true), (2000, true), (2001, false)] {
+        for (port, ok) in [
+            (999, false),
+            (1000, true),
+            (1500, true),
+            (2000, true),
+            (2001, false),
+        ] {
             assert_eq!(w.allowed("y/a", "x/a", PROTO_TCP, port), ok, "port {port}");
         }
     }
@@ -562,13 +764,25 @@ mod tests {
         let w = xy().policy(
             "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress, Egress]\n  ingress: [{ports: [{port: http}]}]\n  egress: [{ports: [{port: http}, {port: dns, protocol: UDP}]}]\n",
         );
-        assert!(w.allowed("y/a", "x/a", PROTO_TCP, 80), "ingress: x/a's own http is 80");
+        assert!(
+            w.allowed("y/a", "x/a", PROTO_TCP, 80),
+            "ingress: x/a's own http is 80"
+        );
         assert!(!w.allowed("y/a", "x/a", PROTO_TCP, 8080));
-        assert!(w.allowed("x/a", "y/a", PROTO_TCP, 8080), "egress: y/a's http is 8080");
+        assert!(
+            w.allowed("x/a", "y/a", PROTO_TCP, 8080),
+            "egress: y/a's http is 8080"
+        );
         assert!(!w.allowed("x/a", "y/a", PROTO_TCP, 80));
         assert!(w.allowed("x/a", "y/a", PROTO_UDP, 53));
-        assert!(!w.allowed("x/a", "y/a", PROTO_TCP, 53), "name and protocol both");
-        assert!(!w.allowed("x/a", "y/b", PROTO_TCP, 80), "y/b has no http port");
+        assert!(
+            !w.allowed("x/a", "y/a", PROTO_TCP, 53),
+            "name and protocol both"
+        );
+        assert!(
+            !w.allowed("x/a", "y/b", PROTO_TCP, 80),
+            "y/b has no http port"
+        );
     }
 
     #[test]
@@ -592,9 +806,15 @@ mod tests {
         let w = xy().policy(
             "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.244.0.0/16, except: [10.244.2.0/24]}\n    - ipBlock: {cidr: 10.244.2.11/32}\n",
         );
-        assert!(w.allowed("x/b", "x/a", PROTO_TCP, 80), "a pod address inside the block");
+        assert!(
+            w.allowed("x/b", "x/a", PROTO_TCP, 80),
+            "a pod address inside the block"
+        );
         assert!(!w.allowed("y/a", "x/a", PROTO_TCP, 80), "excepted");
-        assert!(w.allowed("y/b", "x/a", PROTO_TCP, 80), "excepted by one peer, allowed by another");
+        assert!(
+            w.allowed("y/b", "x/a", PROTO_TCP, 80),
+            "excepted by one peer, allowed by another"
+        );
         assert!(!w.allowed("192.0.2.1", "x/a", PROTO_TCP, 80));
     }
 
@@ -617,9 +837,18 @@ mod tests {
     #[test]
     fn traffic_from_the_pods_local_node_is_allowed() {
         let w = xy().policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n");
-        assert_eq!(w.verdict(NODE, "x/a", PROTO_TCP, 80).ingress, DirectionVerdict::FromNode);
-        assert!(!w.allowed("x/a", NODE, PROTO_TCP, 80), "only ingress from the node is special");
-        assert!(!w.allowed("10.244.0.2", "x/a", PROTO_TCP, 80), "another node is not");
+        assert_eq!(
+            w.verdict(NODE, "x/a", PROTO_TCP, 80).ingress,
+            DirectionVerdict::FromNode
+        );
+        assert!(
+            !w.allowed("x/a", NODE, PROTO_TCP, 80),
+            "only ingress from the node is special"
+        );
+        assert!(
+            !w.allowed("10.244.0.2", "x/a", PROTO_TCP, 80),
+            "another node is not"
+        );
     }
 
     #[test]
@@ -627,7 +856,10 @@ mod tests {
         let w = xy().policy("metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n");
         let v = w.verdict("x/a", "x/a", PROTO_UDP, 9);
         assert!(v.allowed);
-        assert_eq!(v.to_string(), "allowed: x/a to itself (policy never applies to a pod's own traffic)");
+        assert_eq!(
+            v.to_string(),
+            "allowed: x/a to itself (policy never applies to a pod's own traffic)"
+        );
     }
 
     #[test]
@@ -637,12 +869,22 @@ mod tests {
         );
         let h = ObjectKey::new("x", "h");
         let x_a = ObjectKey::new("x", "a");
-        let (hosted, a) = (Endpoint::pod(&w.cluster, &h).expect("x/h"), Endpoint::pod(&w.cluster, &x_a).expect("x/a"));
+        let (hosted, a) = (
+            Endpoint::pod(&w.cluster, &h).expect("x/h"),
+            Endpoint::pod(&w.cluster, &x_a).expect("x/a"),
+        );
         let to_host = evaluate(&w.cluster, &[], a, hosted, PROTO_TCP, 80);
-        assert_eq!(to_host.ingress, DirectionVerdict::NotApplicable(NotAPod::HostNetwork), "selected by podSelector {{}}, yet not isolated");
+        assert_eq!(
+            to_host.ingress,
+            DirectionVerdict::NotApplicable(NotAPod::HostNetwork),
+            "selected by podSelector {{}}, yet not isolated"
+        );
         assert!(to_host.allowed);
         let from_host = evaluate(&w.cluster, &[], hosted, a, PROTO_TCP, 80);
-        assert_eq!(from_host.egress, DirectionVerdict::NotApplicable(NotAPod::HostNetwork));
+        assert_eq!(
+            from_host.egress,
+            DirectionVerdict::NotApplicable(NotAPod::HostNetwork)
+        );
         assert!(!from_host.allowed, "labelled pod=b, yet not a peer");
         assert!(w.allowed("x/b", "x/a", PROTO_TCP, 80));
     }
@@ -653,8 +895,16 @@ mod tests {
             "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [192.0.2.0/24]}}]\n  - {}\n",
         );
         let v = w.verdict("x/b", "x/a", PROTO_TCP, 80);
-        assert_eq!(v.ingress, DirectionVerdict::Denied { isolating: vec![ObjectKey::new("x", "p")] });
-        assert!(w.allowed("x/a", "x/b", PROTO_TCP, 80), "other pods keep working");
+        assert_eq!(
+            v.ingress,
+            DirectionVerdict::Denied {
+                isolating: vec![ObjectKey::new("x", "p")]
+            }
+        );
+        assert!(
+            w.allowed("x/a", "x/b", PROTO_TCP, 80),
+            "other pods keep working"
+        );
         assert_eq!(Evaluator::new(&w.cluster, &[]).errors().len(), 1);
     }
 
@@ -665,8 +915,14 @@ mod tests {
             .policy("metadata: {name: deny, namespace: x}\nspec:\n  podSelector: {}\n")
             .policy("metadata: {name: from-y, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{port: 81}]}, {from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n");
         let v = w.verdict("y/a", "x/a", PROTO_TCP, 80);
-        let rule = |name: &str, index| RuleId { policy: ObjectKey::new("x", name), index };
-        assert_eq!(v.ingress, DirectionVerdict::AllowedBy(vec![rule("from-y", 1), rule("web", 0)]));
+        let rule = |name: &str, index| RuleId {
+            policy: ObjectKey::new("x", name),
+            index,
+        };
+        assert_eq!(
+            v.ingress,
+            DirectionVerdict::AllowedBy(vec![rule("from-y", 1), rule("web", 0)])
+        );
         assert_eq!(
             v.to_string(),
             "allowed: egress of y/a not isolated; ingress of x/a allowed by x/from-y rule ingress[1], x/web rule ingress[0]"
@@ -675,13 +931,25 @@ mod tests {
             w.verdict("x/a", "x/b", PROTO_UDP, 53).to_string(),
             "denied: egress of x/a not isolated; ingress of x/b denied: isolated by x/deny, x/web and no rule admits UDP/53 from x/a"
         );
-        assert_eq!(w.verdict("x/b", "192.0.2.1", PROTO_TCP, 80).to_string(), "allowed: egress of x/b not isolated; ingress: 192.0.2.1 is not a pod");
+        assert_eq!(
+            w.verdict("x/b", "192.0.2.1", PROTO_TCP, 80).to_string(),
+            "allowed: egress of x/b not isolated; ingress: 192.0.2.1 is not a pod"
+        );
     }
 
     #[test]
     fn an_address_that_belongs_to_a_pod_is_that_pod() {
         let w = xy();
-        assert_eq!(Endpoint::at(&w.cluster, "10.244.1.11".parse().expect("ip")), Endpoint::Pod(&ObjectKey::new("x", "b"), "10.244.1.11".parse().expect("ip")));
-        assert!(matches!(Endpoint::at(&w.cluster, "192.0.2.1".parse().expect("ip")), Endpoint::Address(_)));
+        assert_eq!(
+            Endpoint::at(&w.cluster, "10.244.1.11".parse().expect("ip")),
+            Endpoint::Pod(
+                &ObjectKey::new("x", "b"),
+                "10.244.1.11".parse().expect("ip")
+            )
+        );
+        assert!(matches!(
+            Endpoint::at(&w.cluster, "192.0.2.1".parse().expect("ip")),
+            Endpoint::Address(_)
+        ));
     }
 }

@@ -4,6 +4,7 @@
 //! entries exactly as the eBPF programs do.
 
 pub mod compile;
+pub mod evaluate;
 pub mod lookup;
 pub mod model;
 pub mod ports;
@@ -11,5 +12,7 @@ pub mod selector;
 
 pub use compile::{Compiler, NodeState, NodeView};
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

@@ -96,13 +96,7 @@ impl Policy {
                 ));
             }
         }
-        let mut read = |dir: &str,
-                        rules: Option<
-            Vec<(
-                Option<Vec<NetworkPolicyPeer>>,
-                Option<Vec<NetworkPolicyPort>>,
-            )>,
-        >| {
+        let mut read = |dir: &str, rules: Option<Vec<RawRule>>| {
             rules
                 .unwrap_or_default()
                 .into_iter()
@@ -179,6 +173,12 @@ fn err(key: &ObjectKey, field: String, message: String) -> PolicyError {
 }
 
 type FieldError = (String, String);
+
+/// A rule as the API has it: its peers (`from` or `to`) and its ports.
+type RawRule = (
+    Option<Vec<NetworkPolicyPeer>>,
+    Option<Vec<NetworkPolicyPort>>,
+);
 
 fn read_peer(peer: &NetworkPolicyPeer) -> Result<Peer, FieldError> {
     match (&peer.ip_block, &peer.namespace_selector, &peer.pod_selector) {
