@@ -1,6 +1,7 @@
 //! `palisade lab`: a cluster made of network namespaces on one machine, running the real agent
 //! logic and the real eBPF programs, probed cell by cell against conformance truth tables.
 
+pub mod addresses;
 pub mod agent;
 pub mod case;
 pub mod netns;

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use futures::future::join_all;
 
 use super::{
+    addresses::AddressBook,
     agent::{Interface, NodeAgent},
     case::{Case, CaseProto, Probe, Via, load_cases},
     probe::probe,
@@ -22,7 +23,7 @@ use super::{
 use crate::{
     cluster::{Cluster, ObjectKey},
     manifest,
-    policy::compile::{container_ports, is_host_network, pod_addrs, pod_node},
+    policy::compile::{container_ports, is_host_network, pod_node},
 };
 
 /// How long one probe may take. A dropped SYN is retransmitted after 1 s, so 2 s lets one
@@ -73,9 +74,7 @@ struct Lab {
     agent: NodeAgent,
     cluster: Cluster,
     servers: BTreeMap<ObjectKey, ServerHandle>,
-    /// Addresses the lab assigned, kept when a step re-applies a pod.
-    assigned: BTreeMap<ObjectKey, Vec<IpAddr>>,
-    next_addr: u16,
+    addresses: AddressBook,
     /// Pods the lab cannot place yet (on another node), by key.
     unplaced: BTreeMap<ObjectKey, String>,
 }
@@ -90,8 +89,7 @@ async fn run_case(case: &Case, options: RunOptions) -> Result<bool> {
         agent,
         cluster: Cluster::default(),
         servers: BTreeMap::new(),
-        assigned: BTreeMap::new(),
-        next_addr: 0,
+        addresses: AddressBook::default(),
         unplaced: BTreeMap::new(),
     };
     for file in &case.cluster {
@@ -195,42 +193,11 @@ impl Lab {
         Ok(())
     }
 
-    /// The pod's addresses from its status, or lab-assigned ones written into its status (so the
-    /// agent sees them as a kubelet would report them).
     fn addresses(&mut self, key: &ObjectKey) -> Result<Vec<IpAddr>> {
         let Some(pod) = self.cluster.pods.get_mut(key) else {
             bail!("no pod {key}")
         };
-        let from_status = pod_addrs(pod);
-        if !from_status.is_empty() {
-            return Ok(from_status);
-        }
-        let addrs = match self.assigned.get(key) {
-            Some(a) => a.clone(),
-            None => {
-                // 10.244.100.0/22 for lab-assigned addresses; cases that need particular
-                // addresses give them explicitly, elsewhere in 10.244.0.0/16.
-                self.next_addr += 1;
-                let n = self.next_addr;
-                let a = vec![IpAddr::V4(Ipv4Addr::new(
-                    10,
-                    244,
-                    100 + (n / 250) as u8,
-                    (n % 250) as u8 + 2,
-                ))];
-                self.assigned.insert(key.clone(), a.clone());
-                a
-            }
-        };
-        let status = pod.status.get_or_insert_with(Default::default);
-        status.pod_ip = Some(addrs[0].to_string());
-        status.pod_ips = Some(
-            addrs
-                .iter()
-                .map(|a| k8s_openapi::api::core::v1::PodIP { ip: a.to_string() })
-                .collect(),
-        );
-        Ok(addrs)
+        Ok(self.addresses.addresses(key, pod))
     }
 
     async fn probe_table(

@@ -38,7 +38,7 @@ use crate::cluster::{Cluster, NAMESPACE_NAME_LABEL, ObjectKey};
 /// below): while this is false, an egress rule that lists an ipBlock gets numeric ports in
 /// place of named ones. Set it to true once compile.rs resolves egress named ports for pod
 /// addresses inside ipBlocks.
-const EGRESS_NAMED_PORTS_WITH_IP_BLOCKS: bool = false;
+const EGRESS_NAMED_PORTS_WITH_IP_BLOCKS: bool = true;
 
 const NODE: &str = "node-1";
 const NODE_V4: &str = "10.244.0.1";
