@@ -65,11 +65,13 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Lab { command: LabCommand::Run { cases, narrate } } => {
                 let options = lab::run::RunOptions { narrate };
-                // On Ctrl-C or SIGTERM the run future is dropped, and with it every namespace
-                // it created (their owners clean up in Drop).
+                // Handlers first: a signal that arrives while the lab is being built must not
+                // kill the process with namespaces behind. On SIGINT or SIGTERM the run future
+                // is dropped, and with it every namespace it created (owners clean up in Drop).
+                let shutdown = shutdown_signal()?;
                 tokio::select! {
                     r = lab::run::run_cases(&cases, options) => r,
-                    s = shutdown_signal() => Err(anyhow::anyhow!("interrupted by {s}; lab namespaces removed")),
+                    s = shutdown => Err(anyhow::anyhow!("interrupted by {s}; lab namespaces removed")),
                 }
             }
             Command::Lab { command: LabCommand::Clean } => lab::netns::clean_all().map(|n| {
@@ -88,14 +90,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() -> &'static str {
+/// Registers SIGINT and SIGTERM handlers now and resolves when either arrives.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    })
 }

@@ -49,6 +49,11 @@ impl Prefix {
         }
     }
 
+    /// A single address.
+    pub const fn host(addr: Addr) -> Self {
+        Self { len: 128, addr }
+    }
+
     /// Whether every address of `other` lies in `self`.
     pub fn contains(&self, other: &Self) -> bool {
         other.len >= self.len && same_bits(&self.addr, &other.addr, self.len)
@@ -197,6 +202,26 @@ impl Compiler {
                 }
             }
         }
+        // Egress named ports towards pod addresses inside an ipBlock resolve per destination pod:
+        // each such address gets a host prefix of its own, which the longest match then finds.
+        for policy in &policies {
+            for rule in policy.egress.iter().flatten() {
+                if !rule.ports.iter().any(|p| matches!(p, Port::Named { .. })) {
+                    continue;
+                }
+                for peer in rule.peers.iter().flatten() {
+                    if let Peer::Block { cidr, except } = peer {
+                        let block = Block::new(cidr, except);
+                        let hosts = state
+                            .identities
+                            .iter()
+                            .filter(|(_, id)| **id != IDENTITY_HOST)
+                            .map(|(a, _)| Prefix::host(*a));
+                        prefixes.extend(hosts.filter(|h| block.holds(h)));
+                    }
+                }
+            }
+        }
         self.cidrs.retain(|p, _| prefixes.contains(p));
         for p in &prefixes {
             let id = *self.cidrs.entry(*p).or_insert_with(|| {
@@ -210,6 +235,7 @@ impl Compiler {
             cluster,
             identities: &live,
             cidrs: &state.cidrs,
+            addrs: &state.identities,
         };
         for (key, pod) in &cluster.pods {
             let addrs = pod_addrs(pod);
@@ -233,6 +259,30 @@ struct Context<'a> {
     cluster: &'a Cluster,
     identities: &'a BTreeMap<u32, IdentityKey>,
     cidrs: &'a BTreeMap<Prefix, u32>,
+    /// Pod (and node) addresses and their identities.
+    addrs: &'a BTreeMap<Addr, u32>,
+}
+
+/// An ipBlock peer: `cidr` minus every `except`.
+struct Block {
+    cidr: Prefix,
+    except: Vec<Prefix>,
+}
+
+impl Block {
+    fn new(cidr: &IpNet, except: &[IpNet]) -> Self {
+        Self {
+            cidr: Prefix::from_net(cidr),
+            except: except.iter().map(Prefix::from_net).collect(),
+        }
+    }
+
+    /// Whether every address of `p` is in the block (families never mix).
+    fn holds(&self, p: &Prefix) -> bool {
+        same_family(&self.cidr, p)
+            && self.cidr.contains(p)
+            && !self.except.iter().any(|e| e.contains(p))
+    }
 }
 
 /// Classes of one endpoint and direction under construction.
@@ -456,17 +506,30 @@ impl Context<'_> {
                             }
                         }
                         Peer::Block { cidr, except } => {
-                            // Known gap: an egress named port towards a pod address inside an
-                            // ipBlock resolves to nothing here (only numeric ports apply).
-                            let Some(b) = bit(&fixed) else { continue };
-                            let cidr = Prefix::from_net(cidr);
-                            let except: Vec<Prefix> = except.iter().map(Prefix::from_net).collect();
-                            for (p, id) in self.cidrs {
-                                if same_family(&cidr, p)
-                                    && cidr.contains(p)
-                                    && !except.iter().any(|e| e.contains(p))
+                            let block = Block::new(cidr, except);
+                            if let Some(b) = bit(&fixed) {
+                                for (p, id) in self.cidrs {
+                                    if block.holds(p) {
+                                        *ep.peers.entry((direction, *id)).or_insert(0) |= b;
+                                    }
+                                }
+                            }
+                            if !per_peer_ports {
+                                continue;
+                            }
+                            // Named ports: pod addresses in the block carry their own host
+                            // prefix (see `compile`) and resolve against that pod.
+                            for (addr, id) in self.addrs {
+                                let host = Prefix::host(*addr);
+                                let (Some(ident), Some(cidr_id)) =
+                                    (self.identities.get(id), self.cidrs.get(&host))
+                                else {
+                                    continue;
+                                };
+                                if block.holds(&host)
+                                    && let Some(b) = bit(&resolve(&ident.named_ports))
                                 {
-                                    *ep.peers.entry((direction, *id)).or_insert(0) |= b;
+                                    *ep.peers.entry((direction, *cidr_id)).or_insert(0) |= b;
                                 }
                             }
                         }

@@ -96,6 +96,8 @@ impl Policy {
                 ));
             }
         }
+        // A policy type we do not know could mean either direction: isolate both (fail closed).
+        let unknown_type = types.iter().any(|t| t != "Ingress" && t != "Egress");
         let mut read = |dir: &str, rules: Option<Vec<RawRule>>| {
             rules
                 .unwrap_or_default()
@@ -154,11 +156,9 @@ impl Policy {
         let policy = Self {
             key,
             pod_selector: spec.pod_selector.unwrap_or_default(),
-            ingress: types
-                .iter()
-                .any(|t| t == "Ingress")
+            ingress: (unknown_type || types.iter().any(|t| t == "Ingress"))
                 .then_some(ingress_rules),
-            egress: types.iter().any(|t| t == "Egress").then_some(egress_rules),
+            egress: (unknown_type || types.iter().any(|t| t == "Egress")).then_some(egress_rules),
         };
         (policy, errors)
     }
@@ -276,10 +276,22 @@ fn read_port(port: &NetworkPolicyPort) -> Result<Port, FieldError> {
 fn parse_cidr(text: &str) -> Result<IpNet, String> {
     // Legacy forms such as "10.0.0.1/8" (host bits set) are accepted and normalised, as the
     // API server accepted them before v1.22's stricter validation.
-    text.trim()
+    let net = text
+        .trim()
         .parse::<IpNet>()
-        .map(|n| n.trunc())
-        .map_err(|e| format!("invalid CIDR {text:?}: {e}"))
+        .map_err(|e| format!("invalid CIDR {text:?}: {e}"))?
+        .trunc();
+    // An IPv4-mapped IPv6 block (`::ffff:a.b.c.d/n`, n >= 96) is the IPv4 block a.b.c.d/(n-96),
+    // as Go's net.IPNet.Contains (and so the API server's own helpers) reads it.
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+    {
+        return ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+            .map(IpNet::V4)
+            .map_err(|e| format!("invalid CIDR {text:?}: {e}"));
+    }
+    Ok(net)
 }
 
 pub fn is_v4(net: &IpNet) -> bool {

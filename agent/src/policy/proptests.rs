@@ -817,7 +817,6 @@ fn assert_agrees(yaml: &str) {
 /// evaluator (and the API: "a numerical or named port on a pod") allows it.
 /// The generator avoids this shape while `EGRESS_NAMED_PORTS_WITH_IP_BLOCKS` is false.
 #[test]
-#[ignore = "compiler bug: an egress named port never matches a pod address inside an ipBlock"]
 fn an_egress_named_port_resolves_for_a_pod_inside_an_ip_block() {
     assert_agrees(
         r#"
@@ -850,8 +849,7 @@ spec:
 /// so the fix is a decision: normalise such a cidr to IPv4 in `model` (both sides then agree)
 /// or reject it.
 #[test]
-#[ignore = "disagreement: an IPv4-mapped IPv6 ipBlock matches IPv4 addresses in the maps only"]
-fn an_ipv4_mapped_ipv6_block_never_matches_ipv4_addresses() {
+fn an_ipv4_mapped_ipv6_block_is_the_ipv4_block() {
     assert_agrees(
         r#"
 kind: Namespace
