@@ -38,6 +38,9 @@ enum LabCommand {
         /// After each table, say in one line what it showed.
         #[arg(long)]
         narrate: bool,
+        /// Judge with the reference evaluator only (no kernel, no root needed).
+        #[arg(long)]
+        model: bool,
     },
     /// Remove every lab namespace, including those of other or crashed runs.
     Clean,
@@ -63,8 +66,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Lab { command: LabCommand::Run { cases, narrate } } => {
-                let options = lab::run::RunOptions { narrate };
+            Command::Lab { command: LabCommand::Run { cases, narrate, model } } => {
+                let options = lab::run::RunOptions { narrate, model };
                 // Handlers first: a signal that arrives while the lab is being built must not
                 // kill the process with namespaces behind. On SIGINT or SIGTERM the run future
                 // is dropped, and with it every namespace it created (owners clean up in Drop).

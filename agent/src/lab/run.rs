@@ -37,6 +37,8 @@ const RETRIES: usize = 2;
 pub struct RunOptions {
     /// Print a one-line reading of each table (the demo).
     pub narrate: bool,
+    /// Judge with the reference evaluator only: no kernel, no root.
+    pub model: bool,
 }
 
 /// Runs every case; true when all tables of all cases matched.
@@ -48,7 +50,12 @@ pub async fn run_cases(dirs: &[PathBuf], options: RunOptions) -> Result<bool> {
         if !case.description.is_empty() {
             println!("    {}", case.description.trim());
         }
-        match run_case(case, options).await {
+        let result = if options.model {
+            super::model::run_case(case, options)
+        } else {
+            run_case(case, options).await
+        };
+        match result {
             Ok(true) => {
                 passed += 1;
                 println!("--- PASS {}\n", case.name);
@@ -332,7 +339,10 @@ fn indent(text: &str) -> String {
 }
 
 /// One line saying, for each destination, who reached it.
-fn narrate(table: &super::table::Table, observed: &BTreeMap<(String, String), bool>) -> String {
+pub(super) fn narrate(
+    table: &super::table::Table,
+    observed: &BTreeMap<(String, String), bool>,
+) -> String {
     let mut parts = Vec::new();
     for col in &table.columns {
         let sources: Vec<&String> = table.rows.iter().filter(|r| *r != col).collect();
