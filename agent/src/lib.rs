@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod dataplane;
+pub mod explain;
 pub mod lab;
 pub mod manifest;
 pub mod policy;

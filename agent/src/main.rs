@@ -21,6 +21,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Why a connection is allowed or denied under the given manifests.
+    Explain {
+        /// Manifests (Namespaces, Pods, NetworkPolicies); repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Source: namespace/pod or an address.
+        from: String,
+        /// Destination: namespace/pod or an address.
+        to: String,
+        /// PROTO/PORT, e.g. TCP/80.
+        flow: String,
+    },
     /// A cluster made of network namespaces on this machine, running the real dataplane.
     Lab {
         #[command(subcommand)]
@@ -77,6 +89,12 @@ fn main() -> ExitCode {
                     s = shutdown => Err(anyhow::anyhow!("interrupted by {s}; lab namespaces removed")),
                 }
             }
+            Command::Explain { files, from, to, flow } => palisade::explain::explain(&files, &from, &to, &flow).map(|lines| {
+                for line in lines {
+                    println!("{line}");
+                }
+                true
+            }),
             Command::Lab { command: LabCommand::Clean } => lab::netns::clean_all().map(|n| {
                 println!("removed {n} lab namespace(s)");
                 true
