@@ -23,7 +23,7 @@ use crate::{
     },
 };
 
-/// Node addresses as the kernel lab gives them (10.244.0.<index>).
+/// Node addresses as the kernel lab gives them (`10.244.0.<index>`).
 const NODES: [(&str, [u8; 4]); 2] = [("node-1", [10, 244, 0, 1]), ("node-2", [10, 244, 0, 2])];
 
 pub fn run_case(case: &Case, options: RunOptions) -> Result<bool> {

@@ -1,0 +1,229 @@
+//! The Kubernetes objects the agent (or the lab) knows: a snapshot of Namespaces, Pods and
+//! NetworkPolicies, keyed by namespace and name.
+//!
+//! The snapshot and how `apply`, `delete` and `label` change it are here; how those steps name
+//! objects and label edits is in `reference.rs`, and what a Pod says about itself in `pod.rs`.
+
+mod pod;
+mod reference;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Pod},
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+pub use self::{
+    pod::{container_ports, is_host_network, pod_ips, pod_key, pod_labels, pod_node},
+    reference::{LabelChange, LabelEdit, ObjectRef},
+};
+use crate::manifest::Object;
+
+/// The label every namespace carries with its own name (set by the API server since v1.21).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A consistent view of the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Cluster {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<ObjectKey, Pod>,
+    pub policies: BTreeMap<ObjectKey, NetworkPolicy>,
+}
+
+/// Where `kubectl apply` puts an object whose manifest names no namespace.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The node of a pod whose manifest gives no `spec.nodeName`.
+pub const DEFAULT_NODE: &str = "node-1";
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "invalid object reference {reference:?}: expected namespace/NAME, pod/NAMESPACE/NAME or \
+         networkpolicy/NAMESPACE/NAME"
+    )]
+    BadReference { reference: String },
+    #[error("{reference:?}: unknown kind {kind:?} (expected namespace, pod or networkpolicy)")]
+    UnknownKind { reference: String, kind: String },
+    #[error("{target} does not exist")]
+    NotFound { target: ObjectRef },
+    #[error("label {spec:?}: expected an object and changes, such as \"pod/x/a key=value other-\"")]
+    NoLabelChanges { spec: String },
+    #[error("label {spec:?}: {change:?} is neither KEY=VALUE nor KEY-")]
+    BadLabelChange { spec: String, change: String },
+    #[error("label {spec:?}: invalid label key {key:?}")]
+    BadLabelKey { spec: String, key: String },
+    #[error("label {spec:?}: invalid label value {value:?} for {key}")]
+    BadLabelValue {
+        spec: String,
+        key: String,
+        value: String,
+    },
+    #[error("{target}: has no label {key:?} to remove")]
+    LabelNotFound { target: ObjectRef, key: String },
+    #[error("{target}: label {key} is set by the API server and cannot change")]
+    ImmutableLabel { target: ObjectRef, key: String },
+    #[error("pod {pod}: invalid IP address {ip:?} in {field}")]
+    InvalidPodIp {
+        pod: ObjectKey,
+        field: &'static str,
+        ip: String,
+    },
+}
+
+impl Cluster {
+    /// `kubectl apply`: creates the object or replaces the one with the same kind, namespace
+    /// and name. A namespace always carries its name label, as the API server sets it; a Pod or
+    /// NetworkPolicy in a namespace that does not exist yet brings that namespace with it.
+    /// Objects come from [`crate::manifest`], which has already defaulted their namespace and
+    /// required a name.
+    pub fn apply(&mut self, object: Object) {
+        match object {
+            Object::Namespace(mut namespace) => {
+                let name = namespace.metadata.name.clone().unwrap_or_default();
+                let labels = namespace.metadata.labels.get_or_insert_default();
+                labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.clone());
+                self.namespaces.insert(name, namespace);
+            }
+            Object::Pod(mut pod) => {
+                let key = self.key_for(&mut pod.metadata);
+                self.pods.insert(key, pod);
+            }
+            Object::NetworkPolicy(mut policy) => {
+                let key = self.key_for(&mut policy.metadata);
+                self.policies.insert(key, policy);
+            }
+            Object::Ignored { kind, name } => {
+                tracing::debug!(
+                    kind,
+                    name,
+                    "ignoring an object of a kind the dataplane does not use"
+                );
+            }
+        }
+    }
+
+    /// Deletes `namespace/y` (with its pods and policies), `pod/x/a` or `networkpolicy/x/p`.
+    pub fn delete(&mut self, reference: &str) -> Result<(), ClusterError> {
+        self.delete_object(&reference.parse()?)
+    }
+
+    pub fn delete_object(&mut self, target: &ObjectRef) -> Result<(), ClusterError> {
+        let found = match target {
+            ObjectRef::Namespace(name) => {
+                self.pods.retain(|key, _| key.namespace != *name);
+                self.policies.retain(|key, _| key.namespace != *name);
+                self.namespaces.remove(name).is_some()
+            }
+            ObjectRef::Pod(key) => self.pods.remove(key).is_some(),
+            ObjectRef::NetworkPolicy(key) => self.policies.remove(key).is_some(),
+        };
+        if found {
+            Ok(())
+        } else {
+            Err(ClusterError::NotFound {
+                target: target.clone(),
+            })
+        }
+    }
+
+    /// `kubectl label --overwrite`: `namespace/y ns2=updated`, `pod/x/b pod2=updated`,
+    /// `pod/x/b pod2-`. Nothing changes unless every edit applies.
+    pub fn label(&mut self, spec: &str) -> Result<(), ClusterError> {
+        self.apply_labels(&spec.parse()?)
+    }
+
+    pub fn apply_labels(&mut self, change: &LabelChange) -> Result<(), ClusterError> {
+        let target = &change.target;
+        let metadata = match target {
+            ObjectRef::Namespace(name) => self.namespaces.get_mut(name).map(|ns| &mut ns.metadata),
+            ObjectRef::Pod(key) => self.pods.get_mut(key).map(|pod| &mut pod.metadata),
+            ObjectRef::NetworkPolicy(key) => self.policies.get_mut(key).map(|p| &mut p.metadata),
+        };
+        let metadata = metadata.ok_or_else(|| ClusterError::NotFound {
+            target: target.clone(),
+        })?;
+        let mut labels = metadata.labels.clone().unwrap_or_default();
+        for edit in &change.edits {
+            match edit {
+                LabelEdit::Set { key, value } => {
+                    labels.insert(key.clone(), value.clone());
+                }
+                // kubectl only warns here; a case that removes a label it never set has a typo.
+                LabelEdit::Remove { key } => {
+                    if labels.remove(key).is_none() {
+                        let key = key.clone();
+                        return Err(ClusterError::LabelNotFound {
+                            target: target.clone(),
+                            key,
+                        });
+                    }
+                }
+            }
+        }
+        if let ObjectRef::Namespace(name) = target
+            && labels.get(NAMESPACE_NAME_LABEL) != Some(name)
+        {
+            return Err(ClusterError::ImmutableLabel {
+                target: target.clone(),
+                key: NAMESPACE_NAME_LABEL.to_owned(),
+            });
+        }
+        metadata.labels = Some(labels);
+        Ok(())
+    }
+
+    /// The labels of namespace `name`, or `None` if there is no such namespace.
+    pub fn namespace_labels(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        let namespace = self.namespaces.get(name)?;
+        Some(namespace.metadata.labels.as_ref().unwrap_or(&NO_LABELS))
+    }
+
+    /// The key of a namespaced object, creating its namespace if needed.
+    fn key_for(&mut self, metadata: &mut ObjectMeta) -> ObjectKey {
+        let namespace = metadata
+            .namespace
+            .get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned());
+        if !self.namespaces.contains_key(namespace.as_str()) {
+            tracing::debug!(namespace, "creating an implicit namespace");
+            self.apply(Object::Namespace(Namespace {
+                metadata: ObjectMeta {
+                    name: Some(namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            }));
+        }
+        ObjectKey::new(namespace.clone(), metadata.name.clone().unwrap_or_default())
+    }
+}
