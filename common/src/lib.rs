@@ -24,6 +24,9 @@
 //! 3. [`MAP_CONNTRACK`] holds the packet's flow in this direction, or the reverse flow in the other
 //!    direction (a reply): pass. Established flows are kept across policy changes.
 //! 4. E not isolated for D: pass (and track the flow).
+//! 4a. D is egress and A is in [`MAP_SERVICES`]: the verdict waits for kube-proxy's translation
+//!    ([`MAP_ORIGINAL_DST`]); the hook that sees the translated packet applies 5-7 to the real
+//!    destination, and tracks both the original and the translated flow.
 //! 5. D is ingress and A is the node itself ([`IDENTITY_HOST`]): pass (kubelet probes).
 //! 6. peer mask = `any_peer[D]` | [`MAP_PEERS`]\[(E, identity(A), D)\] | [`MAP_PEERS`]\[(E, cidr(A), D)\]
 //!    where identity(A) comes from [`MAP_POD_IDENTITIES`] (exact address) and cidr(A) from the
@@ -39,12 +42,16 @@
 use bytemuck::{Pod, Zeroable};
 
 /// Bumped whenever a layout below changes; pinned state of another ABI is never re-adopted.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// TC ingress on the pod's host-side veth: packets the pod sends (its egress policy).
 pub const PROG_FROM_POD: &str = "palisade_from_pod";
 /// TC egress on the pod's host-side veth: packets delivered to the pod (its ingress policy).
 pub const PROG_TO_POD: &str = "palisade_to_pod";
+/// TC egress on the node's other interfaces (links to other nodes and to the outside): judges
+/// the egress policy of Service traffic that kube-proxy sent off the node (see
+/// [`MAP_ORIGINAL_DST`]).
+pub const PROG_UPLINK: &str = "palisade_uplink";
 
 pub const MAP_ENDPOINTS: &str = "PAL_ENDPOINTS";
 pub const MAP_POD_IDENTITIES: &str = "PAL_POD_IDS";
@@ -53,9 +60,18 @@ pub const MAP_PEERS: &str = "PAL_PEERS";
 pub const MAP_PORTS: &str = "PAL_PORTS";
 pub const MAP_CONNTRACK: &str = "PAL_CT";
 pub const MAP_STATS: &str = "PAL_STATS";
+/// LPM trie of the cluster's Service address ranges (ClusterIPs), keyed like [`MAP_CIDRS`],
+/// value `u32` (unused, 1). Egress towards them is judged after kube-proxy's translation.
+pub const MAP_SERVICES: &str = "PAL_SERVICES";
+/// LRU hash [`OriginalKey`] -> [`OriginalValue`]: a new flow from an egress-isolated pod to a
+/// Service address, recorded by [`PROG_FROM_POD`] before kube-proxy translates it, and judged by
+/// whichever hook sees it after translation ([`PROG_TO_POD`] of the backend, or
+/// [`PROG_UPLINK`]) against the real destination. The source address and port survive DNAT,
+/// so they find the record again.
+pub const MAP_ORIGINAL_DST: &str = "PAL_ORIG_DST";
 
 /// Every map, for the agent's checks that the object and this crate agree.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_ENDPOINTS,
     MAP_POD_IDENTITIES,
     MAP_CIDRS,
@@ -63,6 +79,8 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_PORTS,
     MAP_CONNTRACK,
     MAP_STATS,
+    MAP_SERVICES,
+    MAP_ORIGINAL_DST,
 ];
 
 pub const MAX_ENDPOINTS: u32 = 4096;
@@ -71,6 +89,8 @@ pub const MAX_CIDRS: u32 = 65_536;
 pub const MAX_PEERS: u32 = 524_288;
 pub const MAX_PORTS: u32 = 262_144;
 pub const MAX_CONNTRACK: u32 = 262_144;
+pub const MAX_SERVICE_RANGES: u32 = 64;
+pub const MAX_ORIGINAL_DST: u32 = 65_536;
 
 /// Rules of one endpoint and direction are grouped into at most this many port-set classes.
 pub const MAX_CLASSES: usize = 64;
@@ -212,6 +232,27 @@ pub struct CtKey {
     pub _pad: [u8; 2],
 }
 
+/// [`MAP_ORIGINAL_DST`] key: the source side of a flow, which DNAT leaves alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct OriginalKey {
+    pub saddr: Addr,
+    pub sport: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// [`MAP_ORIGINAL_DST`] value: where the pod sent the flow, and which endpoint sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct OriginalValue {
+    pub daddr: Addr,
+    pub dport: u16,
+    pub _pad: u16,
+    /// [`MAP_ENDPOINTS`] key of the sending pod.
+    pub ifindex: u32,
+}
+
 /// [`MAP_CONNTRACK`] value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
@@ -235,6 +276,10 @@ pub enum Stat {
     NotIp = 2,
     /// Conntrack insert failed (the flow still passes; its replies are judged as new flows).
     CtInsertFailed = 3,
+    /// A new flow to a Service address left for judgement after translation.
+    EgressDeferred = 4,
+    /// A deferred flow was judged after translation (allowed or dropped).
+    EgressJudgedAfterNat = 5,
 }
 
 /// Why a packet was dropped; the index of its counter in [`MAP_STATS`] is
@@ -254,16 +299,20 @@ pub enum DropReason {
     Fragment = 4,
     /// IPv6 extension headers for an isolated endpoint.
     Ipv6ExtensionHeader = 5,
+    /// A flow that must be remembered to be judged (a Service flow awaiting translation) could
+    /// not be recorded.
+    TrackingFull = 6,
 }
 
 pub const STAT_DROP_BASE: u32 = 16;
-pub const DROP_REASONS: [DropReason; 6] = [
+pub const DROP_REASONS: [DropReason; 7] = [
     DropReason::PolicyIngress,
     DropReason::PolicyEgress,
     DropReason::NoEndpoint,
     DropReason::Malformed,
     DropReason::Fragment,
     DropReason::Ipv6ExtensionHeader,
+    DropReason::TrackingFull,
 ];
 pub const STAT_SLOTS: u32 = 32;
 
@@ -280,6 +329,7 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::Fragment => "fragment",
             Self::Ipv6ExtensionHeader => "ipv6-extension-header",
+            Self::TrackingFull => "tracking-full",
         }
     }
 }
@@ -294,6 +344,8 @@ const _: () = {
     assert!(core::mem::size_of::<CtKey>() == 40);
     assert!(core::mem::offset_of!(CtKey, sport) == 32);
     assert!(core::mem::size_of::<CtValue>() == 16);
+    assert!(core::mem::size_of::<OriginalKey>() == 20);
+    assert!(core::mem::size_of::<OriginalValue>() == 24);
     assert!(MAX_CLASSES == ClassMask::BITS as usize);
     assert!(STAT_DROP_BASE + DROP_REASONS.len() as u32 <= STAT_SLOTS);
 };
@@ -309,4 +361,6 @@ mod user {
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for OriginalKey {}
+    unsafe impl aya::Pod for OriginalValue {}
 }

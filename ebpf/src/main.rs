@@ -1,4 +1,5 @@
-//! Palisade's TC programs. One hook per direction of a pod's host-side veth; both share the
+//! Palisade's TC programs. One hook per direction of a pod's host-side veth, and one on the
+//! node's other interfaces for Service traffic leaving the node; all share the
 //! parser ([`parse`]), the maps ([`maps`]) and the verdict ([`verdict`]). The precedence they
 //! follow is written down in `palisade_common`, where the maps are declared.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -16,7 +17,7 @@ mod programs {
     use aya_ebpf::{macros::classifier, programs::TcContext};
     use palisade_common::{DIR_EGRESS, DIR_INGRESS};
 
-    use crate::verdict::judge;
+    use crate::verdict::{judge, judge_uplink};
 
     /// TC ingress of the host-side veth: what the pod sends, judged by its egress policy.
     #[classifier]
@@ -28,6 +29,13 @@ mod programs {
     #[classifier]
     pub fn palisade_to_pod(ctx: TcContext) -> i32 {
         judge(&ctx, DIR_INGRESS)
+    }
+
+    /// TC egress of the node's other interfaces: Service flows of local pods translated towards
+    /// another node, judged by the source's egress policy (see `verdict::judge_uplink`).
+    #[classifier]
+    pub fn palisade_uplink(ctx: TcContext) -> i32 {
+        judge_uplink(&ctx)
     }
 }
 

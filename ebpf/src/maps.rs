@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use palisade_common::{
     Addr, ClassMask, CtKey, CtValue, EndpointInfo, EndpointKey, IdentityValue, MAX_CIDRS,
-    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_PEERS, MAX_POD_IDENTITIES, MAX_PORTS, PeerKey, PortKey,
-    STAT_SLOTS,
+    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_ORIGINAL_DST, MAX_PEERS, MAX_POD_IDENTITIES, MAX_PORTS,
+    MAX_SERVICE_RANGES, OriginalKey, OriginalValue, PeerKey, PortKey, STAT_SLOTS,
 };
 
 #[map(name = "PAL_ENDPOINTS")]
@@ -29,6 +29,13 @@ pub(crate) static PORTS: LpmTrie<PortKey, ClassMask> = LpmTrie::with_max_entries
 
 #[map(name = "PAL_CT")]
 pub(crate) static CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(MAX_CONNTRACK, 0);
+
+#[map(name = "PAL_SERVICES")]
+pub(crate) static SERVICES: LpmTrie<Addr, u32> = LpmTrie::with_max_entries(MAX_SERVICE_RANGES, 0);
+
+#[map(name = "PAL_ORIG_DST")]
+pub(crate) static ORIGINAL_DST: LruHashMap<OriginalKey, OriginalValue> =
+    LruHashMap::with_max_entries(MAX_ORIGINAL_DST, 0);
 
 #[map(name = "PAL_STATS")]
 pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);

@@ -133,12 +133,18 @@ fn test() -> Result<()> {
             cases.display()
         );
     }
-    eprintln!("[test] conformance cases on the real kernel");
-    run(Command::new(&palisade).args(["lab", "run"]).arg(&cases))?;
-    eprintln!("[test] quick-start example");
+    // The shared upstream cases, ours (two nodes, externals, IPv6) and the quick-start.
+    let all = [
+        cases,
+        root().join("tests/cases"),
+        root().join("examples/quick-start"),
+    ];
+    eprintln!("[test] every case with the reference evaluator (--model)");
     run(Command::new(&palisade)
-        .args(["lab", "run"])
-        .arg(root().join("examples/quick-start")))
+        .args(["lab", "run", "--model"])
+        .args(&all))?;
+    eprintln!("[test] every case on the real kernel");
+    run(Command::new(&palisade).args(["lab", "run"]).args(&all))
 }
 
 fn require_root(why: &str) -> Result<()> {

@@ -16,7 +16,8 @@ use anyhow::{Context as _, Result, bail};
 use crate::run;
 
 /// Debian packages: the Rust toolchain with the BPF core, LLVM for bpf-linker, rustfmt and
-/// clippy of the same release, and iproute2 for people who want to look around the lab.
+/// clippy of the same release, nftables (the lab translates Services with it, as kube-proxy's
+/// nftables mode does), and iproute2 for people who want to look around the lab.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -25,6 +26,7 @@ const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "rustfmt-web",
     "rust-web-clippy",
+    "nftables",
     "iproute2",
 ];
 

@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{MapError, PerCpuArray},
+    maps::{LpmTrie, MapError, PerCpuArray, lpm_trie::Key},
     programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
+use ipnet::IpNet;
 use palisade_common::{
-    ALL_MAPS, DROP_REASONS, MAP_STATS, PROG_FROM_POD, PROG_TO_POD, STAT_DROP_BASE,
+    ALL_MAPS, Addr, DROP_REASONS, MAP_SERVICES, MAP_STATS, PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK,
+    STAT_DROP_BASE,
 };
 
 pub use self::sync::SyncReport;
@@ -57,10 +59,9 @@ pub enum DataplaneError {
     },
 }
 
-/// Links of one interface, detached when the pod goes.
+/// Links of one interface, detached when the pod (or the uplink) goes.
 struct Attachment {
-    from_pod: SchedClassifierLinkId,
-    to_pod: SchedClassifierLinkId,
+    links: Vec<(&'static str, SchedClassifierLinkId)>,
 }
 
 /// Loaded programs and maps of one node.
@@ -82,7 +83,7 @@ impl Dataplane {
                 return Err(DataplaneError::Missing { kind: "map", name });
             }
         }
-        for name in [PROG_FROM_POD, PROG_TO_POD] {
+        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Missing {
@@ -108,56 +109,115 @@ impl Dataplane {
         })
     }
 
-    /// Attaches both programs to `ifname` (TCX links; resolved in the calling thread's network
-    /// namespace). Call only after the endpoint's entry is in the maps ([`Self::sync`]), so the
-    /// pod is never judged without its policy.
+    /// Attaches both pod programs to `ifname` (TCX links; resolved in the calling thread's
+    /// network namespace). Call only after the endpoint's entry is in the maps ([`Self::sync`]),
+    /// so the pod is never judged without its policy.
     pub fn attach(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        self.attach_programs(
+            ifname,
+            &[
+                (PROG_FROM_POD, TcAttachType::Ingress),
+                (PROG_TO_POD, TcAttachType::Egress),
+            ],
+        )
+    }
+
+    /// Attaches the uplink program to the egress of one of the node's other interfaces (a link
+    /// to another node or to the outside), where Service flows of local pods translated towards
+    /// another node are judged. It needs no endpoint entry.
+    pub fn attach_uplink(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        self.attach_programs(ifname, &[(PROG_UPLINK, TcAttachType::Egress)])
+    }
+
+    fn attach_programs(
+        &mut self,
+        ifname: &str,
+        programs: &[(&'static str, TcAttachType)],
+    ) -> Result<(), DataplaneError> {
         if self.attached.contains_key(ifname) {
             return Ok(());
         }
-        let mut attach =
-            |name: &'static str, kind| -> Result<SchedClassifierLinkId, DataplaneError> {
-                let program: &mut SchedClassifier = self
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or(DataplaneError::Missing {
-                        kind: "program",
-                        name,
-                    })?
-                    .try_into()
-                    .map_err(|source| DataplaneError::Program {
-                        what: "converting",
-                        name,
-                        source,
-                    })?;
-                program
-                    .attach(ifname, kind)
-                    .map_err(|source| DataplaneError::Attach {
+        let mut links = Vec::new();
+        for &(name, kind) in programs {
+            let program = classifier(&mut self.ebpf, name)?;
+            match program.attach(ifname, kind) {
+                Ok(link) => links.push((name, link)),
+                Err(source) => {
+                    // Leave nothing half attached.
+                    self.attached
+                        .insert(ifname.to_string(), Attachment { links });
+                    self.detach(ifname);
+                    return Err(DataplaneError::Attach {
                         ifname: ifname.to_string(),
                         source,
-                    })
-            };
-        let from_pod = attach(PROG_FROM_POD, TcAttachType::Ingress)?;
-        let to_pod = attach(PROG_TO_POD, TcAttachType::Egress)?;
+                    });
+                }
+            }
+        }
         self.attached
-            .insert(ifname.to_string(), Attachment { from_pod, to_pod });
+            .insert(ifname.to_string(), Attachment { links });
         Ok(())
     }
 
     /// Detaches from an interface (a no-op if the interface is already gone with its pod).
     pub fn detach(&mut self, ifname: &str) {
-        let Some(att) = self.attached.remove(ifname) else {
+        let Some(attachment) = self.attached.remove(ifname) else {
             return;
         };
-        for (name, link) in [(PROG_FROM_POD, att.from_pod), (PROG_TO_POD, att.to_pod)] {
-            let program: Option<&mut SchedClassifier> =
-                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
-            if let Some(program) = program
+        for (name, link) in attachment.links {
+            if let Ok(program) = classifier(&mut self.ebpf, name)
                 && let Err(e) = program.detach(link)
             {
                 tracing::debug!(ifname, program = name, error = %e, "detach");
             }
         }
+    }
+
+    /// Replaces the cluster's Service address ranges: egress of isolated pods towards them is
+    /// judged after kube-proxy's translation (see `palisade_common::MAP_ORIGINAL_DST`).
+    pub fn set_service_ranges(&mut self, ranges: &[IpNet]) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_SERVICES)
+            .ok_or(DataplaneError::Missing {
+                kind: "map",
+                name: MAP_SERVICES,
+            })?;
+        let mut trie: LpmTrie<_, Addr, u32> =
+            LpmTrie::try_from(map).map_err(|source| DataplaneError::Map {
+                map: MAP_SERVICES,
+                op: "open",
+                source,
+            })?;
+        let wanted: Vec<Key<Addr>> = ranges
+            .iter()
+            .map(|net| {
+                let prefix = crate::policy::compile::Prefix::from_net(net);
+                Key::new(prefix.len, prefix.addr)
+            })
+            .collect();
+        // Add before removing, so no range is ever missing in between.
+        for key in &wanted {
+            trie.insert(key, 1, 0)
+                .map_err(|source| DataplaneError::Map {
+                    map: MAP_SERVICES,
+                    op: "insert",
+                    source,
+                })?;
+        }
+        let stale: Vec<Key<Addr>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !wanted
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
+            .collect();
+        for key in stale {
+            let _ = trie.remove(&key);
+        }
+        Ok(())
     }
 
     /// Writes `state` for the endpoints whose host-side interface index is known, removing what
@@ -196,4 +256,21 @@ impl Dataplane {
             })
             .collect()
     }
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            what: "converting",
+            name,
+            source,
+        })
 }

@@ -9,6 +9,7 @@ use std::{
     thread::{self, JoinHandle},
 };
 
+use ipnet::IpNet;
 use nix::sched::{CloneFlags, setns};
 
 use super::topology::NodeHandle;
@@ -45,6 +46,7 @@ enum Command {
     Sync {
         cluster: Box<Cluster>,
         interfaces: BTreeMap<ObjectKey, Interface>,
+        uplinks: Vec<String>,
         reply: mpsc::Sender<Result<SyncOutcome, String>>,
     },
     Drops {
@@ -60,8 +62,10 @@ pub struct NodeAgent {
 }
 
 impl NodeAgent {
-    /// Starts the agent of `node`: enters its namespace and loads the programs.
-    pub fn start(node: &NodeHandle) -> Result<Self, AgentError> {
+    /// Starts the agent of `node`: enters its namespace, loads the programs and tells them the
+    /// cluster's Service ranges.
+    pub fn start(node: &NodeHandle, service_ranges: &[IpNet]) -> Result<Self, AgentError> {
+        let service_ranges = service_ranges.to_vec();
         let name = node.name.clone();
         let fail = |message: String| AgentError::Failed {
             node: name.clone(),
@@ -79,7 +83,10 @@ impl NodeAgent {
                     let _ = ready_tx.send(Err(format!("entering the node namespace: {e}")));
                     return;
                 }
-                let dataplane = match Dataplane::load() {
+                let dataplane = match Dataplane::load().and_then(|mut d| {
+                    d.set_service_ranges(&service_ranges)?;
+                    Ok(d)
+                }) {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.to_string()));
@@ -102,16 +109,19 @@ impl NodeAgent {
     }
 
     /// Compiles `cluster` for this node and writes the result; attaches to new interfaces after
-    /// their endpoint is written and detaches from interfaces that are gone.
+    /// their endpoint is written and detaches from interfaces that are gone. `uplinks` are the
+    /// node's other interfaces (links to other nodes and to external hosts).
     pub fn sync(
         &self,
         cluster: &Cluster,
         interfaces: BTreeMap<ObjectKey, Interface>,
+        uplinks: Vec<String>,
     ) -> Result<SyncOutcome, AgentError> {
         let (reply, rx) = mpsc::channel();
         self.send(Command::Sync {
             cluster: Box::new(cluster.clone()),
             interfaces,
+            uplinks,
             reply,
         })?;
         rx.recv()
@@ -160,11 +170,13 @@ impl Drop for NodeAgent {
 fn serve(node: &str, addrs: &[IpAddr], mut dataplane: Dataplane, rx: &mpsc::Receiver<Command>) {
     let mut compiler = Compiler::new();
     let mut attached: BTreeMap<ObjectKey, Interface> = BTreeMap::new();
+    let mut attached_uplinks: Vec<String> = Vec::new();
     while let Ok(command) = rx.recv() {
         match command {
             Command::Sync {
                 cluster,
                 interfaces,
+                uplinks,
                 reply,
             } => {
                 let view = NodeView { name: node, addrs };
@@ -192,6 +204,12 @@ fn serve(node: &str, addrs: &[IpAddr], mut dataplane: Dataplane, rx: &mpsc::Rece
                                 attached.insert(key.clone(), iface.clone());
                             }
                         }
+                        for uplink in &uplinks {
+                            if !attached_uplinks.contains(uplink) {
+                                dataplane.attach_uplink(uplink).map_err(|e| e.to_string())?;
+                                attached_uplinks.push(uplink.clone());
+                            }
+                        }
                         Ok(SyncOutcome {
                             report,
                             errors: state.errors.clone(),
@@ -205,7 +223,11 @@ fn serve(node: &str, addrs: &[IpAddr], mut dataplane: Dataplane, rx: &mpsc::Rece
             }
         }
     }
-    for iface in attached.values() {
-        dataplane.detach(&iface.ifname);
+    for ifname in attached
+        .values()
+        .map(|i| &i.ifname)
+        .chain(&attached_uplinks)
+    {
+        dataplane.detach(ifname);
     }
 }

@@ -9,5 +9,6 @@ pub mod netns;
 pub mod probe;
 pub mod run;
 pub mod serve;
+pub mod services;
 pub mod table;
 pub mod topology;

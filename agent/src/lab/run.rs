@@ -17,8 +17,9 @@ use super::{
     case::{Case, CaseProto, Probe, Via, load_cases},
     probe::probe,
     serve::{Proto, ServerHandle, serve},
+    services::{Services, service_ranges},
     table::{Comparison, compare},
-    topology::{NodeHandle, PodHandle, Topology},
+    topology::{NodeHandle, PodHandle, Topology, link_ifname},
 };
 use crate::{
     cluster::{Cluster, ObjectKey},
@@ -76,29 +77,53 @@ pub async fn run_cases(dirs: &[PathBuf], options: RunOptions) -> Result<bool> {
 
 /// The lab's view of one case's cluster.
 struct Lab {
+    // Dropped first: the namespaces go before the agents detach (their links go with them).
     topology: Topology,
-    node: NodeHandle,
-    agent: NodeAgent,
+    nodes: BTreeMap<String, LabNode>,
+    /// Hosts outside the cluster, by table name (`world/<name>`), wired to node-1.
+    externals: BTreeMap<String, PodHandle>,
     cluster: Cluster,
     servers: BTreeMap<ObjectKey, ServerHandle>,
+    external_servers: Vec<ServerHandle>,
+    services: Services,
     addresses: AddressBook,
-    /// Pods the lab cannot place yet (on another node), by key.
+    /// Pods the lab does not run (hostNetwork), with the reason.
     unplaced: BTreeMap<ObjectKey, String>,
 }
 
+/// A node of the lab and its own agent.
+struct LabNode {
+    handle: NodeHandle,
+    agent: NodeAgent,
+}
+
+/// The node external hosts hang off.
+const FIRST_NODE: &str = "node-1";
+
 async fn run_case(case: &Case, options: RunOptions) -> Result<bool> {
-    let mut topology = Topology::new()?;
-    let node = topology.add_node("node-1", 1)?;
-    let agent = NodeAgent::start(&node)?;
     let mut lab = Lab {
-        topology,
-        node,
-        agent,
+        topology: Topology::new()?,
+        nodes: BTreeMap::new(),
+        externals: BTreeMap::new(),
         cluster: Cluster::default(),
         servers: BTreeMap::new(),
+        external_servers: Vec::new(),
+        services: Services::default(),
         addresses: AddressBook::default(),
         unplaced: BTreeMap::new(),
     };
+    let first = lab.node(FIRST_NODE)?;
+    for external in &case.externals {
+        let name = format!("world/{}", external.name);
+        let handle = lab.topology.add_pod(&first, &name, &[external.ip])?;
+        let ports: Vec<(Proto, u16)> = external
+            .ports
+            .iter()
+            .map(|(proto, port)| (proto_of_case(*proto), *port))
+            .collect();
+        lab.external_servers.push(serve(&handle, &ports)?);
+        lab.externals.insert(name, handle);
+    }
     for file in &case.cluster {
         for object in manifest::load_file(file)? {
             lab.cluster.apply(object);
@@ -124,22 +149,49 @@ async fn run_case(case: &Case, options: RunOptions) -> Result<bool> {
         }
         lab.reconcile()?;
         for probe in &step.probes {
-            ok &= lab.probe_table(i + 1, probe, case, options).await?;
+            ok &= lab.probe_table(i + 1, probe, options).await?;
         }
     }
     Ok(ok)
 }
 
 impl Lab {
-    /// Makes the namespaces match the cluster (pods created, removed, served), then syncs the
-    /// agent: endpoints are written before their programs are attached.
+    /// The node called `name` (`node-<index>`), created with its agent, its links to the other
+    /// nodes and its Service translation the first time a pod lands on it.
+    fn node(&mut self, name: &str) -> Result<NodeHandle> {
+        if let Some(node) = self.nodes.get(name) {
+            return Ok(node.handle.clone());
+        }
+        let index = name
+            .strip_prefix("node-")
+            .and_then(|i| i.parse::<u8>().ok())
+            .filter(|i| (1..=254).contains(i))
+            .with_context(|| {
+                format!("spec.nodeName {name:?}: the lab's nodes are named node-1 ... node-254")
+            })?;
+        let handle = self.topology.add_node(name, index)?;
+        let agent = NodeAgent::start(&handle, &service_ranges())?;
+        self.services.install(&handle.netns)?;
+        self.nodes.insert(
+            name.to_owned(),
+            LabNode {
+                handle: handle.clone(),
+                agent,
+            },
+        );
+        Ok(handle)
+    }
+
+    /// Makes the namespaces match the cluster (pods created on their node, removed, served,
+    /// given a Service), then syncs every node's agent: endpoints are written before their
+    /// programs are attached.
     fn reconcile(&mut self) -> Result<()> {
         let wanted: BTreeSet<ObjectKey> = self.cluster.pods.keys().cloned().collect();
         let existing: Vec<ObjectKey> = self.servers.keys().cloned().collect();
         for key in existing {
-            let gone = !wanted.contains(&key);
-            if gone {
+            if !wanted.contains(&key) {
                 self.servers.remove(&key);
+                self.services.remove(&key);
                 self.topology.remove_pod(&key.to_string())?;
             }
         }
@@ -156,47 +208,62 @@ impl Lab {
                 self.unplaced.insert(key, "hostNetwork pods".into());
                 continue;
             }
-            let node = pod_node(pod).to_string();
-            if node != self.node.name {
-                self.unplaced
-                    .insert(key, format!("pods on {node} (second node)"));
-                continue;
-            }
+            let node_name = pod_node(pod).to_string();
             let ports: Vec<(Proto, u16)> = container_ports(pod)
                 .into_iter()
                 .filter_map(|(_, protocol, port)| proto_of(protocol).map(|p| (p, port)))
                 .collect();
+            let node = self.node(&node_name)?;
             let addrs = self.addresses(&key)?;
-            let handle = self
-                .topology
-                .add_pod(&self.node, &key.to_string(), &addrs)?;
+            let handle = self.topology.add_pod(&node, &key.to_string(), &addrs)?;
             let server = serve(&handle, &ports)?;
+            self.services.set(&key, &addrs, &ports);
             self.servers.insert(key, server);
         }
-        let interfaces = self
-            .topology
-            .pods()
-            .filter_map(|p| {
-                let key = parse_key(&p.key)?;
-                Some((
-                    key,
-                    Interface {
-                        ifname: p.host_ifname.clone(),
-                        ifindex: p.host_ifindex,
-                    },
-                ))
-            })
-            .collect();
-        let outcome = self.agent.sync(&self.cluster, interfaces)?;
-        for e in &outcome.errors {
-            println!("    policy error: {e}");
+        for node in self.nodes.values() {
+            self.services.install(&node.handle.netns)?;
         }
-        tracing::debug!(
-            writes = outcome.report.writes,
-            deletes = outcome.report.deletes,
-            endpoints = outcome.endpoints,
-            "synced"
-        );
+        for (name, node) in &self.nodes {
+            let interfaces = self
+                .topology
+                .pods()
+                .filter(|p| p.node.name == *name && !self.externals.contains_key(&p.key))
+                .filter_map(|p| {
+                    let key = parse_key(&p.key)?;
+                    Some((
+                        key,
+                        Interface {
+                            ifname: p.host_ifname.clone(),
+                            ifindex: p.host_ifindex,
+                        },
+                    ))
+                })
+                .collect();
+            // Links to the other nodes and to the external hosts: where Service flows leave.
+            let uplinks = self
+                .nodes
+                .values()
+                .filter(|other| other.handle.name != *name)
+                .map(|other| link_ifname(&other.handle))
+                .chain(
+                    self.externals
+                        .values()
+                        .filter(|e| e.node.name == *name)
+                        .map(|e| e.host_ifname.clone()),
+                )
+                .collect();
+            let outcome = node.agent.sync(&self.cluster, interfaces, uplinks)?;
+            for e in &outcome.errors {
+                println!("    policy error ({name}): {e}");
+            }
+            tracing::debug!(
+                node = %name,
+                writes = outcome.report.writes,
+                deletes = outcome.report.deletes,
+                endpoints = outcome.endpoints,
+                "synced"
+            );
+        }
         Ok(())
     }
 
@@ -211,7 +278,6 @@ impl Lab {
         &self,
         step: usize,
         probe_spec: &Probe,
-        case: &Case,
         options: RunOptions,
     ) -> Result<bool> {
         let (proto, port) = probe_spec.connect;
@@ -221,11 +287,6 @@ impl Lab {
         };
         println!("step {step}: {proto}/{port} via {via}");
         let mut skipped = BTreeSet::new();
-        if probe_spec.via == Via::Service {
-            skipped.insert(
-                "via: service (Service translation comes with the dataplane issue)".to_string(),
-            );
-        }
         if proto == CaseProto::Sctp {
             skipped.insert(
                 "SCTP (this kernel has no SCTP sockets; the raw-socket responder comes later)"
@@ -240,7 +301,7 @@ impl Lab {
                 if row == col || !skipped.is_empty() {
                     continue;
                 }
-                match (self.pod_handle(row), self.destination(col, case)) {
+                match (self.pod_handle(row), self.destination(col, probe_spec.via)) {
                     (Ok(src), Ok(Some(dst))) => cells.push((row.clone(), col.clone(), src, dst)),
                     (Err(why), _) | (_, Err(why)) => {
                         skipped.insert(why);
@@ -252,11 +313,7 @@ impl Lab {
         for why in &skipped {
             println!("    skipped (not supported yet): {why}");
         }
-        let proto = match proto {
-            CaseProto::Tcp => Proto::Tcp,
-            CaseProto::Udp => Proto::Udp,
-            CaseProto::Sctp => Proto::Sctp,
-        };
+        let proto = proto_of_case(proto);
         let mut observed: BTreeMap<(String, String), bool> = BTreeMap::new();
         let mut pending: Vec<_> = cells.iter().collect();
         for attempt in 0..=RETRIES {
@@ -288,9 +345,10 @@ impl Lab {
         Ok(comparison.mismatches().is_empty())
     }
 
+    /// The pod (or external host) a table names.
     fn pod_handle(&self, name: &str) -> Result<&PodHandle, String> {
-        if name.starts_with("world/") {
-            return Err("external hosts".into());
+        if let Some(external) = self.externals.get(name) {
+            return Ok(external);
         }
         let key = parse_key(name).ok_or_else(|| format!("{name} is not namespace/pod"))?;
         if let Some(why) = self.unplaced.get(&key) {
@@ -301,22 +359,41 @@ impl Lab {
             .ok_or_else(|| format!("{name}: no such pod"))
     }
 
-    fn destination(&self, name: &str, case: &Case) -> Result<Option<IpAddr>, String> {
-        if name.starts_with("world/") {
-            let _ = case;
-            return Err("external hosts".into());
-        }
+    /// Where a probe to column `name` goes: the pod's first address (IPv4 first), or its
+    /// Service's ClusterIP of that family; `None` for a name that is not in the case.
+    fn destination(&self, name: &str, via: Via) -> Result<Option<IpAddr>, String> {
         let handle = match self.pod_handle(name) {
             Ok(h) => h,
             Err(why) if why.ends_with("no such pod") => return Ok(None),
             Err(why) => return Err(why),
         };
-        Ok(handle
+        let Some(addr) = handle
             .addrs
             .iter()
             .find(|a| a.is_ipv4())
             .or(handle.addrs.first())
-            .copied())
+            .copied()
+        else {
+            return Ok(None);
+        };
+        match via {
+            Via::PodIp => Ok(Some(addr)),
+            Via::Service => {
+                let key = parse_key(name).ok_or_else(|| format!("{name} is not namespace/pod"))?;
+                self.services
+                    .cluster_ip(&key, addr)
+                    .map(Some)
+                    .ok_or_else(|| format!("{name} has no Service"))
+            }
+        }
+    }
+}
+
+fn proto_of_case(proto: CaseProto) -> Proto {
+    match proto {
+        CaseProto::Tcp => Proto::Tcp,
+        CaseProto::Udp => Proto::Udp,
+        CaseProto::Sctp => Proto::Sctp,
     }
 }
 

@@ -9,6 +9,12 @@
 //!                                                lo: 10.244.0.<index>/32
 //! ```
 //!
+//! Nodes are joined pairwise by a veth (`to-<other node>` on each side), routed without
+//! encapsulation: each node holds a route to every pod of the other nodes through the link,
+//! next hop the other node's address (`10.244.0.<index>`, or `fe80::<index>` on the link for
+//! IPv6). Hosts outside the cluster are wired to a node like pods (see [`Topology::add_pod`]):
+//! what makes them external is only that no policy program judges them as endpoints.
+//!
 //! Every netlink request is sent from a socket created inside the namespace it changes: one
 //! batch of requests is one [`NetNs::run`] with a private current-thread runtime.
 
@@ -95,6 +101,11 @@ pub struct Topology {
     pods: BTreeMap<String, PodHandle>,
 }
 
+/// Name of the interface in `from`'s namespace that links it to node `to`.
+pub fn link_ifname(to: &NodeHandle) -> String {
+    format!("to-{}", to.name)
+}
+
 impl Topology {
     /// Starts an empty cluster, first removing namespaces left by crashed runs.
     pub fn new() -> Result<Self> {
@@ -102,7 +113,7 @@ impl Topology {
         if removed > 0 {
             tracing::info!(removed, "removed stale lab network namespaces");
         }
-        Ok(Topology {
+        Ok(Self {
             prefix: run_prefix(),
             nodes: Vec::new(),
             pods: BTreeMap::new(),
@@ -159,7 +170,16 @@ impl Topology {
             nl.add_addr(index, v4.into(), 32).await?;
             nl.add_addr(index, v6.into(), 128).await
         })?;
+        let others: Vec<NodeHandle> = self.nodes.clone();
+        for other in &others {
+            link_nodes(&node, other)?;
+        }
         self.nodes.push(node.clone());
+        // Pods already on other nodes become reachable from this one.
+        let existing: Vec<PodHandle> = self.pods.values().cloned().collect();
+        for pod in existing {
+            route_to(&node, &pod.node, pod.addrs.clone())?;
+        }
         tracing::debug!(node = name, netns = node.netns.name(), "added node");
         Ok(node)
     }
@@ -242,6 +262,11 @@ impl Topology {
             Ok(())
         })?;
 
+        // Every other node routes to the pod through the link to its node.
+        for other in self.nodes.iter().filter(|n| n.name != node.name) {
+            route_to(other, node, addrs.to_vec())?;
+        }
+
         let pod = PodHandle {
             key: key.to_owned(),
             node: node.clone(),
@@ -266,8 +291,19 @@ impl Topology {
             let what = format!("delete veth {ifname}");
             nl.run(what, nl.handle.link().del(index).execute()).await
         });
+        let mut unrouted = Ok(());
+        for other in self.nodes.iter().filter(|n| n.name != pod.node.name) {
+            let addrs = pod.addrs.clone();
+            let result = netlink(&other.netns, move |nl| async move {
+                for addr in addrs {
+                    nl.del_route(addr).await?;
+                }
+                Ok(())
+            });
+            unrouted = unrouted.and(result);
+        }
         let removed = pod.netns.remove();
-        unplugged.and(removed)
+        unplugged.and(unrouted).and(removed)
     }
 
     /// Removes every namespace, pods first. Tries them all, then reports the first failure.
@@ -295,6 +331,58 @@ impl Drop for Topology {
         // Failures were logged one by one in teardown.
         let _ = self.teardown();
     }
+}
+
+/// Joins two nodes with a veth, `to-<b>` in `a` and `to-<a>` in `b`, each end holding the
+/// link-local `fe80::<own index>` and a route to the other node's addresses.
+fn link_nodes(a: &NodeHandle, b: &NodeHandle) -> Result<()> {
+    let (a_if, b_if) = (link_ifname(b), link_ifname(a));
+    let b_fd = b.netns.fd()?;
+    let (peer_name, name) = (b_if.clone(), a_if.clone());
+    netlink(&a.netns, move |nl| async move {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer_name.clone())
+            .setns_by_fd(b_fd.as_raw_fd())
+            .build();
+        let veth = LinkVeth::new(&name, &peer_name)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .up()
+            .build();
+        let what = format!("add veth {name} (peer {peer_name} in the other node)");
+        nl.run(what, nl.handle.link().add(veth).execute()).await?;
+        drop(b_fd);
+        Ok(())
+    })?;
+    for (here, there, ifname) in [(a, b, a_if), (b, a, b_if)] {
+        let (index, v4, v6) = (here.index, there.addr_v4(), there.addr_v6());
+        let there_ll = link_local(there.index);
+        netlink(&here.netns, move |nl| async move {
+            let link = nl.set_up_by_name(&ifname).await?;
+            nl.add_addr(link, link_local(index).into(), 64).await?;
+            nl.add_host_route(link, v4.into(), None).await?;
+            nl.add_route_via(link, v6.into(), there_ll.into()).await
+        })?;
+    }
+    Ok(())
+}
+
+/// `fe80::<index>`: a node's address on its links to other nodes.
+fn link_local(index: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, u16::from(index))
+}
+
+/// Routes `addrs` (living on node `to`) from node `from`, through the link between them.
+fn route_to(from: &NodeHandle, to: &NodeHandle, addrs: Vec<IpAddr>) -> Result<()> {
+    let ifname = link_ifname(to);
+    let (v4, v6) = (to.addr_v4(), link_local(to.index));
+    netlink(&from.netns, move |nl| async move {
+        let link = nl.index_of(&ifname).await?;
+        for addr in addrs {
+            let via = if addr.is_ipv4() { v4.into() } else { v6.into() };
+            nl.add_route_via(link, addr, via).await?;
+        }
+        Ok(())
+    })
 }
 
 /// Runs one batch of netlink requests inside `netns`, on a connection opened there.
@@ -408,6 +496,47 @@ impl Netlink {
         let what = format!("add route {dst} dev ifindex {index}");
         self.run(what, self.handle.route().add(message).execute())
             .await
+    }
+
+    /// `<dst>/32 (or /128) via <via> dev <index>`.
+    async fn add_route_via(&self, index: u32, dst: IpAddr, via: IpAddr) -> Result<()> {
+        let message = match (dst, via) {
+            (IpAddr::V4(dst), IpAddr::V4(via)) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst, 32)
+                .gateway(via)
+                .output_interface(index)
+                .build(),
+            (IpAddr::V6(dst), IpAddr::V6(via)) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(dst, 128)
+                .gateway(via)
+                .output_interface(index)
+                .build(),
+            _ => unreachable!("route families are matched by the callers"),
+        };
+        let what = format!("add route {dst} via {via} dev ifindex {index}");
+        let request = self.handle.route().add(message).replace().execute();
+        self.run(what, request).await
+    }
+
+    /// Deletes the route to `dst`/32 (or /128), if any.
+    async fn del_route(&self, dst: IpAddr) -> Result<()> {
+        let message = match dst {
+            IpAddr::V4(dst) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst, 32)
+                .build(),
+            IpAddr::V6(dst) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(dst, 128)
+                .build(),
+        };
+        match self.handle.route().del(message).execute().await {
+            Ok(()) => Ok(()),
+            // ESRCH: no such route.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            Err(source) => Err(LabError::Netlink {
+                what: format!("in {}: delete route {dst}", self.ns),
+                source,
+            }),
+        }
     }
 
     /// `default via 169.254.1.1 dev <index> src <src>`.
