@@ -23,10 +23,10 @@
 //!    attached before its endpoint is written, so a missing entry means we lost track: fail closed.
 //! 3. [`MAP_CONNTRACK`] holds the packet's flow in this direction, or the reverse flow in the other
 //!    direction (a reply): pass. Established flows are kept across policy changes.
-//! 4. E not isolated for D: pass (and track the flow).
-//! 4a. D is egress and A is in [`MAP_SERVICES`]: the verdict waits for kube-proxy's translation
-//!    ([`MAP_ORIGINAL_DST`]); the hook that sees the translated packet applies 5-7 to the real
-//!    destination, and tracks both the original and the translated flow.
+//! 4. E not isolated for D: pass (and track the flow). Otherwise, when D is egress and A is in
+//!    [`MAP_SERVICES`], the verdict waits for kube-proxy's translation ([`MAP_ORIGINAL_DST`]):
+//!    the hook that sees the translated packet applies 5-7 to the real destination and tracks
+//!    the flow under its original destination.
 //! 5. D is ingress and A is the node itself ([`IDENTITY_HOST`]): pass (kubelet probes).
 //! 6. peer mask = `any_peer[D]` | [`MAP_PEERS`]\[(E, identity(A), D)\] | [`MAP_PEERS`]\[(E, cidr(A), D)\]
 //!    where identity(A) comes from [`MAP_POD_IDENTITIES`] (exact address) and cidr(A) from the
