@@ -1,8 +1,25 @@
-//! Writing a [`NodeState`] into the maps as a diff against what was written before.
+//! Writing a [`NodeState`] into the maps as a difference against what was written before, so
+//! that no packet ever sees half of an update.
 //!
-//! Order matters for failing closed: entries that grant access to an endpoint are written
-//! before the endpoint entry that makes the programs read them, and removed after it; an
-//! endpoint that becomes isolated is written first of all.
+//! A packet is judged by one endpoint's entries: its [`EndpointInfo`] (flags and "any" classes)
+//! and the [`PeerKey`]/[`PortKey`] entries under its endpoint id. Each endpoint owns a *pair* of
+//! ids (`2p` and `2p + 1`), one live and one idle: a change to an endpoint's rules is written
+//! whole under the idle id, then the endpoint's [`EndpointInfo`] is replaced by one naming that
+//! id (a single map value update, atomic for readers), and only then are the old id's entries
+//! deleted. A packet therefore sees the endpoint's old rules or its new ones, never a mix. This
+//! is the double buffer, per endpoint: it costs one rewrite of the endpoint's own entries per
+//! change, never a rewrite of the node.
+//!
+//! One exception keeps the common case cheap: when a change only *adds* entries and leaves every
+//! existing value (and the [`EndpointInfo`]) as it was - a new peer identity appears, a new pod
+//! joins a selected label set with new named ports - the entries are added in place. Any mix of
+//! old entries and some new ones then grants a subset of what the new state grants (peer masks
+//! are unions; a port lookup that misses a new, longer prefix finds a shorter one whose classes
+//! cover every port under it), so no packet is judged by rules looser than the new ones.
+//!
+//! The address-to-identity and CIDR maps are shared by every endpoint. New entries are written
+//! after the endpoints' new rules and before they are switched on; stale ones are deleted last.
+//! A pod that changes identity does so in one value write.
 
 use std::collections::BTreeMap;
 
@@ -23,236 +40,359 @@ use crate::{cluster::ObjectKey, policy::NodeState};
 pub struct SyncReport {
     pub writes: usize,
     pub deletes: usize,
+    /// Endpoints whose rules were switched to their idle id.
+    pub swaps: usize,
+}
+
+/// One endpoint's entries, without its id: (direction, peer) and (prefix length, direction,
+/// protocol, port) to class masks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Rules {
+    /// `EndpointInfo` without its id.
+    flags: u32,
+    any_peer: [ClassMask; 2],
+    any_port: [ClassMask; 2],
+    peers: BTreeMap<(u8, u32), ClassMask>,
+    ports: BTreeMap<(u32, u8, u8, [u8; 2]), ClassMask>,
+}
+
+impl Rules {
+    fn info(&self, id: u32) -> EndpointInfo {
+        EndpointInfo {
+            id,
+            flags: self.flags,
+            any_peer: self.any_peer,
+            any_port: self.any_port,
+        }
+    }
+
+    /// Whether `self` only adds entries to `old`: same info, every old entry kept as it was.
+    fn only_adds_to(&self, old: &Self) -> bool {
+        self.flags == old.flags
+            && self.any_peer == old.any_peer
+            && self.any_port == old.any_port
+            && old.peers.iter().all(|(k, v)| self.peers.get(k) == Some(v))
+            && old.ports.iter().all(|(k, v)| self.ports.get(k) == Some(v))
+    }
+}
+
+/// A local pod as written: its interface, its pair of ids and which one is live.
+#[derive(Clone, Debug)]
+struct Endpoint {
+    ifindex: u32,
+    pair: u32,
+    live: u32,
+    rules: Rules,
+    /// Entries that may exist under the idle id (a swap that did not finish).
+    idle: Option<Rules>,
+}
+
+impl Endpoint {
+    fn id(&self) -> u32 {
+        self.pair * 2 + self.live
+    }
+
+    fn idle_id(&self) -> u32 {
+        self.pair * 2 + (1 - self.live)
+    }
 }
 
 /// A copy of every entry this process wrote, so the next sync writes only the difference.
 #[derive(Default)]
 pub(super) struct Written {
-    endpoints: BTreeMap<u32, EndpointInfo>,
+    endpoints: BTreeMap<ObjectKey, Endpoint>,
     identities: BTreeMap<Addr, u32>,
     cidrs: BTreeMap<(u32, Addr), u32>,
-    peers: BTreeMap<PeerKey, ClassMask>,
-    ports: BTreeMap<(u32, PortKey), ClassMask>,
-    endpoint_ids: BTreeMap<ObjectKey, u32>,
-    next_endpoint_id: u32,
+    next_pair: u32,
 }
 
-struct Desired {
-    endpoints: BTreeMap<u32, EndpointInfo>,
-    identities: BTreeMap<Addr, u32>,
-    cidrs: BTreeMap<(u32, Addr), u32>,
-    peers: BTreeMap<PeerKey, ClassMask>,
-    ports: BTreeMap<(u32, PortKey), ClassMask>,
+fn peer_key(id: u32, (direction, peer): (u8, u32)) -> PeerKey {
+    PeerKey {
+        endpoint: id,
+        peer,
+        direction,
+        _pad: [0; 3],
+    }
+}
+
+fn port_key(id: u32, (len, direction, protocol, port_be): (u32, u8, u8, [u8; 2])) -> Key<PortKey> {
+    Key::new(
+        len,
+        PortKey {
+            endpoint: id,
+            direction,
+            protocol,
+            port_be,
+        },
+    )
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, op, source }
 }
 
-fn hash<'a, K: aya::Pod, V: aya::Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<HashMap<&'a mut MapData, K, V>, DataplaneError> {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or(DataplaneError::Missing { kind: "map", name })?;
-    HashMap::try_from(map).map_err(map_err(name, "open"))
+fn rules_of(state: &NodeState, key: &ObjectKey) -> Option<Rules> {
+    let ep = state.endpoints.get(key)?;
+    Some(Rules {
+        flags: ep.flags,
+        any_peer: ep.any_peer,
+        any_port: ep.any_port,
+        peers: ep.peers.clone(),
+        ports: ep
+            .ports
+            .iter()
+            .map(|((direction, protocol, prefix), mask)| {
+                let len = PORT_KEY_FIXED_BITS + u32::from(prefix.len);
+                (
+                    (len, *direction, *protocol, prefix.value.to_be_bytes()),
+                    *mask,
+                )
+            })
+            .collect(),
+    })
 }
 
-fn trie<'a, K: aya::Pod, V: aya::Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<LpmTrie<&'a mut MapData, K, V>, DataplaneError> {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or(DataplaneError::Missing { kind: "map", name })?;
-    LpmTrie::try_from(map).map_err(map_err(name, "open"))
+/// The maps, opened once per sync.
+struct Maps<'a> {
+    endpoints: HashMap<&'a mut MapData, u32, EndpointInfo>,
+    identities: HashMap<&'a mut MapData, Addr, IdentityValue>,
+    cidrs: LpmTrie<&'a mut MapData, Addr, IdentityValue>,
+    peers: HashMap<&'a mut MapData, PeerKey, ClassMask>,
+    ports: LpmTrie<&'a mut MapData, PortKey, ClassMask>,
 }
 
-/// Entries of `new` that differ from `old`, and keys of `old` that `new` lacks.
-fn diff<K: Ord + Copy, V: PartialEq + Copy>(
-    old: &BTreeMap<K, V>,
-    new: &BTreeMap<K, V>,
-) -> (Vec<(K, V)>, Vec<K>) {
-    let upserts = new
-        .iter()
-        .filter(|(k, v)| old.get(k) != Some(v))
-        .map(|(k, v)| (*k, *v))
-        .collect();
-    let deletes = old
-        .keys()
-        .filter(|k| !new.contains_key(k))
-        .copied()
-        .collect();
-    (upserts, deletes)
+impl<'a> Maps<'a> {
+    fn open(ebpf: &'a mut Ebpf) -> Result<Self, DataplaneError> {
+        let mut endpoints = None;
+        let mut identities = None;
+        let mut cidrs = None;
+        let mut peers = None;
+        let mut ports = None;
+        for (name, map) in ebpf.maps_mut() {
+            match name {
+                MAP_ENDPOINTS => {
+                    endpoints =
+                        Some(HashMap::try_from(map).map_err(map_err(MAP_ENDPOINTS, "open"))?)
+                }
+                MAP_POD_IDENTITIES => {
+                    identities =
+                        Some(HashMap::try_from(map).map_err(map_err(MAP_POD_IDENTITIES, "open"))?)
+                }
+                MAP_CIDRS => {
+                    cidrs = Some(LpmTrie::try_from(map).map_err(map_err(MAP_CIDRS, "open"))?)
+                }
+                MAP_PEERS => {
+                    peers = Some(HashMap::try_from(map).map_err(map_err(MAP_PEERS, "open"))?)
+                }
+                MAP_PORTS => {
+                    ports = Some(LpmTrie::try_from(map).map_err(map_err(MAP_PORTS, "open"))?)
+                }
+                _ => {}
+            }
+        }
+        let missing = |name| DataplaneError::Missing { kind: "map", name };
+        Ok(Self {
+            endpoints: endpoints.ok_or(missing(MAP_ENDPOINTS))?,
+            identities: identities.ok_or(missing(MAP_POD_IDENTITIES))?,
+            cidrs: cidrs.ok_or(missing(MAP_CIDRS))?,
+            peers: peers.ok_or(missing(MAP_PEERS))?,
+            ports: ports.ok_or(missing(MAP_PORTS))?,
+        })
+    }
+
+    /// Writes `rules`' entries under `id`, skipping those `old` already holds with that value.
+    fn write_rules(
+        &mut self,
+        id: u32,
+        rules: &Rules,
+        old: Option<&Rules>,
+        report: &mut SyncReport,
+    ) -> Result<(), DataplaneError> {
+        for (k, v) in &rules.peers {
+            if old.is_some_and(|o| o.peers.get(k) == Some(v)) {
+                continue;
+            }
+            self.peers
+                .insert(peer_key(id, *k), v, 0)
+                .map_err(map_err(MAP_PEERS, "insert"))?;
+            report.writes += 1;
+        }
+        for (k, v) in &rules.ports {
+            if old.is_some_and(|o| o.ports.get(k) == Some(v)) {
+                continue;
+            }
+            self.ports
+                .insert(&port_key(id, *k), v, 0)
+                .map_err(map_err(MAP_PORTS, "insert"))?;
+            report.writes += 1;
+        }
+        Ok(())
+    }
+
+    /// Deletes every entry of `rules` under `id` (best effort: a missing entry is fine).
+    fn delete_rules(&mut self, id: u32, rules: &Rules, report: &mut SyncReport) {
+        for k in rules.peers.keys() {
+            let _ = self.peers.remove(&peer_key(id, *k));
+            report.deletes += 1;
+        }
+        for k in rules.ports.keys() {
+            let _ = self.ports.remove(&port_key(id, *k));
+            report.deletes += 1;
+        }
+    }
 }
 
 impl Written {
-    fn desired(&mut self, state: &NodeState, ifindex: &BTreeMap<ObjectKey, u32>) -> Desired {
-        let mut d = Desired {
-            endpoints: BTreeMap::new(),
-            identities: state.identities.clone(),
-            cidrs: state
-                .cidrs
-                .iter()
-                .map(|(p, id)| ((p.len, p.addr), *id))
-                .collect(),
-            peers: BTreeMap::new(),
-            ports: BTreeMap::new(),
-        };
-        self.endpoint_ids
-            .retain(|k, _| state.endpoints.contains_key(k) && ifindex.contains_key(k));
-        for (key, ep) in &state.endpoints {
-            let Some(ifindex) = ifindex.get(key) else {
-                continue;
-            };
-            let id = *self.endpoint_ids.entry(key.clone()).or_insert_with(|| {
-                self.next_endpoint_id += 1;
-                self.next_endpoint_id
-            });
-            d.endpoints.insert(
-                *ifindex,
-                EndpointInfo {
-                    id,
-                    flags: ep.flags,
-                    any_peer: ep.any_peer,
-                    any_port: ep.any_port,
-                },
-            );
-            for ((direction, peer), mask) in &ep.peers {
-                d.peers.insert(
-                    PeerKey {
-                        endpoint: id,
-                        peer: *peer,
-                        direction: *direction,
-                        _pad: [0; 3],
-                    },
-                    *mask,
-                );
-            }
-            for ((direction, protocol, prefix), mask) in &ep.ports {
-                let key = PortKey {
-                    endpoint: id,
-                    direction: *direction,
-                    protocol: *protocol,
-                    port_be: prefix.value.to_be_bytes(),
-                };
-                d.ports
-                    .insert((PORT_KEY_FIXED_BITS + u32::from(prefix.len), key), *mask);
-            }
-        }
-        d
-    }
-
+    /// Writes `state` for the endpoints whose interface is known (`ifindex`), as described in
+    /// the module documentation. On error the maps hold a mix of whole endpoint states (each
+    /// endpoint old or new), and the next sync starts from what was really written.
     pub(super) fn apply(
         &mut self,
         ebpf: &mut Ebpf,
         state: &NodeState,
         ifindex: &BTreeMap<ObjectKey, u32>,
     ) -> Result<SyncReport, DataplaneError> {
-        let d = self.desired(state, ifindex);
+        let mut maps = Maps::open(ebpf)?;
         let mut report = SyncReport::default();
-        let (ep_up, ep_del) = diff(&self.endpoints, &d.endpoints);
-        // 1. Endpoints that gain isolation: before anything else, so no window is open.
-        let (tighten, loosen): (Vec<_>, Vec<_>) = ep_up.into_iter().partition(|(k, v)| {
-            self.endpoints
-                .get(k)
-                .is_some_and(|old| v.flags & !old.flags != 0)
-        });
-        self.write_endpoints(ebpf, &tighten, &mut report)?;
-        // 2. Grants: identities, CIDR classes, peers, ports.
-        {
-            let mut m: HashMap<_, Addr, IdentityValue> = hash(ebpf, MAP_POD_IDENTITIES)?;
-            let (up, del) = diff(&self.identities, &d.identities);
-            for (k, v) in up {
-                m.insert(k, IdentityValue { identity: v }, 0)
+
+        // Endpoints that are gone, or whose pod now has another interface: off first, so their
+        // entries are never read again, then their entries.
+        let stale: Vec<ObjectKey> = self
+            .endpoints
+            .iter()
+            .filter(|(key, ep)| {
+                !state.endpoints.contains_key(*key) || ifindex.get(*key) != Some(&ep.ifindex)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some(ep) = self.endpoints.remove(&key) {
+                let _ = maps.endpoints.remove(&ep.ifindex);
+                report.deletes += 1;
+                maps.delete_rules(ep.id(), &ep.rules, &mut report);
+            }
+        }
+
+        // New rules, written where no packet reads them yet (or added in place).
+        enum Plan {
+            New(ObjectKey, u32, u32, Rules),
+            Swap(ObjectKey, Rules),
+        }
+        let mut plans = Vec::new();
+        for (key, &index) in ifindex {
+            let Some(rules) = rules_of(state, key) else {
+                continue;
+            };
+            match self.endpoints.get_mut(key) {
+                None => {
+                    self.next_pair += 1;
+                    let pair = self.next_pair;
+                    maps.write_rules(pair * 2, &rules, None, &mut report)?;
+                    plans.push(Plan::New(key.clone(), index, pair, rules));
+                }
+                Some(ep) if ep.rules == rules => {}
+                Some(ep) if rules.only_adds_to(&ep.rules) => {
+                    maps.write_rules(ep.id(), &rules, Some(&ep.rules), &mut report)?;
+                    ep.rules = rules;
+                }
+                Some(ep) => {
+                    // A sync that failed half way may have left entries under the idle id:
+                    // clear them, or they would go live with the swap.
+                    if let Some(leftover) = ep.idle.take() {
+                        maps.delete_rules(ep.idle_id(), &leftover, &mut report);
+                    }
+                    ep.idle = Some(rules.clone());
+                    maps.write_rules(ep.idle_id(), &rules, None, &mut report)?;
+                    plans.push(Plan::Swap(key.clone(), rules));
+                }
+            }
+        }
+
+        // Identities and CIDR classes the new rules may name.
+        for (addr, id) in &state.identities {
+            if self.identities.get(addr) != Some(id) {
+                maps.identities
+                    .insert(addr, IdentityValue { identity: *id }, 0)
                     .map_err(map_err(MAP_POD_IDENTITIES, "insert"))?;
-                self.identities.insert(k, v);
+                self.identities.insert(*addr, *id);
                 report.writes += 1;
             }
-            for k in del {
-                let _ = m.remove(&k);
-                self.identities.remove(&k);
-                report.deletes += 1;
-            }
         }
-        {
-            let mut m: LpmTrie<_, Addr, IdentityValue> = trie(ebpf, MAP_CIDRS)?;
-            let (up, del) = diff(&self.cidrs, &d.cidrs);
-            for ((len, addr), v) in up {
-                m.insert(&Key::new(len, addr), IdentityValue { identity: v }, 0)
+        for (prefix, id) in &state.cidrs {
+            let k = (prefix.len, prefix.addr);
+            if self.cidrs.get(&k) != Some(id) {
+                maps.cidrs
+                    .insert(
+                        &Key::new(prefix.len, prefix.addr),
+                        IdentityValue { identity: *id },
+                        0,
+                    )
                     .map_err(map_err(MAP_CIDRS, "insert"))?;
-                self.cidrs.insert((len, addr), v);
-                report.writes += 1;
-            }
-            for (len, addr) in del {
-                let _ = m.remove(&Key::new(len, addr));
-                self.cidrs.remove(&(len, addr));
-                report.deletes += 1;
-            }
-        }
-        let (peer_up, peer_del) = diff(&self.peers, &d.peers);
-        let (port_up, port_del) = diff(&self.ports, &d.ports);
-        {
-            let mut m: HashMap<_, PeerKey, ClassMask> = hash(ebpf, MAP_PEERS)?;
-            for (k, v) in peer_up {
-                m.insert(k, v, 0).map_err(map_err(MAP_PEERS, "insert"))?;
-                self.peers.insert(k, v);
+                self.cidrs.insert(k, *id);
                 report.writes += 1;
             }
         }
-        {
-            let mut m: LpmTrie<_, PortKey, ClassMask> = trie(ebpf, MAP_PORTS)?;
-            for ((len, k), v) in port_up {
-                m.insert(&Key::new(len, k), v, 0)
-                    .map_err(map_err(MAP_PORTS, "insert"))?;
-                self.ports.insert((len, k), v);
-                report.writes += 1;
+
+        // Switch: one value write per endpoint, then the old id's entries go.
+        for plan in plans {
+            match plan {
+                Plan::New(key, index, pair, rules) => {
+                    let ep = Endpoint {
+                        ifindex: index,
+                        pair,
+                        live: 0,
+                        rules,
+                        idle: None,
+                    };
+                    maps.endpoints
+                        .insert(index, ep.rules.info(ep.id()), 0)
+                        .map_err(map_err(MAP_ENDPOINTS, "insert"))?;
+                    report.writes += 1;
+                    self.endpoints.insert(key, ep);
+                }
+                Plan::Swap(key, rules) => {
+                    let Some(ep) = self.endpoints.get_mut(&key) else {
+                        continue;
+                    };
+                    maps.endpoints
+                        .insert(ep.ifindex, rules.info(ep.idle_id()), 0)
+                        .map_err(map_err(MAP_ENDPOINTS, "insert"))?;
+                    report.writes += 1;
+                    report.swaps += 1;
+                    let old = std::mem::replace(&mut ep.rules, rules);
+                    let old_id = ep.id();
+                    ep.live = 1 - ep.live;
+                    ep.idle = None;
+                    maps.delete_rules(old_id, &old, &mut report);
+                }
             }
         }
-        // 3. Endpoints that are new or only loosen, now that their grants are in.
-        self.write_endpoints(ebpf, &loosen, &mut report)?;
-        {
-            let mut m: HashMap<_, u32, EndpointInfo> = hash(ebpf, MAP_ENDPOINTS)?;
-            for k in ep_del {
-                let _ = m.remove(&k);
-                self.endpoints.remove(&k);
-                report.deletes += 1;
-            }
+
+        // Shared entries nobody names any more.
+        let gone: Vec<Addr> = self
+            .identities
+            .keys()
+            .filter(|a| !state.identities.contains_key(*a))
+            .copied()
+            .collect();
+        for addr in gone {
+            let _ = maps.identities.remove(&addr);
+            self.identities.remove(&addr);
+            report.deletes += 1;
         }
-        // 4. Grants nobody reads any more.
-        {
-            let mut m: HashMap<_, PeerKey, ClassMask> = hash(ebpf, MAP_PEERS)?;
-            for k in peer_del {
-                let _ = m.remove(&k);
-                self.peers.remove(&k);
-                report.deletes += 1;
-            }
-        }
-        {
-            let mut m: LpmTrie<_, PortKey, ClassMask> = trie(ebpf, MAP_PORTS)?;
-            for (len, k) in port_del {
-                let _ = m.remove(&Key::new(len, k));
-                self.ports.remove(&(len, k));
-                report.deletes += 1;
-            }
+        let wanted: std::collections::BTreeSet<(u32, Addr)> =
+            state.cidrs.keys().map(|p| (p.len, p.addr)).collect();
+        let gone: Vec<(u32, Addr)> = self
+            .cidrs
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .copied()
+            .collect();
+        for (len, addr) in gone {
+            let _ = maps.cidrs.remove(&Key::new(len, addr));
+            self.cidrs.remove(&(len, addr));
+            report.deletes += 1;
         }
         Ok(report)
-    }
-
-    fn write_endpoints(
-        &mut self,
-        ebpf: &mut Ebpf,
-        entries: &[(u32, EndpointInfo)],
-        report: &mut SyncReport,
-    ) -> Result<(), DataplaneError> {
-        let mut m: HashMap<_, u32, EndpointInfo> = hash(ebpf, MAP_ENDPOINTS)?;
-        for (k, v) in entries {
-            m.insert(k, v, 0)
-                .map_err(map_err(MAP_ENDPOINTS, "insert"))?;
-            self.endpoints.insert(*k, *v);
-            report.writes += 1;
-        }
-        Ok(())
     }
 }
