@@ -226,12 +226,6 @@ impl Lab {
                 "via: service (Service translation comes with the dataplane issue)".to_string(),
             );
         }
-        if proto == CaseProto::Sctp {
-            skipped.insert(
-                "SCTP (this kernel has no SCTP sockets; the raw-socket responder comes later)"
-                    .to_string(),
-            );
-        }
         let table = &probe_spec.expect;
         // Cells to probe: (row, column) -> (source pod, destination address).
         let mut cells: Vec<(String, String, &PodHandle, IpAddr)> = Vec::new();
