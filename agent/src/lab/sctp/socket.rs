@@ -110,7 +110,9 @@ impl RawSctp {
                 .filter(|&ihl| ihl >= 20)
                 .and_then(|ihl| received.get(ihl..))
         };
-        Ok(sctp.and_then(|bytes| Packet::decode(bytes).ok()).map(|p| (from, p)))
+        Ok(sctp
+            .and_then(|bytes| Packet::decode(bytes).ok())
+            .map(|p| (from, p)))
     }
 }
 
@@ -351,7 +353,10 @@ mod tests {
         let Some(ack) = answer(&init_to(80, 0xabc), &ports, || 0x123) else {
             panic!("no INIT-ACK")
         };
-        assert_eq!((ack.src_port, ack.dst_port, ack.verification_tag), (80, 50_000, 0xabc));
+        assert_eq!(
+            (ack.src_port, ack.dst_port, ack.verification_tag),
+            (80, 50_000, 0xabc)
+        );
         let Chunk::InitAck { init, cookie } = ack.chunk else {
             panic!("not an INIT-ACK: {ack:?}")
         };
@@ -363,7 +368,9 @@ mod tests {
             verification_tag: 0x123,
             chunk: Chunk::CookieEcho { cookie },
         };
-        let done = answer(&echo, &ports, || unreachable!("no new tag for a COOKIE-ECHO"));
+        let done = answer(&echo, &ports, || {
+            unreachable!("no new tag for a COOKIE-ECHO")
+        });
         assert_eq!(
             done,
             Some(Packet {

@@ -262,7 +262,10 @@ mod tests {
         // The standard check value of CRC-32C.
         assert_eq!(CRC32C.checksum(b"123456789"), 0xe306_9283);
         // RFC 3720 appendix B.4: 32 zero bytes give the CRC bytes aa 36 91 8a on the wire.
-        assert_eq!(CRC32C.checksum(&[0; 32]).to_le_bytes(), [0xaa, 0x36, 0x91, 0x8a]);
+        assert_eq!(
+            CRC32C.checksum(&[0; 32]).to_le_bytes(),
+            [0xaa, 0x36, 0x91, 0x8a]
+        );
     }
 
     #[test]
