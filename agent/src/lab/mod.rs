@@ -8,6 +8,7 @@ pub mod model;
 pub mod netns;
 pub mod probe;
 pub mod run;
+pub mod sctp;
 pub mod serve;
 pub mod services;
 pub mod table;

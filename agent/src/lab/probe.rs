@@ -13,7 +13,11 @@ use std::{
 
 use tokio::net::{TcpSocket, UdpSocket};
 
-use super::{serve::Proto, topology::PodHandle};
+use super::{
+    sctp::{self, Association, RawSctp},
+    serve::Proto,
+    topology::PodHandle,
+};
 
 /// How often a UDP probe resends while no echo came back: datagrams may be lost (or the first
 /// one may wait on neighbour resolution), a policy drop looks the same as loss.
@@ -22,9 +26,10 @@ const UDP_RESEND: Duration = Duration::from_millis(300);
 /// What a probe saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeOutcome {
-    /// TCP handshake completed, or the UDP echo came back.
+    /// TCP or SCTP handshake completed, or the UDP echo came back.
     Connected,
-    /// The peer answered with a RST or an ICMP port unreachable: reachable, nobody listening.
+    /// The peer answered with a RST, an SCTP ABORT or an ICMP port unreachable: reachable,
+    /// nobody listening.
     Refused,
     /// No answer within the timeout: what a silent drop looks like.
     TimedOut,
@@ -60,7 +65,7 @@ pub async fn probe(
         match proto {
             Proto::Tcp => tcp(from, to).await,
             Proto::Udp => udp(from, to).await,
-            Proto::Sctp => ProbeOutcome::Error("SCTP probes are not supported yet".to_owned()),
+            Proto::Sctp => sctp(from, to).await,
         }
     };
     let outcome = tokio::time::timeout(timeout, attempt)
@@ -132,6 +137,26 @@ async fn udp(from: &PodHandle, to: SocketAddr) -> ProbeOutcome {
     }
 }
 
+/// The lab's own SCTP handshake over a raw socket (the kernel has no SCTP; see [`super::sctp`]).
+async fn sctp(from: &PodHandle, to: SocketAddr) -> ProbeOutcome {
+    let v6 = to.is_ipv6();
+    let created = from.netns.run_async(move || RawSctp::open(v6)).await;
+    let socket = match created {
+        Ok(Ok(fd)) => RawSctp::new(fd, v6),
+        Ok(Err(errno)) => return from_io(&errno.into()),
+        Err(error) => return ProbeOutcome::Error(error.to_string()),
+    };
+    let outcome = match socket {
+        Ok(socket) => sctp::associate(&socket, to).await,
+        Err(error) => return from_io(&error),
+    };
+    match outcome {
+        Ok(Association::Established) => ProbeOutcome::Connected,
+        Ok(Association::Aborted) => ProbeOutcome::Refused,
+        Err(error) => from_io(&error),
+    }
+}
+
 fn socket_port(socket: &UdpSocket) -> u16 {
     socket.local_addr().map_or(0, |addr| addr.port())
 }
@@ -194,6 +219,50 @@ mod tests {
         // Nothing bound: the ICMP port unreachable reads as a refusal.
         let closed = probe(&a, SocketAddr::new(b.addrs[0], 9998), Proto::Udp, timeout).await;
         assert_eq!(closed, ProbeOutcome::Refused);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sctp_probes_complete_the_handshake_with_served_ports_only() -> Result<()> {
+        require_root();
+        let mut topology = Topology::new()?;
+        let node = topology.add_node("probe-sctp", 3)?;
+        let a = topology.add_pod(&node, "default/sa", &[ip("10.244.81.10")])?;
+        let b = topology.add_pod(&node, "default/sb", &[ip("10.244.81.11")])?;
+        let c = topology.add_pod(&node, "default/sc", &[ip("10.244.81.12")])?;
+        // a serves SCTP too: its responder sees the replies meant for its probes and must
+        // leave them alone.
+        let _a = serve(&a, &[(Proto::Sctp, 80)])?;
+        let _b = serve(&b, &[(Proto::Sctp, 80), (Proto::Sctp, 81)])?;
+        let timeout = Duration::from_secs(2);
+
+        // Many at once, from two pods: each probe picks out its own replies.
+        let to = |port| SocketAddr::new(b.addrs[0], port);
+        let probes = (0..16).flat_map(|i| {
+            let port = if i % 2 == 0 { 80 } else { 81 };
+            [
+                probe(&a, to(port), Proto::Sctp, timeout),
+                probe(&c, to(port), Proto::Sctp, timeout),
+            ]
+        });
+        let outcomes = futures::future::join_all(probes).await;
+        assert!(outcomes.iter().all(ProbeOutcome::succeeded), "{outcomes:?}");
+
+        // A port b does not serve: b's responder aborts, as a stack without a listener does.
+        let started = Instant::now();
+        assert_eq!(
+            probe(&a, to(82), Proto::Sctp, timeout).await,
+            ProbeOutcome::Refused
+        );
+        assert!(started.elapsed() < timeout);
+        // The same port over TCP is not served either: SCTP and TCP ports are apart.
+        assert_eq!(
+            probe(&a, to(80), Proto::Tcp, timeout).await,
+            ProbeOutcome::Refused
+        );
+        // A pod that runs no responder at all never answers: the probe times out.
+        let silent = probe(&b, SocketAddr::new(c.addrs[0], 80), Proto::Sctp, timeout).await;
+        assert_eq!(silent, ProbeOutcome::TimedOut);
         Ok(())
     }
 }

@@ -287,12 +287,6 @@ impl Lab {
         };
         println!("step {step}: {proto}/{port} via {via}");
         let mut skipped = BTreeSet::new();
-        if proto == CaseProto::Sctp {
-            skipped.insert(
-                "SCTP (this kernel has no SCTP sockets; the raw-socket responder comes later)"
-                    .to_string(),
-            );
-        }
         let table = &probe_spec.expect;
         // Cells to probe: (row, column) -> (source pod, destination address).
         let mut cells: Vec<(String, String, &PodHandle, IpAddr)> = Vec::new();

@@ -2,9 +2,13 @@
 //!
 //! Sockets are made and bound inside the pod's namespace, then served from the caller's tokio
 //! runtime. TCP accepts and closes (the handshake is the whole answer), UDP echoes each
-//! datagram. Everything is listening when [`serve`] returns, so a probe right after is fair.
+//! datagram. SCTP, which this kernel lacks, is answered by the lab's own responder on a raw
+//! socket ([`super::sctp`]): every pod runs one, so an INIT to a port the pod does not serve is
+//! aborted as a real stack would. Everything is listening when [`serve`] returns, so a probe
+//! right after is fair.
 
 use std::{
+    collections::BTreeSet,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, OwnedFd},
@@ -22,6 +26,7 @@ use tokio::{
 
 use super::{
     netns::{LabError, Result},
+    sctp::{self, RawSctp},
     topology::PodHandle,
 };
 
@@ -68,7 +73,7 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// What is actually served (ports of protocols this kernel cannot serve are missing).
+    /// What is served, one entry per port and address family.
     pub fn listening(&self) -> &[(Proto, SocketAddr)] {
         &self.listening
     }
@@ -89,23 +94,27 @@ pub fn serve(pod: &PodHandle, ports: &[(Proto, u16)]) -> Result<ServerHandle> {
         what: "lab::serve",
         source,
     })?;
+    let v6 = pod.addrs.iter().any(IpAddr::is_ipv6);
     let mut binds = Vec::new();
+    let mut sctp_ports = BTreeSet::new();
     for &(proto, port) in ports {
         if proto == Proto::Sctp {
-            // No SCTP sockets on this kernel; a raw-socket responder is yet to come.
-            tracing::warn!(pod = %pod.key, port, "SCTP is not served yet; skipping");
+            sctp_ports.insert(port);
             continue;
         }
         binds.push((proto, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))));
-        if pod.addrs.iter().any(IpAddr::is_ipv6) {
+        if v6 {
             binds.push((proto, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))));
         }
     }
+    // The SCTP responder's raw sockets, one per address family (false: IPv4, true: IPv6).
+    let sctp_families: Vec<bool> = if v6 { vec![false, true] } else { vec![false] };
 
     let ns = pod.netns.name().to_owned();
     let to_bind = binds.clone();
-    let fds = pod.netns.run(move || {
-        to_bind
+    let families = sctp_families.clone();
+    let (fds, raw_fds) = pod.netns.run(move || {
+        let fds = to_bind
             .into_iter()
             .map(|(proto, addr)| {
                 bound_socket(proto, addr).map_err(|(op, source)| LabError::Socket {
@@ -115,7 +124,19 @@ pub fn serve(pod: &PodHandle, ports: &[(Proto, u16)]) -> Result<ServerHandle> {
                     source,
                 })
             })
-            .collect::<Result<Vec<_>>>()
+            .collect::<Result<Vec<_>>>()?;
+        let raw_fds = families
+            .into_iter()
+            .map(|v6| {
+                RawSctp::open(v6).map_err(|source| LabError::Socket {
+                    ns: ns.clone(),
+                    op: "open a raw SCTP socket for",
+                    addr: SocketAddr::new(unspecified(v6), 0),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok::<_, LabError>((fds, raw_fds))
     })??;
 
     // Built before any task starts, so an error here stops the tasks already spawned.
@@ -142,8 +163,30 @@ pub fn serve(pod: &PodHandle, ports: &[(Proto, u16)]) -> Result<ServerHandle> {
         handle.tasks.push(task);
         handle.listening.push((proto, addr));
     }
+    for (v6, fd) in sctp_families.into_iter().zip(raw_fds) {
+        let any = unspecified(v6);
+        let socket = RawSctp::new(fd, v6).map_err(|source| LabError::Io {
+            what: format!("pod {}: answer SCTP on {any}", pod.key),
+            source,
+        })?;
+        handle
+            .tasks
+            .push(runtime.spawn(sctp::respond(socket, sctp_ports.clone())));
+        let served = sctp_ports.iter().map(|&port| SocketAddr::new(any, port));
+        handle
+            .listening
+            .extend(served.map(|addr| (Proto::Sctp, addr)));
+    }
     tracing::debug!(pod = %pod.key, listening = ?handle.listening, "serving");
     Ok(handle)
+}
+
+fn unspecified(v6: bool) -> IpAddr {
+    if v6 {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    }
 }
 
 /// A non-blocking socket bound to `addr` (and listening, for TCP); on failure, the step that

@@ -648,15 +648,20 @@ mod tests {
         )?;
         assert_eq!(
             servers.listening().len(),
-            4,
-            "TCP and UDP on v4 and v6, SCTP skipped"
+            6,
+            "TCP, UDP and SCTP on v4 and v6"
         );
         for addr in &b.addrs {
             let tcp = probe(&a, SocketAddr::new(*addr, 8080), Proto::Tcp, TIMEOUT).await;
             let udp = probe(&a, SocketAddr::new(*addr, 5353), Proto::Udp, TIMEOUT).await;
+            let sctp = probe(&a, SocketAddr::new(*addr, 7777), Proto::Sctp, TIMEOUT).await;
             assert_eq!(
-                (tcp, udp),
-                (ProbeOutcome::Connected, ProbeOutcome::Connected),
+                (tcp, udp, sctp),
+                (
+                    ProbeOutcome::Connected,
+                    ProbeOutcome::Connected,
+                    ProbeOutcome::Connected
+                ),
                 "to {addr}"
             );
         }
