@@ -1,7 +1,9 @@
 //! The only code that touches eBPF programs and maps: loading the embedded object, attaching the
-//! two TC programs to a pod's host-side veth, and writing a [`NodeState`] into the maps.
+//! two TC programs to a pod's host-side veth, writing a [`NodeState`] into the maps, and running
+//! a loaded program on a crafted frame (`test_run.rs`).
 
 mod sync;
+mod test_run;
 
 use std::collections::BTreeMap;
 
@@ -14,7 +16,10 @@ use palisade_common::{
     ALL_MAPS, DROP_REASONS, MAP_STATS, PROG_FROM_POD, PROG_TO_POD, STAT_DROP_BASE,
 };
 
-pub use self::sync::SyncReport;
+pub use self::{
+    sync::SyncReport,
+    test_run::{LOOPBACK_IFINDEX, TestRunOutcome},
+};
 use crate::{cluster::ObjectKey, policy::NodeState};
 
 /// The programs, built by `build.rs` from the `palisade-ebpf` crate.
