@@ -2,11 +2,12 @@
 //! no pod. Each case checks the TC action and that exactly one counter moved, by exactly one.
 //!
 //! The node: pod `x/server` is isolated both ways by one policy (ingress from `app: client` on
-//! TCP 80, egress to `app: client` on TCP 8080); `x/client` and `x/other` are peers elsewhere.
-//! The server's endpoint is written under the loopback ifindex, where a test run's skb sits.
+//! TCP 80, egress to `app: client` on TCP 8080); `x/client` (selected by no policy) and `x/other`
+//! are its peers.
+//! The endpoint under test is written under the loopback ifindex, where a test run's skb sits.
 //!
-//! Needs root (or CAP_BPF + CAP_NET_ADMIN) to load the programs; without it every test fails
-//! with that message rather than passing unnoticed.
+//! Needs root to load the programs; without it every test fails with that message rather than
+//! passing unnoticed.
 
 use std::collections::BTreeMap;
 
@@ -75,7 +76,7 @@ spec:
 enum Counted {
     Stat(Stat),
     Drop(DropReason),
-    /// Neighbour discovery passes without a counter.
+    /// Passes that no counter records: neighbour discovery, a fragment for an open pod.
     Nothing,
 }
 
@@ -86,11 +87,11 @@ struct Node {
 impl Node {
     /// The dataplane with `x/server`'s endpoint at loopback.
     fn with_server() -> Self {
-        Self::with_server_at(LOOPBACK_IFINDEX)
+        Self::with_endpoint("server", LOOPBACK_IFINDEX)
     }
 
-    /// The dataplane with `x/server`'s endpoint under `ifindex`.
-    fn with_server_at(ifindex: u32) -> Self {
+    /// The dataplane with the endpoint of pod `x/{pod}` (the only one written) under `ifindex`.
+    fn with_endpoint(pod: &str, ifindex: u32) -> Self {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "needs root: these tests load eBPF programs and run them with BPF_PROG_TEST_RUN"
@@ -109,9 +110,9 @@ impl Node {
             },
         );
         assert!(state.errors.is_empty(), "{:?}", state.errors);
-        let server = ObjectKey::new("x", "server");
-        assert!(state.endpoints.contains_key(&server), "server compiled");
-        let ifindex = BTreeMap::from([(server, ifindex)]);
+        let pod = ObjectKey::new("x", pod);
+        assert!(state.endpoints.contains_key(&pod), "{pod} compiled");
+        let ifindex = BTreeMap::from([(pod, ifindex)]);
         dataplane.sync(&state, &ifindex).expect("sync");
         Self { dataplane }
     }
@@ -172,6 +173,7 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 const TCP: u8 = 6;
+const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_FRAGMENT: u8 = 44;
@@ -194,8 +196,19 @@ fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
     h
 }
 
-/// An IPv4 packet with `options` (a multiple of 4 bytes) and `frag` (flags and offset).
+/// A TCP segment in IPv4 with `options` (a multiple of 4 bytes) and `frag` (flags and offset).
 fn ipv4_with(src: [u8; 4], dst: [u8; 4], options: &[u8], frag: u16, l4: &[u8]) -> Vec<u8> {
+    ipv4_proto(src, dst, TCP, options, frag, l4)
+}
+
+fn ipv4_proto(
+    src: [u8; 4],
+    dst: [u8; 4],
+    protocol: u8,
+    options: &[u8],
+    frag: u16,
+    l4: &[u8],
+) -> Vec<u8> {
     assert_eq!(options.len() % 4, 0);
     let header_len = 20 + options.len();
     let total = u16::try_from(header_len + l4.len()).expect("small packet");
@@ -205,7 +218,7 @@ fn ipv4_with(src: [u8; 4], dst: [u8; 4], options: &[u8], frag: u16, l4: &[u8]) -
     f.extend(total.to_be_bytes());
     f.extend([0x12, 0x34]); // identification
     f.extend(frag.to_be_bytes());
-    f.extend([64, TCP, 0, 0]); // ttl, protocol, checksum
+    f.extend([64, protocol, 0, 0]); // ttl, protocol, checksum
     f.extend(src);
     f.extend(dst);
     f.extend(options);
@@ -232,6 +245,14 @@ fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
 
 fn syn6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
     ipv6(src, dst, TCP, &tcp_syn(sport, dport))
+}
+
+/// An ICMP echo request (type 8) or reply (type 0) with identifier `id`.
+fn echo4(src: [u8; 4], dst: [u8; 4], icmp_type: u8, id: u16) -> Vec<u8> {
+    let mut icmp = vec![icmp_type, 0, 0, 0];
+    icmp.extend(id.to_be_bytes());
+    icmp.extend([0, 1]); // sequence
+    ipv4_proto(src, dst, ICMP, &[], 0, &icmp)
 }
 
 /// An ICMPv6 neighbour solicitation from `src` for `target`.
@@ -460,7 +481,7 @@ fn arp_passes_as_not_ip() {
 #[test]
 fn a_packet_on_an_interface_without_endpoint_is_dropped() {
     // The server's endpoint sits under an index no interface has; loopback is then unknown.
-    let node = Node::with_server_at(u32::MAX);
+    let node = Node::with_endpoint("server", u32::MAX);
     let syn = syn4(CLIENT, SERVER, 40000, 80);
     node.drops(PROG_TO_POD, &syn, DropReason::NoEndpoint);
     node.drops(
@@ -473,4 +494,46 @@ fn a_packet_on_an_interface_without_endpoint_is_dropped() {
         &syn6(CLIENT6, SERVER6, 40000, 80),
         DropReason::NoEndpoint,
     );
+}
+
+#[test]
+fn icmp_echo_to_a_pod_whose_rules_all_name_ports_is_dropped() {
+    let node = Node::with_server();
+    node.drops(
+        PROG_TO_POD,
+        &echo4(CLIENT, SERVER, 8, 7),
+        DropReason::PolicyIngress,
+    );
+    node.drops(
+        PROG_FROM_POD,
+        &echo4(SERVER, CLIENT, 8, 7),
+        DropReason::PolicyEgress,
+    );
+}
+
+#[test]
+fn a_pod_no_policy_selects_admits_and_tracks_everything() {
+    // x/client is selected by no policy: open both ways.
+    let node = Node::with_endpoint("client", LOOPBACK_IFINDEX);
+    node.passes(
+        PROG_FROM_POD,
+        &syn4(CLIENT, OTHER, 40000, 9),
+        Stat::NewFlowAllowed,
+    );
+    node.passes(PROG_TO_POD, &syn4(OTHER, CLIENT, 9, 40000), Stat::CtHit);
+    // The echo identifier stands in for both ports, so the reply finds the request.
+    node.passes(
+        PROG_FROM_POD,
+        &echo4(CLIENT, OTHER, 8, 7),
+        Stat::NewFlowAllowed,
+    );
+    node.passes(PROG_TO_POD, &echo4(OTHER, CLIENT, 0, 7), Stat::CtHit);
+
+    let mut hop_by_hop = vec![TCP, 0, 0x01, 0x04, 0, 0, 0, 0];
+    hop_by_hop.extend(tcp_syn(40000, 80));
+    let hbh = ipv6(OTHER6, CLIENT6, IPV6_HOP_BY_HOP, &hop_by_hop);
+    node.passes(PROG_TO_POD, &hbh, Stat::NewFlowAllowed);
+    // A non-first fragment has no ports to track: it passes, and no counter records it.
+    let fragment = ipv4_with(OTHER, CLIENT, &[], 185, &[0; 8]);
+    node.expect(PROG_TO_POD, &fragment, PASS, Counted::Nothing);
 }
