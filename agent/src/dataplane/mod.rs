@@ -12,9 +12,7 @@ use aya::{
     maps::{MapError, PerCpuArray},
     programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
-use palisade_common::{
-    ALL_MAPS, DROP_REASONS, MAP_STATS, PROG_FROM_POD, PROG_TO_POD, STAT_DROP_BASE,
-};
+use palisade_common::{ALL_MAPS, DROP_REASONS, MAP_STATS, PROG_FROM_POD, PROG_TO_POD, STAT_SLOTS};
 
 pub use self::{
     sync::SyncReport,
@@ -175,8 +173,9 @@ impl Dataplane {
         self.written.apply(&mut self.ebpf, state, ifindex)
     }
 
-    /// Drop counters summed over CPUs, by reason name.
-    pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, DataplaneError> {
+    /// Every slot of [`MAP_STATS`] summed over CPUs, indexed by `Stat` and
+    /// `DropReason::stat_index`.
+    pub fn counters(&self) -> Result<[u64; STAT_SLOTS as usize], DataplaneError> {
         let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Missing {
             kind: "map",
             name: MAP_STATS,
@@ -187,18 +186,24 @@ impl Dataplane {
                 op: "open",
                 source,
             })?;
-        DROP_REASONS
+        let mut out = [0u64; STAT_SLOTS as usize];
+        for (index, slot) in (0..STAT_SLOTS).zip(out.iter_mut()) {
+            let values = stats.get(&index, 0).map_err(|source| DataplaneError::Map {
+                map: MAP_STATS,
+                op: "read",
+                source,
+            })?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Drop counters summed over CPUs, by reason name.
+    pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, DataplaneError> {
+        let counters = self.counters()?;
+        Ok(DROP_REASONS
             .iter()
-            .map(|r| {
-                let values = stats
-                    .get(&(STAT_DROP_BASE + *r as u32), 0)
-                    .map_err(|source| DataplaneError::Map {
-                        map: MAP_STATS,
-                        op: "read",
-                        source,
-                    })?;
-                Ok((r.name(), values.iter().sum()))
-            })
-            .collect()
+            .map(|r| (r.name(), counters[r.stat_index() as usize]))
+            .collect())
     }
 }

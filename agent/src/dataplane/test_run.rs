@@ -1,5 +1,6 @@
-//! Running a loaded program against one crafted frame (`BPF_PROG_TEST_RUN`), and reading every
-//! counter it bumps: verdict tests without a network namespace, an interface or a pod.
+//! Running a loaded program against one crafted frame (`BPF_PROG_TEST_RUN`): verdict tests
+//! without a network namespace, an interface or a pod ([`Dataplane::counters`] shows what the
+//! run counted).
 //!
 //! aya 0.14 wraps the syscall ([`TestRun`] on [`SchedClassifier`]); what it leaves to the caller
 //! is the context. The kernel's `bpf_prog_test_run_skb` builds the skb on the device named by the
@@ -7,14 +8,14 @@
 //! programs read that device's index to find their endpoint ([`palisade_common::MAP_ENDPOINTS`]).
 //! So a test writes its endpoint under ifindex 1 and runs with [`LOOPBACK_IFINDEX`]; an endpoint
 //! written under any other index leaves loopback an interface the programs do not know.
+//!
+//! The kernel checks the frame before the program sees it: recent kernels (6.18 here) refuse with
+//! `EINVAL` a frame whose ethertype is IPv4 or IPv6 but which ends inside the fixed IP header, so
+//! that kind of truncation cannot be tested this way.
 
 use std::time::Duration;
 
-use aya::{
-    maps::PerCpuArray,
-    programs::{SchedClassifier, TestRun, TestRunOptions},
-};
-use palisade_common::{MAP_STATS, STAT_SLOTS};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 
 use super::{Dataplane, DataplaneError};
 
@@ -77,30 +78,5 @@ impl Dataplane {
             action: result.return_value.cast_signed(),
             duration: result.duration,
         })
-    }
-
-    /// Every slot of [`MAP_STATS`] summed over CPUs, indexed by `Stat` and
-    /// `DropReason::stat_index`.
-    pub fn counters(&self) -> Result<[u64; STAT_SLOTS as usize], DataplaneError> {
-        let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Missing {
-            kind: "map",
-            name: MAP_STATS,
-        })?;
-        let stats: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| DataplaneError::Map {
-                map: MAP_STATS,
-                op: "open",
-                source,
-            })?;
-        let mut out = [0u64; STAT_SLOTS as usize];
-        for (index, slot) in (0..STAT_SLOTS).zip(out.iter_mut()) {
-            let values = stats.get(&index, 0).map_err(|source| DataplaneError::Map {
-                map: MAP_STATS,
-                op: "read",
-                source,
-            })?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
     }
 }
