@@ -1,7 +1,9 @@
 //! The only code that touches eBPF programs and maps: loading the embedded object, attaching the
-//! two TC programs to a pod's host-side veth, and writing a [`NodeState`] into the maps.
+//! two TC programs to a pod's host-side veth, writing a [`NodeState`] into the maps, and running
+//! a loaded program on a crafted frame (`test_run.rs`).
 
 mod sync;
+mod test_run;
 
 use std::collections::BTreeMap;
 
@@ -13,10 +15,13 @@ use aya::{
 use ipnet::IpNet;
 use palisade_common::{
     ALL_MAPS, Addr, DROP_REASONS, MAP_SERVICES, MAP_STATS, PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK,
-    STAT_DROP_BASE,
+    STAT_SLOTS,
 };
 
-pub use self::sync::SyncReport;
+pub use self::{
+    sync::SyncReport,
+    test_run::{LOOPBACK_IFINDEX, TestRunOutcome},
+};
 use crate::{cluster::ObjectKey, policy::NodeState};
 
 /// The programs, built by `build.rs` from the `palisade-ebpf` crate.
@@ -230,8 +235,9 @@ impl Dataplane {
         self.written.apply(&mut self.ebpf, state, ifindex)
     }
 
-    /// Drop counters summed over CPUs, by reason name.
-    pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, DataplaneError> {
+    /// Every slot of [`MAP_STATS`] summed over CPUs, indexed by `Stat` and
+    /// `DropReason::stat_index`.
+    pub fn counters(&self) -> Result<[u64; STAT_SLOTS as usize], DataplaneError> {
         let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Missing {
             kind: "map",
             name: MAP_STATS,
@@ -242,19 +248,25 @@ impl Dataplane {
                 op: "open",
                 source,
             })?;
-        DROP_REASONS
+        let mut out = [0u64; STAT_SLOTS as usize];
+        for (index, slot) in (0..STAT_SLOTS).zip(out.iter_mut()) {
+            let values = stats.get(&index, 0).map_err(|source| DataplaneError::Map {
+                map: MAP_STATS,
+                op: "read",
+                source,
+            })?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Drop counters summed over CPUs, by reason name.
+    pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, DataplaneError> {
+        let counters = self.counters()?;
+        Ok(DROP_REASONS
             .iter()
-            .map(|r| {
-                let values = stats
-                    .get(&(STAT_DROP_BASE + *r as u32), 0)
-                    .map_err(|source| DataplaneError::Map {
-                        map: MAP_STATS,
-                        op: "read",
-                        source,
-                    })?;
-                Ok((r.name(), values.iter().sum()))
-            })
-            .collect()
+            .map(|r| (r.name(), counters[r.stat_index() as usize]))
+            .collect())
     }
 }
 

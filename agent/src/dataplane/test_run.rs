@@ -1,0 +1,82 @@
+//! Running a loaded program against one crafted frame (`BPF_PROG_TEST_RUN`): verdict tests
+//! without a network namespace, an interface or a pod ([`Dataplane::counters`] shows what the
+//! run counted).
+//!
+//! aya 0.14 wraps the syscall ([`TestRun`] on [`SchedClassifier`]); what it leaves to the caller
+//! is the context. The kernel's `bpf_prog_test_run_skb` builds the skb on the device named by the
+//! `ifindex` of the `struct __sk_buff` passed as `ctx_in` (loopback when it is 0 or 1), and the
+//! programs read that device's index to find their endpoint ([`palisade_common::MAP_ENDPOINTS`]).
+//! So a test writes its endpoint under ifindex 1 and runs with [`LOOPBACK_IFINDEX`]; an endpoint
+//! written under any other index leaves loopback an interface the programs do not know.
+//!
+//! The kernel checks the frame before the program sees it: recent kernels (6.18 here) refuse with
+//! `EINVAL` a frame whose ethertype is IPv4 or IPv6 but which ends inside the fixed IP header, so
+//! that kind of truncation cannot be tested this way.
+
+use std::time::Duration;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+
+use super::{Dataplane, DataplaneError};
+
+/// The loopback device's index in every network namespace; what a test run's skb sits on when
+/// the context names no other device.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Offset of `ifindex` in the kernel's `struct __sk_buff` (UAPI, stable since v4.1). The kernel
+/// accepts a prefix of the struct and zero-fills the rest; every field before `ifindex` must be
+/// zero or one the test-run path accepts (`mark`, `priority`).
+const SKB_IFINDEX_OFFSET: usize = 40;
+
+/// What one run of a program returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TestRunOutcome {
+    /// The TC action (`TC_ACT_UNSPEC` is -1, `TC_ACT_SHOT` 2).
+    pub action: i32,
+    /// Time in the program, as the kernel measured it.
+    pub duration: Duration,
+}
+
+impl Dataplane {
+    /// Runs the loaded program `name` once on `frame` (an Ethernet frame, at least 14 bytes), as
+    /// if it arrived on the interface `ifindex`, which must exist in the calling thread's network
+    /// namespace. Maps are the live ones: what the run reads was written by [`Self::sync`] and
+    /// what it writes (conntrack, counters) stays.
+    pub fn test_run(
+        &self,
+        name: &'static str,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Result<TestRunOutcome, DataplaneError> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::Missing {
+                kind: "program",
+                name,
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                what: "converting",
+                name,
+                source,
+            })?;
+        let mut skb = [0u8; SKB_IFINDEX_OFFSET + 4];
+        skb[SKB_IFINDEX_OFFSET..].copy_from_slice(&ifindex.to_ne_bytes());
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&skb),
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| DataplaneError::Program {
+                what: "test-running",
+                name,
+                source,
+            })?;
+        Ok(TestRunOutcome {
+            action: result.return_value.cast_signed(),
+            duration: result.duration,
+        })
+    }
+}
