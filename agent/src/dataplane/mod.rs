@@ -2,15 +2,22 @@
 //! two TC programs to a pod's host-side veth, writing a [`NodeState`] into the maps, and running
 //! a loaded program on a crafted frame (`test_run.rs`).
 
+pub mod pin;
 mod sync;
 mod test_run;
 
 use std::collections::BTreeMap;
 
+use std::path::{Path, PathBuf};
+
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     maps::{LpmTrie, MapError, PerCpuArray, lpm_trie::Key},
-    programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLinkId,
+    },
 };
 use ipnet::IpNet;
 use palisade_common::{
@@ -55,6 +62,12 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    #[error("bpffs: {what}: {source}")]
+    Pin {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("map {map}: {op} failed: {source}")]
     Map {
         map: &'static str,
@@ -64,9 +77,17 @@ pub enum DataplaneError {
     },
 }
 
+/// One program's link on an interface.
+enum LinkHandle {
+    /// Owned by the loaded program: goes with this process.
+    Owned(&'static str, SchedClassifierLinkId),
+    /// Pinned in bpffs: outlives this process until released.
+    Pinned(PinnedLink),
+}
+
 /// Links of one interface, detached when the pod (or the uplink) goes.
 struct Attachment {
-    links: Vec<(&'static str, SchedClassifierLinkId)>,
+    links: Vec<LinkHandle>,
 }
 
 /// Loaded programs and maps of one node.
@@ -74,15 +95,38 @@ pub struct Dataplane {
     ebpf: Ebpf,
     attached: BTreeMap<String, Attachment>,
     written: sync::Written,
+    pins: Option<pin::PinDir>,
+    /// The first sync reads back what an earlier agent left in pinned maps.
+    adopted: bool,
 }
 
 impl Dataplane {
-    /// Loads the embedded programs and checks that every map `palisade_common` names exists.
+    /// Loads the embedded programs with private maps and links, gone with this process (tests).
     pub fn load() -> Result<Self, DataplaneError> {
+        Self::load_with(None)
+    }
+
+    /// Loads the embedded programs against the maps pinned under `root` (created and pinned
+    /// when missing), and pins every link it attaches there: see [`pin`]. Mounts bpffs first
+    /// if needed.
+    pub fn load_pinned(root: &Path) -> Result<Self, DataplaneError> {
+        pin::ensure_bpffs()?;
+        Self::load_with(Some(pin::PinDir::new(root)?))
+    }
+
+    fn load_with(pins: Option<pin::PinDir>) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
-        let mut ebpf = Ebpf::load(OBJECT).map_err(DataplaneError::Load)?;
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = pins
+            .iter()
+            .flat_map(|p| ALL_MAPS.iter().map(move |name| (*name, p.map(name))))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         for name in ALL_MAPS {
             if ebpf.map(name).is_none() {
                 return Err(DataplaneError::Missing { kind: "map", name });
@@ -111,6 +155,8 @@ impl Dataplane {
             ebpf,
             attached: BTreeMap::new(),
             written: sync::Written::default(),
+            pins,
+            adopted: false,
         })
     }
 
@@ -144,18 +190,24 @@ impl Dataplane {
         }
         let mut links = Vec::new();
         for &(name, kind) in programs {
-            let program = classifier(&mut self.ebpf, name)?;
-            match program.attach(ifname, kind) {
-                Ok(link) => links.push((name, link)),
-                Err(source) => {
+            let attached = classifier(&mut self.ebpf, name)
+                .and_then(|program| {
+                    program
+                        .attach(ifname, kind)
+                        .map_err(|source| DataplaneError::Attach {
+                            ifname: ifname.to_string(),
+                            source,
+                        })
+                })
+                .and_then(|id| self.keep(ifname, name, id));
+            match attached {
+                Ok(link) => links.push(link),
+                Err(error) => {
                     // Leave nothing half attached.
                     self.attached
                         .insert(ifname.to_string(), Attachment { links });
                     self.detach(ifname);
-                    return Err(DataplaneError::Attach {
-                        ifname: ifname.to_string(),
-                        source,
-                    });
+                    return Err(error);
                 }
             }
         }
@@ -164,16 +216,69 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Pins a fresh link when this dataplane pins (releasing older links of the same program on
+    /// that interface, now that the new one runs), or leaves it with its program.
+    fn keep(
+        &mut self,
+        ifname: &str,
+        name: &'static str,
+        id: SchedClassifierLinkId,
+    ) -> Result<LinkHandle, DataplaneError> {
+        let Some(pins) = &self.pins else {
+            return Ok(LinkHandle::Owned(name, id));
+        };
+        let program = classifier(&mut self.ebpf, name)?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| DataplaneError::Program {
+                what: "taking the link of",
+                name,
+                source,
+            })?;
+        let link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+            what: format!("{name} on {ifname}: a TCX link without an fd"),
+            source: std::io::Error::other(e),
+        })?;
+        pins.pin_link(ifname, name, link).map(LinkHandle::Pinned)
+    }
+
     /// Detaches from an interface (a no-op if the interface is already gone with its pod).
     pub fn detach(&mut self, ifname: &str) {
         let Some(attachment) = self.attached.remove(ifname) else {
             return;
         };
-        for (name, link) in attachment.links {
-            if let Ok(program) = classifier(&mut self.ebpf, name)
-                && let Err(e) = program.detach(link)
-            {
-                tracing::debug!(ifname, program = name, error = %e, "detach");
+        for link in attachment.links {
+            match link {
+                LinkHandle::Owned(name, id) => {
+                    if let Ok(program) = classifier(&mut self.ebpf, name)
+                        && let Err(e) = program.detach(id)
+                    {
+                        tracing::debug!(ifname, program = name, error = %e, "detach");
+                    }
+                }
+                LinkHandle::Pinned(link) => {
+                    // The program leaves the interface when the last reference (this one) goes.
+                    if let Err(e) = link.unpin() {
+                        tracing::warn!(ifname, error = %e, "could not unpin a link");
+                    }
+                }
+            }
+        }
+        if let Some(pins) = &self.pins {
+            pins.release_interface(ifname);
+        }
+    }
+
+    /// Releases the pinned links an earlier agent left on interfaces this one has not attached
+    /// to (their pods went while no agent ran). Call after the first sync's attachments.
+    pub fn release_stale_links(&mut self) {
+        let Some(pins) = &self.pins else {
+            return;
+        };
+        for ifname in pins.linked_interfaces() {
+            if !self.attached.contains_key(&ifname) {
+                tracing::info!(ifname, "releasing links of a pod that is gone");
+                pins.release_interface(&ifname);
             }
         }
     }
@@ -232,7 +337,23 @@ impl Dataplane {
         state: &NodeState,
         ifindex: &BTreeMap<ObjectKey, u32>,
     ) -> Result<SyncReport, DataplaneError> {
-        self.written.apply(&mut self.ebpf, state, ifindex)
+        let mut report = SyncReport::default();
+        if !self.adopted {
+            report = self.written.adopt(&mut self.ebpf, ifindex)?;
+            self.adopted = true;
+        }
+        let applied = self.written.apply(&mut self.ebpf, state, ifindex)?;
+        Ok(SyncReport {
+            writes: report.writes + applied.writes,
+            deletes: report.deletes + applied.deletes,
+            swaps: applied.swaps,
+        })
+    }
+
+    /// The highest pod identity and CIDR class the maps hold (left by an earlier agent when
+    /// they are pinned): see [`crate::policy::Compiler::reserve_ids`].
+    pub fn highest_ids(&self) -> Result<(u32, u32), DataplaneError> {
+        sync::highest_ids(&self.ebpf)
     }
 
     /// Every slot of [`MAP_STATS`] summed over CPUs, indexed by `Stat` and

@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
+    path::PathBuf,
     sync::mpsc,
     thread::{self, JoinHandle},
 };
@@ -52,6 +53,8 @@ enum Command {
     Drops {
         reply: mpsc::Sender<Result<Vec<(&'static str, u64)>, String>>,
     },
+    /// Stop as a killed process would: no detaching, no cleanup.
+    Die,
 }
 
 /// Handle to a node agent thread; dropping it stops the thread, which detaches its programs.
@@ -64,7 +67,15 @@ pub struct NodeAgent {
 impl NodeAgent {
     /// Starts the agent of `node`: enters its namespace, loads the programs and tells them the
     /// cluster's Service ranges.
-    pub fn start(node: &NodeHandle, service_ranges: &[IpNet]) -> Result<Self, AgentError> {
+    ///
+    /// With `pins`, maps and links are pinned under that bpffs directory: the programs keep
+    /// enforcing after the agent is gone ([`Self::kill`]), and the next agent started with the
+    /// same directory adopts them.
+    pub fn start(
+        node: &NodeHandle,
+        service_ranges: &[IpNet],
+        pins: Option<PathBuf>,
+    ) -> Result<Self, AgentError> {
         let service_ranges = service_ranges.to_vec();
         let name = node.name.clone();
         let fail = |message: String| AgentError::Failed {
@@ -83,7 +94,11 @@ impl NodeAgent {
                     let _ = ready_tx.send(Err(format!("entering the node namespace: {e}")));
                     return;
                 }
-                let dataplane = match Dataplane::load().and_then(|mut d| {
+                let loaded = match &pins {
+                    Some(root) => Dataplane::load_pinned(root),
+                    None => Dataplane::load(),
+                };
+                let dataplane = match loaded.and_then(|mut d| {
                     d.set_service_ranges(&service_ranges)?;
                     Ok(d)
                 }) {
@@ -134,6 +149,16 @@ impl NodeAgent {
             })
     }
 
+    /// Ends the agent the way `kill -9` ends a process: its maps and links stay as they are
+    /// (pinned ones keep enforcing), nothing is detached.
+    pub fn kill(mut self) {
+        let _ = self.send(Command::Die);
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
     /// Drop counters by reason.
     pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, AgentError> {
         let (reply, rx) = mpsc::channel();
@@ -169,6 +194,10 @@ impl Drop for NodeAgent {
 
 fn serve(node: &str, addrs: &[IpAddr], mut dataplane: Dataplane, rx: &mpsc::Receiver<Command>) {
     let mut compiler = Compiler::new();
+    match dataplane.highest_ids() {
+        Ok((identity, cidr)) => compiler.reserve_ids(identity, cidr),
+        Err(e) => tracing::warn!(node, error = %e, "could not read the ids left in the maps"),
+    }
     let mut attached: BTreeMap<ObjectKey, Interface> = BTreeMap::new();
     let mut attached_uplinks: Vec<String> = Vec::new();
     while let Ok(command) = rx.recv() {
@@ -210,6 +239,7 @@ fn serve(node: &str, addrs: &[IpAddr], mut dataplane: Dataplane, rx: &mpsc::Rece
                                 attached_uplinks.push(uplink.clone());
                             }
                         }
+                        dataplane.release_stale_links();
                         Ok(SyncOutcome {
                             report,
                             errors: state.errors.clone(),
@@ -221,6 +251,7 @@ fn serve(node: &str, addrs: &[IpAddr], mut dataplane: Dataplane, rx: &mpsc::Rece
             Command::Drops { reply } => {
                 let _ = reply.send(dataplane.drops().map_err(|e| e.to_string()));
             }
+            Command::Die => return,
         }
     }
     for ifname in attached

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod case;
 pub mod model;
 pub mod netns;
+pub mod pins;
 pub mod probe;
 pub mod run;
 pub mod sctp;

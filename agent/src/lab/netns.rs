@@ -293,6 +293,25 @@ pub fn clean_all() -> Result<usize> {
 /// Tries every matching namespace, then reports the first failure, so one stuck mount does not
 /// keep the others around.
 fn clean(select: impl Fn(i32) -> bool) -> Result<usize> {
+    // Pins first: a killed run's links keep programs on interfaces that are about to go.
+    let pins = super::pins::lab_root();
+    for entry in fs::read_dir(&pins)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+    {
+        let name = entry.file_name();
+        if let Some(pid) = name.to_str().and_then(run_pid)
+            && select(pid)
+        {
+            match crate::dataplane::pin::remove_tree(&entry.path()) {
+                Ok(()) => tracing::info!(dir = %entry.path().display(), "removed stale lab pins"),
+                Err(e) => {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove lab pins");
+                }
+            }
+        }
+    }
     let entries = match fs::read_dir(NETNS_DIR) {
         Ok(entries) => entries,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(0),

@@ -15,6 +15,7 @@ use super::{
     addresses::AddressBook,
     agent::{Interface, NodeAgent},
     case::{Case, CaseProto, Probe, Via, load_cases},
+    pins::PinRoot,
     probe::probe,
     serve::{Proto, ServerHandle, serve},
     services::{Services, service_ranges},
@@ -89,6 +90,8 @@ struct Lab {
     addresses: AddressBook,
     /// Pods the lab does not run (hostNetwork), with the reason.
     unplaced: BTreeMap<ObjectKey, String>,
+    /// Last: the pinned maps go once the agents have released their links.
+    pins: PinRoot,
 }
 
 /// A node of the lab and its own agent.
@@ -111,6 +114,7 @@ async fn run_case(case: &Case, options: RunOptions) -> Result<bool> {
         services: Services::default(),
         addresses: AddressBook::default(),
         unplaced: BTreeMap::new(),
+        pins: PinRoot::new(),
     };
     let first = lab.node(FIRST_NODE)?;
     for external in &case.externals {
@@ -170,7 +174,8 @@ impl Lab {
                 format!("spec.nodeName {name:?}: the lab's nodes are named node-1 ... node-254")
             })?;
         let handle = self.topology.add_node(name, index)?;
-        let agent = NodeAgent::start(&handle, &service_ranges())?;
+        let pins = self.pins.node(&handle);
+        let agent = NodeAgent::start(&handle, &service_ranges(), Some(pins))?;
         self.services.install(&handle.netns)?;
         self.nodes.insert(
             name.to_owned(),

@@ -157,6 +157,15 @@ impl Compiler {
         }
     }
 
+    /// Never hands out an identity up to `identity` or a CIDR class up to `cidr` (a value with
+    /// [`IDENTITY_CIDR_FLAG`]): a restarted agent reserves the ids the maps it adopts still
+    /// hold, so that no rule written by the previous agent can match a different peer under a
+    /// reused id while the new rules are switched in.
+    pub fn reserve_ids(&mut self, identity: u32, cidr: u32) {
+        self.next_identity = self.next_identity.max(identity.saturating_add(1));
+        self.next_cidr = self.next_cidr.max(cidr & !IDENTITY_CIDR_FLAG);
+    }
+
     pub fn compile(&mut self, cluster: &Cluster, node: &NodeView<'_>) -> NodeState {
         let mut state = NodeState::default();
         let mut policies = Vec::new();

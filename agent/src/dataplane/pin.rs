@@ -1,0 +1,172 @@
+//! The dataplane's state in bpffs, so that it outlives the agent.
+//!
+//! ```text
+//! <root>/v<ABI_VERSION>/maps/<MAP NAME>                  every map, reused by the next agent
+//! <root>/v<ABI_VERSION>/links/<ifname>/<program>@<n>     every TCX link
+//! ```
+//!
+//! An agent that dies leaves its programs attached (the pinned links hold them) and its maps
+//! in place (the pinned maps), so pods stay enforced by the last state written. The next agent
+//! loads its programs against the same maps (aya's `map_pin_path` reuses a pinned map), reads
+//! what is written back ([`super::sync`]'s adoption), attaches its own programs next to the old
+//! ones, pins them, and only then releases the old links: there is always at least one program
+//! on every interface, and the old and new ones read the same maps, so they agree.
+//!
+//! The ABI version is part of the path: a layout change never reuses maps written under
+//! another layout.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use nix::{
+    mount::{MsFlags, mount},
+    sys::statfs::statfs,
+};
+use palisade_common::ABI_VERSION;
+
+use super::DataplaneError;
+
+/// Where bpffs is mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC` from `linux/magic.h`.
+const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
+
+/// Mounts bpffs on [`BPFFS`] unless it is there already.
+pub fn ensure_bpffs() -> Result<(), DataplaneError> {
+    let mounted = statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    if mounted {
+        return Ok(());
+    }
+    let io = |what: String, source: io::Error| DataplaneError::Pin { what, source };
+    fs::create_dir_all(BPFFS).map_err(|e| io(format!("create {BPFFS}"), e))?;
+    mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| io(format!("mount bpffs on {BPFFS}"), e.into()))?;
+    tracing::info!(path = BPFFS, "mounted bpffs");
+    Ok(())
+}
+
+/// The pin directory of one dataplane instance under `root`.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    dir: PathBuf,
+}
+
+impl PinDir {
+    /// `root/v<ABI>`, created if missing. `root` must be on bpffs.
+    pub fn new(root: &Path) -> Result<Self, DataplaneError> {
+        let dir = root.join(format!("v{ABI_VERSION}"));
+        for sub in ["maps", "links"] {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).map_err(|source| DataplaneError::Pin {
+                what: format!("create {}", path.display()),
+                source,
+            })?;
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join("maps").join(name)
+    }
+
+    /// Pins a new link for `program` on `ifname`, then releases every older link of that
+    /// program on that interface (the new one already runs, so there is no gap).
+    pub fn pin_link(
+        &self,
+        ifname: &str,
+        program: &str,
+        link: FdLink,
+    ) -> Result<PinnedLink, DataplaneError> {
+        let dir = self.dir.join("links").join(ifname);
+        fs::create_dir_all(&dir).map_err(|source| DataplaneError::Pin {
+            what: format!("create {}", dir.display()),
+            source,
+        })?;
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // No dots: bpffs refuses them in names.
+        let path = dir.join(format!("{program}@{stamp}"));
+        let pinned = link.pin(&path).map_err(|e| DataplaneError::Pin {
+            what: format!("pin link {}", path.display()),
+            source: io::Error::other(e),
+        })?;
+        for old in self.links(ifname, program) {
+            if old != path {
+                release(&old);
+            }
+        }
+        Ok(pinned)
+    }
+
+    /// Pinned links of `program` on `ifname`.
+    fn links(&self, ifname: &str, program: &str) -> Vec<PathBuf> {
+        let dir = self.dir.join("links").join(ifname);
+        let prefix = format!("{program}@");
+        fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Interfaces with pinned links (the previous agent's attachments).
+    pub fn linked_interfaces(&self) -> Vec<String> {
+        fs::read_dir(self.dir.join("links"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Releases every link pinned for `ifname` (the programs detach when the last reference
+    /// goes) and removes its directory.
+    pub fn release_interface(&self, ifname: &str) {
+        let dir = self.dir.join("links").join(ifname);
+        for entry in fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            release(&entry.path());
+        }
+        let _ = fs::remove_dir(&dir);
+    }
+}
+
+/// Unpins one link and drops it: its program leaves the interface.
+fn release(path: &Path) {
+    match PinnedLink::from_pin(path) {
+        Ok(link) => {
+            if let Err(e) = link.unpin() {
+                tracing::warn!(path = %path.display(), error = %e, "could not unpin link");
+            }
+        }
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "stale link pin");
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Removes a whole pin tree (the lab's, when a run ends or a crashed run is cleaned): links
+/// are released, maps unpinned (freed once no program uses them).
+pub fn remove_tree(root: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
