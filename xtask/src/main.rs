@@ -5,7 +5,9 @@
 //! - `demo`: build and run the quick-start walkthrough in the lab.
 //! - `test`: formatting, clippy, unit and kernel tests, and the conformance cases in the lab.
 //! - `lab ARGS...`: `palisade lab ARGS...` with a fresh build.
+//! - `bench [--quick]`: the policy compiler's figures (see `bench.rs`).
 
+mod bench;
 mod toolchain;
 
 use std::{
@@ -45,8 +47,9 @@ fn real_main() -> Result<()> {
             let palisade = build()?;
             run(Command::new(palisade).arg("lab").args(rest))
         }
+        "bench" => bench::bench(rest),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <setup|build|demo|test|lab ARGS...>");
+            println!("usage: cargo xtask <setup|build|demo|test|lab ARGS...|bench [--quick]>");
             Ok(())
         }
         other => bail!("unknown command {other:?}; try `cargo xtask help`"),
