@@ -1,7 +1,11 @@
 //! Control-plane benchmark (run by `cargo xtask bench`): compile time and peak memory of the
-//! policy compiler for one node of a synthetic cluster, and the cost of a one-pod change.
+//! policy compiler for one node of a synthetic cluster, and the cost of pod changes applied in
+//! place ([`Compiler::apply_pod_change`]).
 //!
-//! Usage: `compile_bench [PODS NAMESPACES POLICIES NODES]` (default 10000 100 1000 100).
+//! Usage: `compile_bench [PODS NAMESPACES POLICIES NODES [CHANGES]]` (default 10000 100 1000
+//! 100 200). The changes: CHANGES new pods added one by one, then deleted one by one; every
+//! tenth has a label set no other pod has (a new identity), and they are spread over the
+//! nodes like the others (so about one in NODES is local).
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +18,7 @@ use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
 use palisade::{
     cluster::{Cluster, ObjectKey},
     manifest::{self, Object},
-    policy::{Compiler, NodeView},
+    policy::{Compiler, NodeState, NodeView, PodUpdate},
 };
 
 fn main() -> anyhow::Result<()> {
@@ -22,11 +26,15 @@ fn main() -> anyhow::Result<()> {
         .skip(1)
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
-    let [pods, namespaces, policies, nodes] = match args.as_slice() {
-        [] => [10_000, 100, 1_000, 100],
-        [a, b, c, d] => [*a, *b, *c, *d],
-        _ => anyhow::bail!("usage: compile_bench [PODS NAMESPACES POLICIES NODES]"),
+    let [pods, namespaces, policies, nodes, changes] = match args.as_slice() {
+        [] => [10_000, 100, 1_000, 100, 200],
+        [a, b, c, d] => [*a, *b, *c, *d, 200],
+        [a, b, c, d, e] => [*a, *b, *c, *d, *e],
+        _ => anyhow::bail!("usage: compile_bench [PODS NAMESPACES POLICIES NODES [CHANGES]]"),
     };
+    if namespaces == 0 || nodes == 0 {
+        anyhow::bail!("NAMESPACES and NODES must be at least 1");
+    }
     let mut cluster = synthetic(pods, namespaces, policies, nodes)?;
     let addrs: Vec<IpAddr> = vec!["10.244.0.1".parse()?];
     let view = NodeView {
@@ -37,45 +45,158 @@ fn main() -> anyhow::Result<()> {
     let mut compiler = Compiler::new();
     let mut full = Vec::new();
     let mut state = compiler.compile(&cluster, &view);
-    for _ in 0..5 {
+    let runs = if pods > 20_000 { 3 } else { 5 };
+    for _ in 0..runs {
         let start = Instant::now();
         state = compiler.compile(&cluster, &view);
         full.push(start.elapsed());
     }
+    // Before any checking copy is made: what compiling costs.
+    let compile_rss = peak_rss_mib();
     let peers: usize = state.endpoints.values().map(|e| e.peers.len()).sum();
     let ports: usize = state.endpoints.values().map(|e| e.ports.len()).sum();
 
-    // A pod with an existing label set appears on another node, then goes.
-    let mut change = Vec::new();
-    for i in 0..5 {
-        let key = ObjectKey::new("ns-0", format!("extra-{i}"));
-        cluster.pods.insert(
-            key.clone(),
-            pod("ns-0", &format!("extra-{i}"), 0, "node-1", 60_000 + i)?,
-        );
-        let start = Instant::now();
-        compiler.compile(&cluster, &view);
-        change.push(start.elapsed());
-        cluster.pods.remove(&key);
+    // New pods, added one by one, then deleted one by one.
+    let extra: Vec<(ObjectKey, Pod, Kind)> = (0..changes)
+        .map(|i| {
+            let ns = format!("ns-{}", i % namespaces);
+            let name = format!("extra-{i}");
+            let node = format!("node-{}", i % nodes);
+            let new_identity = i % 10 == 9;
+            let app = if new_identity { 1_000 + i } else { i % 40 };
+            let pod = pod(&ns, &name, app, &node, pods + i)?;
+            let kind = match (node == view.name, new_identity) {
+                (true, _) => Kind::Local,
+                (false, false) => Kind::Peer,
+                (false, true) => Kind::NewIdentity,
+            };
+            Ok((ObjectKey::new(ns, name), pod, kind))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut adds = Changes::default();
+    for (key, pod, kind) in &extra {
+        cluster.pods.insert(key.clone(), pod.clone());
+        adds.apply(&mut compiler, &mut state, (&cluster, &view), key, *kind);
     }
+    // Checked once, outside the timings: in place equals a full compile (same ids).
+    let equal = state == compiler.clone().compile(&cluster, &view);
+    let mut deletes = Changes::default();
+    for (key, _, kind) in &extra {
+        cluster.pods.remove(key);
+        deletes.apply(&mut compiler, &mut state, (&cluster, &view), key, *kind);
+    }
+    let equal = equal && state == compiler.clone().compile(&cluster, &view);
+
     println!(
         "compile: {pods} pods, {namespaces} namespaces, {policies} policies, {nodes} nodes; compiled for one node"
     );
-    println!("  local endpoints           {}", state.endpoints.len());
-    println!("  identity entries          {}", state.identities.len());
-    println!("  cidr entries              {}", state.cidrs.len());
-    println!("  peer entries              {peers}");
-    println!("  port entries              {ports}");
+    println!("  local endpoints              {}", state.endpoints.len());
+    println!("  identity entries             {}", state.identities.len());
+    println!("  cidr entries                 {}", state.cidrs.len());
+    println!("  peer entries                 {peers}");
+    println!("  port entries                 {ports}");
     println!(
-        "  full compile (median of 5)   {:.1} ms",
+        "  full compile (median of {runs})    {:.1} ms",
         ms(median(&mut full))
     );
+    adds.print("pod add   ");
+    deletes.print("pod delete");
     println!(
-        "  one-pod add (median of 5)    {:.1} ms (full recompute; the incremental path is not built yet)",
-        ms(median(&mut change))
+        "  in place equals full compile {}",
+        if equal { "yes" } else { "NO" }
     );
-    println!("  peak RSS                     {:.0} MiB", peak_rss_mib());
+    println!("  peak RSS (compiling)         {compile_rss:.0} MiB");
+    println!(
+        "  peak RSS (whole run)         {:.0} MiB (with the checking copies)",
+        peak_rss_mib()
+    );
+    if !equal {
+        anyhow::bail!("the state updated in place differs from a full compile");
+    }
     Ok(())
+}
+
+/// What a changed pod is to the compiled node.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A peer only, of an identity other pods have.
+    Peer,
+    /// A peer only, with a label set no other pod has.
+    NewIdentity,
+    /// On the compiled node: an endpoint too.
+    Local,
+}
+
+/// Timings of pod changes applied in place, and the largest number of entries one wrote.
+#[derive(Default)]
+struct Changes {
+    times: Vec<Duration>,
+    recompiled: usize,
+    /// Per [`Kind`].
+    max_writes: [usize; 3],
+}
+
+impl Changes {
+    fn apply(
+        &mut self,
+        compiler: &mut Compiler,
+        state: &mut NodeState,
+        (cluster, view): (&Cluster, &NodeView<'_>),
+        key: &ObjectKey,
+        kind: Kind,
+    ) {
+        // Entries written are counted on a sample only: the copy costs more than the change.
+        let before = (self.times.len() < 40).then(|| state.clone());
+        let start = Instant::now();
+        let update = compiler.apply_pod_change(state, cluster, view, key);
+        self.times.push(start.elapsed());
+        self.recompiled += usize::from(update == PodUpdate::Recompiled);
+        if let Some(before) = before {
+            let writes = &mut self.max_writes[kind as usize];
+            *writes = (*writes).max(entries_written(&before, state));
+        }
+    }
+
+    fn print(&mut self, what: &str) {
+        if self.times.is_empty() {
+            return;
+        }
+        let n = self.times.len();
+        self.times.sort();
+        let p99 = self.times[(n * 99 / 100).min(n - 1)];
+        println!(
+            "  {what} in place          median {:.1} us, p99 {:.1} us over {n} ({} fell back to a full compile)",
+            us(self.times[n / 2]),
+            us(p99),
+            self.recompiled
+        );
+        println!(
+            "  {what} entries written   at most {} (peer), {} (peer, new identity), {} (local pod); first 40",
+            self.max_writes[0], self.max_writes[1], self.max_writes[2]
+        );
+    }
+}
+
+/// Map entries that differ between two states (identities, CIDRs, endpoints' peers and ports).
+fn entries_written(a: &NodeState, b: &NodeState) -> usize {
+    fn diff<K: Ord, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> usize {
+        let changed = a.iter().filter(|(k, v)| b.get(k) != Some(v)).count();
+        changed + b.keys().filter(|k| !a.contains_key(k)).count()
+    }
+    let empty = Default::default();
+    let endpoints = a.endpoints.keys().chain(b.endpoints.keys());
+    let per_endpoint: usize = endpoints
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|key| {
+            let (x, y) = (
+                a.endpoints.get(key).unwrap_or(&empty),
+                b.endpoints.get(key).unwrap_or(&empty),
+            );
+            diff(&x.peers, &y.peers) + diff(&x.ports, &y.ports)
+        })
+        .sum();
+    diff(&a.identities, &b.identities) + diff(&a.cidrs, &b.cidrs) + per_endpoint
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -85,6 +206,10 @@ fn median(v: &mut [Duration]) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 fn peak_rss_mib() -> f64 {

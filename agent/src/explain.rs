@@ -7,12 +7,11 @@ use anyhow::{Context as _, Result, bail};
 use palisade_common::{DIR_EGRESS, DIR_INGRESS, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    cluster::{Cluster, ObjectKey},
+    cluster::{Cluster, DEFAULT_NODE, ObjectKey, pod_node},
     lab::addresses::AddressBook,
     manifest,
     policy::{
         Compiler, NodeView,
-        compile::pod_node,
         evaluate::{Endpoint, Evaluator},
         lookup,
     },
@@ -70,7 +69,7 @@ pub fn explain(files: &[PathBuf], from: &str, to: &str, flow: &str) -> Result<Ve
             .pods
             .get(key)
             .map(pod_node)
-            .unwrap_or("node-1")
+            .unwrap_or(DEFAULT_NODE)
             .to_string();
         let state = Compiler::new().compile(
             &cluster,

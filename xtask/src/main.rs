@@ -5,7 +5,9 @@
 //! - `demo`: build and run the quick-start walkthrough in the lab.
 //! - `test`: formatting, clippy, unit and kernel tests, and the conformance cases in the lab.
 //! - `lab ARGS...`: `palisade lab ARGS...` with a fresh build.
+//! - `bench [--quick]`: the policy compiler's figures (see `bench.rs`).
 
+mod bench;
 mod toolchain;
 
 use std::{
@@ -45,8 +47,9 @@ fn real_main() -> Result<()> {
             let palisade = build()?;
             run(Command::new(palisade).arg("lab").args(rest))
         }
+        "bench" => bench::bench(rest),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <setup|build|demo|test|lab ARGS...>");
+            println!("usage: cargo xtask <setup|build|demo|test|lab ARGS...|bench [--quick]>");
             Ok(())
         }
         other => bail!("unknown command {other:?}; try `cargo xtask help`"),
@@ -144,7 +147,9 @@ fn test() -> Result<()> {
         .args(["lab", "run", "--model"])
         .args(&all))?;
     eprintln!("[test] every case on the real kernel");
-    run(Command::new(&palisade).args(["lab", "run"]).args(&all))
+    run(Command::new(&palisade).args(["lab", "run"]).args(&all))?;
+    eprintln!("[test] bench --quick, so the benchmark cannot rot");
+    bench::bench(&["--quick".to_owned()])
 }
 
 fn require_root(why: &str) -> Result<()> {

@@ -20,7 +20,7 @@ use k8s_openapi::{
 };
 
 pub use self::{
-    pod::{container_ports, is_host_network, pod_ips, pod_key, pod_labels, pod_node},
+    pod::{container_ports, is_host_network, pod_addrs, pod_ips, pod_key, pod_labels, pod_node},
     reference::{LabelChange, LabelEdit, ObjectRef},
 };
 use crate::manifest::Object;

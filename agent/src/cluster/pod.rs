@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::policy::ports::protocol_number;
+
 use super::{ClusterError, DEFAULT_NAMESPACE, DEFAULT_NODE, NO_LABELS, ObjectKey};
 
 pub fn pod_labels(pod: &Pod) -> &BTreeMap<String, String> {
@@ -24,26 +26,43 @@ pub fn pod_key(pod: &Pod) -> ObjectKey {
 /// The pod's addresses from `status.podIPs`, or else `status.podIP`; empty when the manifest
 /// gives none (the lab then assigns one).
 pub fn pod_ips(pod: &Pod) -> Result<Vec<IpAddr>, ClusterError> {
-    let Some(status) = &pod.status else {
-        return Ok(Vec::new());
-    };
-    let parse = |field, ip: &String| {
-        ip.parse().map_err(|_| ClusterError::InvalidPodIp {
-            pod: pod_key(pod),
-            field,
-            ip: ip.clone(),
+    let (field, ips) = status_ips(pod);
+    ips.into_iter()
+        .map(|ip| {
+            ip.parse().map_err(|_| ClusterError::InvalidPodIp {
+                pod: pod_key(pod),
+                field,
+                ip: ip.to_owned(),
+            })
         })
+        .collect()
+}
+
+/// [`pod_ips`] for readers that must go on past a bad address (the compiler, the evaluator):
+/// an unparsable one is skipped ([`crate::manifest::validate_pod`] rejects it before it gets
+/// here).
+pub fn pod_addrs(pod: &Pod) -> Vec<IpAddr> {
+    let (_, ips) = status_ips(pod);
+    ips.into_iter().filter_map(|ip| ip.parse().ok()).collect()
+}
+
+/// Which status field holds the addresses, and what it says.
+fn status_ips(pod: &Pod) -> (&'static str, Vec<&str>) {
+    let Some(status) = &pod.status else {
+        return ("status.podIPs", Vec::new());
     };
     match status.pod_ips.as_deref() {
-        Some(ips) if !ips.is_empty() => ips.iter().map(|p| parse("status.podIPs", &p.ip)).collect(),
-        _ => status
-            .pod_ip
-            .iter()
-            .map(|ip| parse("status.podIP", ip))
-            .collect(),
+        Some(ips) if !ips.is_empty() => {
+            ("status.podIPs", ips.iter().map(|p| p.ip.as_str()).collect())
+        }
+        _ => (
+            "status.podIP",
+            status.pod_ip.iter().map(String::as_str).collect(),
+        ),
     }
 }
 
+/// `spec.nodeName`, or [`DEFAULT_NODE`] (the lab's single node) when unset.
 pub fn pod_node(pod: &Pod) -> &str {
     pod.spec
         .as_ref()
@@ -51,10 +70,10 @@ pub fn pod_node(pod: &Pod) -> &str {
         .unwrap_or(DEFAULT_NODE)
 }
 
-/// Every declared container port as (name or "", protocol, port); the protocol defaults to
-/// TCP. Ports outside 1..=65535 are skipped with a warning ([`crate::manifest::validate_pod`]
-/// rejects them before they get here).
-pub fn container_ports(pod: &Pod) -> Vec<(String, String, u16)> {
+/// Every declared container port as (name or "", protocol number, port); the protocol defaults
+/// to TCP. Ports outside 1..=65535 and unknown protocols are skipped with a warning
+/// ([`crate::manifest::validate_pod`] rejects them before they get here).
+pub fn container_ports(pod: &Pod) -> Vec<(String, u8, u16)> {
     let containers = pod.spec.iter().flat_map(|spec| &spec.containers);
     let ports = containers.flat_map(|container| container.ports.iter().flatten());
     ports
@@ -68,8 +87,12 @@ pub fn container_ports(pod: &Pod) -> Vec<(String, String, u16)> {
                 tracing::warn!(pod = %pod_key(pod), "skipping container port 0");
                 return None;
             }
+            let Some(protocol) = protocol_number(port.protocol.as_deref()) else {
+                let (pod, protocol) = (pod_key(pod), port.protocol.clone());
+                tracing::warn!(%pod, ?protocol, "skipping a container port of unknown protocol");
+                return None;
+            };
             let name = port.name.clone().unwrap_or_default();
-            let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".to_owned());
             Some((name, protocol, number))
         })
         .collect()

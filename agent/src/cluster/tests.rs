@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use palisade_common::{PROTO_TCP, PROTO_UDP};
+
 use super::*;
 use crate::manifest::parse_str;
 
@@ -278,8 +280,8 @@ fn pod_helpers_read_addresses_node_and_ports() {
     assert_eq!(
         container_ports(a),
         [
-            ("serve-80-tcp".into(), "TCP".into(), 80),
-            (String::new(), "UDP".into(), 81)
+            ("serve-80-tcp".into(), PROTO_TCP, 80),
+            (String::new(), PROTO_UDP, 81)
         ]
     );
     assert!(!is_host_network(a));

@@ -7,7 +7,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Pod, PodIP};
 
-use crate::{cluster::ObjectKey, policy::compile::pod_addrs};
+use crate::cluster::{ObjectKey, pod_addrs};
 
 /// Assigns addresses from 10.244.100.0/22 to pods whose manifest gives none, and keeps them
 /// when a later step re-applies the pod. Cases that need particular addresses (ipBlock) give

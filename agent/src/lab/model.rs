@@ -14,11 +14,10 @@ use super::{
     table::compare,
 };
 use crate::{
-    cluster::{Cluster, ObjectKey},
+    cluster::{Cluster, ObjectKey, container_ports},
     manifest,
     policy::{
         NodeView,
-        compile::container_ports,
         evaluate::{Endpoint, Evaluator},
     },
 };

@@ -23,9 +23,8 @@ use super::{
     topology::{NodeHandle, PodHandle, Topology, link_ifname},
 };
 use crate::{
-    cluster::{Cluster, ObjectKey},
+    cluster::{Cluster, ObjectKey, container_ports, is_host_network, pod_node},
     manifest,
-    policy::compile::{container_ports, is_host_network, pod_node},
 };
 
 /// How long one probe may take. A dropped SYN is retransmitted after 1 s, so 2 s lets one

@@ -10,7 +10,7 @@ pub mod model;
 pub mod ports;
 pub mod selector;
 
-pub use compile::{Compiler, NodeState, NodeView};
+pub use compile::{Compiler, NodeState, NodeView, PodUpdate};
 
 #[cfg(test)]
 mod proptests;

@@ -9,7 +9,7 @@ use k8s_openapi::api::{
 };
 use palisade_common::{DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
-use super::{Compiler, NodeView, compile::NodeState, lookup::admits};
+use super::{Compiler, NodeView, PodUpdate, compile::NodeState, lookup::admits};
 use crate::cluster::{Cluster, NAMESPACE_NAME_LABEL, ObjectKey};
 
 const NODE_ADDR: &str = "10.244.0.1";
@@ -102,7 +102,7 @@ fn allowed(
             Some((ns, pod)) => {
                 let key = ObjectKey::new(ns, pod);
                 let pod = &world.cluster.pods[&key];
-                let ip = super::compile::pod_addrs(pod)[0];
+                let ip = crate::cluster::pod_addrs(pod)[0];
                 (Some(key), ip)
             }
             None => (None, s.parse().expect("address")),
@@ -367,4 +367,43 @@ fn a_new_pod_with_an_existing_label_set_costs_one_identity_entry() {
         "the policy's entries do not change"
     );
     assert!(allowed(&after, &grown, "y/c", "x/a", PROTO_TCP, 80));
+}
+
+#[test]
+fn a_pod_of_an_existing_identity_is_added_and_deleted_in_place_as_its_address_alone() {
+    let policy = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: a}}}]\n";
+    let mut compiler = Compiler::new();
+    let addrs: Vec<IpAddr> = vec![NODE_ADDR.parse().expect("addr")];
+    let view = NodeView {
+        name: "node-1",
+        addrs: &addrs,
+    };
+    let before = compiler.compile(&xy().policy(policy).cluster, &view);
+    // y/c has the labels and ports of y/a (the same identity), on another node.
+    let mut grown = xy().policy(policy).pod(
+        "y",
+        "c",
+        "10.244.2.12",
+        &[("pod", "a")],
+        &[("serve-80-tcp", "TCP", 80)],
+    );
+    let c = ObjectKey::new("y", "c");
+    if let Some(spec) = grown.cluster.pods.get_mut(&c).and_then(|p| p.spec.as_mut()) {
+        spec.node_name = Some("node-2".into());
+    }
+    let mut state = before.clone();
+    let update = compiler.apply_pod_change(&mut state, &grown.cluster, &view, &c);
+    assert_eq!(update, PodUpdate::Incremental);
+    let mut expected = before.clone();
+    let ip: IpAddr = "10.244.2.12".parse().expect("addr");
+    let y_a = before.identities[&super::compile::addr_of(&"10.244.2.10".parse().expect("addr"))];
+    expected
+        .identities
+        .insert(super::compile::addr_of(&ip), y_a);
+    assert_eq!(state, expected, "one identity entry, nothing else");
+    assert!(allowed(&state, &grown, "10.244.2.12", "x/a", PROTO_TCP, 80));
+
+    let update = compiler.apply_pod_change(&mut state, &xy().policy(policy).cluster, &view, &c);
+    assert_eq!(update, PodUpdate::Incremental);
+    assert_eq!(state, before, "deleted: back to where it was");
 }

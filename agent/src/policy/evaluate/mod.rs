@@ -26,11 +26,14 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
 
 use super::{
-    compile::{NodeView, container_ports, is_host_network, pod_addrs},
+    compile::NodeView,
     model::{Peer, Policy, PolicyError, Port, Rule},
     selector::matches,
 };
-use crate::cluster::{Cluster, NAMESPACE_NAME_LABEL, ObjectKey, pod_labels, pod_node};
+use crate::cluster::{
+    Cluster, NAMESPACE_NAME_LABEL, ObjectKey, container_ports, is_host_network, pod_addrs,
+    pod_labels, pod_node,
+};
 
 /// One end of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,6 +6,8 @@
 //! A failing case prints the cluster as YAML documents (namespaces, pods, policies) and the
 //! evaluator's explanation of the connection on which the two disagree.
 
+mod incremental;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
@@ -27,12 +29,14 @@ use proptest::{
 
 use super::{
     Compiler, NodeView,
-    compile::{NodeState, container_ports, is_host_network, pod_addrs},
+    compile::NodeState,
     evaluate::{Endpoint, Evaluator, protocol_name},
     lookup::admits,
     model::{Policy, Port},
 };
-use crate::cluster::{Cluster, NAMESPACE_NAME_LABEL, ObjectKey};
+use crate::cluster::{
+    Cluster, NAMESPACE_NAME_LABEL, ObjectKey, container_ports, is_host_network, pod_addrs,
+};
 
 /// Compiler gap (see the ignored `an_egress_named_port_resolves_for_a_pod_inside_an_ip_block`
 /// below): while this is false, an egress rule that lists an ipBlock gets numeric ports in
