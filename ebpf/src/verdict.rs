@@ -47,6 +47,9 @@ fn try_judge(ctx: &TcContext, direction: u8) -> Result<i32, DropReason> {
     if packet.neighbour_discovery {
         return Ok(PASS);
     }
+    if packet.related {
+        return related(&endpoint, direction, &packet);
+    }
     if direction == DIR_INGRESS {
         judge_translated(&packet)?;
     }
@@ -108,6 +111,46 @@ fn try_judge(ctx: &TcContext, direction: u8) -> Result<i32, DropReason> {
         bump(Stat::CtInsertFailed as u32);
     }
     bump(Stat::NewFlowAllowed as u32);
+    Ok(PASS)
+}
+
+/// An ICMP error quoting a packet of this endpoint (see [`Packet::related`]): it passes when
+/// the quoted packet's flow is tracked here - the quoted packet went the other way through this
+/// endpoint, as a new flow's packet or as a reply. Otherwise it is judged like any packet the
+/// endpoint's policy does not admit: dropped when the endpoint is isolated for `direction`.
+/// Not inlined, for the stack (see `parse::quoted`).
+#[inline(never)]
+fn related(endpoint: &EndpointInfo, direction: u8, packet: &Packet) -> Result<i32, DropReason> {
+    let sent = CtKey {
+        saddr: packet.src,
+        daddr: packet.dst,
+        sport: packet.sport,
+        dport: packet.dport,
+        protocol: packet.protocol,
+        direction: direction ^ 1,
+        _pad: [0; 2],
+    };
+    let as_reply = CtKey {
+        saddr: packet.dst,
+        daddr: packet.src,
+        sport: packet.dport,
+        dport: packet.sport,
+        protocol: packet.protocol,
+        direction,
+        _pad: [0; 2],
+    };
+    if CT.get_ptr(&sent).is_some() || CT.get_ptr(&as_reply).is_some() {
+        bump(Stat::CtHit as u32);
+        return Ok(PASS);
+    }
+    let (isolated, drop) = if direction == DIR_INGRESS {
+        (EP_INGRESS_ISOLATED, DropReason::PolicyIngress)
+    } else {
+        (EP_EGRESS_ISOLATED, DropReason::PolicyEgress)
+    };
+    if endpoint.flags & isolated != 0 {
+        return Err(drop);
+    }
     Ok(PASS)
 }
 

@@ -337,17 +337,15 @@ impl Dataplane {
         state: &NodeState,
         ifindex: &BTreeMap<ObjectKey, u32>,
     ) -> Result<SyncReport, DataplaneError> {
-        let mut report = SyncReport::default();
+        let mut adopted = SyncReport::default();
         if !self.adopted {
-            report = self.written.adopt(&mut self.ebpf, ifindex)?;
+            adopted = self.written.adopt(&mut self.ebpf, ifindex)?;
             self.adopted = true;
         }
-        let applied = self.written.apply(&mut self.ebpf, state, ifindex)?;
-        Ok(SyncReport {
-            writes: report.writes + applied.writes,
-            deletes: report.deletes + applied.deletes,
-            swaps: applied.swaps,
-        })
+        let mut report = self.written.apply(&mut self.ebpf, state, ifindex)?;
+        report.writes += adopted.writes;
+        report.deletes += adopted.deletes;
+        Ok(report)
     }
 
     /// The highest pod identity and CIDR class the maps hold (left by an earlier agent when

@@ -28,20 +28,23 @@ use aya::{
     maps::{HashMap, LpmTrie, MapData, lpm_trie::Key},
 };
 use palisade_common::{
-    Addr, ClassMask, EndpointInfo, IdentityValue, MAP_CIDRS, MAP_ENDPOINTS, MAP_PEERS,
-    MAP_POD_IDENTITIES, MAP_PORTS, PORT_KEY_FIXED_BITS, PeerKey, PortKey,
+    Addr, ClassMask, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EndpointInfo, IdentityValue,
+    MAP_CIDRS, MAP_ENDPOINTS, MAP_PEERS, MAP_POD_IDENTITIES, MAP_PORTS, PORT_KEY_FIXED_BITS,
+    PeerKey, PortKey,
 };
 
 use super::DataplaneError;
 use crate::{cluster::ObjectKey, policy::NodeState};
 
 /// What one sync changed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SyncReport {
     pub writes: usize,
     pub deletes: usize,
     /// Endpoints whose rules were switched to their idle id.
     pub swaps: usize,
+    /// Writes that failed, each naming the pod (now isolated) or the map.
+    pub failures: Vec<String>,
 }
 
 /// One endpoint's entries, without its id: (direction, peer) and (prefix length, direction,
@@ -104,6 +107,8 @@ pub(super) struct Written {
     identities: BTreeMap<Addr, u32>,
     cidrs: BTreeMap<(u32, Addr), u32>,
     next_pair: u32,
+    /// Pods whose rules could not be written, isolated with [`NO_RULES`], by interface.
+    quarantined: BTreeMap<ObjectKey, u32>,
 }
 
 fn peer_key(id: u32, (direction, peer): (u8, u32)) -> PeerKey {
@@ -344,8 +349,14 @@ impl Written {
     }
 
     /// Writes `state` for the endpoints whose interface is known (`ifindex`), as described in
-    /// the module documentation. On error the maps hold a mix of whole endpoint states (each
-    /// endpoint old or new), and the next sync starts from what was really written.
+    /// the module documentation.
+    ///
+    /// Failing closed: a write that fails (a full map, most likely) never leaves a pod with
+    /// more access than the new state grants. The endpoint it was for is *quarantined*: its
+    /// entry is replaced by one that isolates both directions and names [`NO_RULES`], under
+    /// which nothing is ever written, so every new connection of that pod is dropped until a
+    /// later sync writes its rules whole. Each failure is returned in [`SyncReport::failures`]
+    /// for the agent to shout about. Only a map that cannot be opened at all ends the sync.
     pub(super) fn apply(
         &mut self,
         ebpf: &mut Ebpf,
@@ -372,6 +383,20 @@ impl Written {
                 maps.delete_rules(ep.id(), &ep.rules, &mut report);
             }
         }
+        let stale: Vec<ObjectKey> = self
+            .quarantined
+            .iter()
+            .filter(|(key, index)| {
+                !state.endpoints.contains_key(*key) || ifindex.get(*key) != Some(*index)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some(index) = self.quarantined.remove(&key) {
+                let _ = maps.endpoints.remove(&index);
+                report.deletes += 1;
+            }
+        }
 
         // New rules, written where no packet reads them yet (or added in place).
         enum Plan {
@@ -383,17 +408,30 @@ impl Written {
             let Some(rules) = rules_of(state, key) else {
                 continue;
             };
-            match self.endpoints.get_mut(key) {
+            let written = match self.endpoints.get_mut(key) {
                 None => {
                     self.next_pair += 1;
                     let pair = self.next_pair;
-                    maps.write_rules(pair * 2, &rules, None, &mut report)?;
-                    plans.push(Plan::New(key.clone(), index, pair, rules));
+                    let written = maps.write_rules(pair * 2, &rules, None, &mut report);
+                    if written.is_err() {
+                        maps.delete_rules(pair * 2, &rules, &mut report);
+                    } else {
+                        plans.push(Plan::New(key.clone(), index, pair, rules));
+                    }
+                    written
                 }
-                Some(ep) if ep.rules == rules => {}
+                Some(ep) if ep.rules == rules => Ok(()),
                 Some(ep) if rules.only_adds_to(&ep.rules) => {
-                    maps.write_rules(ep.id(), &rules, Some(&ep.rules), &mut report)?;
-                    ep.rules = rules;
+                    let id = ep.id();
+                    let written = maps.write_rules(id, &rules, Some(&ep.rules), &mut report);
+                    if written.is_ok() {
+                        ep.rules = rules;
+                    } else {
+                        // Some additions are in, untracked: quarantine, then clear them all.
+                        self.quarantine(&mut maps, key, &mut report);
+                        maps.delete_rules(id, &rules, &mut report);
+                    }
+                    written
                 }
                 Some(ep) => {
                     // A sync that failed half way may have left entries under the idle id:
@@ -402,34 +440,59 @@ impl Written {
                         maps.delete_rules(ep.idle_id(), &leftover, &mut report);
                     }
                     ep.idle = Some(rules.clone());
-                    maps.write_rules(ep.idle_id(), &rules, None, &mut report)?;
-                    plans.push(Plan::Swap(key.clone(), rules));
+                    let written = maps.write_rules(ep.idle_id(), &rules, None, &mut report);
+                    if written.is_ok() {
+                        plans.push(Plan::Swap(key.clone(), rules));
+                    } else {
+                        self.quarantine(&mut maps, key, &mut report);
+                    }
+                    written
+                }
+            };
+            if let Err(e) = written {
+                report.failures.push(format!("{key}: {e}"));
+                if !self.endpoints.contains_key(key) {
+                    self.isolate(&mut maps, key, index, &mut report);
                 }
             }
         }
 
-        // Identities and CIDR classes the new rules may name.
+        // Identities and CIDR classes the new rules may name. A missing identity or class makes
+        // its addresses unknown peers: less access, never more.
         for (addr, id) in &state.identities {
             if self.identities.get(addr) != Some(id) {
-                maps.identities
+                match maps
+                    .identities
                     .insert(addr, IdentityValue { identity: *id }, 0)
-                    .map_err(map_err(MAP_POD_IDENTITIES, "insert"))?;
-                self.identities.insert(*addr, *id);
-                report.writes += 1;
+                {
+                    Ok(()) => {
+                        self.identities.insert(*addr, *id);
+                        report.writes += 1;
+                    }
+                    Err(e) => {
+                        // A stale value would name the old identity: remove it.
+                        let _ = maps.identities.remove(addr);
+                        self.identities.remove(addr);
+                        report.failures.push(format!("{MAP_POD_IDENTITIES}: {e}"));
+                    }
+                }
             }
         }
         for (prefix, id) in &state.cidrs {
             let k = (prefix.len, prefix.addr);
             if self.cidrs.get(&k) != Some(id) {
-                maps.cidrs
-                    .insert(
-                        &Key::new(prefix.len, prefix.addr),
-                        IdentityValue { identity: *id },
-                        0,
-                    )
-                    .map_err(map_err(MAP_CIDRS, "insert"))?;
-                self.cidrs.insert(k, *id);
-                report.writes += 1;
+                let key = Key::new(prefix.len, prefix.addr);
+                match maps.cidrs.insert(&key, IdentityValue { identity: *id }, 0) {
+                    Ok(()) => {
+                        self.cidrs.insert(k, *id);
+                        report.writes += 1;
+                    }
+                    Err(e) => {
+                        let _ = maps.cidrs.remove(&key);
+                        self.cidrs.remove(&k);
+                        report.failures.push(format!("{MAP_CIDRS}: {e}"));
+                    }
+                }
             }
         }
 
@@ -444,19 +507,31 @@ impl Written {
                         rules,
                         idle: None,
                     };
-                    maps.endpoints
-                        .insert(index, ep.rules.info(ep.id()), 0)
-                        .map_err(map_err(MAP_ENDPOINTS, "insert"))?;
-                    report.writes += 1;
-                    self.endpoints.insert(key, ep);
+                    match maps.endpoints.insert(index, ep.rules.info(ep.id()), 0) {
+                        Ok(()) => {
+                            report.writes += 1;
+                            self.quarantined.remove(&key);
+                            self.endpoints.insert(key, ep);
+                        }
+                        Err(e) => {
+                            report.failures.push(format!("{key}: {e}"));
+                            maps.delete_rules(ep.id(), &ep.rules, &mut report);
+                            self.isolate(&mut maps, &key, index, &mut report);
+                        }
+                    }
                 }
                 Plan::Swap(key, rules) => {
                     let Some(ep) = self.endpoints.get_mut(&key) else {
                         continue;
                     };
-                    maps.endpoints
+                    if let Err(e) = maps
+                        .endpoints
                         .insert(ep.ifindex, rules.info(ep.idle_id()), 0)
-                        .map_err(map_err(MAP_ENDPOINTS, "insert"))?;
+                    {
+                        report.failures.push(format!("{key}: {e}"));
+                        self.quarantine(&mut maps, &key, &mut report);
+                        continue;
+                    }
                     report.writes += 1;
                     report.swaps += 1;
                     let old = std::mem::replace(&mut ep.rules, rules);
@@ -493,9 +568,55 @@ impl Written {
             self.cidrs.remove(&(len, addr));
             report.deletes += 1;
         }
+        for failure in &report.failures {
+            tracing::error!(
+                failure = %failure,
+                "dataplane write failed; the pods concerned are isolated until their rules fit"
+            );
+        }
         Ok(report)
     }
+
+    /// Takes a written endpoint out of service: isolated with no rules, its entries deleted.
+    fn quarantine(&mut self, maps: &mut Maps<'_>, key: &ObjectKey, report: &mut SyncReport) {
+        let Some(ep) = self.endpoints.remove(key) else {
+            return;
+        };
+        self.isolate(maps, key, ep.ifindex, report);
+        maps.delete_rules(ep.id(), &ep.rules, report);
+        if let Some(idle) = &ep.idle {
+            maps.delete_rules(ep.idle_id(), idle, report);
+        }
+    }
+
+    /// Writes the entry that drops every new connection of the pod on `index`.
+    fn isolate(
+        &mut self,
+        maps: &mut Maps<'_>,
+        key: &ObjectKey,
+        index: u32,
+        report: &mut SyncReport,
+    ) {
+        let info = EndpointInfo {
+            id: NO_RULES,
+            flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
+            any_peer: [0; 2],
+            any_port: [0; 2],
+        };
+        match maps.endpoints.insert(index, info, 0) {
+            Ok(()) => report.writes += 1,
+            Err(e) => {
+                // Not even that: with no entry the programs drop everything (no endpoint).
+                let _ = maps.endpoints.remove(&index);
+                report.failures.push(format!("{key}: isolating: {e}"));
+            }
+        }
+        self.quarantined.insert(key.clone(), index);
+    }
 }
+
+/// The id of a rule set that is never written: ids are `2 * pair + 0|1` with pairs from 1.
+pub const NO_RULES: u32 = 0;
 
 /// The highest identity in the pod identity map and the highest CIDR class in the CIDR map.
 pub(super) fn highest_ids(ebpf: &Ebpf) -> Result<(u32, u32), DataplaneError> {
