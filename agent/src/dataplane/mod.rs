@@ -2,6 +2,7 @@
 //! two TC programs to a pod's host-side veth, writing a [`NodeState`] into the maps, and running
 //! a loaded program on a crafted frame (`test_run.rs`).
 
+mod local_addrs;
 mod sync;
 mod test_run;
 
@@ -74,6 +75,7 @@ pub struct Dataplane {
     ebpf: Ebpf,
     attached: BTreeMap<String, Attachment>,
     written: sync::Written,
+    local_addrs: local_addrs::LocalAddrs,
 }
 
 impl Dataplane {
@@ -111,6 +113,7 @@ impl Dataplane {
             ebpf,
             attached: BTreeMap::new(),
             written: sync::Written::default(),
+            local_addrs: local_addrs::LocalAddrs::default(),
         })
     }
 
@@ -226,13 +229,21 @@ impl Dataplane {
     }
 
     /// Writes `state` for the endpoints whose host-side interface index is known, removing what
-    /// the previous sync wrote and `state` no longer has.
+    /// the previous sync wrote and `state` no longer has. The endpoints' own addresses (source
+    /// validation) go in before any endpoint is switched on and out after it is switched off.
     pub fn sync(
         &mut self,
         state: &NodeState,
         ifindex: &BTreeMap<ObjectKey, u32>,
     ) -> Result<SyncReport, DataplaneError> {
-        self.written.apply(&mut self.ebpf, state, ifindex)
+        let added = self.local_addrs.add(&mut self.ebpf, state, ifindex)?;
+        let mut report = self.written.apply(&mut self.ebpf, state, ifindex)?;
+        let removed = self
+            .local_addrs
+            .remove_stale(&mut self.ebpf, state, ifindex)?;
+        report.writes += added;
+        report.deletes += removed;
+        Ok(report)
     }
 
     /// Every slot of [`MAP_STATS`] summed over CPUs, indexed by `Stat` and
