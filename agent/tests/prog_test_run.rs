@@ -15,13 +15,15 @@ use palisade::{
     cluster::{Cluster, ObjectKey},
     dataplane::{Dataplane, LOOPBACK_IFINDEX},
     manifest::parse_str,
-    policy::{Compiler, NodeView},
+    policy::{Compiler, NodeState, NodeView},
 };
 use palisade_common::{DropReason, PROG_FROM_POD, PROG_TO_POD, STAT_SLOTS, Stat};
 
 #[path = "prog_test_run/frames.rs"]
 mod frames;
 use frames::*;
+#[path = "prog_test_run/endpoints.rs"]
+mod endpoints;
 
 const PASS: i32 = -1; // TC_ACT_UNSPEC: on to the next program or the stack.
 const DROP: i32 = 2; // TC_ACT_SHOT
@@ -86,6 +88,7 @@ enum Counted {
 
 struct Node {
     dataplane: Dataplane,
+    state: NodeState,
 }
 
 impl Node {
@@ -96,11 +99,17 @@ impl Node {
 
     /// The dataplane with the endpoint of pod `x/{pod}` (the only one written) under `ifindex`.
     fn with_endpoint(pod: &str, ifindex: u32) -> Self {
+        Self::with_endpoints(&[(pod, ifindex)])
+    }
+
+    /// The dataplane with the endpoints of pods `x/{pod}` (the only ones written) under their
+    /// interface indices.
+    fn with_endpoints(endpoints: &[(&str, u32)]) -> Self {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "needs root: these tests load eBPF programs and run them with BPF_PROG_TEST_RUN"
         );
-        let mut dataplane = Dataplane::load().unwrap_or_else(|e| panic!("{}", chain(&e)));
+        let dataplane = Dataplane::load().unwrap_or_else(|e| panic!("{}", chain(&e)));
         let mut cluster = Cluster::default();
         for object in parse_str(CLUSTER, "prog_test_run.rs").expect("test cluster") {
             cluster.apply(object);
@@ -114,21 +123,44 @@ impl Node {
             },
         );
         assert!(state.errors.is_empty(), "{:?}", state.errors);
-        let pod = ObjectKey::new("x", pod);
-        assert!(state.endpoints.contains_key(&pod), "{pod} compiled");
-        let ifindex = BTreeMap::from([(pod, ifindex)]);
-        dataplane.sync(&state, &ifindex).expect("sync");
-        Self { dataplane }
+        let mut node = Self { dataplane, state };
+        node.sync(endpoints);
+        node
+    }
+
+    /// Writes exactly `endpoints` (pod name, ifindex), as the agent does when pods come, go or
+    /// get a new interface.
+    fn sync(&mut self, endpoints: &[(&str, u32)]) {
+        let mut ifindex = BTreeMap::new();
+        for &(pod, index) in endpoints {
+            let pod = ObjectKey::new("x", pod);
+            assert!(self.state.endpoints.contains_key(&pod), "{pod} compiled");
+            ifindex.insert(pod, index);
+        }
+        self.dataplane.sync(&self.state, &ifindex).expect("sync");
     }
 
     /// Runs `program` on `frame` at loopback; asserts the action and that `counted` is the only
     /// counter that moved, by one.
     #[track_caller]
     fn expect(&self, program: &'static str, frame: &[u8], action: i32, counted: Counted) {
+        self.expect_on(LOOPBACK_IFINDEX, program, frame, action, counted);
+    }
+
+    /// [`Self::expect`] on the interface `ifindex`.
+    #[track_caller]
+    fn expect_on(
+        &self,
+        ifindex: u32,
+        program: &'static str,
+        frame: &[u8],
+        action: i32,
+        counted: Counted,
+    ) {
         let before = self.dataplane.counters().expect("counters");
         let outcome = self
             .dataplane
-            .test_run(program, frame, LOOPBACK_IFINDEX)
+            .test_run(program, frame, ifindex)
             .unwrap_or_else(|e| panic!("{}", chain(&e)));
         let after = self.dataplane.counters().expect("counters");
         let mut expected = [0u64; STAT_SLOTS as usize];
@@ -141,7 +173,7 @@ impl Node {
         assert_eq!(
             (outcome.action, delta.as_slice()),
             (action, expected.as_slice()),
-            "{program}: (action, counter deltas) for {counted:?}"
+            "{program} on ifindex {ifindex}: (action, counter deltas) for {counted:?}"
         );
     }
 

@@ -21,18 +21,28 @@
 //! 1. not IP (ARP, ...): pass; malformed or truncated IP: drop ([`DropReason::Malformed`]).
 //! 2. [`MAP_ENDPOINTS`]\[ifindex\] missing: drop ([`DropReason::NoEndpoint`]) - a program is never
 //!    attached before its endpoint is written, so a missing entry means we lost track: fail closed.
-//! 3. [`MAP_CONNTRACK`] holds the packet's flow in this direction, or the reverse flow in the other
-//!    direction (a reply): pass. Established flows are kept across policy changes.
-//! 4. E not isolated for D: pass (and track the flow). Otherwise, when D is egress and A is in
+//!    IPv6 neighbour discovery then passes, uncounted (it must work for every pod).
+//! 3. D is egress (the pod sends) and the source address is not E's own:
+//!    [`MAP_LOCAL_ADDRS`]\[source\] != ifindex: drop ([`DropReason::SpoofedSource`]), whether or
+//!    not E is isolated. Without this a pod could borrow a peer's address and be admitted by
+//!    another pod's ingress policy as that peer. IPv6 link-local sources (`fe80::/10`) pass the
+//!    check: they are never routed off the link, and a pod's kernel uses them (router
+//!    solicitations, MLD). The unspecified source (`::`, `0.0.0.0`) does not: DAD's neighbour
+//!    solicitation already passed at 2, and pods get their address without DHCP.
+//! 4. [`MAP_CONNTRACK`] holds the packet's flow at this endpoint (ifindex) in this direction, or
+//!    the reverse flow at this endpoint in the other direction (a reply): pass. Established
+//!    flows are kept across policy changes. Entries are per endpoint, so a flow admitted at one
+//!    pod's veth never admits a packet on another pod's veth, whatever addresses it carries.
+//! 5. E not isolated for D: pass (and track the flow). Otherwise, when D is egress and A is in
 //!    [`MAP_SERVICES`], the verdict waits for kube-proxy's translation ([`MAP_ORIGINAL_DST`]):
-//!    the hook that sees the translated packet applies 5-7 to the real destination and tracks
-//!    the flow under its original destination.
-//! 5. D is ingress and A is the node itself ([`IDENTITY_HOST`]): pass (kubelet probes).
-//! 6. peer mask = `any_peer[D]` | [`MAP_PEERS`]\[(E, identity(A), D)\] | [`MAP_PEERS`]\[(E, cidr(A), D)\]
+//!    the hook that sees the translated packet applies 6-8 to the real destination and tracks
+//!    the flow under its original destination, at the sending pod's endpoint.
+//! 6. D is ingress and A is the node itself ([`IDENTITY_HOST`]): pass (kubelet probes).
+//! 7. peer mask = `any_peer[D]` | [`MAP_PEERS`]\[(E, identity(A), D)\] | [`MAP_PEERS`]\[(E, cidr(A), D)\]
 //!    where identity(A) comes from [`MAP_POD_IDENTITIES`] (exact address) and cidr(A) from the
 //!    longest match in [`MAP_CIDRS`];
 //!    port mask = `any_port[D]` | longest match in [`MAP_PORTS`] for (E, D, P, N).
-//! 7. peer mask & port mask != 0: pass and track; otherwise drop
+//! 8. peer mask & port mask != 0: pass and track; otherwise drop
 //!    ([`DropReason::PolicyIngress`] / [`DropReason::PolicyEgress`]).
 //!
 //! Addresses are 16 bytes everywhere; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so one
@@ -42,7 +52,7 @@
 use bytemuck::{Pod, Zeroable};
 
 /// Bumped whenever a layout below changes; pinned state of another ABI is never re-adopted.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// TC ingress on the pod's host-side veth: packets the pod sends (its egress policy).
 pub const PROG_FROM_POD: &str = "palisade_from_pod";
@@ -69,9 +79,13 @@ pub const MAP_SERVICES: &str = "PAL_SERVICES";
 /// [`PROG_UPLINK`]) against the real destination. The source address and port survive DNAT,
 /// so they find the record again.
 pub const MAP_ORIGINAL_DST: &str = "PAL_ORIG_DST";
+/// Hash [`Addr`] -> [`EndpointKey`]: every address of every local pod, with the ifindex of the
+/// pod's host-side veth. [`PROG_FROM_POD`] drops what a pod sends from any other address
+/// (precedence step 3). Written before the endpoint's [`EndpointInfo`], removed after it.
+pub const MAP_LOCAL_ADDRS: &str = "PAL_LOCAL_ADDRS";
 
 /// Every map, for the agent's checks that the object and this crate agree.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_ENDPOINTS,
     MAP_POD_IDENTITIES,
     MAP_CIDRS,
@@ -81,6 +95,7 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_STATS,
     MAP_SERVICES,
     MAP_ORIGINAL_DST,
+    MAP_LOCAL_ADDRS,
 ];
 
 pub const MAX_ENDPOINTS: u32 = 4096;
@@ -91,6 +106,8 @@ pub const MAX_PORTS: u32 = 262_144;
 pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_SERVICE_RANGES: u32 = 64;
 pub const MAX_ORIGINAL_DST: u32 = 65_536;
+/// Room for every endpoint to be dual-stack, with slack.
+pub const MAX_LOCAL_ADDRS: u32 = 4 * MAX_ENDPOINTS;
 
 /// Rules of one endpoint and direction are grouped into at most this many port-set classes.
 pub const MAX_CLASSES: usize = 64;
@@ -219,7 +236,10 @@ pub struct PortKey {
 pub const PORT_KEY_FIXED_BITS: u32 = 48;
 
 /// [`MAP_CONNTRACK`] key: a flow as seen at one hook. `direction` is the hook's policy direction,
-/// so the two hooks one pod-to-pod flow crosses on a node keep separate entries.
+/// so the two hooks one pod-to-pod flow crosses on a node keep separate entries. `ifindex` is
+/// the endpoint's ([`MAP_ENDPOINTS`] key): the map is shared by every pod of the node, and
+/// without it a pod could send a packet matching the reply key of another pod's flow. Both hooks
+/// of one veth share the ifindex, so a reply is found where its request was admitted.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct CtKey {
@@ -230,6 +250,7 @@ pub struct CtKey {
     pub protocol: u8,
     pub direction: u8,
     pub _pad: [u8; 2],
+    pub ifindex: EndpointKey,
 }
 
 /// [`MAP_ORIGINAL_DST`] key: the source side of a flow, which DNAT leaves alone.
@@ -302,10 +323,12 @@ pub enum DropReason {
     /// A flow that must be remembered to be judged (a Service flow awaiting translation) could
     /// not be recorded.
     TrackingFull = 6,
+    /// A pod sent a packet from an address that is not its own ([`MAP_LOCAL_ADDRS`]).
+    SpoofedSource = 7,
 }
 
 pub const STAT_DROP_BASE: u32 = 16;
-pub const DROP_REASONS: [DropReason; 7] = [
+pub const DROP_REASONS: [DropReason; 8] = [
     DropReason::PolicyIngress,
     DropReason::PolicyEgress,
     DropReason::NoEndpoint,
@@ -313,6 +336,7 @@ pub const DROP_REASONS: [DropReason; 7] = [
     DropReason::Fragment,
     DropReason::Ipv6ExtensionHeader,
     DropReason::TrackingFull,
+    DropReason::SpoofedSource,
 ];
 pub const STAT_SLOTS: u32 = 32;
 
@@ -330,6 +354,7 @@ impl DropReason {
             Self::Fragment => "fragment",
             Self::Ipv6ExtensionHeader => "ipv6-extension-header",
             Self::TrackingFull => "tracking-full",
+            Self::SpoofedSource => "spoofed-source",
         }
     }
 }
@@ -341,8 +366,9 @@ const _: () = {
     assert!(core::mem::size_of::<PeerKey>() == 12);
     assert!(core::mem::size_of::<PortKey>() == 8);
     assert!(core::mem::offset_of!(PortKey, port_be) * 8 == PORT_KEY_FIXED_BITS as usize);
-    assert!(core::mem::size_of::<CtKey>() == 40);
+    assert!(core::mem::size_of::<CtKey>() == 44);
     assert!(core::mem::offset_of!(CtKey, sport) == 32);
+    assert!(core::mem::offset_of!(CtKey, ifindex) == 40);
     assert!(core::mem::size_of::<CtValue>() == 16);
     assert!(core::mem::size_of::<OriginalKey>() == 20);
     assert!(core::mem::size_of::<OriginalValue>() == 24);

@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use palisade_common::{
     Addr, ClassMask, CtKey, CtValue, EndpointInfo, EndpointKey, IdentityValue, MAX_CIDRS,
-    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_ORIGINAL_DST, MAX_PEERS, MAX_POD_IDENTITIES, MAX_PORTS,
-    MAX_SERVICE_RANGES, OriginalKey, OriginalValue, PeerKey, PortKey, STAT_SLOTS,
+    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_LOCAL_ADDRS, MAX_ORIGINAL_DST, MAX_PEERS, MAX_POD_IDENTITIES,
+    MAX_PORTS, MAX_SERVICE_RANGES, OriginalKey, OriginalValue, PeerKey, PortKey, STAT_SLOTS,
 };
 
 #[map(name = "PAL_ENDPOINTS")]
@@ -36,6 +36,10 @@ pub(crate) static SERVICES: LpmTrie<Addr, u32> = LpmTrie::with_max_entries(MAX_S
 #[map(name = "PAL_ORIG_DST")]
 pub(crate) static ORIGINAL_DST: LruHashMap<OriginalKey, OriginalValue> =
     LruHashMap::with_max_entries(MAX_ORIGINAL_DST, 0);
+
+#[map(name = "PAL_LOCAL_ADDRS")]
+pub(crate) static LOCAL_ADDRS: HashMap<Addr, EndpointKey> =
+    HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
 
 #[map(name = "PAL_STATS")]
 pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);

@@ -26,12 +26,6 @@ pub(crate) struct Packet {
     pub ext_headers: bool,
     /// ICMPv6 neighbour discovery (types 133-137), which always passes.
     pub neighbour_discovery: bool,
-    /// An ICMP error (destination unreachable, time exceeded, parameter problem; for IPv6 also
-    /// packet too big) quoting a packet it could read: `src`, `dst`, `protocol` and the ports
-    /// then describe *the quoted packet*, as it was sent, and the error passes only when that
-    /// packet's flow is tracked. (In place rather than beside the outer fields: the BPF stack
-    /// is 512 bytes.)
-    pub related: bool,
 }
 
 #[inline(always)]
@@ -70,7 +64,6 @@ fn parse_v4(ctx: &TcContext) -> Result<Packet, DropReason> {
         fragment: frag & 0x1fff != 0,
         ext_headers: false,
         neighbour_discovery: false,
-        related: false,
     };
     if !packet.fragment {
         read_l4(ctx, ETH_HLEN + ihl, &mut packet)?;
@@ -96,7 +89,6 @@ fn parse_v6(ctx: &TcContext) -> Result<Packet, DropReason> {
         fragment: false,
         ext_headers: false,
         neighbour_discovery: false,
-        related: false,
     };
     match next {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP | PROTO_ICMPV6 => {
@@ -134,57 +126,8 @@ fn read_l4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(), Dr
                 packet.sport = id;
                 packet.dport = id;
             }
-            let error = matches!(
-                (packet.protocol, icmp_type),
-                (PROTO_ICMP, 3 | 11 | 12) | (PROTO_ICMPV6, 1..=4)
-            );
-            if error {
-                // A quote too short to read: judged as plain ICMP.
-                let _ = quoted(ctx, offset + 8, packet);
-            }
         }
         _ => {}
     }
-    Ok(())
-}
-
-/// Reads the packet an ICMP error quotes at `offset` (an IPv4 header with its options, or a
-/// fixed IPv6 header, then the first four bytes of its transport header) into `packet`, and
-/// marks it [`Packet::related`]. Leaves `packet` alone when the quote cannot be read.
-/// Not inlined: a BPF-to-BPF call with its own stack frame keeps the programs under the 512-byte
-/// stack limit.
-#[inline(never)]
-fn quoted(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(), DropReason> {
-    let (src, dst, protocol, l4) = if packet.protocol == PROTO_ICMPV6 {
-        let protocol = load::<u8>(ctx, offset + 6)?;
-        let src = Addr::from_v6(load::<[u8; 16]>(ctx, offset + 8)?);
-        let dst = Addr::from_v6(load::<[u8; 16]>(ctx, offset + 24)?);
-        (src, dst, protocol, offset + IPV6_HLEN)
-    } else {
-        let ihl = usize::from(load::<u8>(ctx, offset)? & 0x0f) * 4;
-        if ihl < 20 {
-            return Err(DropReason::Malformed);
-        }
-        let protocol = load::<u8>(ctx, offset + 9)?;
-        let src = Addr::from_v4(load::<[u8; 4]>(ctx, offset + 12)?);
-        let dst = Addr::from_v4(load::<[u8; 4]>(ctx, offset + 16)?);
-        (src, dst, protocol, offset + ihl)
-    };
-    let (sport, dport) = match protocol {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
-            let ports = load::<[u8; 4]>(ctx, l4)?;
-            (
-                u16::from_be_bytes([ports[0], ports[1]]),
-                u16::from_be_bytes([ports[2], ports[3]]),
-            )
-        }
-        _ => (0, 0),
-    };
-    packet.src = src;
-    packet.dst = dst;
-    packet.protocol = protocol;
-    packet.sport = sport;
-    packet.dport = dport;
-    packet.related = true;
     Ok(())
 }

@@ -15,7 +15,9 @@ use palisade_common::{
 };
 
 use crate::{
-    maps::{CIDRS, CT, ENDPOINTS, ORIGINAL_DST, PEERS, POD_IDS, PORTS, SERVICES, bump},
+    maps::{
+        CIDRS, CT, ENDPOINTS, LOCAL_ADDRS, ORIGINAL_DST, PEERS, POD_IDS, PORTS, SERVICES, bump,
+    },
     parse::{Packet, parse},
 };
 
@@ -47,14 +49,15 @@ fn try_judge(ctx: &TcContext, direction: u8) -> Result<i32, DropReason> {
     if packet.neighbour_discovery {
         return Ok(PASS);
     }
-    if packet.related {
-        return related(&endpoint, direction, &packet);
+    if direction == DIR_EGRESS && !own_source(&packet.src, ifindex) {
+        return Err(DropReason::SpoofedSource);
     }
     if direction == DIR_INGRESS {
         judge_translated(&packet)?;
     }
 
-    let forward = CtKey {
+    // One key, turned around for the reply and back: two would not fit the 512-byte stack.
+    let mut flow = CtKey {
         saddr: packet.src,
         daddr: packet.dst,
         sport: packet.sport,
@@ -62,17 +65,15 @@ fn try_judge(ctx: &TcContext, direction: u8) -> Result<i32, DropReason> {
         protocol: packet.protocol,
         direction,
         _pad: [0; 2],
+        ifindex,
     };
-    let reply = CtKey {
-        saddr: packet.dst,
-        daddr: packet.src,
-        sport: packet.dport,
-        dport: packet.sport,
-        protocol: packet.protocol,
-        direction: direction ^ 1,
-        _pad: [0; 2],
-    };
-    if CT.get_ptr(&forward).is_some() || CT.get_ptr(&reply).is_some() {
+    let mut tracked = CT.get_ptr(&flow).is_some();
+    if !tracked {
+        turn_around(&mut flow);
+        tracked = CT.get_ptr(&flow).is_some();
+        turn_around(&mut flow);
+    }
+    if tracked {
         bump(Stat::CtHit as u32);
         return Ok(PASS);
     }
@@ -107,51 +108,19 @@ fn try_judge(ctx: &TcContext, direction: u8) -> Result<i32, DropReason> {
         endpoint: endpoint.id,
         _pad: 0,
     };
-    if CT.insert(&forward, &entry, 0).is_err() {
+    if CT.insert(&flow, &entry, 0).is_err() {
         bump(Stat::CtInsertFailed as u32);
     }
     bump(Stat::NewFlowAllowed as u32);
     Ok(PASS)
 }
 
-/// An ICMP error quoting a packet of this endpoint (see [`Packet::related`]): it passes when
-/// the quoted packet's flow is tracked here - the quoted packet went the other way through this
-/// endpoint, as a new flow's packet or as a reply. Otherwise it is judged like any packet the
-/// endpoint's policy does not admit: dropped when the endpoint is isolated for `direction`.
-/// Not inlined, for the stack (see `parse::quoted`).
-#[inline(never)]
-fn related(endpoint: &EndpointInfo, direction: u8, packet: &Packet) -> Result<i32, DropReason> {
-    let sent = CtKey {
-        saddr: packet.src,
-        daddr: packet.dst,
-        sport: packet.sport,
-        dport: packet.dport,
-        protocol: packet.protocol,
-        direction: direction ^ 1,
-        _pad: [0; 2],
-    };
-    let as_reply = CtKey {
-        saddr: packet.dst,
-        daddr: packet.src,
-        sport: packet.dport,
-        dport: packet.sport,
-        protocol: packet.protocol,
-        direction,
-        _pad: [0; 2],
-    };
-    if CT.get_ptr(&sent).is_some() || CT.get_ptr(&as_reply).is_some() {
-        bump(Stat::CtHit as u32);
-        return Ok(PASS);
-    }
-    let (isolated, drop) = if direction == DIR_INGRESS {
-        (EP_INGRESS_ISOLATED, DropReason::PolicyIngress)
-    } else {
-        (EP_EGRESS_ISOLATED, DropReason::PolicyEgress)
-    };
-    if endpoint.flags & isolated != 0 {
-        return Err(drop);
-    }
-    Ok(PASS)
+/// The key of the reply to `key`'s flow: the other direction, at the same endpoint.
+#[inline(always)]
+fn turn_around(key: &mut CtKey) {
+    core::mem::swap(&mut key.saddr, &mut key.daddr);
+    core::mem::swap(&mut key.sport, &mut key.dport);
+    key.direction ^= 1;
 }
 
 /// TC egress of the node's other interfaces: only Service flows of local pods, translated
@@ -171,7 +140,7 @@ pub(crate) fn judge_uplink(ctx: &TcContext) -> i32 {
     }
 }
 
-/// Step 4a, first half: an egress-isolated pod opens a flow to a Service address. kube-proxy
+/// Step 5a, first half: an egress-isolated pod opens a flow to a Service address. kube-proxy
 /// translates it after this hook (PREROUTING DNAT), so the verdict is left to the hook that sees
 /// the real destination: the backend's [`judge`] on this node, or [`judge_uplink`] when the
 /// backend is elsewhere. Nothing is tracked yet, so every packet comes back here until one is
@@ -204,10 +173,10 @@ fn defer(packet: &Packet, ifindex: u32) -> Result<(), DropReason> {
     Ok(())
 }
 
-/// Step 4a, second half: a packet whose source recorded a Service flow ([`defer`]) is judged by
+/// Step 5a, second half: a packet whose source recorded a Service flow ([`defer`]) is judged by
 /// that source's egress policy against the address it is now sent to. When allowed, the flow is
-/// tracked under its original destination, so the replies (un-translated by kube-proxy before
-/// they reach the source) pass the source's ingress hook.
+/// tracked under its original destination and the source's endpoint, so the replies
+/// (un-translated by kube-proxy before they reach the source) pass the source's ingress hook.
 #[inline(always)]
 fn judge_translated(packet: &Packet) -> Result<(), DropReason> {
     let key = OriginalKey {
@@ -236,6 +205,8 @@ fn judge_translated(packet: &Packet) -> Result<(), DropReason> {
         protocol: packet.protocol,
         direction: DIR_EGRESS,
         _pad: [0; 2],
+        // The client's endpoint, where its later packets and the replies are looked up.
+        ifindex: original.ifindex,
     };
     let entry = CtValue {
         // SAFETY: a helper without arguments.
@@ -249,7 +220,16 @@ fn judge_translated(packet: &Packet) -> Result<(), DropReason> {
     Ok(())
 }
 
-/// Steps 5-7 of the precedence: the node, then peer classes against port classes.
+/// Step 3 of the precedence: a pod sends only from its own addresses, or from an IPv6
+/// link-local one (never routed off the veth).
+#[inline(always)]
+fn own_source(src: &Addr, ifindex: u32) -> bool {
+    let link_local = src.bytes[0] == 0xfe && src.bytes[1] & 0xc0 == 0x80;
+    // SAFETY: plain-data values.
+    link_local || unsafe { LOCAL_ADDRS.get(src) }.is_some_and(|owner| *owner == ifindex)
+}
+
+/// Steps 6-8 of the precedence: the node, then peer classes against port classes.
 #[inline(always)]
 fn allowed(endpoint: &EndpointInfo, direction: u8, peer: &Addr, packet: &Packet) -> bool {
     let (mut peer_mask, mut port_mask) = if direction == DIR_EGRESS {

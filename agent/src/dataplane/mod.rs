@@ -2,6 +2,7 @@
 //! two TC programs to a pod's host-side veth, writing a [`NodeState`] into the maps, and running
 //! a loaded program on a crafted frame (`test_run.rs`).
 
+mod local_addrs;
 pub mod pin;
 mod sync;
 mod test_run;
@@ -98,6 +99,7 @@ pub struct Dataplane {
     pins: Option<pin::PinDir>,
     /// The first sync reads back what an earlier agent left in pinned maps.
     adopted: bool,
+    local_addrs: local_addrs::LocalAddrs,
 }
 
 impl Dataplane {
@@ -114,11 +116,27 @@ impl Dataplane {
         Self::load_with(Some(pin::PinDir::new(root)?))
     }
 
+    /// [`Self::load`] with some maps smaller than in production: for tests that must fill a
+    /// map to see what a failed write does.
+    pub fn load_with_max_entries(limits: &[(&'static str, u32)]) -> Result<Self, DataplaneError> {
+        Self::load_with_limits(None, limits)
+    }
+
     fn load_with(pins: Option<pin::PinDir>) -> Result<Self, DataplaneError> {
+        Self::load_with_limits(pins, &[])
+    }
+
+    fn load_with_limits(
+        pins: Option<pin::PinDir>,
+        limits: &[(&'static str, u32)],
+    ) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
         let mut loader = EbpfLoader::new();
+        for &(name, max) in limits {
+            loader.set_max_entries(name, max);
+        }
         let paths: Vec<(&str, PathBuf)> = pins
             .iter()
             .flat_map(|p| ALL_MAPS.iter().map(move |name| (*name, p.map(name))))
@@ -157,6 +175,7 @@ impl Dataplane {
             written: sync::Written::default(),
             pins,
             adopted: false,
+            local_addrs: local_addrs::LocalAddrs::default(),
         })
     }
 
@@ -331,7 +350,8 @@ impl Dataplane {
     }
 
     /// Writes `state` for the endpoints whose host-side interface index is known, removing what
-    /// the previous sync wrote and `state` no longer has.
+    /// the previous sync wrote and `state` no longer has. The endpoints' own addresses (source
+    /// validation) go in before any endpoint is switched on and out after it is switched off.
     pub fn sync(
         &mut self,
         state: &NodeState,
@@ -342,9 +362,14 @@ impl Dataplane {
             adopted = self.written.adopt(&mut self.ebpf, ifindex)?;
             self.adopted = true;
         }
+        // Addresses before the endpoints that send from them, removed after.
+        let added = self.local_addrs.add(&mut self.ebpf, state, ifindex)?;
         let mut report = self.written.apply(&mut self.ebpf, state, ifindex)?;
-        report.writes += adopted.writes;
-        report.deletes += adopted.deletes;
+        let removed = self
+            .local_addrs
+            .remove_stale(&mut self.ebpf, state, ifindex)?;
+        report.writes += adopted.writes + added;
+        report.deletes += adopted.deletes + removed;
         Ok(report)
     }
 

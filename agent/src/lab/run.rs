@@ -260,6 +260,9 @@ impl Lab {
             for e in &outcome.errors {
                 println!("    policy error ({name}): {e}");
             }
+            for f in &outcome.report.failures {
+                println!("    DATAPLANE WRITE FAILED ({name}), pod isolated: {f}");
+            }
             tracing::debug!(
                 node = %name,
                 writes = outcome.report.writes,

@@ -1,4 +1,4 @@
-//! A userspace replica of the eBPF verdict (steps 4-7 of the precedence in `palisade_common`),
+//! A userspace replica of the eBPF verdict (steps 5-8 of the precedence in `palisade_common`),
 //! reading [`NodeState`] the way the programs read the maps. Tests compare it with the policy
 //! semantics; `palisade explain` will answer from it.
 

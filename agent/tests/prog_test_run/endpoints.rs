@@ -1,0 +1,202 @@
+//! What keeps one pod from passing as another: the source address a pod sends from must be its
+//! own, and a tracked flow admits packets only on the veth where it was admitted.
+
+use ipnet::IpNet;
+use nix::sched::CloneFlags;
+use palisade_common::PROG_UPLINK;
+use rtnetlink::LinkVeth;
+
+use super::*;
+
+/// A Service address (ClusterIP), in the range the tests declare.
+const SERVICE: [u8; 4] = [10, 96, 0, 10];
+const SERVICE_RANGE: &str = "10.96.0.0/12";
+const LINK_LOCAL6: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+
+/// Runs `test` on a thread of its own, in a fresh network namespace holding a veth pair, with
+/// the index of one end: a second interface beside loopback, for a second endpoint. The
+/// namespace goes with the thread.
+fn in_netns_with_veth(test: impl FnOnce(u32) + Send + 'static) {
+    let result = std::thread::spawn(move || {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET): these tests need root");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(async {
+            let (connection, handle, _) = rtnetlink::new_connection().expect("netlink socket");
+            let driver = tokio::spawn(connection);
+            handle
+                .link()
+                .add(LinkVeth::new("pal-test0", "pal-test1").build())
+                .execute()
+                .await
+                .expect("add a veth pair");
+            driver.abort();
+        });
+        let index = nix::net::if_::if_nametoindex("pal-test0").expect("the veth's index");
+        test(index);
+    })
+    .join();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn a_pod_sending_from_another_pods_address_is_dropped_whether_isolated_or_not() {
+    let server = Node::with_server();
+    // A flow the server's egress policy admits, but from the client's address.
+    server.drops(
+        PROG_FROM_POD,
+        &syn4(OTHER, CLIENT, 40000, 8080),
+        DropReason::SpoofedSource,
+    );
+    server.drops(
+        PROG_FROM_POD,
+        &syn6(OTHER6, CLIENT6, 40000, 8080),
+        DropReason::SpoofedSource,
+    );
+    // Replies are no exception: the server's own flow does not let it answer as someone else.
+    server.passes(
+        PROG_TO_POD,
+        &syn4(CLIENT, SERVER, 40000, 80),
+        Stat::NewFlowAllowed,
+    );
+    server.drops(
+        PROG_FROM_POD,
+        &syn4(OTHER, CLIENT, 80, 40000),
+        DropReason::SpoofedSource,
+    );
+    server.passes(PROG_FROM_POD, &syn4(SERVER, CLIENT, 80, 40000), Stat::CtHit);
+
+    // x/client is selected by no policy; it still sends only as itself.
+    let client = Node::with_endpoint("client", LOOPBACK_IFINDEX);
+    client.drops(
+        PROG_FROM_POD,
+        &syn4(SERVER, OTHER, 40000, 9),
+        DropReason::SpoofedSource,
+    );
+    client.drops(
+        PROG_FROM_POD,
+        &echo4([0, 0, 0, 0], OTHER, 8, 7),
+        DropReason::SpoofedSource,
+    );
+    client.drops(
+        PROG_FROM_POD,
+        &syn6([0; 16], OTHER6, 40000, 9),
+        DropReason::SpoofedSource,
+    );
+    client.passes(
+        PROG_FROM_POD,
+        &syn6(CLIENT6, OTHER6, 40000, 9),
+        Stat::NewFlowAllowed,
+    );
+}
+
+#[test]
+fn an_ipv6_link_local_source_is_judged_by_policy_not_dropped_as_spoofed() {
+    let server = Node::with_server();
+    server.drops(
+        PROG_FROM_POD,
+        &syn6(LINK_LOCAL6, CLIENT6, 40000, 9),
+        DropReason::PolicyEgress,
+    );
+    let client = Node::with_endpoint("client", LOOPBACK_IFINDEX);
+    client.passes(
+        PROG_FROM_POD,
+        &syn6(LINK_LOCAL6, OTHER6, 40000, 9),
+        Stat::NewFlowAllowed,
+    );
+}
+
+#[test]
+fn an_address_is_only_its_own_pods_when_two_endpoints_share_the_node() {
+    in_netns_with_veth(|veth| {
+        let node = Node::with_endpoints(&[("server", LOOPBACK_IFINDEX), ("client", veth)]);
+        let to_server = syn4(CLIENT, SERVER, 40000, 80);
+        node.expect_on(
+            veth,
+            PROG_FROM_POD,
+            &to_server,
+            PASS,
+            Counted::Stat(Stat::NewFlowAllowed),
+        );
+        // The server's address, sent from the client's veth; and the client's, from the server's.
+        node.expect_on(
+            veth,
+            PROG_FROM_POD,
+            &syn4(SERVER, CLIENT, 80, 40000),
+            DROP,
+            Counted::Drop(DropReason::SpoofedSource),
+        );
+        node.drops(PROG_FROM_POD, &to_server, DropReason::SpoofedSource);
+    });
+}
+
+#[test]
+fn a_pod_given_an_old_pods_address_on_a_new_veth_does_not_inherit_its_flows() {
+    in_netns_with_veth(|veth| {
+        let mut node = Node::with_server();
+        let request = syn4(CLIENT, SERVER, 40000, 80);
+        // The reply leaves towards port 40000, which the server's egress policy does not admit.
+        let reply = syn4(SERVER, CLIENT, 80, 40000);
+        node.passes(PROG_TO_POD, &request, Stat::NewFlowAllowed);
+        node.passes(PROG_FROM_POD, &reply, Stat::CtHit);
+
+        // The pod is recreated with the same address behind another veth: the flow admitted at
+        // the old one is not found at the new one (it would be, keyed by addresses alone).
+        node.sync(&[("server", veth)]);
+        node.expect_on(
+            veth,
+            PROG_FROM_POD,
+            &reply,
+            DROP,
+            Counted::Drop(DropReason::PolicyEgress),
+        );
+        node.drops(PROG_FROM_POD, &reply, DropReason::NoEndpoint);
+        node.expect_on(
+            veth,
+            PROG_TO_POD,
+            &request,
+            PASS,
+            Counted::Stat(Stat::NewFlowAllowed),
+        );
+        node.expect_on(
+            veth,
+            PROG_FROM_POD,
+            &reply,
+            PASS,
+            Counted::Stat(Stat::CtHit),
+        );
+    });
+}
+
+#[test]
+fn a_service_flow_is_tracked_at_the_clients_endpoint_wherever_it_is_judged() {
+    in_netns_with_veth(|veth| {
+        let mut node = Node::with_server();
+        let range: IpNet = SERVICE_RANGE.parse().expect("service range");
+        node.dataplane
+            .set_service_ranges(&[range])
+            .unwrap_or_else(|e| panic!("{}", chain(&e)));
+        let to_service = syn4(SERVER, SERVICE, 40000, 8080);
+        node.passes(PROG_FROM_POD, &to_service, Stat::EgressDeferred);
+        // Translated to the client and judged on the way out of another interface.
+        node.expect_on(
+            veth,
+            PROG_UPLINK,
+            &syn4(SERVER, CLIENT, 40000, 8080),
+            PASS,
+            Counted::Stat(Stat::EgressJudgedAfterNat),
+        );
+        // The reply, un-translated, and the next packet find the flow at the server's veth.
+        node.passes(
+            PROG_TO_POD,
+            &syn4(SERVICE, SERVER, 8080, 40000),
+            Stat::CtHit,
+        );
+        node.passes(PROG_FROM_POD, &to_service, Stat::CtHit);
+    });
+}
