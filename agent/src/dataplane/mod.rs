@@ -135,7 +135,7 @@ impl Dataplane {
         }
         let mut loader = EbpfLoader::new();
         for &(name, max) in limits {
-            loader.set_max_entries(name, max);
+            loader.map_max_entries(name, max);
         }
         let paths: Vec<(&str, PathBuf)> = pins
             .iter()
