@@ -53,6 +53,10 @@ enum LabCommand {
         /// Judge with the reference evaluator only (no kernel, no root needed).
         #[arg(long)]
         model: bool,
+        /// What a policy change does to established connections: keep them, or judge them
+        /// again and cut those no longer allowed.
+        #[arg(long, value_enum, default_value_t = palisade::dataplane::Established::Keep)]
+        established: palisade::dataplane::Established,
     },
     /// Remove every lab namespace, including those of other or crashed runs.
     Clean,
@@ -78,8 +82,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Lab { command: LabCommand::Run { cases, narrate, model } } => {
-                let options = lab::run::RunOptions { narrate, model };
+            Command::Lab { command: LabCommand::Run { cases, narrate, model, established } } => {
+                let options = lab::run::RunOptions { narrate, model, established };
                 // Handlers first: a signal that arrives while the lab is being built must not
                 // kill the process with namespaces behind. On SIGINT or SIGTERM the run future
                 // is dropped, and with it every namespace it created (owners clean up in Drop).

@@ -28,6 +28,7 @@ use std::{
 
 use palisade::{
     cluster::{Cluster, ObjectKey},
+    dataplane::Established,
     lab::{
         agent::{Interface, NodeAgent},
         pins::PinRoot,
@@ -200,7 +201,8 @@ fn flows_survive_100_policy_updates_and_two_agent_restarts() {
         }
     };
     apply(&mut cluster, 0);
-    let mut agent = NodeAgent::start(&node, &[], Some(pin_dir.clone())).expect("agent");
+    let mut agent =
+        NodeAgent::start(&node, &[], Some(pin_dir.clone()), Established::Keep).expect("agent");
     agent
         .sync(&cluster, interfaces.clone(), Vec::new())
         .expect("first sync");
@@ -365,7 +367,8 @@ fn flows_survive_100_policy_updates_and_two_agent_restarts() {
             agent.kill();
             // Nobody home: the pinned programs go on alone.
             thread::sleep(Duration::from_millis(300));
-            agent = NodeAgent::start(&node, &[], Some(pin_dir.clone())).expect("restart");
+            agent = NodeAgent::start(&node, &[], Some(pin_dir.clone()), Established::Keep)
+                .expect("restart");
             let report = agent
                 .sync(&cluster, interfaces.clone(), Vec::new())
                 .expect("sync after restart");

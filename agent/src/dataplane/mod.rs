@@ -2,6 +2,7 @@
 //! two TC programs to a pod's host-side veth, writing a [`NodeState`] into the maps, and running
 //! a loaded program on a crafted frame (`test_run.rs`).
 
+mod established;
 mod local_addrs;
 pub mod pin;
 mod sync;
@@ -27,6 +28,7 @@ use palisade_common::{
 };
 
 pub use self::{
+    established::Established,
     sync::SyncReport,
     test_run::{LOOPBACK_IFINDEX, TestRunOutcome},
 };
@@ -100,6 +102,8 @@ pub struct Dataplane {
     /// The first sync reads back what an earlier agent left in pinned maps.
     adopted: bool,
     local_addrs: local_addrs::LocalAddrs,
+    /// The Service ranges last written (see [`Self::set_service_ranges`]).
+    service_ranges: Vec<IpNet>,
 }
 
 impl Dataplane {
@@ -176,6 +180,7 @@ impl Dataplane {
             pins,
             adopted: false,
             local_addrs: local_addrs::LocalAddrs::default(),
+            service_ranges: Vec::new(),
         })
     }
 
@@ -346,6 +351,7 @@ impl Dataplane {
         for key in stale {
             let _ = trie.remove(&key);
         }
+        self.service_ranges = ranges.to_vec();
         Ok(())
     }
 

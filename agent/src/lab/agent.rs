@@ -16,7 +16,7 @@ use nix::sched::{CloneFlags, setns};
 use super::topology::NodeHandle;
 use crate::{
     cluster::{Cluster, ObjectKey},
-    dataplane::{Dataplane, SyncReport},
+    dataplane::{Dataplane, Established, SyncReport},
     policy::{Compiler, NodeView, model::PolicyError},
 };
 
@@ -31,6 +31,8 @@ pub struct Interface {
 #[derive(Debug)]
 pub struct SyncOutcome {
     pub report: SyncReport,
+    /// Established connections cut by the re-check ([`Established::Recheck`]).
+    pub cut: usize,
     pub errors: Vec<PolicyError>,
     pub endpoints: usize,
 }
@@ -75,6 +77,7 @@ impl NodeAgent {
         node: &NodeHandle,
         service_ranges: &[IpNet],
         pins: Option<PathBuf>,
+        established: Established,
     ) -> Result<Self, AgentError> {
         let service_ranges = service_ranges.to_vec();
         let name = node.name.clone();
@@ -109,7 +112,7 @@ impl NodeAgent {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                serve(&node_name, &addrs, dataplane, &rx);
+                serve(&node_name, &addrs, dataplane, established, &rx);
             })
             .map_err(|e| fail(format!("spawning the agent thread: {e}")))?;
         match ready_rx.recv() {
@@ -192,7 +195,13 @@ impl Drop for NodeAgent {
     }
 }
 
-fn serve(node: &str, addrs: &[IpAddr], mut dataplane: Dataplane, rx: &mpsc::Receiver<Command>) {
+fn serve(
+    node: &str,
+    addrs: &[IpAddr],
+    mut dataplane: Dataplane,
+    established: Established,
+    rx: &mpsc::Receiver<Command>,
+) {
     let mut compiler = Compiler::new();
     match dataplane.highest_ids() {
         Ok((identity, cidr)) => compiler.reserve_ids(identity, cidr),
@@ -240,8 +249,16 @@ fn serve(node: &str, addrs: &[IpAddr], mut dataplane: Dataplane, rx: &mpsc::Rece
                             }
                         }
                         dataplane.release_stale_links();
+                        let cut = if established == Established::Recheck {
+                            dataplane
+                                .recheck_established(&state, &ifindex)
+                                .map_err(|e| e.to_string())?
+                        } else {
+                            0
+                        };
                         Ok(SyncOutcome {
                             report,
+                            cut,
                             errors: state.errors.clone(),
                             endpoints: state.endpoints.len(),
                         })

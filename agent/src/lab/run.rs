@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     cluster::{Cluster, ObjectKey, container_ports, is_host_network, pod_node},
+    dataplane::Established,
     manifest,
 };
 
@@ -40,6 +41,8 @@ pub struct RunOptions {
     pub narrate: bool,
     /// Judge with the reference evaluator only: no kernel, no root.
     pub model: bool,
+    /// What policy changes do to established connections.
+    pub established: Established,
 }
 
 /// Runs every case; true when all tables of all cases matched.
@@ -89,6 +92,7 @@ struct Lab {
     addresses: AddressBook,
     /// Pods the lab does not run (hostNetwork), with the reason.
     unplaced: BTreeMap<ObjectKey, String>,
+    established: Established,
     /// Last: the pinned maps go once the agents have released their links.
     pins: PinRoot,
 }
@@ -104,6 +108,7 @@ const FIRST_NODE: &str = "node-1";
 
 async fn run_case(case: &Case, options: RunOptions) -> Result<bool> {
     let mut lab = Lab {
+        established: options.established,
         topology: Topology::new()?,
         nodes: BTreeMap::new(),
         externals: BTreeMap::new(),
@@ -174,7 +179,7 @@ impl Lab {
             })?;
         let handle = self.topology.add_node(name, index)?;
         let pins = self.pins.node(&handle);
-        let agent = NodeAgent::start(&handle, &service_ranges(), Some(pins))?;
+        let agent = NodeAgent::start(&handle, &service_ranges(), Some(pins), self.established)?;
         self.services.install(&handle.netns)?;
         self.nodes.insert(
             name.to_owned(),
