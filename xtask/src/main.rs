@@ -40,7 +40,11 @@ fn real_main() -> Result<()> {
         .unwrap_or(("help", &[]));
     match cmd {
         "setup" => toolchain::setup(),
-        "build" => build().map(drop),
+        "build" => match rest {
+            [] => build().map(drop),
+            [flag] if flag == "--release" => build_release().map(drop),
+            _ => bail!("usage: cargo xtask build [--release]"),
+        },
         "demo" => demo(),
         "test" => test(),
         "lab" => {
@@ -95,6 +99,21 @@ fn build() -> Result<PathBuf> {
         "palisade",
     ]))?;
     Ok(root().join("target/debug/palisade"))
+}
+
+/// Builds the agent in the release profile (what the container image ships).
+fn build_release() -> Result<PathBuf> {
+    ensure_setup()?;
+    eprintln!("[build] palisade agent and its eBPF programs, release profile");
+    run(&mut cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "palisade-agent",
+        "--bin",
+        "palisade",
+    ]))?;
+    Ok(root().join("target/release/palisade"))
 }
 
 fn demo() -> Result<()> {
