@@ -464,3 +464,68 @@ fn a_pod_no_policy_selects_admits_and_tracks_everything() {
     let fragment = ipv4_with(OTHER, CLIENT, &[], 185, &[0; 8]);
     node.expect(PROG_TO_POD, &fragment, PASS, Counted::Nothing);
 }
+
+/// An ICMPv4 error of `icmp_type` from `from` to `to`, quoting the first 28 bytes of `quoted`
+/// (an IPv4 frame as the frame builders make them).
+fn icmp4_error(from: [u8; 4], to: [u8; 4], icmp_type: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut payload = vec![icmp_type, 4, 0, 0, 0, 0, 0x05, 0xdc];
+    payload.extend(&quoted[ETH_HLEN..ETH_HLEN + 28]);
+    ipv4_proto(from, to, ICMP, &[], 0, &payload)
+}
+
+/// An ICMPv6 packet too big from `from` to `to`, quoting the first 48 bytes of `quoted`.
+fn icmp6_too_big(from: [u8; 16], to: [u8; 16], quoted: &[u8]) -> Vec<u8> {
+    let mut payload = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+    payload.extend(&quoted[ETH_HLEN..ETH_HLEN + 48]);
+    ipv6(from, to, ICMPV6, &payload)
+}
+
+#[test]
+fn icmp_errors_about_a_tracked_flow_pass_and_others_are_judged_as_icmp() {
+    let node = Node::with_server();
+    const ROUTER: [u8; 4] = [10, 0, 0, 99];
+    const ROUTER6: [u8; 16] = v6(0x99);
+    node.passes(
+        PROG_TO_POD,
+        &syn4(CLIENT, SERVER, 40100, 80),
+        Stat::NewFlowAllowed,
+    );
+
+    // Path MTU discovery: a router cannot forward the server's reply and says so.
+    let reply = syn4(SERVER, CLIENT, 80, 40100);
+    let too_big = icmp4_error(ROUTER, SERVER, 3, &reply);
+    node.passes(PROG_TO_POD, &too_big, Stat::CtHit);
+    // The same error about a flow that does not exist is plain ICMP from an unknown peer.
+    let stray = icmp4_error(ROUTER, SERVER, 3, &syn4(SERVER, CLIENT, 80, 40101));
+    node.drops(PROG_TO_POD, &stray, DropReason::PolicyIngress);
+    // An echo request is no error: judged by policy as before.
+    let echo = ipv4_proto(ROUTER, SERVER, ICMP, &[], 0, &[8, 0, 0, 0, 0, 1, 0, 1]);
+    node.drops(PROG_TO_POD, &echo, DropReason::PolicyIngress);
+
+    // The server itself answers a packet of the tracked flow with an error (egress).
+    let request = syn4(CLIENT, SERVER, 40100, 80);
+    let unreachable = icmp4_error(SERVER, CLIENT, 3, &request);
+    node.passes(PROG_FROM_POD, &unreachable, Stat::CtHit);
+    // ... but not with another pod's address as its source.
+    let spoofed = icmp4_error(OTHER, CLIENT, 3, &request);
+    node.drops(PROG_FROM_POD, &spoofed, DropReason::SpoofedSource);
+
+    // IPv6: packet too big about the server's reply.
+    node.passes(
+        PROG_TO_POD,
+        &syn6(CLIENT6, SERVER6, 40100, 80),
+        Stat::NewFlowAllowed,
+    );
+    let reply6 = syn6(SERVER6, CLIENT6, 80, 40100);
+    node.passes(
+        PROG_TO_POD,
+        &icmp6_too_big(ROUTER6, SERVER6, &reply6),
+        Stat::CtHit,
+    );
+    let stray6 = syn6(SERVER6, CLIENT6, 80, 40101);
+    node.drops(
+        PROG_TO_POD,
+        &icmp6_too_big(ROUTER6, SERVER6, &stray6),
+        DropReason::PolicyIngress,
+    );
+}

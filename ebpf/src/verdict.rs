@@ -26,6 +26,9 @@ const DROP: i32 = TC_ACT_SHOT as i32;
 
 #[inline(always)]
 pub(crate) fn judge(ctx: &TcContext, direction: u8) -> i32 {
+    if crate::icmp::related_to_tracked_flow(ctx, direction) {
+        return PASS;
+    }
     match try_judge(ctx, direction) {
         Ok(action) => action,
         Err(reason) => {
@@ -35,7 +38,9 @@ pub(crate) fn judge(ctx: &TcContext, direction: u8) -> i32 {
     }
 }
 
-#[inline(always)]
+/// Not inlined: called after [`crate::icmp::related_to_tracked_flow`], the two frames never
+/// add up against the 512-byte stack limit.
+#[inline(never)]
 fn try_judge(ctx: &TcContext, direction: u8) -> Result<i32, DropReason> {
     let Some(packet) = parse(ctx)? else {
         bump(Stat::NotIp as u32);
