@@ -15,12 +15,10 @@ use palisade_common::{
     Addr, CtKey, DIR_EGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Stat,
 };
 
-use crate::maps::{CT, ENDPOINTS, LOCAL_ADDRS, bump};
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const IPV6_HLEN: usize = 40;
+use crate::{
+    maps::{CT, ENDPOINTS, LOCAL_ADDRS, bump},
+    parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN},
+};
 
 /// `true` when the packet is an ICMP error quoting a tracked flow of this endpoint (it then
 /// passes); `false` sends it on to the verdict, which judges it like any packet - malformed,

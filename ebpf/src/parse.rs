@@ -7,10 +7,10 @@ use palisade_common::{
     Addr, DropReason, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const IPV6_HLEN: usize = 40;
+pub(crate) const ETH_HLEN: usize = 14;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_P_IPV6: u16 = 0x86DD;
+pub(crate) const IPV6_HLEN: usize = 40;
 
 /// What a verdict needs from one packet.
 pub(crate) struct Packet {

@@ -50,6 +50,22 @@ fn open(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, Addr, EndpointKey>, Dat
 }
 
 impl LocalAddrs {
+    /// Reads back what an earlier agent left in the (pinned) map, so that addresses of pods
+    /// that went while no agent ran are removed by the next [`Self::remove_stale`] instead of
+    /// staying as sources some later pod on a reused interface could send from.
+    pub(super) fn adopt(&mut self, ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+        let map = open(ebpf)?;
+        for item in map.iter() {
+            let (addr, index) = item.map_err(|source| DataplaneError::Map {
+                map: MAP_LOCAL_ADDRS,
+                op: "read",
+                source,
+            })?;
+            self.written.insert(addr, index);
+        }
+        Ok(())
+    }
+
     /// Before the endpoint sync: writes the addresses `state` gives its endpoints, where they
     /// differ from what was written. Returns the number of writes.
     pub(super) fn add(

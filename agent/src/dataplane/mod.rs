@@ -155,23 +155,13 @@ impl Dataplane {
             }
         }
         for name in [PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK] {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::Missing {
-                    kind: "program",
-                    name,
-                })?
-                .try_into()
+            classifier(&mut ebpf, name)?
+                .load()
                 .map_err(|source| DataplaneError::Program {
-                    what: "converting",
+                    what: "loading",
                     name,
                     source,
                 })?;
-            program.load().map_err(|source| DataplaneError::Program {
-                what: "loading",
-                name,
-                source,
-            })?;
         }
         Ok(Self {
             ebpf,
@@ -366,6 +356,7 @@ impl Dataplane {
         let mut adopted = SyncReport::default();
         if !self.adopted {
             adopted = self.written.adopt(&mut self.ebpf, ifindex)?;
+            self.local_addrs.adopt(&mut self.ebpf)?;
             self.adopted = true;
         }
         // Addresses before the endpoints that send from them, removed after.
