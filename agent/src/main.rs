@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use palisade::lab;
+use palisade::{agent::LogFormat, lab};
 
 #[derive(Parser)]
 #[command(
@@ -12,15 +12,22 @@ use palisade::lab;
     about = "A Kubernetes NetworkPolicy dataplane in eBPF"
 )]
 struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `palisade=debug`.
-    #[arg(long, env = "PALISADE_LOG", default_value = "warn", global = true)]
-    log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `palisade=debug`. Default: `info`
+    /// for the agent, `warn` for the tools.
+    #[arg(long, env = "PALISADE_LOG", global = true)]
+    log: Option<String>,
+    /// Log line format.
+    #[arg(long, env = "PALISADE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// The node agent (what the DaemonSet runs): watches the API server and enforces
+    /// NetworkPolicy for this node's pods. Serves /metrics, /healthz, /readyz and /status.
+    Agent(Box<palisade::agent::Config>),
     /// Why a connection is allowed or denied under the given manifests.
     Explain {
         /// Manifests (Namespaces, Pods, NetworkPolicies); repeatable.
@@ -64,12 +71,21 @@ enum LabCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let level = cli.log.clone().unwrap_or_else(|| {
+        match cli.command {
+            Command::Agent(_) => "info",
+            _ => "warn",
+        }
+        .to_owned()
+    });
+    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,6 +98,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Agent(config) => {
+                let shutdown = shutdown_signal()?;
+                palisade::agent::run(*config, shutdown).await.map(|()| true)
+            }
             Command::Lab { command: LabCommand::Run { cases, narrate, model, established } } => {
                 let options = lab::run::RunOptions { narrate, model, established };
                 // Handlers first: a signal that arrives while the lab is being built must not

@@ -30,7 +30,7 @@ use palisade::{
     cluster::{Cluster, ObjectKey},
     dataplane::Established,
     lab::{
-        agent::{Interface, NodeAgent},
+        agent::{self, Interface},
         pins::PinRoot,
         topology::{PodHandle, Topology},
     },
@@ -202,7 +202,7 @@ fn flows_survive_100_policy_updates_and_two_agent_restarts() {
     };
     apply(&mut cluster, 0);
     let mut agent =
-        NodeAgent::start(&node, &[], Some(pin_dir.clone()), Established::Keep).expect("agent");
+        agent::start(&node, &[], Some(pin_dir.clone()), Established::Keep).expect("agent");
     agent
         .sync(&cluster, interfaces.clone(), Vec::new())
         .expect("first sync");
@@ -348,7 +348,7 @@ fn flows_survive_100_policy_updates_and_two_agent_restarts() {
     };
 
     // 100 versions, two restarts.
-    let policy_drops = |agent: &NodeAgent| -> u64 {
+    let policy_drops = |agent: &palisade::node::NodeAgent| -> u64 {
         agent
             .drops()
             .expect("drops")
@@ -367,7 +367,7 @@ fn flows_survive_100_policy_updates_and_two_agent_restarts() {
             agent.kill();
             // Nobody home: the pinned programs go on alone.
             thread::sleep(Duration::from_millis(300));
-            agent = NodeAgent::start(&node, &[], Some(pin_dir.clone()), Established::Keep)
+            agent = agent::start(&node, &[], Some(pin_dir.clone()), Established::Keep)
                 .expect("restart");
             let report = agent
                 .sync(&cluster, interfaces.clone(), Vec::new())

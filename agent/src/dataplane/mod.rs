@@ -80,6 +80,14 @@ pub enum DataplaneError {
     },
 }
 
+/// One map's fill: entries written against its capacity (`max_entries`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapUsage {
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: usize,
+}
+
 /// One program's link on an interface.
 enum LinkHandle {
     /// Owned by the loaded program: goes with this process.
@@ -399,6 +407,25 @@ impl Dataplane {
             *slot = values.iter().sum();
         }
         Ok(out)
+    }
+
+    /// How full each map the agent writes is: the entries this process keeps there (its own
+    /// copy, so no map is scanned) against the map's capacity.
+    pub fn map_usage(&self) -> Vec<MapUsage> {
+        self.written
+            .entry_counts()
+            .into_iter()
+            .map(|(map, entries)| MapUsage {
+                map,
+                entries,
+                capacity: match self.ebpf.map(map) {
+                    Some(aya::maps::Map::HashMap(data) | aya::maps::Map::LpmTrie(data)) => {
+                        data.info().map_or(0, |info| info.max_entries() as usize)
+                    }
+                    _ => 0,
+                },
+            })
+            .collect()
     }
 
     /// Drop counters summed over CPUs, by reason name.

@@ -251,6 +251,20 @@ impl<'a> Maps<'a> {
 type ById<K> = BTreeMap<u32, BTreeMap<K, ClassMask>>;
 
 impl Written {
+    /// Entries this process holds in each map it writes (both ids of an endpoint mid-swap
+    /// count once: the idle id's entries are deleted within the same sync).
+    pub(super) fn entry_counts(&self) -> Vec<(&'static str, usize)> {
+        let rules = self.endpoints.values().map(|ep| &ep.rules);
+        let (peers, ports) = rules.fold((0, 0), |(a, b), r| (a + r.peers.len(), b + r.ports.len()));
+        vec![
+            (MAP_ENDPOINTS, self.endpoints.len() + self.quarantined.len()),
+            (MAP_POD_IDENTITIES, self.identities.len()),
+            (MAP_CIDRS, self.cidrs.len()),
+            (MAP_PEERS, peers),
+            (MAP_PORTS, ports),
+        ]
+    }
+
     /// Reads back what an earlier agent wrote into (pinned) maps, so the first sync writes only
     /// the difference and allowed flows never see their rules go and come back. `ifindex` names
     /// the local pods' interfaces now: an endpoint entry on an interface no pod has any more is

@@ -13,7 +13,7 @@ use futures::future::join_all;
 
 use super::{
     addresses::AddressBook,
-    agent::{Interface, NodeAgent},
+    agent::{self, Interface},
     case::{Case, CaseProto, Probe, Via, load_cases},
     pins::PinRoot,
     probe::probe,
@@ -100,7 +100,7 @@ struct Lab {
 /// A node of the lab and its own agent.
 struct LabNode {
     handle: NodeHandle,
-    agent: NodeAgent,
+    agent: crate::node::NodeAgent,
 }
 
 /// The node external hosts hang off.
@@ -179,7 +179,7 @@ impl Lab {
             })?;
         let handle = self.topology.add_node(name, index)?;
         let pins = self.pins.node(&handle);
-        let agent = NodeAgent::start(&handle, &service_ranges(), Some(pins), self.established)?;
+        let agent = agent::start(&handle, &service_ranges(), Some(pins), self.established)?;
         self.services.install(&handle.netns)?;
         self.nodes.insert(
             name.to_owned(),
