@@ -64,6 +64,17 @@ enum LabCommand {
         /// again and cut those no longer allowed.
         #[arg(long, value_enum, default_value_t = palisade::dataplane::Established::Keep)]
         established: palisade::dataplane::Established,
+        /// Hold the cluster in a real kube-apiserver (built by `cargo xtask kube`) and run a
+        /// `palisade agent` process per node; the lab plays the kubelet.
+        #[arg(long, conflicts_with = "model")]
+        apiserver: bool,
+        /// With --apiserver: kill every agent in the middle of each step's changes, and start
+        /// new ones.
+        #[arg(long, requires = "apiserver")]
+        restart_agents: bool,
+        /// With --apiserver: restart the API server in the middle of each step's changes.
+        #[arg(long, requires = "apiserver")]
+        restart_apiserver: bool,
     },
     /// Remove every lab namespace, including those of other or crashed runs.
     Clean,
@@ -102,8 +113,29 @@ fn main() -> ExitCode {
                 let shutdown = shutdown_signal()?;
                 palisade::agent::run(*config, shutdown).await.map(|()| true)
             }
-            Command::Lab { command: LabCommand::Run { cases, narrate, model, established } } => {
-                let options = lab::run::RunOptions { narrate, model, established };
+            Command::Lab {
+                command:
+                    LabCommand::Run {
+                        cases,
+                        narrate,
+                        model,
+                        established,
+                        apiserver,
+                        restart_agents,
+                        restart_apiserver,
+                    },
+            } => {
+                let options = lab::run::RunOptions {
+                    narrate,
+                    model,
+                    established,
+                    apiserver,
+                    agent_binary: None,
+                    faults: lab::kubelet::Faults {
+                        restart_agents,
+                        restart_apiserver,
+                    },
+                };
                 // Handlers first: a signal that arrives while the lab is being built must not
                 // kill the process with namespaces behind. On SIGINT or SIGTERM the run future
                 // is dropped, and with it every namespace it created (owners clean up in Drop).

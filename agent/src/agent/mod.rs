@@ -322,8 +322,12 @@ impl SyncLoop<'_> {
         }
         let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
         status.ready = true;
-        status.synced_digest = Some(digest);
-        status.synced_at_unix_nanos = Some(status::unix_nanos(synced_at));
+        // The time the maps first held this set of objects (a later sync of the same set,
+        // for a link event or a resync, does not move it).
+        if status.synced_digest.as_deref() != Some(digest.as_str()) {
+            status.synced_digest = Some(digest);
+            status.synced_at_unix_nanos = Some(status::unix_nanos(synced_at));
+        }
         status.syncs += 1;
         status.endpoints = outcome.endpoints;
         status.pods_without_interface = discovery.missing.iter().map(ToString::to_string).collect();

@@ -4,6 +4,7 @@
 pub mod addresses;
 pub mod agent;
 pub mod case;
+pub mod kubelet;
 pub mod model;
 pub mod netns;
 pub mod pins;

@@ -25,7 +25,7 @@ use crate::{
 /// Node addresses as the kernel lab gives them (`10.244.0.<index>`).
 const NODES: [(&str, [u8; 4]); 2] = [("node-1", [10, 244, 0, 1]), ("node-2", [10, 244, 0, 2])];
 
-pub fn run_case(case: &Case, options: RunOptions) -> Result<bool> {
+pub fn run_case(case: &Case, options: &RunOptions) -> Result<bool> {
     let mut cluster = Cluster::default();
     let mut book = AddressBook::default();
     for file in &case.cluster {
@@ -65,7 +65,7 @@ fn probe_table(
     case: &Case,
     step: usize,
     probe: &Probe,
-    options: RunOptions,
+    options: &RunOptions,
 ) -> Result<bool> {
     let (proto, port) = probe.connect;
     let via = if probe.via == Via::Service {

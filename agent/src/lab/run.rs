@@ -15,6 +15,7 @@ use super::{
     addresses::AddressBook,
     agent::{self, Interface},
     case::{Case, CaseProto, Probe, Via, load_cases},
+    kubelet::{ApiControl, Faults, percentiles},
     pins::PinRoot,
     probe::probe,
     serve::{Proto, ServerHandle, serve},
@@ -35,7 +36,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// blocked: an intermittent leak is still a leak).
 const RETRIES: usize = 2;
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Print a one-line reading of each table (the demo).
     pub narrate: bool,
@@ -43,21 +44,35 @@ pub struct RunOptions {
     pub model: bool,
     /// What policy changes do to established connections.
     pub established: Established,
+    /// Run each case against a real API server, with a `palisade agent` process per node
+    /// (this binary, or `agent_binary`).
+    pub apiserver: bool,
+    pub agent_binary: Option<PathBuf>,
+    /// Faults injected in `apiserver` runs.
+    pub faults: Faults,
 }
 
 /// Runs every case; true when all tables of all cases matched.
 pub async fn run_cases(dirs: &[PathBuf], options: RunOptions) -> Result<bool> {
     let cases = load_cases(dirs)?;
-    let (mut passed, mut failed) = (0usize, 0usize);
+    let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
+    let mut delays = Vec::new();
     for case in &cases {
         println!("=== case {} ({})", case.name, case.dir.display());
         if !case.description.is_empty() {
             println!("    {}", case.description.trim());
         }
+        if options.apiserver
+            && let Some(why) = unsupported_by_apiserver(case)?
+        {
+            skipped += 1;
+            println!("--- SKIP {} in --apiserver mode: {why}\n", case.name);
+            continue;
+        }
         let result = if options.model {
-            super::model::run_case(case, options)
+            super::model::run_case(case, &options)
         } else {
-            run_case(case, options).await
+            run_case(case, &options, &mut delays).await
         };
         match result {
             Ok(true) => {
@@ -74,7 +89,19 @@ pub async fn run_cases(dirs: &[PathBuf], options: RunOptions) -> Result<bool> {
             }
         }
     }
-    println!("lab: {passed} passed, {failed} failed");
+    if skipped > 0 {
+        println!("lab: {passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("lab: {passed} passed, {failed} failed");
+    }
+    if let Some((p50, p99)) = percentiles(&delays) {
+        println!(
+            "propagation delay, API write to map write ({} samples): p50 {:.1} ms, p99 {:.1} ms",
+            delays.len(),
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
+    }
     Ok(failed == 0)
 }
 
@@ -93,21 +120,35 @@ struct Lab {
     /// Pods the lab does not run (hostNetwork), with the reason.
     unplaced: BTreeMap<ObjectKey, String>,
     established: Established,
+    /// The API server and agent processes (`--apiserver`); after the topology, so pods'
+    /// namespaces go before their agents.
+    api: Option<ApiControl>,
     /// Last: the pinned maps go once the agents have released their links.
     pins: PinRoot,
 }
 
-/// A node of the lab and its own agent.
+/// A node of the lab and its own agent (in this process, or a `palisade agent` process).
 struct LabNode {
     handle: NodeHandle,
-    agent: crate::node::NodeAgent,
+    pins: PathBuf,
+    agent: Option<crate::node::NodeAgent>,
 }
 
 /// The node external hosts hang off.
 const FIRST_NODE: &str = "node-1";
 
-async fn run_case(case: &Case, options: RunOptions) -> Result<bool> {
+async fn run_case(case: &Case, options: &RunOptions, delays: &mut Vec<Duration>) -> Result<bool> {
+    let api = if options.apiserver {
+        let binary = match &options.agent_binary {
+            Some(b) => b.clone(),
+            None => std::env::current_exe().context("finding this binary, to run agents")?,
+        };
+        Some(ApiControl::start(binary, options.established, options.faults).await?)
+    } else {
+        None
+    };
     let mut lab = Lab {
+        api,
         established: options.established,
         topology: Topology::new()?,
         nodes: BTreeMap::new(),
@@ -123,7 +164,7 @@ async fn run_case(case: &Case, options: RunOptions) -> Result<bool> {
     let first = lab.node(FIRST_NODE)?;
     for external in &case.externals {
         let name = format!("world/{}", external.name);
-        let handle = lab.topology.add_pod(&first, &name, &[external.ip])?;
+        let handle = lab.topology.add_external(&first, &name, &[external.ip])?;
         let ports: Vec<(Proto, u16)> = external
             .ports
             .iter()
@@ -137,7 +178,7 @@ async fn run_case(case: &Case, options: RunOptions) -> Result<bool> {
             lab.cluster.apply(object);
         }
     }
-    lab.reconcile()?;
+    lab.reconcile().await?;
     let mut ok = true;
     for (i, step) in case.steps.iter().enumerate() {
         for reference in &step.delete {
@@ -155,10 +196,13 @@ async fn run_case(case: &Case, options: RunOptions) -> Result<bool> {
                 .label(spec)
                 .with_context(|| format!("step {}: label", i + 1))?;
         }
-        lab.reconcile()?;
+        lab.reconcile().await?;
         for probe in &step.probes {
             ok &= lab.probe_table(i + 1, probe, options).await?;
         }
+    }
+    if let Some(api) = &mut lab.api {
+        delays.append(&mut api.delays);
     }
     Ok(ok)
 }
@@ -179,12 +223,24 @@ impl Lab {
             })?;
         let handle = self.topology.add_node(name, index)?;
         let pins = self.pins.node(&handle);
-        let agent = agent::start(&handle, &service_ranges(), Some(pins), self.established)?;
+        let agent = match &mut self.api {
+            Some(api) => {
+                api.start_agent(&handle, &pins)?;
+                None
+            }
+            None => Some(agent::start(
+                &handle,
+                &service_ranges(),
+                Some(pins.clone()),
+                self.established,
+            )?),
+        };
         self.services.install(&handle.netns)?;
         self.nodes.insert(
             name.to_owned(),
             LabNode {
                 handle: handle.clone(),
+                pins,
                 agent,
             },
         );
@@ -194,7 +250,15 @@ impl Lab {
     /// Makes the namespaces match the cluster (pods created on their node, removed, served,
     /// given a Service), then syncs every node's agent: endpoints are written before their
     /// programs are attached.
-    fn reconcile(&mut self) -> Result<()> {
+    async fn reconcile(&mut self) -> Result<()> {
+        // With an API server: the objects first (a kubelet learns of a pod from the API), and
+        // the faults asked for in the middle of the changes.
+        let mut agents_killed = false;
+        if let Some(api) = &mut self.api {
+            api.push_objects(&self.cluster).await?;
+            agents_killed = api.kill_agents_if_asked();
+            api.restart_apiserver_if_asked().await?;
+        }
         let wanted: BTreeSet<ObjectKey> = self.cluster.pods.keys().cloned().collect();
         let existing: Vec<ObjectKey> = self.servers.keys().cloned().collect();
         for key in existing {
@@ -232,7 +296,22 @@ impl Lab {
         for node in self.nodes.values() {
             self.services.install(&node.handle.netns)?;
         }
+        if let Some(api) = &mut self.api {
+            if agents_killed {
+                let nodes: Vec<_> = self
+                    .nodes
+                    .values()
+                    .map(|n| (n.handle.clone(), n.pins.clone()))
+                    .collect();
+                api.restart_agents(&nodes)?;
+            }
+            let servers = &self.servers;
+            api.push_statuses(&self.cluster, |key| servers.contains_key(key))
+                .await?;
+            return api.converge().await;
+        }
         for (name, node) in &self.nodes {
+            let Some(agent) = &node.agent else { continue };
             let interfaces = self
                 .topology
                 .pods()
@@ -261,7 +340,7 @@ impl Lab {
                         .map(|e| e.host_ifname.clone()),
                 )
                 .collect();
-            let outcome = node.agent.sync(&self.cluster, interfaces, uplinks)?;
+            let outcome = agent.sync(&self.cluster, interfaces, uplinks)?;
             for e in &outcome.errors {
                 println!("    policy error ({name}): {e}");
             }
@@ -290,7 +369,7 @@ impl Lab {
         &self,
         step: usize,
         probe_spec: &Probe,
-        options: RunOptions,
+        options: &RunOptions,
     ) -> Result<bool> {
         let (proto, port) = probe_spec.connect;
         let via = match probe_spec.via {
@@ -442,4 +521,39 @@ pub(super) fn narrate(
         parts.push(text);
     }
     parts.join("; ")
+}
+
+/// Why a case cannot run against the v1.20 API server, if it cannot: a field that server does
+/// not have would be dropped silently and the case would test something else.
+fn unsupported_by_apiserver(case: &Case) -> Result<Option<String>> {
+    let files = case
+        .cluster
+        .iter()
+        .chain(case.steps.iter().flat_map(|s| s.apply.iter()));
+    for file in files {
+        for object in manifest::load_file(file)? {
+            if let manifest::Object::NetworkPolicy(policy) = object {
+                let rules = policy.spec.iter().flat_map(|spec| {
+                    let ingress = spec
+                        .ingress
+                        .iter()
+                        .flatten()
+                        .flat_map(|r| r.ports.iter().flatten());
+                    let egress = spec
+                        .egress
+                        .iter()
+                        .flatten()
+                        .flat_map(|r| r.ports.iter().flatten());
+                    ingress.chain(egress).collect::<Vec<_>>()
+                });
+                if rules.into_iter().any(|port| port.end_port.is_some()) {
+                    return Ok(Some(format!(
+                        "{} uses endPort, which the v1.20 API server does not have",
+                        file.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(None)
 }

@@ -184,8 +184,30 @@ impl Topology {
         Ok(node)
     }
 
-    /// Adds a pod `pal<PID>-p<N>` on `node`, with `addrs` (/32 or /128 each) on its `eth0`.
+    /// Adds a pod `pal<PID>-p<N>` on `node`, with `addrs` (/32 or /128 each) on its `eth0`;
+    /// its host-side veth is `pv<N>`.
     pub fn add_pod(&mut self, node: &NodeHandle, key: &str, addrs: &[IpAddr]) -> Result<PodHandle> {
+        self.add_host(node, key, addrs, "pv")
+    }
+
+    /// Adds a host outside the cluster, wired like a pod but with a host-side veth named
+    /// `xv<N>`: not a pod interface (`palisade agent --pod-interface-prefix pv`), an uplink.
+    pub fn add_external(
+        &mut self,
+        node: &NodeHandle,
+        key: &str,
+        addrs: &[IpAddr],
+    ) -> Result<PodHandle> {
+        self.add_host(node, key, addrs, "xv")
+    }
+
+    fn add_host(
+        &mut self,
+        node: &NodeHandle,
+        key: &str,
+        addrs: &[IpAddr],
+        ifname_prefix: &str,
+    ) -> Result<PodHandle> {
         if self.pods.contains_key(key) {
             return Err(LabError::DuplicatePod {
                 key: key.to_owned(),
@@ -198,7 +220,7 @@ impl Topology {
             ("net/ipv6/conf/all/accept_dad", "0"),
             ("net/ipv6/conf/default/accept_dad", "0"),
         ])?;
-        let host_ifname = format!("pv{number}");
+        let host_ifname = format!("{ifname_prefix}{number}");
         let has_v4 = addrs.iter().any(IpAddr::is_ipv4);
         let has_v6 = addrs.iter().any(IpAddr::is_ipv6);
 
