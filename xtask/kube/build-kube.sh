@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Builds a real kube-apiserver + kube-controller-manager (Kubernetes v1.20.2) from Debian
+# Builds a real kube-apiserver + kube-controller-manager + kubectl (Kubernetes v1.20.2) from Debian
 # bookworm's own source package of `kubernetes` (the full upstream tree, vendor/ included), with
-# Debian's Go. ~9 min on 2 cores. Usage: build-kube.sh [OUT_DIR]   (default ~/.cache/palisade-kube)
+# Debian's Go. ~9 min on 2 cores for the servers, a few more for kubectl.
+# Usage: build-kube.sh [OUT_DIR]   (default ~/.cache/palisade-kube)
+# Idempotent: builds exactly the binaries missing from OUT_DIR (in one `make` run), keeps the rest.
 set -euo pipefail
 OUT=${1:-$HOME/.cache/palisade-kube}
-if [[ -x $OUT/kube-apiserver && -x $OUT/kube-controller-manager ]]; then echo "cached: $OUT"; exit 0; fi
+WANT=()
+for b in kube-apiserver kube-controller-manager kubectl; do
+  [[ -x $OUT/$b ]] || WANT+=("$b")
+done
+if (( ${#WANT[@]} == 0 )); then echo "cached: $OUT"; exit 0; fi
+echo "building ${WANT[*]} into $OUT"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 export DEBIAN_FRONTEND=noninteractive
@@ -28,7 +35,11 @@ for d in github.com/modern-go/reflect2 github.com/json-iterator/go; do
 done
 export CGO_ENABLED=0 GOCACHE=$WORK/gocache KUBE_GIT_VERSION=v1.20.2 KUBE_GIT_MAJOR=1 KUBE_GIT_MINOR=20 \
        KUBE_GIT_TREE_STATE=clean KUBE_GIT_COMMIT=faecb196815e248d3ecfb03c680a4507229c2a56
-make WHAT="cmd/kube-apiserver cmd/kube-controller-manager"
+make WHAT="${WANT[*]/#/cmd/}"
 mkdir -p "$OUT"
-cp _output/bin/kube-apiserver _output/bin/kube-controller-manager "$OUT/"
-"$OUT/kube-apiserver" --version
+for b in "${WANT[@]}"; do
+  # Copy then rename, so an interrupted copy never looks like a cached binary.
+  cp "_output/bin/$b" "$OUT/.$b.tmp"
+  mv "$OUT/.$b.tmp" "$OUT/$b"
+  if [[ $b == kubectl ]]; then "$OUT/$b" version --client; else "$OUT/$b" --version; fi
+done

@@ -4,10 +4,12 @@
 //! - `build`: the agent with its embedded eBPF programs.
 //! - `demo`: build and run the quick-start walkthrough in the lab.
 //! - `test`: formatting, clippy, unit and kernel tests, and the conformance cases in the lab.
+//! - `kube`: build (or find cached) the Kubernetes v1.20.2 binaries the API-server tests use.
 //! - `lab ARGS...`: `palisade lab ARGS...` with a fresh build.
 //! - `bench [--quick]`: the policy compiler's figures (see `bench.rs`).
 
 mod bench;
+mod kube;
 mod toolchain;
 
 use std::{
@@ -47,13 +49,14 @@ fn real_main() -> Result<()> {
         },
         "demo" => demo(),
         "test" => test(),
+        "kube" => kube::ensure(),
         "lab" => {
             let palisade = build()?;
             run(Command::new(palisade).arg("lab").args(rest))
         }
         "bench" => bench::bench(rest),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <setup|build|demo|test|lab ARGS...|bench [--quick]>");
+            println!("usage: cargo xtask <setup|build|demo|test|kube|lab ARGS...|bench [--quick]>");
             Ok(())
         }
         other => bail!("unknown command {other:?}; try `cargo xtask help`"),
@@ -127,6 +130,8 @@ fn demo() -> Result<()> {
 fn test() -> Result<()> {
     ensure_setup()?;
     require_root("the tests create network namespaces and load eBPF programs")?;
+    // agent/tests/apiserver.rs runs against a real kube-apiserver.
+    kube::ensure()?;
     eprintln!("[test] rustfmt");
     run(&mut cargo(&["fmt", "--all", "--", "--check"]))
         .context("run `cargo fmt --all` to fix formatting")?;

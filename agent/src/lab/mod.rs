@@ -3,6 +3,7 @@
 
 pub mod addresses;
 pub mod agent;
+pub mod apiserver;
 pub mod case;
 pub mod kubelet;
 pub mod model;
