@@ -172,6 +172,31 @@ fn test() -> Result<()> {
         .args(&all))?;
     eprintln!("[test] every case on the real kernel");
     run(Command::new(&palisade).args(["lab", "run"]).args(&all))?;
+    eprintln!(
+        "[test] every case v1.20 can express, through a real API server, a palisade agent \
+         process per node"
+    );
+    run(Command::new(&palisade)
+        .args(["lab", "run", "--apiserver"])
+        .args(&all))?;
+    // Cases with updates (pod and namespace labels, policy update and delete, pod re-created,
+    // two nodes): agents killed, then the API server restarted, mid-change in every step.
+    let changing = [
+        shared().join(CONFORMANCE).join("20-updated-policy"),
+        shared().join(CONFORMANCE).join("24-deny-ingress-to-updated-pod"),
+        shared().join(CONFORMANCE).join("33-stop-enforcing-after-delete"),
+        root().join("tests/cases/pod-recreate"),
+        root().join("tests/cases/namespace-labels"),
+        root().join("tests/cases/two-nodes"),
+    ];
+    eprintln!("[test] the same, with every agent killed in the middle of each step");
+    run(Command::new(&palisade)
+        .args(["lab", "run", "--apiserver", "--restart-agents"])
+        .args(&changing))?;
+    eprintln!("[test] the same, with the API server restarted in the middle of each step");
+    run(Command::new(&palisade)
+        .args(["lab", "run", "--apiserver", "--restart-apiserver"])
+        .args(&changing))?;
     eprintln!("[test] bench --quick, so the benchmark cannot rot");
     bench::bench(&["--quick".to_owned()])
 }
