@@ -57,6 +57,7 @@ impl AgentProcess {
         pins: &Path,
         established: Established,
         logs: &Path,
+        extra_args: &[String],
     ) -> Result<Self> {
         // A free port on loopback for /status and /metrics.
         let status_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
@@ -82,6 +83,7 @@ impl AgentProcess {
             .args(["--pod-interface-prefix", "pv"])
             .args(["--min-sync-interval-ms", "10"])
             .args(["--established", established])
+            .args(extra_args)
             .env("PALISADE_LOG", "info,kube=warn,tower=warn,hyper=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -178,6 +180,8 @@ pub struct ApiControl {
     binary: PathBuf,
     established: Established,
     faults: Faults,
+    /// More flags for every agent started from now on.
+    agent_args: Vec<String>,
     logs: tempdir::Dir,
     /// The objects as the lab last wrote them.
     applied: Cluster,
@@ -259,6 +263,7 @@ impl ApiControl {
             binary,
             established,
             faults,
+            agent_args: Vec::new(),
             logs: tempdir::Dir::new("palisade-lab-agents")?,
             applied: Cluster::default(),
             reported: BTreeMap::new(),
@@ -276,9 +281,26 @@ impl ApiControl {
             pins,
             self.established,
             self.logs.path(),
+            &self.agent_args,
         )?;
         self.agents.insert(node.name.clone(), agent);
         Ok(())
+    }
+
+    /// Passes `args` to every agent started from now on.
+    pub fn set_agent_args(&mut self, args: &[&str]) {
+        self.agent_args = args.iter().map(|a| (*a).to_owned()).collect();
+    }
+
+    /// GET `path` (`/status`, `/metrics`, `/readyz`) from `node`'s agent.
+    pub async fn agent_get(&self, node: &str, path: &str) -> Result<String> {
+        let agent = self.agents.get(node).with_context(|| format!("no agent on {node}"))?;
+        http_get(agent.status_addr, path).await
+    }
+
+    /// `node`'s agent's `/status`.
+    pub async fn agent_status(&self, node: &str) -> Result<Status> {
+        serde_json::from_str(&self.agent_get(node, "/status").await?).context("parsing /status")
     }
 
     fn wrote(&mut self) {
