@@ -48,6 +48,9 @@ use self::{
 /// shared build machines are often far from idle).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Starts tried when a port picked free is taken before the server binds it.
+const PORT_ATTEMPTS: u32 = 3;
+
 /// How much of a log an error message quotes.
 const LOG_TAIL: u64 = 3000;
 
@@ -152,6 +155,7 @@ fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+#[derive(Clone)]
 struct Binaries {
     apiserver: PathBuf,
     kcm: PathBuf,
@@ -223,6 +227,22 @@ impl ApiServer {
         let bins = Binaries::find_in(bin_dir())?;
         let tmp = env::temp_dir();
         process::sweep_leftovers(&tmp);
+        let mut attempt = 1;
+        loop {
+            match ApiServer::start_once(&tmp, bins.clone()).await {
+                // A port picked free was taken before etcd or the API server bound it (by an
+                // outgoing connection of another test, say): pick others.
+                Err(ApiServerError::Exited { ref tail, .. })
+                    if attempt < PORT_ATTEMPTS && tail.contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once(tmp: &Path, bins: Binaries) -> Result<ApiServer> {
         let n = RUNS.fetch_add(1, Ordering::Relaxed);
         let dir = tmp.join(format!("{STATE_PREFIX}{}-{n}", std::process::id()));
         // A directory of an earlier process that had our pid: nothing of it is running.
@@ -235,7 +255,7 @@ impl ApiServer {
         let token = admin_token();
         let tokens = dir.join("tokens.csv");
         write(&tokens, &format!("{token},admin,admin,system:masters\n"))?;
-        let [api_port, etcd_port, etcd_peer, etcd_metrics, kcm_port] = process::free_ports()?;
+        let [api_port, etcd_port, etcd_peer] = process::free_ports()?;
         let kubeconfig = dir.join("kubeconfig");
         write(&kubeconfig, &kubeconfig_yaml(api_port, &pki.ca_crt, &token))?;
         let config = load_config(&kubeconfig).await?;
@@ -247,7 +267,7 @@ impl ApiServer {
         })?;
         let mut etcd = spawner.spawn(
             "etcd",
-            etcd_cmd(&bins.etcd, dir, etcd_port, etcd_peer, etcd_metrics),
+            etcd_cmd(&bins.etcd, dir, etcd_port, etcd_peer),
             &dir.join("etcd.log"),
         )?;
         let mut apiserver = spawner.spawn(
@@ -258,7 +278,7 @@ impl ApiServer {
         wait_ready(&mut etcd, &mut apiserver, &config, api_port).await?;
         let kcm = spawner.spawn(
             "kube-controller-manager",
-            kcm_cmd(&bins.kcm, &kubeconfig, &pki, kcm_port),
+            kcm_cmd(&bins.kcm, &kubeconfig, &pki),
             &dir.join("kcm.log"),
         )?;
         Ok(ApiServer {
@@ -474,7 +494,9 @@ async fn load_config(path: &Path) -> Result<kube::Config> {
     Ok(config)
 }
 
-fn etcd_cmd(etcd: &Path, dir: &Path, client: u16, peer: u16, metrics: u16) -> Command {
+/// etcd serves its metrics on the client port (no `--listen-metrics-urls`); the peer port is
+/// unused by a one-member cluster but must not be the default 2380 every run would share.
+fn etcd_cmd(etcd: &Path, dir: &Path, client: u16, peer: u16) -> Command {
     let mut cmd = Command::new(etcd);
     cmd.arg("--name=palisade-test")
         .arg(format!("--data-dir={}", dir.join("etcd-data").display()))
@@ -486,8 +508,7 @@ fn etcd_cmd(etcd: &Path, dir: &Path, client: u16, peer: u16, metrics: u16) -> Co
         ))
         .arg(format!(
             "--initial-cluster=palisade-test=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!("--listen-metrics-urls=http://127.0.0.1:{metrics}"));
+        ));
     cmd
 }
 
@@ -534,13 +555,13 @@ fn apiserver_cmd(
     cmd
 }
 
-fn kcm_cmd(bin: &Path, kubeconfig: &Path, pki: &Pki, port: u16) -> Command {
+fn kcm_cmd(bin: &Path, kubeconfig: &Path, pki: &Pki) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
         .arg("--leader-elect=false")
-        .arg("--bind-address=127.0.0.1")
-        .arg(format!("--secure-port={port}"))
-        // v1.20 still serves plain HTTP on 0.0.0.0:10252 by default: off.
+        // It serves nothing a test needs: no HTTPS port, and no plain HTTP either (v1.20 still
+        // serves that on 0.0.0.0:10252 by default).
+        .arg("--secure-port=0")
         .arg("--port=0")
         // Namespace deletion, service accounts and owner references; nothing that needs nodes.
         .arg("--controllers=namespace,serviceaccount,serviceaccount-token,garbagecollector")
