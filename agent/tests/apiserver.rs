@@ -160,60 +160,72 @@ async fn objects_are_created_given_a_status_watched_and_survive_an_apiserver_res
         .await
         .expect("create NetworkPolicy");
 
-    let started = Instant::now();
-    cluster
-        .restart_apiserver()
-        .await
-        .unwrap_or_else(|e| panic!("restart: {e}"));
-    eprintln!("API server restarted in {:?}", started.elapsed());
-
-    // The old client reconnects, a new one works, and every object is still there.
-    let fresh = cluster.client();
-    for client in [&client, &fresh] {
-        let pod = Api::<Pod>::namespaced(client.clone(), "shop")
-            .get("web")
-            .await
-            .expect("the pod after the restart");
-        assert_eq!(
-            pod.status.and_then(|s| s.pod_ip).as_deref(),
-            Some("10.244.1.5")
+    // A rolling restart (SIGTERM), then a crash (SIGKILL): each time the old client
+    // reconnects, a new one works, every object is still there, and the watcher started
+    // before goes on and sees a pod made after.
+    for (round, crash) in [(1, false), (2, true)] {
+        let started = Instant::now();
+        let restarted = if crash {
+            cluster.kill_and_restart_apiserver().await
+        } else {
+            cluster.restart_apiserver().await
+        };
+        restarted.unwrap_or_else(|e| panic!("restart (crash: {crash}): {e}"));
+        eprintln!(
+            "API server restarted in {:?} (crash: {crash})",
+            started.elapsed()
         );
-        let names: Vec<String> = Api::<NetworkPolicy>::namespaced(client.clone(), "shop")
-            .list(&ListParams::default())
+        let fresh = cluster.client();
+        for client in [&client, &fresh] {
+            everything_is_still_there(client).await;
+        }
+        let name = format!("client-{round}");
+        let ip = format!("10.244.2.{round}");
+        pods.create(
+            &PostParams::default(),
+            &objects::pod("shop", &name, "node-2", &[("role", "client")]),
+        )
+        .await
+        .expect("create a pod after the restart");
+        objects::set_pod_running(&client, "shop", &name, &[ip.parse().unwrap()])
             .await
-            .expect("policies after the restart")
-            .items
-            .into_iter()
-            .filter_map(|p| p.metadata.name)
-            .collect();
-        assert_eq!(names, ["web-from-clients"]);
-        Api::<Namespace>::all(client.clone())
-            .get("shop")
-            .await
-            .expect("the namespace after the restart");
+            .expect("status after the restart");
+        seen(&mut events, &format!("shop/{name}"), &ip).await;
     }
 
-    // The watcher started before the restart goes on: it sees a pod made after it.
-    pods.create(
-        &PostParams::default(),
-        &objects::pod("shop", "client", "node-2", &[("role", "client")]),
-    )
-    .await
-    .expect("create a pod after the restart");
-    objects::set_pod_running(&client, "shop", "client", &["10.244.2.7".parse().unwrap()])
-        .await
-        .expect("status after the restart");
-    seen(&mut events, "shop/client", "10.244.2.7").await;
-
     // Deleted at once, not left Terminating for a kubelet that does not exist.
-    pods.delete("client", &objects::delete_now())
+    pods.delete("client-1", &objects::delete_now())
         .await
         .expect("delete pod");
     let deadline = Instant::now() + WAIT;
-    while pods.get_opt("client").await.expect("get pod").is_some() {
+    while pods.get_opt("client-1").await.expect("get pod").is_some() {
         assert!(Instant::now() < deadline, "the pod stayed after delete_now");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn everything_is_still_there(client: &Client) {
+    let pod = Api::<Pod>::namespaced(client.clone(), "shop")
+        .get("web")
+        .await
+        .expect("the pod after the restart");
+    assert_eq!(
+        pod.status.and_then(|s| s.pod_ip).as_deref(),
+        Some("10.244.1.5")
+    );
+    let names: Vec<String> = Api::<NetworkPolicy>::namespaced(client.clone(), "shop")
+        .list(&ListParams::default())
+        .await
+        .expect("policies after the restart")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(names, ["web-from-clients"]);
+    Api::<Namespace>::all(client.clone())
+        .get("shop")
+        .await
+        .expect("the namespace after the restart");
 }
 
 fn kubectl(cluster: &ApiServer, args: &[&str]) -> Output {

@@ -25,6 +25,7 @@
 //! when it crashes, and the next start removes state directories whose process is gone. Drop
 //! stops them (SIGTERM, SIGKILL after 5 s) and removes the directory.
 
+mod commands;
 pub mod objects;
 mod pki;
 mod process;
@@ -40,6 +41,7 @@ use std::{
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 
 use self::{
+    commands::{apiserver_cmd, etcd_cmd, kcm_cmd, kubeconfig_yaml},
     pki::Pki,
     process::{Proc, STATE_PREFIX, Spawner},
 };
@@ -47,6 +49,9 @@ use self::{
 /// How long the API server may take to answer `/readyz` (about 4 s on an idle machine; the
 /// shared build machines are often far from idle).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Starts tried when a port picked free is taken before the server binds it.
+const PORT_ATTEMPTS: u32 = 3;
 
 /// How much of a log an error message quotes.
 const LOG_TAIL: u64 = 3000;
@@ -152,6 +157,7 @@ fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+#[derive(Clone)]
 struct Binaries {
     apiserver: PathBuf,
     kcm: PathBuf,
@@ -223,6 +229,22 @@ impl ApiServer {
         let bins = Binaries::find_in(bin_dir())?;
         let tmp = env::temp_dir();
         process::sweep_leftovers(&tmp);
+        let mut attempt = 1;
+        loop {
+            match ApiServer::start_once(&tmp, bins.clone()).await {
+                // A port picked free was taken before etcd or the API server bound it (by an
+                // outgoing connection of another test, say): pick others.
+                Err(ApiServerError::Exited { ref tail, .. })
+                    if attempt < PORT_ATTEMPTS && tail.contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once(tmp: &Path, bins: Binaries) -> Result<ApiServer> {
         let n = RUNS.fetch_add(1, Ordering::Relaxed);
         let dir = tmp.join(format!("{STATE_PREFIX}{}-{n}", std::process::id()));
         // A directory of an earlier process that had our pid: nothing of it is running.
@@ -235,7 +257,7 @@ impl ApiServer {
         let token = admin_token();
         let tokens = dir.join("tokens.csv");
         write(&tokens, &format!("{token},admin,admin,system:masters\n"))?;
-        let [api_port, etcd_port, etcd_peer, etcd_metrics, kcm_port] = process::free_ports()?;
+        let [api_port, etcd_port, etcd_peer] = process::free_ports()?;
         let kubeconfig = dir.join("kubeconfig");
         write(&kubeconfig, &kubeconfig_yaml(api_port, &pki.ca_crt, &token))?;
         let config = load_config(&kubeconfig).await?;
@@ -247,7 +269,7 @@ impl ApiServer {
         })?;
         let mut etcd = spawner.spawn(
             "etcd",
-            etcd_cmd(&bins.etcd, dir, etcd_port, etcd_peer, etcd_metrics),
+            etcd_cmd(&bins.etcd, dir, etcd_port, etcd_peer),
             &dir.join("etcd.log"),
         )?;
         let mut apiserver = spawner.spawn(
@@ -258,7 +280,7 @@ impl ApiServer {
         wait_ready(&mut etcd, &mut apiserver, &config, api_port).await?;
         let kcm = spawner.spawn(
             "kube-controller-manager",
-            kcm_cmd(&bins.kcm, &kubeconfig, &pki, kcm_port),
+            kcm_cmd(&bins.kcm, &kubeconfig, &pki),
             &dir.join("kcm.log"),
         )?;
         Ok(ApiServer {
@@ -277,11 +299,24 @@ impl ApiServer {
         })
     }
 
-    /// Stops kube-apiserver alone (SIGTERM, as a rolling restart would) and starts it again on
-    /// the same port with the same etcd and certificates; returns once it is ready. Clients
-    /// made before keep working: they reconnect. The controller-manager stays and reconnects.
+    /// Stops kube-apiserver alone as a rolling restart would (SIGTERM; SIGKILL if it has not
+    /// exited after 5 s, which v1.20 with open watches often needs) and starts it again on the
+    /// same port with the same etcd and certificates; returns once it is ready (7-12 s on the
+    /// shared build machine). Clients made before keep working: they reconnect, and watchers
+    /// with a backoff go on. The controller-manager stays and reconnects.
     pub async fn restart_apiserver(&mut self) -> Result<()> {
         self.apiserver.stop();
+        self.start_apiserver_again().await
+    }
+
+    /// As [`Self::restart_apiserver`], but the API server is killed (SIGKILL), as by a crash or
+    /// the OOM killer: connections are reset, nothing is closed cleanly.
+    pub async fn kill_and_restart_apiserver(&mut self) -> Result<()> {
+        self.apiserver.kill();
+        self.start_apiserver_again().await
+    }
+
+    async fn start_apiserver_again(&mut self) -> Result<()> {
         let log = self.apiserver.log.clone();
         self.apiserver = self.spawner.spawn(
             "kube-apiserver",
@@ -419,31 +454,6 @@ fn admin_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn kubeconfig_yaml(api_port: u16, ca: &Path, token: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: palisade-test
-  cluster:
-    server: https://127.0.0.1:{api_port}
-    certificate-authority: {ca}
-users:
-- name: admin
-  user:
-    token: {token}
-contexts:
-- name: palisade-test
-  context:
-    cluster: palisade-test
-    user: admin
-    namespace: default
-current-context: palisade-test
-",
-        ca = ca.display()
-    )
-}
-
 async fn load_config(path: &Path) -> Result<kube::Config> {
     let err = |source| ApiServerError::Kubeconfig {
         path: path.to_owned(),
@@ -459,85 +469,6 @@ async fn load_config(path: &Path) -> Result<kube::Config> {
         source,
     })?;
     Ok(config)
-}
-
-fn etcd_cmd(etcd: &Path, dir: &Path, client: u16, peer: u16, metrics: u16) -> Command {
-    let mut cmd = Command::new(etcd);
-    cmd.arg("--name=palisade-test")
-        .arg(format!("--data-dir={}", dir.join("etcd-data").display()))
-        .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-        .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!(
-            "--initial-cluster=palisade-test=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!("--listen-metrics-urls=http://127.0.0.1:{metrics}"));
-    cmd
-}
-
-fn apiserver_cmd(
-    bin: &Path,
-    dir: &Path,
-    pki: &Pki,
-    tokens: &Path,
-    port: u16,
-    etcd_port: u16,
-) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
-        .arg("--bind-address=127.0.0.1")
-        .arg("--advertise-address=127.0.0.1")
-        .arg(format!("--secure-port={port}"))
-        // No kubelets, no endpoints to reconcile for the `kubernetes` Service.
-        .arg("--endpoint-reconciler-type=none")
-        .arg(format!("--tls-cert-file={}", pki.server_crt.display()))
-        .arg(format!(
-            "--tls-private-key-file={}",
-            pki.server_key.display()
-        ))
-        .arg(format!("--client-ca-file={}", pki.ca_crt.display()))
-        .arg(format!("--token-auth-file={}", tokens.display()))
-        .arg("--authorization-mode=Node,RBAC")
-        .arg("--service-account-issuer=https://kubernetes.default.svc")
-        .arg(format!(
-            "--service-account-key-file={}",
-            pki.sa_pub.display()
-        ))
-        .arg(format!(
-            "--service-account-signing-key-file={}",
-            pki.sa_key.display()
-        ))
-        .arg("--service-cluster-ip-range=10.96.0.0/16")
-        .arg("--allow-privileged=true")
-        // Pods here never run (no kubelet), so they need no service-account token; without
-        // this plugin a pod can be created right after its namespace, instead of racing the
-        // controller-manager for the namespace's `default` account and its token secret.
-        .arg("--disable-admission-plugins=ServiceAccount")
-        .arg(format!("--cert-dir={}", dir.join("certs").display()))
-        .arg("--profiling=false");
-    cmd
-}
-
-fn kcm_cmd(bin: &Path, kubeconfig: &Path, pki: &Pki, port: u16) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg("--leader-elect=false")
-        .arg("--bind-address=127.0.0.1")
-        .arg(format!("--secure-port={port}"))
-        // v1.20 still serves plain HTTP on 0.0.0.0:10252 by default: off.
-        .arg("--port=0")
-        // Namespace deletion, service accounts and owner references; nothing that needs nodes.
-        .arg("--controllers=namespace,serviceaccount,serviceaccount-token,garbagecollector")
-        .arg(format!(
-            "--service-account-private-key-file={}",
-            pki.sa_key.display()
-        ))
-        .arg(format!("--root-ca-file={}", pki.ca_crt.display()))
-        .arg("--profiling=false");
-    cmd
 }
 
 #[cfg(test)]
