@@ -101,7 +101,9 @@ async fn new_pods(mode: &str) -> (bool, bool, bool, bool) {
     }
     // Only x/a is reported running: x/b and x/c have interfaces but no known pod.
     let a = ObjectKey::new("x", "a");
-    api.push_statuses(&cluster, |k| *k == a).await.expect("status");
+    api.push_statuses(&cluster, |k| *k == a)
+        .await
+        .expect("status");
     api.converge().await.expect("converge");
     let status = api.agent_status("node-1").await.expect("status");
     let pending = [
@@ -145,7 +147,10 @@ async fn new_pods(mode: &str) -> (bool, bool, bool, bool) {
         "palisade_map_entries{map=\"PAL_ENDPOINTS\"} 3",
         "palisade_endpoints 3",
     ] {
-        assert!(metrics.contains(family), "{family} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(family),
+            "{family} missing from:\n{metrics}"
+        );
     }
     if mode == "closed" {
         assert!(
@@ -167,13 +172,22 @@ async fn new_pods(mode: &str) -> (bool, bool, bool, bool) {
 async fn new_pod_interfaces_closed_or_open_until_their_pod_is_known() {
     require_root();
     let (to_b, to_c, a_to_b, c_to_b) = new_pods("closed").await;
-    assert!(!to_b, "x/b's interface must be closed before its rules are written");
-    assert!(!to_c, "x/c's interface must be closed before its pod is known");
+    assert!(
+        !to_b,
+        "x/b's interface must be closed before its rules are written"
+    );
+    assert!(
+        !to_c,
+        "x/c's interface must be closed before its pod is known"
+    );
     assert!(a_to_b, "then x/b admits x/a, as its policy says");
     assert!(!c_to_b, "and only x/a");
 
     let (to_b, to_c, a_to_b, c_to_b) = new_pods("open").await;
-    assert!(to_b && to_c, "--fail-mode open: no program on interfaces of unknown pods");
+    assert!(
+        to_b && to_c,
+        "--fail-mode open: no program on interfaces of unknown pods"
+    );
     assert!(a_to_b);
     assert!(!c_to_b, "once known, x/b is isolated");
 }

@@ -183,8 +183,12 @@ fn test() -> Result<()> {
     // two nodes): agents killed, then the API server restarted, mid-change in every step.
     let changing = [
         shared().join(CONFORMANCE).join("20-updated-policy"),
-        shared().join(CONFORMANCE).join("24-deny-ingress-to-updated-pod"),
-        shared().join(CONFORMANCE).join("33-stop-enforcing-after-delete"),
+        shared()
+            .join(CONFORMANCE)
+            .join("24-deny-ingress-to-updated-pod"),
+        shared()
+            .join(CONFORMANCE)
+            .join("33-stop-enforcing-after-delete"),
         root().join("tests/cases/pod-recreate"),
         root().join("tests/cases/namespace-labels"),
         root().join("tests/cases/two-nodes"),

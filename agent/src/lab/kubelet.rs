@@ -294,7 +294,10 @@ impl ApiControl {
 
     /// GET `path` (`/status`, `/metrics`, `/readyz`) from `node`'s agent.
     pub async fn agent_get(&self, node: &str, path: &str) -> Result<String> {
-        let agent = self.agents.get(node).with_context(|| format!("no agent on {node}"))?;
+        let agent = self
+            .agents
+            .get(node)
+            .with_context(|| format!("no agent on {node}"))?;
         http_get(agent.status_addr, path).await
     }
 
