@@ -7,7 +7,7 @@
 //! to each agent's map write is the propagation delay.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     net::{IpAddr, SocketAddr},
     os::unix::process::CommandExt as _,
@@ -189,6 +189,9 @@ pub struct ApiControl {
     reported: BTreeMap<ObjectKey, Vec<IpAddr>>,
     /// When the lab last wrote to the API in this step.
     last_write: Option<SystemTime>,
+    /// Agents that ran before this step's first write: only their delays are propagation
+    /// (a new agent's first sync also loads programs and lists everything).
+    steady: BTreeSet<String>,
     /// API write to map write, one sample per node and step.
     pub delays: Vec<Duration>,
 }
@@ -268,6 +271,7 @@ impl ApiControl {
             applied: Cluster::default(),
             reported: BTreeMap::new(),
             last_write: None,
+            steady: BTreeSet::new(),
             delays: Vec::new(),
         })
     }
@@ -314,6 +318,7 @@ impl ApiControl {
     /// (created without status, relabelled, deleted at once as a kubelet confirms a kill).
     pub async fn push_objects(&mut self, desired: &Cluster) -> Result<()> {
         self.last_write = None;
+        self.steady = self.agents.keys().cloned().collect();
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let post = PostParams::default();
         let patch = PatchParams::default();
@@ -325,10 +330,22 @@ impl ApiControl {
                         metadata: fresh(&ns.metadata),
                         ..Namespace::default()
                     };
-                    namespaces
-                        .create(&post, &object)
-                        .await
-                        .with_context(|| format!("creating namespace {name}"))?;
+                    match namespaces.create(&post, &object).await {
+                        Ok(_) => {}
+                        // `default` and the system namespaces exist from the start.
+                        Err(kube::Error::Api(status)) if status.code == 409 => {
+                            let current = namespaces.get(name).await?;
+                            if let Some(p) = label_patch(&current.metadata, &ns.metadata) {
+                                namespaces
+                                    .patch(name, &patch, &Patch::Merge(p))
+                                    .await
+                                    .with_context(|| format!("labelling namespace {name}"))?;
+                            }
+                        }
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("creating namespace {name}"));
+                        }
+                    }
                 }
                 Some(old) => {
                     if let Some(p) = label_patch(&old.metadata, &ns.metadata) {
@@ -454,6 +471,7 @@ impl ApiControl {
 
     /// Starts the agents killed by [`Self::kill_agents_if_asked`] again.
     pub fn restart_agents(&mut self, nodes: &[(NodeHandle, PathBuf)]) -> Result<()> {
+        self.steady.clear();
         for (node, pins) in nodes {
             self.agents.remove(&node.name);
             self.start_agent(node, pins)?;
@@ -541,7 +559,9 @@ impl ApiControl {
             for agent in self.agents.values() {
                 match agent.status().await {
                     Ok(status) if status.synced_digest.as_deref() == Some(want.as_str()) => {
-                        synced.push(status.synced_at_unix_nanos);
+                        if self.steady.contains(&agent.node) {
+                            synced.push(status.synced_at_unix_nanos);
+                        }
                     }
                     Ok(status) => behind.push(format!(
                         "{}: synced {:?}, pods without interface {:?}, errors {:?}",
