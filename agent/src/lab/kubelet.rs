@@ -482,7 +482,7 @@ impl ApiControl {
     /// Restarts the API server, if asked to ([`Faults::restart_apiserver`]).
     pub async fn restart_apiserver_if_asked(&mut self) -> Result<()> {
         if self.faults.restart_apiserver {
-            self.server.restart_apiserver().await?;
+            self.server.kill_and_restart_apiserver().await?;
             self.client = self.server.client();
         }
         Ok(())
