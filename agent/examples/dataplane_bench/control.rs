@@ -33,11 +33,7 @@ pub struct ControlPlane {
 }
 
 pub fn measure(pods: usize, policies: usize, extra: usize) -> Result<ControlPlane> {
-    let scale = Scale {
-        peers: pods,
-        policies,
-        extra,
-    };
+    let scale = Scale { peers: pods, extra };
     let mut specs = synth::policies(policies);
     let mut cluster = synth::cluster(&scale, &specs)?;
     let addrs = synth::node_addrs();

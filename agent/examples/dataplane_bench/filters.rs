@@ -153,11 +153,7 @@ fn ipset_restore(scale: &Scale, specs: &[PolicySpec]) -> String {
 
 /// The local pods that some policy selects, with the policies selecting each, in order.
 fn pod_chains(specs: &[PolicySpec]) -> Vec<(&'static str, std::net::Ipv4Addr, Vec<usize>)> {
-    let scale = Scale {
-        peers: 0,
-        policies: 0,
-        extra: 0,
-    };
+    let scale = Scale { peers: 0, extra: 0 };
     let selecting = |ip| {
         specs
             .iter()

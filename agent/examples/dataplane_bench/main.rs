@@ -58,7 +58,7 @@ const FULL: Plan = Plan {
     counts: &[1, 100, 1_000, 10_000],
     peers: 10_000,
     rounds: 5,
-    seconds: 3,
+    seconds: 2,
     repeat: 5_000_000,
     singles: 20_000,
     control: &[
@@ -286,7 +286,6 @@ fn netperf_series(
     for &n in plan.counts.iter().chain(&[0]) {
         let scale = Scale {
             peers: plan.peers,
-            policies: n,
             extra: 0,
         };
         let specs = synth::policies(n);

@@ -34,11 +34,7 @@ pub struct PerPacket {
 }
 
 pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Result<Vec<PerPacket>> {
-    let scale = Scale {
-        peers,
-        policies,
-        extra: 0,
-    };
+    let scale = Scale { peers, extra: 0 };
     let cluster = synth::cluster(&scale, &synth::policies(policies))?;
     let addrs = synth::node_addrs();
     let state = Compiler::new().compile(

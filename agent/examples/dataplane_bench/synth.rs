@@ -97,7 +97,6 @@ pub struct PolicySpec {
 #[derive(Clone, Copy, Debug)]
 pub struct Scale {
     pub peers: usize,
-    pub policies: usize,
     /// Local pods besides the server and the client.
     pub extra: usize,
 }
