@@ -62,6 +62,10 @@ pub const PROG_TO_POD: &str = "palisade_to_pod";
 /// the egress policy of Service traffic that kube-proxy sent off the node (see
 /// [`MAP_ORIGINAL_DST`]).
 pub const PROG_UPLINK: &str = "palisade_uplink";
+/// A classifier that passes every packet on (`TC_ACT_UNSPEC`) and does nothing else: the baseline `cargo xtask bench`
+/// measures the programs' per-packet cost against (BPF_PROG_TEST_RUN). Never attached; loaded
+/// only on request ([`PROG_UPLINK`] and the pod programs are loaded by every agent).
+pub const PROG_EMPTY: &str = "palisade_empty";
 
 pub const MAP_ENDPOINTS: &str = "PAL_ENDPOINTS";
 pub const MAP_POD_IDENTITIES: &str = "PAL_POD_IDS";

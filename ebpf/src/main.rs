@@ -39,6 +39,13 @@ mod programs {
     pub fn palisade_uplink(ctx: TcContext) -> i32 {
         judge_uplink(&ctx)
     }
+
+    /// Does nothing but pass the packet on, as a passing verdict does: the baseline the benchmark
+    /// compares the programs' per-packet cost with.
+    #[classifier]
+    pub fn palisade_empty(_ctx: TcContext) -> i32 {
+        aya_ebpf::bindings::TC_ACT_UNSPEC
+    }
 }
 
 #[cfg(target_arch = "bpf")]

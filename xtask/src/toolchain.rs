@@ -17,7 +17,9 @@ use crate::run;
 
 /// Debian packages: the Rust toolchain with the BPF core, LLVM for bpf-linker, rustfmt and
 /// clippy of the same release, nftables (the lab translates Services with it, as kube-proxy's
-/// nftables mode does), and iproute2 for people who want to look around the lab.
+/// nftables mode does), iproute2 for people who want to look around the lab, and what
+/// `cargo xtask bench` measures against: iptables and ipset (kube-router's shape), util-linux's
+/// nsenter and taskset. netperf comes from non-free: see [`NON_FREE`].
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -28,7 +30,17 @@ const PACKAGES: &[&str] = &[
     "rust-web-clippy",
     "nftables",
     "iproute2",
+    "iptables",
+    "ipset",
+    "util-linux",
 ];
+
+/// Packages of Debian's non-free component, installed through a private apt configuration
+/// ([`private_apt`]) so the system's sources stay as they are.
+const NON_FREE: &[&str] = &["netperf"];
+
+/// The system's deb822 sources file, from which the private configuration is derived.
+const SYSTEM_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -64,6 +76,7 @@ pub fn build_env(cmd: &mut Command) -> &mut Command {
 fn missing_packages() -> Vec<&'static str> {
     PACKAGES
         .iter()
+        .chain(NON_FREE)
         .copied()
         .filter(|p| {
             !Command::new("dpkg-query")
@@ -102,6 +115,8 @@ pub fn setup() -> Result<()> {
         bail!("Palisade needs Linux (eBPF TC programs, network namespaces)");
     }
     let missing = missing_packages();
+    let (non_free, missing): (Vec<&str>, Vec<&str>) =
+        missing.into_iter().partition(|p| NON_FREE.contains(p));
     if !missing.is_empty() {
         if !is_root() {
             bail!(
@@ -115,6 +130,27 @@ pub fn setup() -> Result<()> {
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !non_free.is_empty() {
+        if !is_root() {
+            bail!(
+                "missing Debian packages {non_free:?} (non-free); run `cargo xtask setup` as root"
+            );
+        }
+        eprintln!(
+            "[setup] installing from Debian's non-free component: {}",
+            non_free.join(" ")
+        );
+        let options = private_apt()?;
+        run(Command::new("apt-get")
+            .args(&options)
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(&options)
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&non_free)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     if !bpf_linker_ok() {
@@ -140,6 +176,41 @@ pub fn setup() -> Result<()> {
     }
     check_kernel()?;
     Ok(())
+}
+
+/// An apt configuration of our own (under [`tools_dir`]) whose sources are the system's own
+/// entries with `non-free` added to their components, and whose package lists are private: the
+/// system's files are never edited (the technique of `xtask/kube/build-kube.sh`). Returns the
+/// `-o` options that select it.
+fn private_apt() -> Result<Vec<String>> {
+    let dir = tools_dir().join("apt");
+    let parts = dir.join("parts");
+    let lists = dir.join("lists");
+    std::fs::create_dir_all(lists.join("partial"))
+        .and_then(|()| std::fs::create_dir_all(&parts))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let system = std::fs::read_to_string(SYSTEM_SOURCES).with_context(|| {
+        format!("reading {SYSTEM_SOURCES} (a Debian 12 system's sources, in deb822 form)")
+    })?;
+    let sources: String = system
+        .lines()
+        .map(|line| match line.strip_prefix("Components:") {
+            Some(components) if !components.split_whitespace().any(|c| c == "non-free") => {
+                format!("Components:{components} non-free\n")
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    let file = parts.join("non-free.sources");
+    std::fs::write(&file, sources).with_context(|| format!("writing {}", file.display()))?;
+    Ok(vec![
+        "-o".into(),
+        "Dir::Etc::SourceList=/dev/null".into(),
+        "-o".into(),
+        format!("Dir::Etc::SourceParts={}", parts.display()),
+        "-o".into(),
+        format!("Dir::State::Lists={}", lists.display()),
+    ])
 }
 
 /// The kernel features the dataplane relies on; a clear message instead of a late failure.

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 
-use super::{Dataplane, DataplaneError};
+use palisade_common::PROG_EMPTY;
+
+use super::{Dataplane, DataplaneError, classifier};
 
 /// The loopback device's index in every network namespace; what a test run's skb sits on when
 /// the context names no other device.
@@ -48,6 +50,19 @@ impl Dataplane {
         frame: &[u8],
         ifindex: u32,
     ) -> Result<TestRunOutcome, DataplaneError> {
+        self.test_run_repeat(name, frame, ifindex, 1)
+    }
+
+    /// [`Self::test_run`] `repeat` times in the kernel (one syscall); the duration is the
+    /// kernel's mean per run. Every run after the first sees what the earlier ones wrote (a new
+    /// flow's first run tracks it, so the others hit conntrack).
+    pub fn test_run_repeat(
+        &self,
+        name: &'static str,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> Result<TestRunOutcome, DataplaneError> {
         let program: &SchedClassifier = self
             .ebpf
             .program(name)
@@ -67,6 +82,7 @@ impl Dataplane {
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 ctx_in: Some(&skb),
+                repeat,
                 ..TestRunOptions::new()
             })
             .map_err(|source| DataplaneError::Program {
@@ -77,6 +93,22 @@ impl Dataplane {
         Ok(TestRunOutcome {
             action: result.return_value.cast_signed(),
             duration: result.duration,
+        })
+    }
+}
+
+impl Dataplane {
+    /// Loads [`PROG_EMPTY`], the do-nothing classifier benchmarks compare with; then
+    /// [`Self::test_run_repeat`] can run it. Agents never load it.
+    pub fn load_empty_program(&mut self) -> Result<(), DataplaneError> {
+        let program = classifier(&mut self.ebpf, PROG_EMPTY)?;
+        if program.fd().is_ok() {
+            return Ok(());
+        }
+        program.load().map_err(|source| DataplaneError::Program {
+            what: "loading",
+            name: PROG_EMPTY,
+            source,
         })
     }
 }
