@@ -26,7 +26,7 @@ use palisade::{
     cluster::{Cluster, ObjectKey},
     dataplane::Established,
     lab::{
-        agent::{Interface, NodeAgent},
+        agent::{self, Interface},
         topology::{PodHandle, Topology},
     },
 };
@@ -243,7 +243,7 @@ fn configs(counts: &[usize]) -> Vec<Config> {
 /// What is in place during one configuration's tests; dropping it removes it.
 enum Installed {
     Nothing,
-    Agent(NodeAgent),
+    Agent(palisade::node::NodeAgent),
     Filter(Filter, PathBuf),
 }
 
@@ -320,7 +320,7 @@ fn netperf_series(
             let installed = match config.family {
                 Family::Floor => Installed::Nothing,
                 Family::AllowAll | Family::Palisade => {
-                    let agent = NodeAgent::start(&node, &[], None, Established::Keep)?;
+                    let agent = agent::start(&node, &[], None, Established::Keep)?;
                     let outcome = agent.sync(cluster, interfaces.clone(), Vec::new())?;
                     if !outcome.errors.is_empty() || !outcome.report.failures.is_empty() {
                         bail!(
