@@ -52,6 +52,17 @@ impl Digest {
         ));
     }
 
+    /// Adds an object under its kind, namespace, name and resourceVersion.
+    pub fn add_object<K: kube::Resource<DynamicType = ()>>(&mut self, object: &K) {
+        let meta = object.meta();
+        self.add(
+            &K::kind(&()),
+            meta.namespace.as_deref(),
+            meta.name.as_deref().unwrap_or_default(),
+            meta.resource_version.as_deref().unwrap_or_default(),
+        );
+    }
+
     pub fn finish(mut self) -> String {
         self.entries.sort_unstable();
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

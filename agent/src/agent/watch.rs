@@ -84,37 +84,23 @@ impl Caches {
         let mut cluster = Cluster::default();
         let mut digest = Digest::default();
         for ns in self.namespaces.state() {
-            digest.add("Namespace", None, &ns.name_any(), &version(&*ns));
+            digest.add_object(&*ns);
             cluster.namespaces.insert(ns.name_any(), (*ns).clone());
         }
         for pod in self.pods.state() {
-            let namespace = pod.namespace().unwrap_or_default();
-            digest.add("Pod", Some(&namespace), &pod.name_any(), &version(&*pod));
+            digest.add_object(&*pod);
             if !is_host_network(&pod) {
-                cluster
-                    .pods
-                    .insert(ObjectKey::new(namespace, pod.name_any()), (*pod).clone());
+                let key = ObjectKey::new(pod.namespace().unwrap_or_default(), pod.name_any());
+                cluster.pods.insert(key, (*pod).clone());
             }
         }
         for policy in self.policies.state() {
-            let namespace = policy.namespace().unwrap_or_default();
-            digest.add(
-                "NetworkPolicy",
-                Some(&namespace),
-                &policy.name_any(),
-                &version(&*policy),
-            );
-            cluster.policies.insert(
-                ObjectKey::new(namespace, policy.name_any()),
-                (*policy).clone(),
-            );
+            digest.add_object(&*policy);
+            let key = ObjectKey::new(policy.namespace().unwrap_or_default(), policy.name_any());
+            cluster.policies.insert(key, (*policy).clone());
         }
         (cluster, digest.finish())
     }
-}
-
-fn version<K: Resource>(object: &K) -> String {
-    object.meta().resource_version.clone().unwrap_or_default()
 }
 
 fn spawn<K>(

@@ -25,7 +25,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt as _,
+    Api, Client, ResourceExt as _,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
@@ -526,23 +526,16 @@ impl ApiControl {
         let lp = ListParams::default();
         let mut digest = Digest::default();
         for ns in Api::<Namespace>::all(self.client.clone()).list(&lp).await? {
-            digest.add("Namespace", None, &ns.name_any(), &version(&ns));
+            digest.add_object(&ns);
         }
         for pod in Api::<Pod>::all(self.client.clone()).list(&lp).await? {
-            let namespace = pod.namespace().unwrap_or_default();
-            digest.add("Pod", Some(&namespace), &pod.name_any(), &version(&pod));
+            digest.add_object(&pod);
         }
-        for p in Api::<NetworkPolicy>::all(self.client.clone())
+        for policy in Api::<NetworkPolicy>::all(self.client.clone())
             .list(&lp)
             .await?
         {
-            let namespace = p.namespace().unwrap_or_default();
-            digest.add(
-                "NetworkPolicy",
-                Some(&namespace),
-                &p.name_any(),
-                &version(&p),
-            );
+            digest.add_object(&policy);
         }
         Ok(digest.finish())
     }
@@ -600,10 +593,6 @@ impl ApiControl {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-}
-
-fn version<K: Resource>(object: &K) -> String {
-    object.meta().resource_version.clone().unwrap_or_default()
 }
 
 /// p50 and p99 of `samples` (nearest rank).
