@@ -5,7 +5,7 @@
 //! - `demo`: build and run the quick-start walkthrough in the lab.
 //! - `test`: formatting, clippy, unit and kernel tests, and the conformance cases in the lab.
 //! - `lab ARGS...`: `palisade lab ARGS...` with a fresh build.
-//! - `bench [--quick]`: the policy compiler's figures (see `bench.rs`).
+//! - `bench [--quick | --render]`: Palisade against the floor, iptables and nftables (see `bench/`).
 
 mod bench;
 mod toolchain;
@@ -53,7 +53,9 @@ fn real_main() -> Result<()> {
         }
         "bench" => bench::bench(rest),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <setup|build|demo|test|lab ARGS...|bench [--quick]>");
+            println!(
+                "usage: cargo xtask <setup|build|demo|test|lab ARGS...|bench [--quick|--render]>"
+            );
             Ok(())
         }
         other => bail!("unknown command {other:?}; try `cargo xtask help`"),
