@@ -6,7 +6,7 @@
 //! - `test`: formatting, clippy, unit and kernel tests, and the conformance cases in the lab.
 //! - `kube`: build (or find cached) the Kubernetes v1.20.2 binaries the API-server tests use.
 //! - `lab ARGS...`: `palisade lab ARGS...` with a fresh build.
-//! - `bench [--quick]`: the policy compiler's figures (see `bench.rs`).
+//! - `bench [--quick | --render]`: Palisade against the floor, iptables and nftables (see `bench/`).
 
 mod bench;
 mod kube;
@@ -56,7 +56,9 @@ fn real_main() -> Result<()> {
         }
         "bench" => bench::bench(rest),
         "help" | "-h" | "--help" => {
-            println!("usage: cargo xtask <setup|build|demo|test|kube|lab ARGS...|bench [--quick]>");
+            println!(
+                "usage: cargo xtask <setup|build|demo|test|kube|lab ARGS...|bench [--quick|--render]>"
+            );
             Ok(())
         }
         other => bail!("unknown command {other:?}; try `cargo xtask help`"),

@@ -12,7 +12,12 @@ mod plot;
 mod report;
 mod stats;
 
-use std::{fs, process::Stdio, time::Instant};
+use std::{
+    fs,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -58,7 +63,8 @@ pub fn bench(args: &[String]) -> Result<()> {
     let quick = match args {
         [] => false,
         [flag] if flag == "--quick" => true,
-        _ => bail!("usage: cargo xtask bench [--quick]"),
+        [flag] if flag == "--render" => return render(&root().join("bench"), false, None),
+        _ => bail!("usage: cargo xtask bench [--quick | --render]"),
     };
     let started = Instant::now();
     ensure_setup()?;
@@ -110,6 +116,8 @@ pub fn bench(args: &[String]) -> Result<()> {
         compile.push(text);
     }
 
+    fs::write(out.join("compile_bench.txt"), compile.concat())
+        .context("writing compile_bench.txt")?;
     let figures = out.join("figures.json");
     eprintln!("[bench] dataplane: netperf in the lab, BPF_PROG_TEST_RUN, maps");
     let mut dataplane = cargo(&["run", "--quiet", "--release", "-p", "palisade-agent"]);
@@ -119,22 +127,49 @@ pub fn bench(args: &[String]) -> Result<()> {
     }
     run(dataplane.arg("--out").arg(&figures))?;
 
-    let text =
-        fs::read_to_string(&figures).with_context(|| format!("reading {}", figures.display()))?;
+    render(&out, quick, Some(started.elapsed()))
+}
+
+/// Renders BENCHMARKS.md and the plots from the figures in `out` (`figures.json`,
+/// `compile_bench.txt`). `--render` alone re-renders the last full run (after editing
+/// `bench/ANALYSIS.md`, say), with the run time recorded then.
+fn render(out: &Path, quick: bool, runtime: Option<Duration>) -> Result<()> {
+    let figures = out.join("figures.json");
+    let text = fs::read_to_string(&figures).with_context(|| {
+        format!(
+            "reading {}; run `cargo xtask bench` first",
+            figures.display()
+        )
+    })?;
     let figures: serde_json::Value = serde_json::from_str(&text)?;
+    let compile = fs::read_to_string(out.join("compile_bench.txt")).unwrap_or_default();
+    let runtime_file = out.join("runtime_seconds.txt");
+    let runtime = match runtime {
+        Some(runtime) => {
+            fs::write(&runtime_file, format!("{:.0}\n", runtime.as_secs_f64()))
+                .with_context(|| format!("writing {}", runtime_file.display()))?;
+            runtime
+        }
+        None => Duration::from_secs(
+            fs::read_to_string(&runtime_file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0),
+        ),
+    };
     let command = if quick {
         "cargo xtask bench --quick"
     } else {
         "cargo xtask bench"
     };
-    let plots = plot::all(&figures, &out)?;
+    let plots = plot::all(&figures, out)?;
     let markdown = report::render(&report::Inputs {
         figures: &figures,
-        compile: &compile,
+        compile: &[compile],
         plots: &plots,
         plot_prefix: if quick { "" } else { "bench/" },
         command,
-        runtime: started.elapsed(),
+        runtime,
         analysis: fs::read_to_string(root().join("bench/ANALYSIS.md")).ok(),
     });
     let md = if quick {
@@ -144,10 +179,10 @@ pub fn bench(args: &[String]) -> Result<()> {
     };
     fs::write(&md, markdown).with_context(|| format!("writing {}", md.display()))?;
     eprintln!(
-        "[bench] wrote {} and {} plots in {:.0} s",
+        "[bench] wrote {} and {} plots (run time {:.0} s)",
         md.display(),
         plots.len(),
-        started.elapsed().as_secs_f64()
+        runtime.as_secs_f64()
     );
     Ok(())
 }
