@@ -271,7 +271,13 @@ impl Lab {
         self.unplaced.retain(|k, _| wanted.contains(k));
         let keys: Vec<ObjectKey> = self.cluster.pods.keys().cloned().collect();
         for key in keys {
-            if self.servers.contains_key(&key) || self.unplaced.contains_key(&key) {
+            if self.servers.contains_key(&key) {
+                // A pod re-applied from a manifest (no status) keeps the address it runs with,
+                // as the kubelet keeps reporting it.
+                self.addresses(&key)?;
+                continue;
+            }
+            if self.unplaced.contains_key(&key) {
                 continue;
             }
             let Some(pod) = self.cluster.pods.get(&key) else {
