@@ -175,14 +175,7 @@ impl NodeAgent {
             uplinks,
             reply,
         })?;
-        rx.recv()
-            .map_err(|_| AgentError::Gone {
-                node: self.node.clone(),
-            })?
-            .map_err(|message| AgentError::Failed {
-                node: self.node.clone(),
-                message,
-            })
+        self.answer(&rx)
     }
 
     /// Ends the agent the way `kill -9` ends a process: its maps and links stay as they are
@@ -199,6 +192,11 @@ impl NodeAgent {
     pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, AgentError> {
         let (reply, rx) = mpsc::channel();
         self.send(Command::Drops { reply })?;
+        self.answer(&rx)
+    }
+
+    /// The worker's answer to a command, or why there is none.
+    fn answer<T>(&self, rx: &mpsc::Receiver<Result<T, String>>) -> Result<T, AgentError> {
         rx.recv()
             .map_err(|_| AgentError::Gone {
                 node: self.node.clone(),

@@ -31,7 +31,14 @@ use kube::{
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{apiserver::ApiServer, services::service_ranges, topology::NodeHandle};
+use super::{
+    apiserver::{
+        ApiServer,
+        objects::{delete_now, set_pod_running},
+    },
+    services::service_ranges,
+    topology::NodeHandle,
+};
 use crate::{
     agent::{Status, status::Digest},
     cluster::{Cluster, DEFAULT_NODE, ObjectKey, pod_addrs},
@@ -408,7 +415,7 @@ impl ApiControl {
         for key in gone {
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
             self.wrote();
-            api.delete(&key.name, &DeleteParams::default().grace_period(0))
+            api.delete(&key.name, &delete_now())
                 .await
                 .with_context(|| format!("deleting pod {key}"))?;
             self.reported.remove(&key);
@@ -500,20 +507,8 @@ impl ApiControl {
             if addrs.is_empty() || !placed(key) || self.reported.get(key) == Some(&addrs) {
                 continue;
             }
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
-            let ips: Vec<_> = addrs
-                .iter()
-                .map(|a| json!({ "ip": a.to_string() }))
-                .collect();
-            let status = json!({
-                "status": {
-                    "phase": "Running",
-                    "podIP": addrs[0].to_string(),
-                    "podIPs": ips,
-                }
-            });
             self.wrote();
-            api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(status))
+            set_pod_running(&self.client, &key.namespace, &key.name, &addrs)
                 .await
                 .with_context(|| format!("writing the status of pod {key}"))?;
             self.reported.insert(key.clone(), addrs);
