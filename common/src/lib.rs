@@ -52,7 +52,7 @@
 use bytemuck::{Pod, Zeroable};
 
 /// Bumped whenever a layout below changes; pinned state of another ABI is never re-adopted.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// TC ingress on the pod's host-side veth: packets the pod sends (its egress policy).
 pub const PROG_FROM_POD: &str = "palisade_from_pod";
@@ -88,8 +88,24 @@ pub const MAP_ORIGINAL_DST: &str = "PAL_ORIG_DST";
 /// (precedence step 3). Written before the endpoint's [`EndpointInfo`], removed after it.
 pub const MAP_LOCAL_ADDRS: &str = "PAL_LOCAL_ADDRS";
 
+/// Ring buffer of [`FlowEvent`]s: every denied packet and every new allowed (or audited)
+/// connection, never a packet of an established flow. Rate-limited per source address
+/// ([`MAP_EVENT_LIMITS`]); when the agent falls behind and the buffer is full, events are lost
+/// and counted ([`Stat::EventsLost`]).
+pub const MAP_EVENTS: &str = "PAL_EVENTS";
+/// LRU hash [`Addr`] -> [`EventLimit`]: the per-source event budget of the current window.
+pub const MAP_EVENT_LIMITS: &str = "PAL_EVENT_LIMITS";
+/// Per-CPU array of two [`FlowEvent`]s: where a verdict writes the event it owes while the
+/// packet is being judged, emitted once the verdict returns (the judging frame has no stack to
+/// spare). Slot [`SCRATCH_TRANSLATED`] holds the egress verdict of a Service flow judged after
+/// translation, slot [`SCRATCH_MAIN`] the hook's own.
+pub const MAP_EVENT_SCRATCH: &str = "PAL_EVENT_SCRATCH";
+/// Array of one [`FlowConfig`], written by the agent; read only when an event is owed or a
+/// packet would be dropped, so it costs nothing on established flows.
+pub const MAP_FLOW_CONFIG: &str = "PAL_FLOW_CONFIG";
+
 /// Every map, for the agent's checks that the object and this crate agree.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_ENDPOINTS,
     MAP_POD_IDENTITIES,
     MAP_CIDRS,
@@ -100,6 +116,10 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_SERVICES,
     MAP_ORIGINAL_DST,
     MAP_LOCAL_ADDRS,
+    MAP_EVENTS,
+    MAP_EVENT_LIMITS,
+    MAP_EVENT_SCRATCH,
+    MAP_FLOW_CONFIG,
 ];
 
 pub const MAX_ENDPOINTS: u32 = 4096;
@@ -112,6 +132,12 @@ pub const MAX_SERVICE_RANGES: u32 = 64;
 pub const MAX_ORIGINAL_DST: u32 = 65_536;
 /// Room for every endpoint to be dual-stack, with slack.
 pub const MAX_LOCAL_ADDRS: u32 = 4 * MAX_ENDPOINTS;
+/// [`MAP_EVENTS`] size in bytes (a power-of-two number of pages): about 10 000 events.
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+/// Sources whose event budget is remembered at once ([`MAP_EVENT_LIMITS`]).
+pub const MAX_EVENT_LIMITS: u32 = 16_384;
+/// The window of the per-source event budget ([`FlowConfig::events_per_window`]).
+pub const EVENT_WINDOW_NS: u64 = 1_000_000_000;
 
 /// Rules of one endpoint and direction are grouped into at most this many port-set classes.
 pub const MAX_CLASSES: usize = 64;
@@ -140,6 +166,10 @@ pub const IDENTITY_CIDR_FLAG: u32 = 0x8000_0000;
 pub const EP_INGRESS_ISOLATED: u32 = 1 << 0;
 /// [`EndpointInfo::flags`]: egress is isolated.
 pub const EP_EGRESS_ISOLATED: u32 = 1 << 1;
+/// [`EndpointInfo::flags`]: audit mode. A new flow that the endpoint's policy would drop passes
+/// (and is tracked) and is reported with [`FLOW_AUDIT`]. Only policy verdicts are audited: a
+/// spoofed source, a missing endpoint or an unjudgeable packet is still dropped.
+pub const EP_AUDIT: u32 = 1 << 2;
 
 /// A set of port-set classes of one endpoint and direction: bit `c` is class `c`.
 pub type ClassMask = u64;
@@ -305,6 +335,15 @@ pub enum Stat {
     EgressDeferred = 4,
     /// A deferred flow was judged after translation (allowed or dropped).
     EgressJudgedAfterNat = 5,
+    /// A flow event was sent to [`MAP_EVENTS`].
+    EventsSent = 6,
+    /// A flow event was over its source's budget and not sent (counted in the source's next
+    /// event, [`FlowEvent::suppressed`]).
+    EventsSuppressed = 7,
+    /// A flow event was lost: the ring buffer was full (the agent is behind).
+    EventsLost = 8,
+    /// A flow that policy would drop passed because its endpoint is in audit mode.
+    AuditPassed = 9,
 }
 
 /// Why a packet was dropped; the index of its counter in [`MAP_STATS`] is
@@ -344,7 +383,34 @@ pub const DROP_REASONS: [DropReason; 8] = [
 ];
 pub const STAT_SLOTS: u32 = 32;
 
+impl AllowReason {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::NotIsolated),
+            1 => Some(Self::Policy),
+            2 => Some(Self::FromHost),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::NotIsolated => "not-isolated",
+            Self::Policy => "policy",
+            Self::FromHost => "from-host",
+        }
+    }
+}
+
 impl DropReason {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        if (value as usize) < DROP_REASONS.len() {
+            Some(DROP_REASONS[value as usize])
+        } else {
+            None
+        }
+    }
+
     pub const fn stat_index(self) -> u32 {
         STAT_DROP_BASE + self as u32
     }
@@ -363,7 +429,102 @@ impl DropReason {
     }
 }
 
+/// [`FlowEvent::verdict`]: the flow was admitted ([`FlowEvent::reason`] is an [`AllowReason`]).
+pub const FLOW_ALLOWED: u8 = 0;
+/// [`FlowEvent::verdict`]: the packet was dropped ([`FlowEvent::reason`] is a [`DropReason`]).
+pub const FLOW_DENIED: u8 = 1;
+/// [`FlowEvent::verdict`]: policy would have dropped the flow; it passed in audit mode
+/// ([`FlowEvent::reason`] is the [`DropReason`] it would have had).
+pub const FLOW_AUDIT: u8 = 2;
+
+/// [`FlowEvent::class`] when no class decided (not isolated, from the node, or denied).
+pub const NO_CLASS: u8 = 0xff;
+
+/// [`FlowEvent::flags`]: judged after kube-proxy's translation (a Service flow, see
+/// [`MAP_ORIGINAL_DST`]); the destination is the backend.
+pub const FLOW_TRANSLATED: u8 = 1 << 0;
+
+/// Why a flow was admitted.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllowReason {
+    /// No policy selects the endpoint for this direction.
+    NotIsolated = 0,
+    /// A rule admits it: [`FlowEvent::class`] is the lowest class both the peer and the port
+    /// hold, which names the rules (of that port set) that can have admitted it.
+    Policy = 1,
+    /// Ingress from the node itself.
+    FromHost = 2,
+}
+
+/// One verdict on one new flow, as [`MAP_EVENTS`] carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the verdict.
+    pub time_ns: u64,
+    /// The packet's source and destination as judged (after translation, for a Service flow).
+    pub saddr: Addr,
+    pub daddr: Addr,
+    /// Host byte order; 0 for protocols without ports.
+    pub sport: u16,
+    pub dport: u16,
+    /// The endpoint whose policy judged the flow ([`MAP_ENDPOINTS`] key); 0 for none.
+    pub ifindex: u32,
+    /// Events of the same source not sent since its previous one (over budget).
+    pub suppressed: u32,
+    pub protocol: u8,
+    /// The judging endpoint's direction ([`DIR_INGRESS`] or [`DIR_EGRESS`]).
+    pub direction: u8,
+    /// [`FLOW_ALLOWED`], [`FLOW_DENIED`] or [`FLOW_AUDIT`].
+    pub verdict: u8,
+    /// An [`AllowReason`] or a [`DropReason`], by verdict.
+    pub reason: u8,
+    /// The deciding class of an allowed flow, or [`NO_CLASS`].
+    pub class: u8,
+    /// `FLOW_*` flags.
+    pub flags: u8,
+    /// Scratch bookkeeping: non-zero while the event is owed (never read by the agent).
+    pub pending: u8,
+    pub _pad: [u8; 5],
+}
+
+/// [`FlowConfig::flags`]: send flow events.
+pub const CFG_EVENTS: u32 = 1 << 0;
+/// [`FlowConfig::flags`]: every endpoint of the node is in audit mode ([`EP_AUDIT`]).
+pub const CFG_AUDIT_ALL: u32 = 1 << 1;
+
+/// [`MAP_FLOW_CONFIG`]'s one value. All zero (no events, enforce) until the agent writes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowConfig {
+    /// `CFG_*` flags.
+    pub flags: u32,
+    /// Events each source address may cause per [`EVENT_WINDOW_NS`]; the rest are suppressed
+    /// and counted.
+    pub events_per_window: u32,
+}
+
+/// [`MAP_EVENT_LIMITS`] value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct EventLimit {
+    /// When the current window began (`bpf_ktime_get_ns()`).
+    pub window_ns: u64,
+    /// Events sent in the current window.
+    pub sent: u32,
+    /// Events suppressed since the last one sent.
+    pub suppressed: u32,
+}
+
+/// [`MAP_EVENT_SCRATCH`] slots.
+pub const SCRATCH_MAIN: u32 = 0;
+pub const SCRATCH_TRANSLATED: u32 = 1;
+
 const _: () = {
+    assert!(core::mem::size_of::<FlowEvent>() == 64);
+    assert!(core::mem::size_of::<FlowConfig>() == 8);
+    assert!(core::mem::size_of::<EventLimit>() == 16);
     assert!(core::mem::size_of::<Addr>() == 16);
     assert!(core::mem::size_of::<EndpointInfo>() == 40);
     assert!(core::mem::size_of::<IdentityValue>() == 4);
@@ -393,4 +554,7 @@ mod user {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for OriginalKey {}
     unsafe impl aya::Pod for OriginalValue {}
+    unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for FlowConfig {}
+    unsafe impl aya::Pod for EventLimit {}
 }

@@ -2,12 +2,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::{
-    Addr, ClassMask, CtKey, CtValue, EndpointInfo, EndpointKey, IdentityValue, MAX_CIDRS,
-    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_LOCAL_ADDRS, MAX_ORIGINAL_DST, MAX_PEERS, MAX_POD_IDENTITIES,
-    MAX_PORTS, MAX_SERVICE_RANGES, OriginalKey, OriginalValue, PeerKey, PortKey, STAT_SLOTS,
+    Addr, ClassMask, CtKey, CtValue, EVENTS_RING_BYTES, EndpointInfo, EndpointKey, EventLimit,
+    FlowConfig, FlowEvent, IdentityValue, MAX_CIDRS, MAX_CONNTRACK, MAX_ENDPOINTS,
+    MAX_EVENT_LIMITS, MAX_LOCAL_ADDRS, MAX_ORIGINAL_DST, MAX_PEERS, MAX_POD_IDENTITIES, MAX_PORTS,
+    MAX_SERVICE_RANGES, OriginalKey, OriginalValue, PeerKey, PortKey, STAT_SLOTS,
 };
 
 #[map(name = "PAL_ENDPOINTS")]
@@ -40,6 +41,19 @@ pub(crate) static ORIGINAL_DST: LruHashMap<OriginalKey, OriginalValue> =
 #[map(name = "PAL_LOCAL_ADDRS")]
 pub(crate) static LOCAL_ADDRS: HashMap<Addr, EndpointKey> =
     HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+#[map(name = "PAL_EVENTS")]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+#[map(name = "PAL_EVENT_LIMITS")]
+pub(crate) static EVENT_LIMITS: LruHashMap<Addr, EventLimit> =
+    LruHashMap::with_max_entries(MAX_EVENT_LIMITS, 0);
+
+#[map(name = "PAL_EVENT_SCRATCH")]
+pub(crate) static EVENT_SCRATCH: PerCpuArray<FlowEvent> = PerCpuArray::with_max_entries(2, 0);
+
+#[map(name = "PAL_FLOW_CONFIG")]
+pub(crate) static FLOW_CONFIG: Array<FlowConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "PAL_STATS")]
 pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);

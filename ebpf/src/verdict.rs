@@ -9,17 +9,22 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_common::{
-    Addr, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, DropReason, EP_EGRESS_ISOLATED,
-    EP_INGRESS_ISOLATED, EndpointInfo, IDENTITY_HOST, OriginalKey, OriginalValue,
-    PORT_KEY_FIXED_BITS, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PeerKey, PortKey, Stat,
+    Addr, AllowReason, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, DropReason, EP_EGRESS_ISOLATED,
+    EP_INGRESS_ISOLATED, EndpointInfo, FLOW_ALLOWED, FLOW_AUDIT, FLOW_DENIED, FLOW_TRANSLATED,
+    IDENTITY_HOST, NO_CLASS, OriginalKey, OriginalValue, PORT_KEY_FIXED_BITS, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, PeerKey, PortKey, SCRATCH_MAIN, SCRATCH_TRANSLATED, STAT_DROP_BASE, Stat,
 };
 
 use crate::{
+    events::{Owed, audited, flush, owe},
     maps::{
         CIDRS, CT, ENDPOINTS, LOCAL_ADDRS, ORIGINAL_DST, PEERS, POD_IDS, PORTS, SERVICES, bump,
     },
     parse::{Packet, parse},
 };
+
+/// [`allowed`]'s answer for ingress from the node itself.
+const FROM_HOST: u8 = 0xfe;
 
 const PASS: i32 = TC_ACT_UNSPEC;
 const DROP: i32 = TC_ACT_SHOT as i32;
@@ -30,36 +35,76 @@ pub(crate) fn judge(ctx: &TcContext, direction: u8) -> i32 {
         return PASS;
     }
     match try_judge(ctx, direction) {
-        Ok(action) => action,
-        Err(reason) => {
-            bump(reason.stat_index());
+        QUIET => PASS,
+        OWED => {
+            flush();
+            PASS
+        }
+        dropped => {
+            bump(STAT_DROP_BASE + (dropped & 0xff));
+            flush();
             DROP
         }
     }
 }
 
-/// Not inlined: called after [`crate::icmp::related_to_tracked_flow`], the two frames never
-/// add up against the 512-byte stack limit.
+/// [`try_judge`]'s answers: pass, pass owing an event, or drop (`DROPPED | reason`).
+const QUIET: u32 = 0;
+const OWED: u32 = 1;
+const DROPPED: u32 = 0x100;
+
+/// The event a verdict on `packet` at endpoint `ifindex` owes (see `events.rs`).
+#[inline(always)]
+fn owed(ifindex: u32, direction: u8, verdict: u8, reason: u8, class: u8) -> Owed {
+    Owed {
+        ifindex,
+        direction,
+        verdict,
+        reason,
+        class,
+        flags: 0,
+    }
+}
+
+/// The packet passes (`Ok`, true when an event is owed: a new flow) or is dropped (`Err`; an
+/// event is owed unless the packet could not be parsed). Not inlined: called after
+/// [`crate::icmp::related_to_tracked_flow`], the two frames never add up against the 512-byte
+/// stack limit; [`flush`] runs after it returns, for the same reason.
+///
+/// The answer is a plain integer: LLVM once folded a `Result` built from a map lookup into
+/// shifts of the lookup's pointer, which the verifier refuses.
 #[inline(never)]
-fn try_judge(ctx: &TcContext, direction: u8) -> Result<i32, DropReason> {
+fn try_judge(ctx: &TcContext, direction: u8) -> u32 {
+    match judge_new(ctx, direction) {
+        Ok(false) => QUIET,
+        Ok(true) => OWED,
+        Err(reason) => DROPPED | reason as u32,
+    }
+}
+
+#[inline(always)]
+fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
     let Some(packet) = parse(ctx)? else {
         bump(Stat::NotIp as u32);
-        return Ok(PASS);
+        return Ok(false);
     };
     // SAFETY: `skb` is the context pointer the kernel handed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: endpoint values are plain data; a concurrent update can only swap whole values.
-    let endpoint: EndpointInfo =
-        *unsafe { ENDPOINTS.get(&ifindex) }.ok_or(DropReason::NoEndpoint)?;
+    let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+        let reason = DropReason::NoEndpoint;
+        owe(SCRATCH_MAIN, &packet, owed(0, direction, FLOW_DENIED, reason as u8, NO_CLASS));
+        return Err(reason);
+    };
     if packet.neighbour_discovery {
-        return Ok(PASS);
+        return Ok(false);
     }
     if direction == DIR_EGRESS && !own_source(&packet.src, ifindex) {
-        return Err(DropReason::SpoofedSource);
+        let reason = DropReason::SpoofedSource;
+        owe(SCRATCH_MAIN, &packet, owed(ifindex, direction, FLOW_DENIED, reason as u8, NO_CLASS));
+        return Err(reason);
     }
-    if direction == DIR_INGRESS {
-        judge_translated(&packet)?;
-    }
+    let translated = direction == DIR_INGRESS && judge_translated(&packet)?;
 
     // One key, turned around for the reply and back: two would not fit the 512-byte stack.
     let mut flow = CtKey {
@@ -80,7 +125,7 @@ fn try_judge(ctx: &TcContext, direction: u8) -> Result<i32, DropReason> {
     }
     if tracked {
         bump(Stat::CtHit as u32);
-        return Ok(PASS);
+        return Ok(translated);
     }
 
     let (isolated_flag, policy_drop, peer) = if direction == DIR_INGRESS {
@@ -88,23 +133,46 @@ fn try_judge(ctx: &TcContext, direction: u8) -> Result<i32, DropReason> {
     } else {
         (EP_EGRESS_ISOLATED, DropReason::PolicyEgress, packet.dst)
     };
+    let owe_main = |verdict: u8, reason: u8, class: u8| {
+        owe(SCRATCH_MAIN, &packet, owed(ifindex, direction, verdict, reason, class));
+    };
     if endpoint.flags & isolated_flag != 0 {
-        if packet.fragment {
-            return Err(DropReason::Fragment);
-        }
-        if packet.ext_headers {
-            return Err(DropReason::Ipv6ExtensionHeader);
+        let unjudgeable = if packet.fragment {
+            Some(DropReason::Fragment)
+        } else if packet.ext_headers {
+            Some(DropReason::Ipv6ExtensionHeader)
+        } else {
+            None
+        };
+        if let Some(reason) = unjudgeable {
+            owe_main(FLOW_DENIED, reason as u8, NO_CLASS);
+            return Err(reason);
         }
         if direction == DIR_EGRESS && SERVICES.get(Key::new(128, packet.dst)).is_some() {
-            defer(&packet, ifindex)?;
-            return Ok(PASS);
+            if let Err(reason) = defer(&packet, ifindex) {
+                owe_main(FLOW_DENIED, reason as u8, NO_CLASS);
+                return Err(reason);
+            }
+            // The event is owed by the hook that judges the translated flow.
+            return Ok(translated);
         }
-        if !allowed(&endpoint, direction, &peer, &packet) {
-            return Err(policy_drop);
+        match allowed(&endpoint, direction, &peer, &packet) {
+            NO_CLASS if audited(&endpoint) => {
+                bump(Stat::AuditPassed as u32);
+                owe_main(FLOW_AUDIT, policy_drop as u8, NO_CLASS);
+            }
+            NO_CLASS => {
+                owe_main(FLOW_DENIED, policy_drop as u8, NO_CLASS);
+                return Err(policy_drop);
+            }
+            FROM_HOST => owe_main(FLOW_ALLOWED, AllowReason::FromHost as u8, NO_CLASS),
+            class => owe_main(FLOW_ALLOWED, AllowReason::Policy as u8, class),
         }
     } else if packet.fragment {
         // Nothing to track without ports; an open endpoint lets it through.
-        return Ok(PASS);
+        return Ok(translated);
+    } else {
+        owe_main(FLOW_ALLOWED, AllowReason::NotIsolated as u8, NO_CLASS);
     }
 
     let entry = CtValue {
@@ -117,7 +185,7 @@ fn try_judge(ctx: &TcContext, direction: u8) -> Result<i32, DropReason> {
         bump(Stat::CtInsertFailed as u32);
     }
     bump(Stat::NewFlowAllowed as u32);
-    Ok(PASS)
+    Ok(true)
 }
 
 /// The key of the reply to `key`'s flow: the other direction, at the same endpoint.
@@ -137,9 +205,14 @@ pub(crate) fn judge_uplink(ctx: &TcContext) -> i32 {
         return PASS;
     };
     match judge_translated(&packet) {
-        Ok(()) => PASS,
+        Ok(false) => PASS,
+        Ok(true) => {
+            flush();
+            PASS
+        }
         Err(reason) => {
             bump(reason.stat_index());
+            flush();
             DROP
         }
     }
@@ -182,8 +255,9 @@ fn defer(packet: &Packet, ifindex: u32) -> Result<(), DropReason> {
 /// that source's egress policy against the address it is now sent to. When allowed, the flow is
 /// tracked under its original destination and the source's endpoint, so the replies
 /// (un-translated by kube-proxy before they reach the source) pass the source's ingress hook.
+/// `Ok(true)` when a flow was judged (its event is owed in [`SCRATCH_TRANSLATED`]).
 #[inline(always)]
-fn judge_translated(packet: &Packet) -> Result<(), DropReason> {
+fn judge_translated(packet: &Packet) -> Result<bool, DropReason> {
     let key = OriginalKey {
         saddr: packet.src,
         sport: packet.sport,
@@ -192,15 +266,30 @@ fn judge_translated(packet: &Packet) -> Result<(), DropReason> {
     };
     // SAFETY: plain-data values.
     let Some(original) = (unsafe { ORIGINAL_DST.get(&key) }).copied() else {
-        return Ok(());
+        return Ok(false);
     };
     let _ = ORIGINAL_DST.remove(&key);
     bump(Stat::EgressJudgedAfterNat as u32);
+    let owe_translated = |verdict: u8, reason: u8, class: u8| {
+        let mut owed = owed(original.ifindex, DIR_EGRESS, verdict, reason, class);
+        owed.flags = FLOW_TRANSLATED;
+        owe(SCRATCH_TRANSLATED, packet, owed);
+    };
     // SAFETY: plain-data values.
-    let source: EndpointInfo =
-        *unsafe { ENDPOINTS.get(&original.ifindex) }.ok_or(DropReason::NoEndpoint)?;
-    if !allowed(&source, DIR_EGRESS, &packet.dst, packet) {
-        return Err(DropReason::PolicyEgress);
+    let Some(source) = (unsafe { ENDPOINTS.get(&original.ifindex) }).copied() else {
+        owe_translated(FLOW_DENIED, DropReason::NoEndpoint as u8, NO_CLASS);
+        return Err(DropReason::NoEndpoint);
+    };
+    match allowed(&source, DIR_EGRESS, &packet.dst, packet) {
+        NO_CLASS if audited(&source) => {
+            bump(Stat::AuditPassed as u32);
+            owe_translated(FLOW_AUDIT, DropReason::PolicyEgress as u8, NO_CLASS);
+        }
+        NO_CLASS => {
+            owe_translated(FLOW_DENIED, DropReason::PolicyEgress as u8, NO_CLASS);
+            return Err(DropReason::PolicyEgress);
+        }
+        class => owe_translated(FLOW_ALLOWED, AllowReason::Policy as u8, class),
     }
     let flow = CtKey {
         saddr: packet.src,
@@ -222,7 +311,7 @@ fn judge_translated(packet: &Packet) -> Result<(), DropReason> {
     if CT.insert(&flow, &entry, 0).is_err() {
         bump(Stat::CtInsertFailed as u32);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Step 3 of the precedence: a pod sends only from its own addresses, or from an IPv6
@@ -234,9 +323,10 @@ fn own_source(src: &Addr, ifindex: u32) -> bool {
     link_local || unsafe { LOCAL_ADDRS.get(src) }.is_some_and(|owner| *owner == ifindex)
 }
 
-/// Steps 6-8 of the precedence: the node, then peer classes against port classes.
+/// Steps 6-8 of the precedence: the node, then peer classes against port classes. The lowest
+/// class that admits the flow, [`FROM_HOST`], or [`NO_CLASS`] when nothing does.
 #[inline(always)]
-fn allowed(endpoint: &EndpointInfo, direction: u8, peer: &Addr, packet: &Packet) -> bool {
+fn allowed(endpoint: &EndpointInfo, direction: u8, peer: &Addr, packet: &Packet) -> u8 {
     let (mut peer_mask, mut port_mask) = if direction == DIR_EGRESS {
         (endpoint.any_peer[1], endpoint.any_port[1])
     } else {
@@ -246,7 +336,7 @@ fn allowed(endpoint: &EndpointInfo, direction: u8, peer: &Addr, packet: &Packet)
     if let Some(identity) = unsafe { POD_IDS.get(peer) } {
         let identity = identity.identity;
         if identity == IDENTITY_HOST && direction == DIR_INGRESS {
-            return true;
+            return FROM_HOST;
         }
         let key = PeerKey {
             endpoint: endpoint.id,
@@ -272,7 +362,7 @@ fn allowed(endpoint: &EndpointInfo, direction: u8, peer: &Addr, packet: &Packet)
         }
     }
     if peer_mask == 0 {
-        return false;
+        return NO_CLASS;
     }
     if matches!(packet.protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
         let key = PortKey {
@@ -285,5 +375,10 @@ fn allowed(endpoint: &EndpointInfo, direction: u8, peer: &Addr, packet: &Packet)
             port_mask |= *mask;
         }
     }
-    peer_mask & port_mask != 0
+    let admitting = peer_mask & port_mask;
+    if admitting == 0 {
+        NO_CLASS
+    } else {
+        admitting.trailing_zeros() as u8
+    }
 }

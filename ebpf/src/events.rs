@@ -1,0 +1,131 @@
+//! Flow events: what a verdict owes the agent, and how it is sent.
+//!
+//! A verdict that decides a new flow (or drops a packet) writes the event it owes into a per-CPU
+//! scratch slot ([`owe`]); the judging frame has no stack left for a 64-byte event. Once the
+//! verdict has returned, [`flush`] sends what is owed through the ring buffer, within the
+//! source's budget: at most `events_per_window` events per source address per second, the rest
+//! counted and reported in that source's next event. Packets of tracked flows owe nothing and
+//! never reach this code.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use palisade_common::{
+    CFG_AUDIT_ALL, CFG_EVENTS, EP_AUDIT, EVENT_WINDOW_NS, EndpointInfo, EventLimit,
+    SCRATCH_MAIN, SCRATCH_TRANSLATED, Stat,
+};
+
+use crate::{
+    maps::{EVENT_LIMITS, EVENT_SCRATCH, EVENTS, FLOW_CONFIG, bump},
+    parse::Packet,
+};
+
+/// What an event says beyond the packet: who judged it and how.
+pub(crate) struct Owed {
+    pub ifindex: u32,
+    pub direction: u8,
+    pub verdict: u8,
+    pub reason: u8,
+    pub class: u8,
+    pub flags: u8,
+}
+
+/// Records the event owed for `packet` in scratch `slot` ([`SCRATCH_MAIN`] or
+/// [`SCRATCH_TRANSLATED`]); [`flush`] sends it.
+#[inline(always)]
+pub(crate) fn owe(slot: u32, packet: &Packet, owed: Owed) {
+    let Some(event) = EVENT_SCRATCH.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot; only this program run on this CPU uses it until `flush`.
+    let event = unsafe { &mut *event };
+    event.saddr = packet.src;
+    event.daddr = packet.dst;
+    event.sport = packet.sport;
+    event.dport = packet.dport;
+    event.protocol = packet.protocol;
+    event.ifindex = owed.ifindex;
+    event.direction = owed.direction;
+    event.verdict = owed.verdict;
+    event.reason = owed.reason;
+    event.class = owed.class;
+    event.flags = owed.flags;
+    event.pending = 1;
+}
+
+/// Whether a policy drop at `endpoint` is only reported (audit mode, per endpoint or for the
+/// whole node). Read on the drop path only.
+#[inline(always)]
+pub(crate) fn audited(endpoint: &EndpointInfo) -> bool {
+    endpoint.flags & EP_AUDIT != 0
+        || FLOW_CONFIG
+            .get(0)
+            .is_some_and(|config| config.flags & CFG_AUDIT_ALL != 0)
+}
+
+/// Sends every owed event. Not inlined: it runs after the verdict's frame is gone.
+#[inline(never)]
+pub(crate) fn flush() {
+    send(SCRATCH_TRANSLATED);
+    send(SCRATCH_MAIN);
+}
+
+#[inline(always)]
+fn send(slot: u32) {
+    let Some(event) = EVENT_SCRATCH.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: as in `owe`.
+    let event = unsafe { &mut *event };
+    if event.pending == 0 {
+        return;
+    }
+    event.pending = 0;
+    let Some(config) = FLOW_CONFIG.get(0) else {
+        return;
+    };
+    if config.flags & CFG_EVENTS == 0 {
+        return;
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    event.time_ns = now;
+    // The budget is per source address, so one flooding pod (or host) cannot use up another's.
+    // Counts race between CPUs; a budget is approximate, never unbounded.
+    // SAFETY: plain-data values.
+    match EVENT_LIMITS.get_ptr_mut(&event.saddr) {
+        Some(limit) => {
+            // SAFETY: a map value; concurrent updates can only make the counts approximate.
+            let limit = unsafe { &mut *limit };
+            if now.wrapping_sub(limit.window_ns) >= EVENT_WINDOW_NS {
+                limit.window_ns = now;
+                limit.sent = 0;
+            }
+            if limit.sent >= config.events_per_window {
+                limit.suppressed = limit.suppressed.saturating_add(1);
+                bump(Stat::EventsSuppressed as u32);
+                return;
+            }
+            limit.sent += 1;
+            event.suppressed = limit.suppressed;
+            limit.suppressed = 0;
+        }
+        None => {
+            if config.events_per_window == 0 {
+                bump(Stat::EventsSuppressed as u32);
+                return;
+            }
+            let fresh = EventLimit {
+                window_ns: now,
+                sent: 1,
+                suppressed: 0,
+            };
+            // A full LRU evicts the least recent source; an error only loses the budget.
+            let _ = EVENT_LIMITS.insert(&event.saddr, &fresh, 0);
+            event.suppressed = 0;
+        }
+    }
+    if EVENTS.output::<palisade_common::FlowEvent>(&*event, 0).is_ok() {
+        bump(Stat::EventsSent as u32);
+    } else {
+        bump(Stat::EventsLost as u32);
+    }
+}
