@@ -122,7 +122,7 @@ fn known(cluster: &Cluster) -> String {
 }
 
 /// `TCP/80`, `udp/53`, `SCTP/9000`.
-fn parse_flow(flow: &str) -> Result<(u8, u16)> {
+pub(crate) fn parse_flow(flow: &str) -> Result<(u8, u16)> {
     let (proto, port) = flow
         .split_once('/')
         .with_context(|| format!("{flow:?}: expected PROTO/PORT, e.g. TCP/80"))?;

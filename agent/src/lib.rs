@@ -8,6 +8,7 @@ pub mod agent;
 pub mod cluster;
 pub mod dataplane;
 pub mod explain;
+pub mod flows;
 pub mod lab;
 pub mod manifest;
 pub mod node;

@@ -28,17 +28,47 @@ enum Command {
     /// The node agent (what the DaemonSet runs): watches the API server and enforces
     /// NetworkPolicy for this node's pods. Serves /metrics, /healthz, /readyz and /status.
     Agent(Box<palisade::agent::Config>),
-    /// Why a connection is allowed or denied under the given manifests.
+    /// Why a connection is allowed or denied: asked of the node's running agent (its live maps
+    /// and its reference evaluator), or, with -f, worked out from manifests.
     Explain {
-        /// Manifests (Namespaces, Pods, NetworkPolicies); repeatable.
-        #[arg(short = 'f', long = "filename", required = true)]
+        /// Manifests (Namespaces, Pods, NetworkPolicies); repeatable. Without them, the agent
+        /// on this node answers.
+        #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
+        /// The agent's socket.
+        #[arg(long, env = "PALISADE_SOCKET", default_value = palisade::flows::socket::DEFAULT_SOCKET)]
+        socket: PathBuf,
         /// Source: namespace/pod or an address.
         from: String,
         /// Destination: namespace/pod or an address.
         to: String,
         /// PROTO/PORT, e.g. TCP/80.
         flow: String,
+    },
+    /// Follow the node agent's flow records: denied packets and new connections, with the
+    /// policy that allowed or isolates each.
+    Flows {
+        /// The agent's socket.
+        #[arg(long, env = "PALISADE_SOCKET", default_value = palisade::flows::socket::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Only flows with an end in this namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Only flows with this pod at an end (`name` or `namespace/name`).
+        #[arg(long)]
+        pod: Option<String>,
+        /// Only flows with this verdict.
+        #[arg(long, value_enum)]
+        verdict: Option<palisade::flows::FlowVerdict>,
+        /// Only flows with this port at an end.
+        #[arg(long)]
+        port: Option<u16>,
+        /// JSON lines instead of one readable line per flow.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many flows.
+        #[arg(long)]
+        count: Option<usize>,
     },
     /// A cluster made of network namespaces on this machine, running the real dataplane.
     Lab {
@@ -147,12 +177,25 @@ fn main() -> ExitCode {
                     s = shutdown => Err(anyhow::anyhow!("interrupted by {s}; lab namespaces removed")),
                 }
             }
-            Command::Explain { files, from, to, flow } => palisade::explain::explain(&files, &from, &to, &flow).map(|lines| {
+            Command::Explain { files, socket, from, to, flow } if files.is_empty() => {
+                let request = palisade::flows::socket::ExplainRequest { from, to, flow };
+                palisade::flows::socket::Client::explain(&socket, request).await.map(|answer| {
+                    for line in &answer.lines {
+                        println!("{line}");
+                    }
+                    answer.agrees
+                })
+            }
+            Command::Explain { files, from, to, flow, .. } => palisade::explain::explain(&files, &from, &to, &flow).map(|lines| {
                 for line in lines {
                     println!("{line}");
                 }
                 true
             }),
+            Command::Flows { socket, namespace, pod, verdict, port, json, count } => {
+                let filter = palisade::flows::FlowFilter { namespace, pod, verdict, port };
+                palisade::flows::socket::follow(&socket, filter, json, count).await.map(|()| true)
+            }
             Command::Lab { command: LabCommand::Clean } => lab::netns::clean_all().map(|n| {
                 println!("removed {n} lab namespace(s)");
                 true

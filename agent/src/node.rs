@@ -8,16 +8,23 @@ use std::{
     net::IpAddr,
     os::fd::OwnedFd,
     path::PathBuf,
-    sync::mpsc,
+    sync::{Arc, mpsc},
     thread::{self, JoinHandle},
 };
+
+use aya::maps::{MapData, RingBuf};
 
 use ipnet::IpNet;
 use nix::sched::{CloneFlags, setns};
 
 use crate::{
     cluster::{Cluster, ObjectKey},
-    dataplane::{Dataplane, Established, SyncReport},
+    dataplane::{Dataplane, Established, FlowSettings, SyncReport},
+    flows::{
+        Attribution,
+        reader::SharedAttribution,
+        socket::{ExplainAnswer, ExplainRequest},
+    },
     policy::{Compiler, NodeView, model::PolicyError},
 };
 
@@ -55,6 +62,8 @@ pub struct NodeConfig {
     /// with the same directory adopts them.
     pub pins: Option<PathBuf>,
     pub established: Established,
+    /// Flow events and node-wide audit mode.
+    pub flows: FlowSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +85,20 @@ enum Command {
     Drops {
         reply: mpsc::Sender<Result<Vec<(&'static str, u64)>, String>>,
     },
+    Counters {
+        reply: mpsc::Sender<Result<Vec<u64>, String>>,
+    },
+    TakeEvents {
+        reply: mpsc::Sender<Result<RingBuf<MapData>, String>>,
+    },
+    Explain {
+        request: ExplainRequest,
+        reply: mpsc::Sender<Result<ExplainAnswer, String>>,
+    },
     /// Stop as a killed process would: no detaching, no cleanup.
     Die,
+    /// Stop and detach (what dropping the handle does; other senders may still exist).
+    Stop,
 }
 
 /// Handle to a node agent thread; dropping it stops the thread, which detaches its programs.
@@ -85,6 +106,7 @@ pub struct NodeAgent {
     node: String,
     tx: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
+    attribution: SharedAttribution,
 }
 
 impl NodeAgent {
@@ -98,6 +120,7 @@ impl NodeAgent {
             service_ranges,
             pins,
             established,
+            flows,
         } = config;
         let fail = |message: String| AgentError::Failed {
             node: name.clone(),
@@ -106,6 +129,8 @@ impl NodeAgent {
         let (tx, rx) = mpsc::channel::<Command>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let node_name = name.clone();
+        let attribution: SharedAttribution = Arc::default();
+        let published = Arc::clone(&attribution);
         let thread = thread::Builder::new()
             .name(format!("agent-{name}"))
             .spawn(move || {
@@ -121,6 +146,7 @@ impl NodeAgent {
                 };
                 let dataplane = match loaded.and_then(|mut d| {
                     d.set_service_ranges(&service_ranges)?;
+                    d.set_flow_settings(flows)?;
                     Ok(d)
                 }) {
                     Ok(d) => d,
@@ -130,7 +156,13 @@ impl NodeAgent {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                serve(&node_name, &addrs, dataplane, established, &rx);
+                let worker = Worker {
+                    node: &node_name,
+                    addrs: &addrs,
+                    established,
+                    attribution: &published,
+                };
+                worker.serve(dataplane, &rx);
             })
             .map_err(|e| fail(format!("spawning the agent thread: {e}")))?;
         match ready_rx.recv() {
@@ -138,6 +170,7 @@ impl NodeAgent {
                 node: name,
                 tx: Some(tx),
                 thread: Some(thread),
+                attribution,
             }),
             Ok(Err(message)) => Err(fail(message)),
             Err(_) => Err(AgentError::Gone { node: name }),
@@ -195,6 +228,35 @@ impl NodeAgent {
         self.answer(&rx)
     }
 
+    /// Every slot of the programs' counters, summed over CPUs (see `palisade_common::Stat`).
+    pub fn counters(&self) -> Result<Vec<u64>, AgentError> {
+        let (reply, rx) = mpsc::channel();
+        self.send(Command::Counters { reply })?;
+        self.answer(&rx)
+    }
+
+    /// The ring buffer of flow events; once (the caller reads it from then on).
+    pub fn take_events(&self) -> Result<RingBuf<MapData>, AgentError> {
+        let (reply, rx) = mpsc::channel();
+        self.send(Command::TakeEvents { reply })?;
+        self.answer(&rx)
+    }
+
+    /// What the last sync knew, for naming flow events.
+    pub fn attribution(&self) -> SharedAttribution {
+        Arc::clone(&self.attribution)
+    }
+
+    /// A handle that asks this worker for live explanations from any thread.
+    pub fn explainer(&self) -> Result<ExplainHandle, AgentError> {
+        Ok(ExplainHandle {
+            node: self.node.clone(),
+            tx: self.tx.clone().ok_or_else(|| AgentError::Gone {
+                node: self.node.clone(),
+            })?,
+        })
+    }
+
     /// The worker's answer to a command, or why there is none.
     fn answer<T>(&self, rx: &mpsc::Receiver<Result<T, String>>) -> Result<T, AgentError> {
         rx.recv()
@@ -217,8 +279,34 @@ impl NodeAgent {
     }
 }
 
+/// Asks a node worker for `palisade explain` answers from the live maps.
+#[derive(Clone)]
+pub struct ExplainHandle {
+    node: String,
+    tx: mpsc::Sender<Command>,
+}
+
+impl ExplainHandle {
+    /// See [`crate::flows::live`]. Blocks until the worker answers: call it from a blocking
+    /// context.
+    pub fn explain(&self, request: ExplainRequest) -> Result<ExplainAnswer, AgentError> {
+        let (reply, rx) = mpsc::channel();
+        let gone = || AgentError::Gone {
+            node: self.node.clone(),
+        };
+        self.tx
+            .send(Command::Explain { request, reply })
+            .map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())?.map_err(|message| AgentError::Failed {
+            node: self.node.clone(),
+            message,
+        })
+    }
+}
+
 impl Drop for NodeAgent {
     fn drop(&mut self) {
+        let _ = self.send(Command::Stop);
         drop(self.tx.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -226,13 +314,17 @@ impl Drop for NodeAgent {
     }
 }
 
-fn serve(
-    node: &str,
-    addrs: &[IpAddr],
-    mut dataplane: Dataplane,
+/// The worker thread's fixed settings.
+struct Worker<'a> {
+    node: &'a str,
+    addrs: &'a [IpAddr],
     established: Established,
-    rx: &mpsc::Receiver<Command>,
-) {
+    attribution: &'a SharedAttribution,
+}
+
+impl Worker<'_> {
+fn serve(&self, mut dataplane: Dataplane, rx: &mpsc::Receiver<Command>) {
+    let (node, addrs, established) = (self.node, self.addrs, self.established);
     let mut compiler = Compiler::new();
     match dataplane.highest_ids() {
         Ok((identity, cidr)) => compiler.reserve_ids(identity, cidr),
@@ -304,15 +396,42 @@ fn serve(
                             maps: dataplane.map_usage(),
                         })
                     });
+                if result.is_ok() {
+                    let attribution =
+                        Attribution::new(node, addrs, *cluster, &state.endpoints, &ifindex);
+                    let mut shared = self
+                        .attribution
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    *shared = Arc::new(attribution);
+                }
                 let _ = reply.send(result);
             }
             Command::Drops { reply } => {
                 let _ = reply.send(dataplane.drops().map_err(|e| e.to_string()));
             }
+            Command::Counters { reply } => {
+                let counters = dataplane.counters().map(|c| c.to_vec());
+                let _ = reply.send(counters.map_err(|e| e.to_string()));
+            }
+            Command::TakeEvents { reply } => {
+                let _ = reply.send(dataplane.take_events().map_err(|e| e.to_string()));
+            }
+            Command::Explain { request, reply } => {
+                let attribution = self
+                    .attribution
+                    .read()
+                    .map(|a| Arc::clone(&a))
+                    .unwrap_or_else(|p| Arc::clone(&p.into_inner()));
+                let answer = crate::flows::live::explain(&dataplane, &attribution, &request);
+                let _ = reply.send(answer);
+            }
             Command::Die => return,
+            Command::Stop => break,
         }
     }
     for ifname in attached.iter().chain(&attached_uplinks) {
         dataplane.detach(ifname);
     }
+}
 }

@@ -93,7 +93,7 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
     // SAFETY: endpoint values are plain data; a concurrent update can only swap whole values.
     let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
         let reason = DropReason::NoEndpoint;
-        owe(SCRATCH_MAIN, &packet, owed(0, direction, FLOW_DENIED, reason as u8, NO_CLASS));
+        owe(SCRATCH_MAIN, &packet, owed(ifindex, direction, FLOW_DENIED, reason as u8, NO_CLASS));
         return Err(reason);
     };
     if packet.neighbour_discovery {

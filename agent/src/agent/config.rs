@@ -20,6 +20,18 @@ pub enum FailMode {
     Open,
 }
 
+/// Which flow records become log lines (every record is counted and streamed regardless).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowLog {
+    /// None.
+    None,
+    /// Denied and audit records: what policy stops, or would stop.
+    #[default]
+    Denied,
+    /// Every record, allowed connections included.
+    All,
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -83,9 +95,37 @@ pub struct Config {
     /// node namespace; the API server stays reachable from the agent's namespace).
     #[arg(long, env = "PALISADE_NETNS")]
     pub netns: Option<PathBuf>,
+    /// Flow events from the programs: every denied packet and every new allowed connection
+    /// (`palisade flows`, flow logs, per-policy counters). `false` turns them off in the
+    /// kernel.
+    #[arg(long, env = "PALISADE_FLOW_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub flow_events: bool,
+    /// Flow events each source address may cause per second; the kernel counts the rest and
+    /// reports the count in the source's next event.
+    #[arg(long, env = "PALISADE_FLOW_EVENTS_PER_SECOND", default_value_t = 100)]
+    pub flow_events_per_second: u32,
+    /// Which flow records are logged.
+    #[arg(long, env = "PALISADE_FLOW_LOG", value_enum, default_value_t = FlowLog::Denied)]
+    pub flow_log: FlowLog,
+    /// Audit mode for every pod of the node: policy is evaluated and would-be drops are
+    /// reported (verdict `audit`), but traffic passes. One namespace at a time: annotate it
+    /// `palisade.io/policy-mode=audit`.
+    #[arg(long, env = "PALISADE_AUDIT")]
+    pub audit: bool,
+    /// The local socket `palisade flows` and `palisade explain` talk to.
+    #[arg(long, env = "PALISADE_SOCKET", default_value = crate::flows::socket::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
 }
 
 impl Config {
+    pub fn flow_settings(&self) -> crate::dataplane::FlowSettings {
+        crate::dataplane::FlowSettings {
+            events: self.flow_events,
+            events_per_second: self.flow_events_per_second,
+            audit_all: self.audit,
+        }
+    }
+
     pub fn min_sync_interval(&self) -> Duration {
         Duration::from_millis(self.min_sync_interval_ms)
     }

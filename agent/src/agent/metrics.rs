@@ -25,6 +25,8 @@ pub struct Metrics {
     pub pending_interfaces: Gauge,
     pub pods_without_interface: Gauge,
     pub policy_errors: Gauge,
+    pub flows: Family<Labels, Counter>,
+    pub flow_events: Family<Labels, Counter>,
 }
 
 /// 0.5 ms to about 65 s.
@@ -109,8 +111,25 @@ impl Metrics {
             "Policy problems found by the last sync (rules that could not be implemented)",
             policy_errors.clone(),
         );
+        let flows = Family::<Labels, Counter>::default();
+        registry.register(
+            "flows",
+            "Flow records by verdict (allowed, denied, audit), direction and policy: the policy \
+             whose rule admitted the flow, or each policy isolating the pod when it was denied \
+             (`none` when no policy applies)",
+            flows.clone(),
+        );
+        let flow_events = Family::<Labels, Counter>::default();
+        registry.register(
+            "flow_events",
+            "Flow events in the kernel by outcome: sent, suppressed (over the source's budget) \
+             or lost (ring buffer full)",
+            flow_events.clone(),
+        );
         Self {
             registry,
+            flows,
+            flow_events,
             implementation_delay,
             sync_duration,
             syncs,

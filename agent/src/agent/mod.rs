@@ -13,6 +13,7 @@
 pub mod config;
 mod http;
 mod links;
+mod flows;
 mod metrics;
 pub mod status;
 mod watch;
@@ -30,7 +31,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::mpsc;
 
 pub use self::{
-    config::{Config, FailMode, LogFormat},
+    config::{Config, FailMode, FlowLog, LogFormat},
     status::Status,
 };
 use self::{
@@ -84,7 +85,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         service_ranges: config.service_cidrs.clone(),
         pins: Some(config.pin_root.clone()),
         established: config.established,
+        flows: config.flow_settings(),
     })?;
+    let _flows = flows::start(&config, &worker, &shared.metrics)?;
 
     let client = client(&config).await?;
     let caches = Caches::start(&client, changes_tx, &shared.metrics);
@@ -231,7 +234,8 @@ struct SyncLoop<'a> {
     links: &'a Links,
     worker: &'a NodeAgent,
     /// Kernel drop counters as last exported, by reason.
-    drops_seen: BTreeMap<&'static str, u64>,
+    /// Kernel counters as last exported, by (label, value).
+    drops_seen: BTreeMap<(&'static str, &'static str), u64>,
     retry: Backoff,
 }
 
@@ -345,23 +349,35 @@ impl SyncLoop<'_> {
             .collect();
     }
 
-    /// Adds what the kernel counted since the last export to the drop counters.
+    /// Adds what the kernel counted since the last export to the drop and flow event
+    /// counters.
     fn export_drops(&mut self) {
-        match self.worker.drops() {
-            Ok(drops) => {
-                for (reason, count) in drops {
-                    let seen = self.drops_seen.entry(reason).or_insert(0);
-                    if count > *seen {
-                        self.shared
-                            .metrics
-                            .drops
-                            .get_or_create(&label("reason", reason))
-                            .inc_by(count - *seen);
-                        *seen = count;
-                    }
-                }
+        use palisade_common::{DROP_REASONS, Stat};
+        let counters = match self.worker.counters() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the kernel's counters");
+                return;
             }
-            Err(e) => tracing::warn!(error = %e, "reading the drop counters"),
+        };
+        let metrics = &self.shared.metrics;
+        let drops = DROP_REASONS
+            .iter()
+            .map(|r| (&metrics.drops, "reason", r.name(), r.stat_index()));
+        let events = [
+            ("sent", Stat::EventsSent),
+            ("suppressed", Stat::EventsSuppressed),
+            ("lost", Stat::EventsLost),
+        ]
+        .into_iter()
+        .map(|(name, stat)| (&metrics.flow_events, "outcome", name, stat as u32));
+        for (family, key, name, index) in drops.chain(events) {
+            let count = counters.get(index as usize).copied().unwrap_or(0);
+            let seen = self.drops_seen.entry((key, name)).or_insert(0);
+            if count > *seen {
+                family.get_or_create(&label(key, name)).inc_by(count - *seen);
+                *seen = count;
+            }
         }
     }
 }

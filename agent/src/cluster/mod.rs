@@ -58,6 +58,21 @@ pub struct Cluster {
     pub policies: BTreeMap<ObjectKey, NetworkPolicy>,
 }
 
+/// A Namespace annotation: `audit` puts every pod of the namespace in audit mode (policy is
+/// evaluated and would-be drops are reported as flows with verdict `audit`, but traffic
+/// passes); anything else, or none, enforces.
+pub const POLICY_MODE_ANNOTATION: &str = "palisade.io/policy-mode";
+
+/// Whether `namespace` asks for audit mode ([`POLICY_MODE_ANNOTATION`]).
+pub fn namespace_audited(cluster: &Cluster, namespace: &str) -> bool {
+    cluster
+        .namespaces
+        .get(namespace)
+        .and_then(|ns| ns.metadata.annotations.as_ref())
+        .and_then(|a| a.get(POLICY_MODE_ANNOTATION))
+        .is_some_and(|mode| mode == "audit")
+}
+
 /// Where `kubectl apply` puts an object whose manifest names no namespace.
 pub const DEFAULT_NAMESPACE: &str = "default";
 

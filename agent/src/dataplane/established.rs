@@ -17,12 +17,12 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::maps::HashMap;
 use ipnet::IpNet;
-use palisade_common::{Addr, CtKey, CtValue, DIR_INGRESS, MAP_CONNTRACK};
+use palisade_common::{CtKey, CtValue, DIR_INGRESS, EP_AUDIT, MAP_CONNTRACK};
 
 use super::{Dataplane, DataplaneError};
 use crate::{
     cluster::ObjectKey,
-    policy::{NodeState, lookup::admits},
+    policy::{NodeState, compile::ip_of, lookup::admits},
 };
 
 /// The established-connection setting. See the module documentation.
@@ -35,15 +35,6 @@ pub enum Established {
     Recheck,
 }
 
-fn ip_of(addr: &Addr) -> IpAddr {
-    if addr.is_v4() {
-        let b = addr.bytes;
-        IpAddr::from([b[12], b[13], b[14], b[15]])
-    } else {
-        IpAddr::from(addr.bytes)
-    }
-}
-
 impl Dataplane {
     /// Deletes the conntrack entries `state` no longer admits (for [`Established::Recheck`]);
     /// returns how many. `ifindex` names the local pods' interfaces, as given to `sync`.
@@ -54,6 +45,7 @@ impl Dataplane {
     ) -> Result<usize, DataplaneError> {
         let owner: BTreeMap<u32, &ObjectKey> = ifindex.iter().map(|(k, i)| (*i, k)).collect();
         let services = self.service_ranges.clone();
+        let audit_all = self.flow_settings.audit_all;
         let in_service = |ip: &IpAddr| services.iter().any(|net: &IpNet| net.contains(ip));
         let map = self
             .ebpf
@@ -77,6 +69,14 @@ impl Dataplane {
             }
             // An interface no pod has any more: its flows are gone with it.
             let admitted = owner.get(&key.ifindex).is_some_and(|endpoint| {
+                // Audit mode never cuts: it only reports.
+                let audited = state
+                    .endpoints
+                    .get(*endpoint)
+                    .is_some_and(|ep| ep.flags & EP_AUDIT != 0);
+                if audited || audit_all {
+                    return true;
+                }
                 let peer = if key.direction == DIR_INGRESS {
                     src
                 } else {

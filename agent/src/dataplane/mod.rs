@@ -3,6 +3,7 @@
 //! a loaded program on a crafted frame (`test_run.rs`).
 
 mod established;
+mod flows;
 mod local_addrs;
 pub mod pin;
 mod sync;
@@ -29,6 +30,7 @@ use palisade_common::{
 
 pub use self::{
     established::Established,
+    flows::{FlowSettings, LiveDecision},
     sync::SyncReport,
     test_run::{LOOPBACK_IFINDEX, TestRunOutcome},
 };
@@ -112,6 +114,8 @@ pub struct Dataplane {
     local_addrs: local_addrs::LocalAddrs,
     /// The Service ranges last written (see [`Self::set_service_ranges`]).
     service_ranges: Vec<IpNet>,
+    /// The event and audit settings last written (see [`Self::set_flow_settings`]).
+    flow_settings: FlowSettings,
 }
 
 impl Dataplane {
@@ -179,6 +183,10 @@ impl Dataplane {
             adopted: false,
             local_addrs: local_addrs::LocalAddrs::default(),
             service_ranges: Vec::new(),
+            flow_settings: FlowSettings {
+                events: false,
+                ..FlowSettings::default()
+            },
         })
     }
 

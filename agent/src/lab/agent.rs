@@ -28,5 +28,6 @@ pub fn start(
         service_ranges: service_ranges.to_vec(),
         pins,
         established,
+        flows: crate::dataplane::FlowSettings::default(),
     })
 }

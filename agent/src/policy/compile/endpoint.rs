@@ -150,6 +150,7 @@ impl Context<'_> {
                 let Some(rules) = rules_of(policy, direction) else {
                     continue;
                 };
+                ep.isolating[d].push(policy.key.clone());
                 ep.flags |= if direction == DIR_INGRESS {
                     EP_INGRESS_ISOLATED
                 } else {
@@ -208,6 +209,9 @@ impl Context<'_> {
             ep.classes[d] = table.classes;
         }
         ep.peers.retain(|_, m| *m != 0);
+        if crate::cluster::namespace_audited(self.cluster, &key.namespace) {
+            ep.flags |= palisade_common::EP_AUDIT;
+        }
         (ep, errors)
     }
 

@@ -82,6 +82,16 @@ fn same_bits(a: &Addr, b: &Addr, bits: u32) -> bool {
     bits == 0 || (a ^ b) >> (128 - bits) == 0
 }
 
+/// The address an [`Addr`] holds (IPv4-mapped ones as IPv4).
+pub fn ip_of(addr: &Addr) -> IpAddr {
+    if addr.is_v4() {
+        let b = addr.bytes;
+        IpAddr::from([b[12], b[13], b[14], b[15]])
+    } else {
+        IpAddr::from(addr.bytes)
+    }
+}
+
 pub fn addr_of(ip: &IpAddr) -> Addr {
     match ip {
         IpAddr::V4(v4) => Addr::from_v4(v4.octets()),
@@ -123,6 +133,8 @@ pub struct EndpointState {
     /// (direction, protocol, port prefix) -> classes.
     pub ports: BTreeMap<(u8, u8, PortPrefix), ClassMask>,
     pub classes: [Vec<Class>; 2],
+    /// The policies that isolate the pod, by direction (what a denied flow is blamed on).
+    pub isolating: [Vec<ObjectKey>; 2],
 }
 
 /// The desired content of every map on one node.

@@ -14,7 +14,7 @@
 //!
 //! The verdict's explanation (its `Display`) is in `display.rs`.
 
-mod display;
+pub mod display;
 #[cfg(test)]
 mod tests;
 
