@@ -54,6 +54,8 @@ pub struct AgentProcess {
     child: Child,
     status_addr: SocketAddr,
     log: PathBuf,
+    /// Where `palisade flows` and `palisade explain` reach it.
+    socket: PathBuf,
 }
 
 impl AgentProcess {
@@ -69,6 +71,7 @@ impl AgentProcess {
         // A free port on loopback for /status and /metrics.
         let status_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let log = logs.join(format!("agent-{}.log", node.name));
+        let socket = logs.join(format!("agent-{}.sock", node.name));
         let out = File::options().create(true).append(true).open(&log)?;
         let ranges: Vec<String> = service_ranges().iter().map(ToString::to_string).collect();
         let established = match established {
@@ -90,6 +93,8 @@ impl AgentProcess {
             .args(["--pod-interface-prefix", "pv"])
             .args(["--min-sync-interval-ms", "10"])
             .args(["--established", established])
+            .arg("--socket")
+            .arg(&socket)
             .args(extra_args)
             .env("PALISADE_LOG", "info,kube=warn,tower=warn,hyper=warn")
             .stdin(Stdio::null())
@@ -112,6 +117,7 @@ impl AgentProcess {
             child,
             status_addr,
             log,
+            socket,
         })
     }
 
@@ -242,23 +248,30 @@ fn fresh(meta: &ObjectMeta) -> ObjectMeta {
     }
 }
 
-/// A merge patch setting `new` labels and removing those only `old` has.
+/// A merge patch setting `new` labels and annotations and removing those only `old` has.
 fn label_patch(old: &ObjectMeta, new: &ObjectMeta) -> Option<serde_json::Value> {
-    let (old, new) = (
-        old.labels.clone().unwrap_or_default(),
-        new.labels.clone().unwrap_or_default(),
-    );
-    if old == new {
-        return None;
+    let diff = |old: &Option<BTreeMap<String, String>>, new: &Option<BTreeMap<String, String>>| {
+        let (old, new) = (old.clone().unwrap_or_default(), new.clone().unwrap_or_default());
+        if old == new {
+            return None;
+        }
+        let mut map = serde_json::Map::new();
+        for key in old.keys().filter(|k| !new.contains_key(*k)) {
+            map.insert(key.clone(), serde_json::Value::Null);
+        }
+        for (k, v) in &new {
+            map.insert(k.clone(), json!(v));
+        }
+        Some(serde_json::Value::Object(map))
+    };
+    let mut metadata = serde_json::Map::new();
+    if let Some(labels) = diff(&old.labels, &new.labels) {
+        metadata.insert("labels".into(), labels);
     }
-    let mut labels = serde_json::Map::new();
-    for key in old.keys().filter(|k| !new.contains_key(*k)) {
-        labels.insert(key.clone(), serde_json::Value::Null);
+    if let Some(annotations) = diff(&old.annotations, &new.annotations) {
+        metadata.insert("annotations".into(), annotations);
     }
-    for (k, v) in &new {
-        labels.insert(k.clone(), json!(v));
-    }
-    Some(json!({ "metadata": { "labels": labels } }))
+    (!metadata.is_empty()).then(|| json!({ "metadata": metadata }))
 }
 
 impl ApiControl {
@@ -310,6 +323,16 @@ impl ApiControl {
             .get(node)
             .with_context(|| format!("no agent on {node}"))?;
         http_get(agent.status_addr, path).await
+    }
+
+    /// The local socket of `node`'s agent (`palisade flows --socket`, `palisade explain
+    /// --socket`).
+    pub fn agent_socket(&self, node: &str) -> Result<PathBuf> {
+        let agent = self
+            .agents
+            .get(node)
+            .with_context(|| format!("no agent on {node}"))?;
+        Ok(agent.socket.clone())
     }
 
     /// `node`'s agent's `/status`.
