@@ -94,6 +94,11 @@ enum Family {
     Palisade,
     Iptables,
     Nftables,
+    /// Palisade with flow events off in the kernel (the others have them on, read and named
+    /// by a thread as the agent would, within the default budget of 100 per source per second).
+    EventsOff,
+    /// Palisade with flow events on and no budget: every new connection sent and named.
+    EventsAll,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -120,6 +125,18 @@ struct Setup {
     seconds: f64,
 }
 
+/// The kernel's flow event counters over one configuration's tests, and the records named.
+#[derive(Serialize)]
+struct Events {
+    family: Family,
+    policies: Option<usize>,
+    round: usize,
+    sent: u64,
+    suppressed: u64,
+    lost: u64,
+    named: u64,
+}
+
 #[derive(Serialize)]
 struct Machine {
     cpu: String,
@@ -138,6 +155,7 @@ struct Report {
     seconds_per_test: u32,
     netperf: Vec<Sample>,
     setup: Vec<Setup>,
+    events: Vec<Events>,
     per_packet: Vec<per_packet::PerPacket>,
     control: Vec<control::ControlPlane>,
     phase_seconds: BTreeMap<&'static str, f64>,
@@ -186,7 +204,7 @@ fn main() -> Result<()> {
     phases.insert("control plane", start.elapsed().as_secs_f64());
 
     let start = Instant::now();
-    let (netperf, setup) = netperf_series(plan, &configs, &bar)?;
+    let (netperf, setup, events) = netperf_series(plan, &configs, &bar)?;
     phases.insert("netperf", start.elapsed().as_secs_f64());
     bar.finish_and_clear();
 
@@ -207,6 +225,7 @@ fn main() -> Result<()> {
         seconds_per_test: plan.seconds,
         netperf,
         setup,
+        events,
         per_packet,
         control,
         phase_seconds: phases,
@@ -237,13 +256,82 @@ fn configs(counts: &[usize]) -> Vec<Config> {
             });
         }
     }
+    // The cost of flow events, at the largest count.
+    if let Some(&n) = counts.last() {
+        for family in [Family::EventsOff, Family::EventsAll] {
+            out.push(Config {
+                family,
+                policies: Some(n),
+            });
+        }
+    }
     out
+}
+
+/// Reads and names the flow events of an agent as `palisade agent` does, on a thread of its
+/// own, until dropped.
+struct EventReader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl EventReader {
+    fn start(agent: &palisade::node::NodeAgent) -> Result<Self> {
+        use std::sync::atomic::Ordering;
+        let mut ring = agent.take_events()?;
+        let attribution = agent.attribution();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut named = 0u64;
+            loop {
+                let done = stopping.load(Ordering::Relaxed);
+                let names = attribution.read().map(|a| std::sync::Arc::clone(&a));
+                let Ok(names) = names else { return named };
+                let now = palisade::flows::monotonic_now();
+                while let Some(item) = ring.next() {
+                    let size = std::mem::size_of::<palisade_common::FlowEvent>();
+                    if item.len() >= size {
+                        let event = bytemuck::pod_read_unaligned(&item[..size]);
+                        std::hint::black_box(names.record(&event, now));
+                        named += 1;
+                    }
+                }
+                if done {
+                    return named;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops after a last drain; the number of records named.
+    fn finish(&mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for EventReader {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// What is in place during one configuration's tests; dropping it removes it.
 enum Installed {
     Nothing,
-    Agent(palisade::node::NodeAgent),
+    Agent(palisade::node::NodeAgent, EventReader),
     Filter(Filter, PathBuf),
 }
 
@@ -261,7 +349,7 @@ fn netperf_series(
     plan: &Plan,
     configs: &[Config],
     bar: &ProgressBar,
-) -> Result<(Vec<Sample>, Vec<Setup>)> {
+) -> Result<(Vec<Sample>, Vec<Setup>, Vec<Events>)> {
     // Every namespace goes with the topology, on every exit path.
     let mut topology = Topology::new()?;
     let node = topology.add_node(NODE, 1)?;
@@ -295,6 +383,7 @@ fn netperf_series(
 
     let mut samples = Vec::new();
     let mut setups = Vec::new();
+    let mut events = Vec::new();
     for round in 0..plan.rounds {
         // ABC..CBA: every configuration sees early and late positions alike.
         let order: Vec<&Config> = if round % 2 == 0 {
@@ -317,10 +406,23 @@ fn netperf_series(
             let (scale, specs, cluster) = clusters
                 .get(&n)
                 .context("a policy count without its cluster")?;
-            let installed = match config.family {
+            let mut installed = match config.family {
                 Family::Floor => Installed::Nothing,
-                Family::AllowAll | Family::Palisade => {
-                    let agent = agent::start(&node, &[], None, Established::Keep)?;
+                Family::AllowAll | Family::Palisade | Family::EventsOff | Family::EventsAll => {
+                    let defaults = palisade::dataplane::FlowSettings::default();
+                    let flows = match config.family {
+                        Family::EventsOff => palisade::dataplane::FlowSettings {
+                            events: false,
+                            ..defaults
+                        },
+                        Family::EventsAll => palisade::dataplane::FlowSettings {
+                            events_per_second: u32::MAX,
+                            ..defaults
+                        },
+                        _ => defaults,
+                    };
+                    let agent =
+                        agent::start_with_flows(&node, &[], None, Established::Keep, flows)?;
                     let outcome = agent.sync(cluster, interfaces.clone(), Vec::new())?;
                     if !outcome.errors.is_empty() || !outcome.report.failures.is_empty() {
                         bail!(
@@ -329,7 +431,8 @@ fn netperf_series(
                             outcome.report.failures
                         );
                     }
-                    Installed::Agent(agent)
+                    let reader = EventReader::start(&agent)?;
+                    Installed::Agent(agent, reader)
                 }
                 Family::Iptables | Family::Nftables => {
                     let filter = if config.family == Family::Iptables {
@@ -365,18 +468,31 @@ fn netperf_series(
                     error,
                 });
             }
-            if let Installed::Agent(agent) = &installed {
+            if let Installed::Agent(agent, reader) = &mut installed {
                 // The probed flows were allowed: nothing of them may have been dropped.
                 let drops: u64 = agent.drops()?.iter().map(|(_, n)| n).sum();
                 if drops > 0 {
                     eprintln!("[bench] warning: {label}: Palisade dropped {drops} packets");
                 }
+                let counters = agent.counters()?;
+                let count = |stat: palisade_common::Stat| {
+                    counters.get(stat as usize).copied().unwrap_or(0)
+                };
+                events.push(Events {
+                    family: config.family,
+                    policies: config.policies,
+                    round,
+                    sent: count(palisade_common::Stat::EventsSent),
+                    suppressed: count(palisade_common::Stat::EventsSuppressed),
+                    lost: count(palisade_common::Stat::EventsLost),
+                    named: reader.finish(),
+                });
             }
             drop(installed);
             bar.inc(1);
         }
     }
-    Ok((samples, setups))
+    Ok((samples, setups, events))
 }
 
 fn loadavg() -> String {

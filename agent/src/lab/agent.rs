@@ -4,7 +4,7 @@ use ipnet::IpNet;
 
 use super::topology::NodeHandle;
 use crate::{
-    dataplane::Established,
+    dataplane::{Established, FlowSettings},
     node::{AgentError, NodeAgent, NodeConfig},
 };
 
@@ -17,6 +17,17 @@ pub fn start(
     pins: Option<std::path::PathBuf>,
     established: Established,
 ) -> Result<NodeAgent, AgentError> {
+    start_with_flows(node, service_ranges, pins, established, FlowSettings::default())
+}
+
+/// [`start`] with other flow event settings (the benchmark's events on and off).
+pub fn start_with_flows(
+    node: &NodeHandle,
+    service_ranges: &[IpNet],
+    pins: Option<std::path::PathBuf>,
+    established: Established,
+    flows: FlowSettings,
+) -> Result<NodeAgent, AgentError> {
     let netns = node.netns.fd().map_err(|e| AgentError::Failed {
         node: node.name.clone(),
         message: e.to_string(),
@@ -28,6 +39,6 @@ pub fn start(
         service_ranges: service_ranges.to_vec(),
         pins,
         established,
-        flows: crate::dataplane::FlowSettings::default(),
+        flows,
     })
 }

@@ -55,6 +55,7 @@ pub fn render(inputs: &Inputs<'_>) -> String {
     );
     targets(&mut md, f);
     netperf(&mut md, f, inputs);
+    flow_events(&mut md, f);
     per_packet(&mut md, f, inputs.plot_prefix);
     control(&mut md, f);
     let _ = writeln!(
@@ -251,6 +252,72 @@ fn row(md: &mut String, name: &str, s: &Summary, floor: Option<&Summary>) {
         s.spread_pct(),
         s.n
     );
+}
+
+/// Palisade with flow events off, on within the default budget, and on for every connection, at
+/// the largest policy count, on the tests the issue names.
+fn flow_events(md: &mut String, f: &Value) {
+    let Some(&n) = stats::counts(f).last() else {
+        return;
+    };
+    if stats::netperf(f, "events-off", Some(n), "TCP_CRR").is_none() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## The cost of flow events
+
+Palisade at {n} policies, in the same rounds as above:          flow events off in the kernel; on, within the default budget of 100 events per source          address per second (the rest counted, not sent); and on with no budget, every new          connection sent. When on, a thread reads and names every event as `palisade agent`          does, on the same two CPUs. Ratios are to events off. Established packets (TCP_RR)          never owe an event; each new connection (TCP_CRR) owes two, one at each pod's hook.
+"
+    );
+    for test in ["TCP_CRR", "TCP_RR"] {
+        let off = stats::netperf(f, "events-off", Some(n), test);
+        let unit = off.as_ref().map(|s| s.unit.clone()).unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "### {test} ({unit})\n\n| flow events | median | min .. max | IQR | spread | ratio to off | rounds |\n|---|---|---|---|---|---|---|"
+        );
+        for (family, name) in [
+            ("events-off", "off"),
+            ("palisade", "on, 100 per source per second"),
+            ("events-all", "on, every event"),
+        ] {
+            if let Some(s) = stats::netperf(f, family, Some(n), test) {
+                row(md, name, &s, off.as_ref());
+            }
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(
+        md,
+        "Events in the kernel over each configuration's four tests (sums over the rounds):\n\n\
+         | flow events | sent | suppressed | lost (ring full) | named by the reader |\n|---|---|---|---|---|"
+    );
+    for (family, name) in [
+        ("events-off", "off"),
+        ("palisade", "on, 100 per source per second"),
+        ("events-all", "on, every event"),
+    ] {
+        let rows: Vec<&Value> = f["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["family"] == family && e["policies"].as_u64() == Some(n))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let sum = |key: &str| rows.iter().filter_map(|e| e[key].as_u64()).sum::<u64>();
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} |",
+            sum("sent"),
+            sum("suppressed"),
+            sum("lost"),
+            sum("named")
+        );
+    }
+    md.push('\n');
 }
 
 fn netperf(md: &mut String, f: &Value, inputs: &Inputs<'_>) {
