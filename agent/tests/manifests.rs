@@ -135,4 +135,23 @@ fn the_daemonset_runs_on_the_host_network_with_bpffs_and_probes() {
         .and_then(|v| v.host_path.as_ref())
         .map(|h| h.path.as_str());
     assert_eq!(volume, Some("/sys/fs/bpf"));
+    // The agent's socket is where `palisade flows` looks by default, on the host as well.
+    let socket_dir = std::path::Path::new(palisade::flows::socket::DEFAULT_SOCKET)
+        .parent()
+        .and_then(|p| p.to_str())
+        .expect("socket directory");
+    let mount = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == socket_dir)
+        .expect("the socket directory is mounted");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.host_path.as_ref())
+        .map(|h| h.path.as_str());
+    assert_eq!(volume, Some(socket_dir));
 }

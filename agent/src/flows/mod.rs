@@ -400,3 +400,6 @@ pub fn monotonic_now() -> Duration {
         .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;
