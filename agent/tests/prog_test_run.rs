@@ -17,13 +17,15 @@ use palisade::{
     manifest::parse_str,
     policy::{Compiler, NodeState, NodeView},
 };
-use palisade_common::{DropReason, PROG_FROM_POD, PROG_TO_POD, STAT_SLOTS, Stat};
+use palisade_common::{Addr, DropReason, PROG_FROM_POD, PROG_TO_POD, STAT_SLOTS, Stat};
 
 #[path = "prog_test_run/frames.rs"]
 mod frames;
 use frames::*;
 #[path = "prog_test_run/endpoints.rs"]
 mod endpoints;
+#[path = "prog_test_run/flow_events.rs"]
+mod flow_events;
 
 const PASS: i32 = -1; // TC_ACT_UNSPEC: on to the next program or the stack.
 const DROP: i32 = 2; // TC_ACT_SHOT
