@@ -105,6 +105,11 @@ enum LabCommand {
         /// With --apiserver: restart the API server in the middle of each step's changes.
         #[arg(long, requires = "apiserver")]
         restart_apiserver: bool,
+        /// With --apiserver: keep the lab up after the last step, with its API server, agents
+        /// and pods, and print how to reach them (`palisade flows`, `palisade explain`,
+        /// `kubectl`, `ip netns exec`); Ctrl-C removes it.
+        #[arg(long, requires = "apiserver")]
+        hold: bool,
     },
     /// Remove every lab namespace, including those of other or crashed runs.
     Clean,
@@ -155,6 +160,7 @@ fn main() -> ExitCode {
                         apiserver,
                         restart_agents,
                         restart_apiserver,
+                        hold,
                     },
             } => {
                 let options = lab::run::RunOptions {
@@ -167,6 +173,7 @@ fn main() -> ExitCode {
                         restart_agents,
                         restart_apiserver,
                     },
+                    hold,
                 };
                 // Handlers first: a signal that arrives while the lab is being built must not
                 // kill the process with namespaces behind. On SIGINT or SIGTERM the run future
@@ -174,32 +181,70 @@ fn main() -> ExitCode {
                 let shutdown = shutdown_signal()?;
                 tokio::select! {
                     r = lab::run::run_cases(&cases, options) => r,
-                    s = shutdown => Err(anyhow::anyhow!("interrupted by {s}; lab namespaces removed")),
+                    s = shutdown => if hold {
+                        println!("{s}: the lab is removed");
+                        Ok(true)
+                    } else {
+                        Err(anyhow::anyhow!("interrupted by {s}; lab namespaces removed"))
+                    },
                 }
             }
-            Command::Explain { files, socket, from, to, flow } if files.is_empty() => {
+            Command::Explain {
+                files,
+                socket,
+                from,
+                to,
+                flow,
+            } if files.is_empty() => {
                 let request = palisade::flows::socket::ExplainRequest { from, to, flow };
-                palisade::flows::socket::Client::explain(&socket, request).await.map(|answer| {
-                    for line in &answer.lines {
-                        println!("{line}");
-                    }
-                    answer.agrees
-                })
+                palisade::flows::socket::Client::explain(&socket, request)
+                    .await
+                    .map(|answer| {
+                        for line in &answer.lines {
+                            println!("{line}");
+                        }
+                        answer.agrees
+                    })
             }
-            Command::Explain { files, from, to, flow, .. } => palisade::explain::explain(&files, &from, &to, &flow).map(|lines| {
+            Command::Explain {
+                files,
+                from,
+                to,
+                flow,
+                ..
+            } => palisade::explain::explain(&files, &from, &to, &flow).map(|lines| {
                 for line in lines {
                     println!("{line}");
                 }
                 true
             }),
-            Command::Flows { socket, namespace, pod, verdict, port, json, count } => {
-                let filter = palisade::flows::FlowFilter { namespace, pod, verdict, port };
-                palisade::flows::socket::follow(&socket, filter, json, count).await.map(|()| true)
+            Command::Flows {
+                socket,
+                namespace,
+                pod,
+                verdict,
+                port,
+                json,
+                count,
+            } => {
+                let filter = palisade::flows::FlowFilter {
+                    namespace,
+                    pod,
+                    verdict,
+                    port,
+                };
+                palisade::flows::socket::follow(&socket, filter, json, count)
+                    .await
+                    .map(|()| true)
             }
-            Command::Lab { command: LabCommand::Clean } => lab::netns::clean_all().map(|n| {
-                println!("removed {n} lab namespace(s)");
-                true
-            }).map_err(Into::into),
+            Command::Lab {
+                command: LabCommand::Clean,
+            } => lab::netns::clean_all()
+                .map(|n| {
+                    println!("removed {n} lab namespace(s)");
+                    true
+                })
+                .map_err(Into::into),
         }
     });
     match result {

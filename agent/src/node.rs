@@ -297,10 +297,12 @@ impl ExplainHandle {
         self.tx
             .send(Command::Explain { request, reply })
             .map_err(|_| gone())?;
-        rx.recv().map_err(|_| gone())?.map_err(|message| AgentError::Failed {
-            node: self.node.clone(),
-            message,
-        })
+        rx.recv()
+            .map_err(|_| gone())?
+            .map_err(|message| AgentError::Failed {
+                node: self.node.clone(),
+                message,
+            })
     }
 }
 
@@ -323,115 +325,116 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
-fn serve(&self, mut dataplane: Dataplane, rx: &mpsc::Receiver<Command>) {
-    let (node, addrs, established) = (self.node, self.addrs, self.established);
-    let mut compiler = Compiler::new();
-    match dataplane.highest_ids() {
-        Ok((identity, cidr)) => compiler.reserve_ids(identity, cidr),
-        Err(e) => tracing::warn!(node, error = %e, "could not read the ids left in the maps"),
-    }
-    // Interfaces with a program, by name.
-    let mut attached: BTreeSet<String> = BTreeSet::new();
-    let mut attached_uplinks: Vec<String> = Vec::new();
-    while let Ok(command) = rx.recv() {
-        match command {
-            Command::Sync {
-                cluster,
-                interfaces,
-                pending,
-                uplinks,
-                reply,
-            } => {
-                let view = NodeView { name: node, addrs };
-                let state = compiler.compile(&cluster, &view);
-                let ifindex = interfaces
-                    .iter()
-                    .map(|(k, i)| (k.clone(), i.ifindex))
-                    .collect();
-                let result = dataplane
-                    .sync(&state, &ifindex)
-                    .map_err(|e| e.to_string())
-                    .and_then(|report| {
-                        // Only pods whose endpoint entry was just written, and interfaces of
-                        // pods not known yet (whose programs drop everything): never attach a
-                        // program that would find another pod's rules, or none for a known pod.
-                        let wanted: BTreeSet<String> = interfaces
-                            .iter()
-                            .filter(|(key, i)| {
-                                state.endpoints.contains_key(*key) || attached.contains(&i.ifname)
+    fn serve(&self, mut dataplane: Dataplane, rx: &mpsc::Receiver<Command>) {
+        let (node, addrs, established) = (self.node, self.addrs, self.established);
+        let mut compiler = Compiler::new();
+        match dataplane.highest_ids() {
+            Ok((identity, cidr)) => compiler.reserve_ids(identity, cidr),
+            Err(e) => tracing::warn!(node, error = %e, "could not read the ids left in the maps"),
+        }
+        // Interfaces with a program, by name.
+        let mut attached: BTreeSet<String> = BTreeSet::new();
+        let mut attached_uplinks: Vec<String> = Vec::new();
+        while let Ok(command) = rx.recv() {
+            match command {
+                Command::Sync {
+                    cluster,
+                    interfaces,
+                    pending,
+                    uplinks,
+                    reply,
+                } => {
+                    let view = NodeView { name: node, addrs };
+                    let state = compiler.compile(&cluster, &view);
+                    let ifindex = interfaces
+                        .iter()
+                        .map(|(k, i)| (k.clone(), i.ifindex))
+                        .collect();
+                    let result = dataplane
+                        .sync(&state, &ifindex)
+                        .map_err(|e| e.to_string())
+                        .and_then(|report| {
+                            // Only pods whose endpoint entry was just written, and interfaces of
+                            // pods not known yet (whose programs drop everything): never attach a
+                            // program that would find another pod's rules, or none for a known pod.
+                            let wanted: BTreeSet<String> = interfaces
+                                .iter()
+                                .filter(|(key, i)| {
+                                    state.endpoints.contains_key(*key)
+                                        || attached.contains(&i.ifname)
+                                })
+                                .map(|(_, i)| i.ifname.clone())
+                                .chain(pending)
+                                .collect();
+                            // Kept across the switch from pending to known: never a moment without.
+                            for ifname in attached.difference(&wanted) {
+                                dataplane.detach(ifname);
+                            }
+                            attached.retain(|i| wanted.contains(i));
+                            for ifname in &wanted {
+                                if !attached.contains(ifname) {
+                                    dataplane.attach(ifname).map_err(|e| e.to_string())?;
+                                    attached.insert(ifname.clone());
+                                }
+                            }
+                            for uplink in &uplinks {
+                                if !attached_uplinks.contains(uplink) {
+                                    dataplane.attach_uplink(uplink).map_err(|e| e.to_string())?;
+                                    attached_uplinks.push(uplink.clone());
+                                }
+                            }
+                            dataplane.release_stale_links();
+                            let cut = if established == Established::Recheck {
+                                dataplane
+                                    .recheck_established(&state, &ifindex)
+                                    .map_err(|e| e.to_string())?
+                            } else {
+                                0
+                            };
+                            Ok(SyncOutcome {
+                                report,
+                                cut,
+                                errors: state.errors.clone(),
+                                endpoints: state.endpoints.len(),
+                                maps: dataplane.map_usage(),
                             })
-                            .map(|(_, i)| i.ifname.clone())
-                            .chain(pending)
-                            .collect();
-                        // Kept across the switch from pending to known: never a moment without.
-                        for ifname in attached.difference(&wanted) {
-                            dataplane.detach(ifname);
-                        }
-                        attached.retain(|i| wanted.contains(i));
-                        for ifname in &wanted {
-                            if !attached.contains(ifname) {
-                                dataplane.attach(ifname).map_err(|e| e.to_string())?;
-                                attached.insert(ifname.clone());
-                            }
-                        }
-                        for uplink in &uplinks {
-                            if !attached_uplinks.contains(uplink) {
-                                dataplane.attach_uplink(uplink).map_err(|e| e.to_string())?;
-                                attached_uplinks.push(uplink.clone());
-                            }
-                        }
-                        dataplane.release_stale_links();
-                        let cut = if established == Established::Recheck {
-                            dataplane
-                                .recheck_established(&state, &ifindex)
-                                .map_err(|e| e.to_string())?
-                        } else {
-                            0
-                        };
-                        Ok(SyncOutcome {
-                            report,
-                            cut,
-                            errors: state.errors.clone(),
-                            endpoints: state.endpoints.len(),
-                            maps: dataplane.map_usage(),
-                        })
-                    });
-                if result.is_ok() {
-                    let attribution =
-                        Attribution::new(node, addrs, *cluster, &state.endpoints, &ifindex);
-                    let mut shared = self
-                        .attribution
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    *shared = Arc::new(attribution);
+                        });
+                    if result.is_ok() {
+                        let attribution =
+                            Attribution::new(node, addrs, *cluster, &state.endpoints, &ifindex);
+                        let mut shared = self
+                            .attribution
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        *shared = Arc::new(attribution);
+                    }
+                    let _ = reply.send(result);
                 }
-                let _ = reply.send(result);
+                Command::Drops { reply } => {
+                    let _ = reply.send(dataplane.drops().map_err(|e| e.to_string()));
+                }
+                Command::Counters { reply } => {
+                    let counters = dataplane.counters().map(|c| c.to_vec());
+                    let _ = reply.send(counters.map_err(|e| e.to_string()));
+                }
+                Command::TakeEvents { reply } => {
+                    let _ = reply.send(dataplane.take_events().map_err(|e| e.to_string()));
+                }
+                Command::Explain { request, reply } => {
+                    let attribution = self
+                        .attribution
+                        .read()
+                        .map(|a| Arc::clone(&a))
+                        .unwrap_or_else(|p| Arc::clone(&p.into_inner()));
+                    let answer = crate::flows::live::explain(&dataplane, &attribution, &request);
+                    let _ = reply.send(answer);
+                }
+                Command::Die => return,
+                Command::Stop => break,
             }
-            Command::Drops { reply } => {
-                let _ = reply.send(dataplane.drops().map_err(|e| e.to_string()));
-            }
-            Command::Counters { reply } => {
-                let counters = dataplane.counters().map(|c| c.to_vec());
-                let _ = reply.send(counters.map_err(|e| e.to_string()));
-            }
-            Command::TakeEvents { reply } => {
-                let _ = reply.send(dataplane.take_events().map_err(|e| e.to_string()));
-            }
-            Command::Explain { request, reply } => {
-                let attribution = self
-                    .attribution
-                    .read()
-                    .map(|a| Arc::clone(&a))
-                    .unwrap_or_else(|p| Arc::clone(&p.into_inner()));
-                let answer = crate::flows::live::explain(&dataplane, &attribution, &request);
-                let _ = reply.send(answer);
-            }
-            Command::Die => return,
-            Command::Stop => break,
+        }
+        for ifname in attached.iter().chain(&attached_uplinks) {
+            dataplane.detach(ifname);
         }
     }
-    for ifname in attached.iter().chain(&attached_uplinks) {
-        dataplane.detach(ifname);
-    }
-}
 }

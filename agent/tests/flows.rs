@@ -250,10 +250,7 @@ async fn flows_name_the_policy_floods_are_held_to_a_budget_and_audit_reports_wit
     );
     let records = follower.since(mark, Duration::from_millis(700)).await;
     let a_to_b = between(&records, "x/a", "x/b");
-    let by_rule: Vec<_> = a_to_b
-        .iter()
-        .filter(|r| !r.allowed_by.is_empty())
-        .collect();
+    let by_rule: Vec<_> = a_to_b.iter().filter(|r| !r.allowed_by.is_empty()).collect();
     assert_eq!(by_rule.len(), 1, "one record names a rule: {a_to_b:#?}");
     assert_eq!(by_rule[0].verdict, FlowVerdict::Allowed);
     assert_eq!(by_rule[0].allowed_by, ["x/b-from-a ingress[0]"]);

@@ -9,8 +9,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use palisade_common::{
-    CFG_AUDIT_ALL, CFG_EVENTS, EP_AUDIT, EVENT_WINDOW_NS, EndpointInfo, EventLimit,
-    SCRATCH_MAIN, SCRATCH_TRANSLATED, Stat,
+    CFG_AUDIT_ALL, CFG_EVENTS, EP_AUDIT, EVENT_WINDOW_NS, EndpointInfo, EventLimit, SCRATCH_MAIN,
+    SCRATCH_TRANSLATED, Stat,
 };
 
 use crate::{
@@ -123,7 +123,10 @@ fn send(slot: u32) {
             event.suppressed = 0;
         }
     }
-    if EVENTS.output::<palisade_common::FlowEvent>(&*event, 0).is_ok() {
+    if EVENTS
+        .output::<palisade_common::FlowEvent>(&*event, 0)
+        .is_ok()
+    {
         bump(Stat::EventsSent as u32);
     } else {
         bump(Stat::EventsLost as u32);

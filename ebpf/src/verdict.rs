@@ -93,7 +93,11 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
     // SAFETY: endpoint values are plain data; a concurrent update can only swap whole values.
     let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
         let reason = DropReason::NoEndpoint;
-        owe(SCRATCH_MAIN, &packet, owed(ifindex, direction, FLOW_DENIED, reason as u8, NO_CLASS));
+        owe(
+            SCRATCH_MAIN,
+            &packet,
+            owed(ifindex, direction, FLOW_DENIED, reason as u8, NO_CLASS),
+        );
         return Err(reason);
     };
     if packet.neighbour_discovery {
@@ -101,7 +105,11 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
     }
     if direction == DIR_EGRESS && !own_source(&packet.src, ifindex) {
         let reason = DropReason::SpoofedSource;
-        owe(SCRATCH_MAIN, &packet, owed(ifindex, direction, FLOW_DENIED, reason as u8, NO_CLASS));
+        owe(
+            SCRATCH_MAIN,
+            &packet,
+            owed(ifindex, direction, FLOW_DENIED, reason as u8, NO_CLASS),
+        );
         return Err(reason);
     }
     let translated = direction == DIR_INGRESS && judge_translated(&packet)?;
@@ -134,7 +142,11 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
         (EP_EGRESS_ISOLATED, DropReason::PolicyEgress, packet.dst)
     };
     let owe_main = |verdict: u8, reason: u8, class: u8| {
-        owe(SCRATCH_MAIN, &packet, owed(ifindex, direction, verdict, reason, class));
+        owe(
+            SCRATCH_MAIN,
+            &packet,
+            owed(ifindex, direction, verdict, reason, class),
+        );
     };
     if endpoint.flags & isolated_flag != 0 {
         let unjudgeable = if packet.fragment {

@@ -312,10 +312,7 @@ impl EventReader {
     /// Stops after a last drain; the number of records named.
     fn finish(&mut self) -> u64 {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or(0)
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
     }
 }
 
@@ -475,9 +472,8 @@ fn netperf_series(
                     eprintln!("[bench] warning: {label}: Palisade dropped {drops} packets");
                 }
                 let counters = agent.counters()?;
-                let count = |stat: palisade_common::Stat| {
-                    counters.get(stat as usize).copied().unwrap_or(0)
-                };
+                let count =
+                    |stat: palisade_common::Stat| counters.get(stat as usize).copied().unwrap_or(0);
                 events.push(Events {
                     family: config.family,
                     policies: config.policies,

@@ -11,9 +11,9 @@
 //! and the next agent adopts them.
 
 pub mod config;
+mod flows;
 mod http;
 mod links;
-mod flows;
 mod metrics;
 pub mod status;
 mod watch;
@@ -375,7 +375,9 @@ impl SyncLoop<'_> {
             let count = counters.get(index as usize).copied().unwrap_or(0);
             let seen = self.drops_seen.entry((key, name)).or_insert(0);
             if count > *seen {
-                family.get_or_create(&label(key, name)).inc_by(count - *seen);
+                family
+                    .get_or_create(&label(key, name))
+                    .inc_by(count - *seen);
                 *seen = count;
             }
         }

@@ -46,7 +46,9 @@ pub enum LiveDecision {
     /// Admitted by this class (the lowest both peer and port hold).
     Class(u8),
     /// Dropped by policy; `audit`: reported and passed instead.
-    Denied { audit: bool },
+    Denied {
+        audit: bool,
+    },
 }
 
 impl LiveDecision {
@@ -126,10 +128,9 @@ impl Dataplane {
         let d = usize::from(direction);
         let (mut peer_mask, mut port_mask) = (endpoint.any_peer[d], endpoint.any_port[d]);
         let addr = addr_of(&peer);
-        let identities: HashMap<_, Addr, IdentityValue> = HashMap::try_from(
-            map(MAP_POD_IDENTITIES)?,
-        )
-        .map_err(map_err(MAP_POD_IDENTITIES, "open"))?;
+        let identities: HashMap<_, Addr, IdentityValue> =
+            HashMap::try_from(map(MAP_POD_IDENTITIES)?)
+                .map_err(map_err(MAP_POD_IDENTITIES, "open"))?;
         let peers: HashMap<_, PeerKey, ClassMask> =
             HashMap::try_from(map(MAP_PEERS)?).map_err(map_err(MAP_PEERS, "open"))?;
         let classes_of = |peer: u32| -> Result<ClassMask, DataplaneError> {

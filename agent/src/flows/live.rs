@@ -28,21 +28,19 @@ pub fn explain(
     let cluster = &attribution.cluster;
     let from_key = pod_key(attribution, &request.from)?;
     let to_key = pod_key(attribution, &request.to)?;
-    let resolve = |name: &str, key: &Option<ObjectKey>, like: Option<IpAddr>| {
-        match key {
-            Some(k) => {
-                let (k, _) = cluster.pods.get_key_value(k).ok_or("pod vanished")?;
-                let end = match like {
-                    Some(like) => Endpoint::pod_like(cluster, k, like),
-                    None => Endpoint::pod(cluster, k),
-                };
-                end.ok_or_else(|| format!("pod {name} has no address (of that family)"))
-            }
-            None => name
-                .parse::<IpAddr>()
-                .map(|ip| Endpoint::at(cluster, ip))
-                .map_err(|_| format!("{name:?} is neither namespace/pod nor an address")),
+    let resolve = |name: &str, key: &Option<ObjectKey>, like: Option<IpAddr>| match key {
+        Some(k) => {
+            let (k, _) = cluster.pods.get_key_value(k).ok_or("pod vanished")?;
+            let end = match like {
+                Some(like) => Endpoint::pod_like(cluster, k, like),
+                None => Endpoint::pod(cluster, k),
+            };
+            end.ok_or_else(|| format!("pod {name} has no address (of that family)"))
         }
+        None => name
+            .parse::<IpAddr>()
+            .map(|ip| Endpoint::at(cluster, ip))
+            .map_err(|_| format!("{name:?} is neither namespace/pod nor an address")),
     };
     let src = resolve(&request.from, &from_key, None)?;
     let dst = resolve(&request.to, &to_key, Some(src.addr()))?;
@@ -137,7 +135,9 @@ fn pod_key(attribution: &Attribution, name: &str) -> Result<Option<ObjectKey>, S
     };
     let key = ObjectKey::new(ns, pod);
     if !attribution.cluster.pods.contains_key(&key) {
-        return Err(format!("unknown pod {key}: the agent's cluster has no such pod"));
+        return Err(format!(
+            "unknown pod {key}: the agent's cluster has no such pod"
+        ));
     }
     Ok(Some(key))
 }

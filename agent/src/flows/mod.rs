@@ -19,14 +19,14 @@ use std::{
 };
 
 use palisade_common::{
-    AllowReason, DIR_INGRESS, DropReason, FLOW_ALLOWED, FLOW_AUDIT, FLOW_DENIED, FLOW_TRANSLATED,
-    FlowEvent, NO_CLASS,
+    AllowReason, DIR_INGRESS, DropReason, FLOW_ALLOWED, FLOW_AUDIT, FLOW_TRANSLATED, FlowEvent,
+    NO_CLASS,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     cluster::{Cluster, ObjectKey, is_host_network, pod_addrs},
-        policy::{
+    policy::{
         compile::{Class, EndpointState, ip_of},
         evaluate::{DirectionVerdict, Endpoint, Evaluator, display::protocol_name},
     },
@@ -154,7 +154,11 @@ impl fmt::Display for FlowRecord {
                 self.isolated_by.join(", ")
             )?;
         } else {
-            write!(f, ": {} at {judged}", self.reason)?;
+            match self.reason.as_str() {
+                "not-isolated" => write!(f, ": {} of {judged} not isolated", self.direction)?,
+                "from-host" => write!(f, ": from {judged}'s own node (always allowed)")?,
+                reason => write!(f, ": {reason} at {judged}")?,
+            }
         }
         if self.translated {
             write!(f, " (Service flow, after translation)")?;
@@ -190,9 +194,10 @@ impl FlowFilter {
                 .filter_map(|e| e.pod.as_deref())
                 .chain(record.pod.as_deref())
         };
-        let namespace_ok = self.namespace.as_deref().is_none_or(|ns| {
-            pods().any(|p| p.split_once('/').is_some_and(|(n, _)| n == ns))
-        });
+        let namespace_ok = self
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| pods().any(|p| p.split_once('/').is_some_and(|(n, _)| n == ns)));
         let pod_ok = self.pod.as_deref().is_none_or(|want| {
             pods().any(|p| {
                 if want.contains('/') {
@@ -282,8 +287,8 @@ impl Attribution {
         let verdict = match event.verdict {
             FLOW_ALLOWED => FlowVerdict::Allowed,
             FLOW_AUDIT => FlowVerdict::Audit,
-            // Unknown verdicts read as denied: the record must never claim more access.
-            FLOW_DENIED | _ => FlowVerdict::Denied,
+            // FLOW_DENIED, and unknown verdicts: a record never claims more access.
+            _ => FlowVerdict::Denied,
         };
         let reason = if verdict == FlowVerdict::Allowed {
             AllowReason::from_u8(event.reason).map_or("unknown", AllowReason::name)
@@ -350,7 +355,13 @@ impl Attribution {
             };
             format!("{policy} {dir}[{index}]")
         };
-        let all = || class.rules.iter().map(|r| name(&r.policy, r.index)).collect();
+        let all = || {
+            class
+                .rules
+                .iter()
+                .map(|r| name(&r.policy, r.index))
+                .collect()
+        };
         if class.rules.len() <= 1 {
             return all();
         }

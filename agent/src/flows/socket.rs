@@ -192,7 +192,9 @@ pub async fn follow(
                 }
                 out.flush()?;
             }
-            Some(Message::Lagged(n)) => eprintln!("palisade: {n} flows skipped (reading too slowly)"),
+            Some(Message::Lagged(n)) => {
+                eprintln!("palisade: {n} flows skipped (reading too slowly)")
+            }
             Some(Message::Error(e)) => bail!("{e}"),
             Some(Message::Explain(_)) => bail!("unexpected explain answer"),
             None => bail!("the agent closed the connection"),

@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use palisade_common::{
-    Addr, AllowReason, DIR_EGRESS, DIR_INGRESS, DropReason, FLOW_ALLOWED, FLOW_AUDIT,
-    FLOW_DENIED, FlowEvent, NO_CLASS, PROTO_TCP,
+    Addr, AllowReason, DIR_EGRESS, DIR_INGRESS, DropReason, FLOW_ALLOWED, FLOW_AUDIT, FLOW_DENIED,
+    FlowEvent, NO_CLASS, PROTO_TCP,
 };
 
 use super::{Attribution, FlowFilter, FlowVerdict};
@@ -204,6 +204,13 @@ fn records_survive_a_json_round_trip_as_palisade_flows_reads_them() {
     let record = names.record(&e, Duration::ZERO);
     let json = serde_json::to_string(&record).unwrap();
     assert!(json.contains("\"verdict\":\"denied\""), "{json}");
-    assert_eq!(serde_json::from_str::<super::FlowRecord>(&json).unwrap(), record);
-    assert!(record.to_string().ends_with("[3 earlier events suppressed]"));
+    assert_eq!(
+        serde_json::from_str::<super::FlowRecord>(&json).unwrap(),
+        record
+    );
+    assert!(
+        record
+            .to_string()
+            .ends_with("[3 earlier events suppressed]")
+    );
 }

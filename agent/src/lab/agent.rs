@@ -17,7 +17,13 @@ pub fn start(
     pins: Option<std::path::PathBuf>,
     established: Established,
 ) -> Result<NodeAgent, AgentError> {
-    start_with_flows(node, service_ranges, pins, established, FlowSettings::default())
+    start_with_flows(
+        node,
+        service_ranges,
+        pins,
+        established,
+        FlowSettings::default(),
+    )
 }
 
 /// [`start`] with other flow event settings (the benchmark's events on and off).

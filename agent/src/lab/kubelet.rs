@@ -251,7 +251,10 @@ fn fresh(meta: &ObjectMeta) -> ObjectMeta {
 /// A merge patch setting `new` labels and annotations and removing those only `old` has.
 fn label_patch(old: &ObjectMeta, new: &ObjectMeta) -> Option<serde_json::Value> {
     let diff = |old: &Option<BTreeMap<String, String>>, new: &Option<BTreeMap<String, String>>| {
-        let (old, new) = (old.clone().unwrap_or_default(), new.clone().unwrap_or_default());
+        let (old, new) = (
+            old.clone().unwrap_or_default(),
+            new.clone().unwrap_or_default(),
+        );
         if old == new {
             return None;
         }
@@ -323,6 +326,11 @@ impl ApiControl {
             .get(node)
             .with_context(|| format!("no agent on {node}"))?;
         http_get(agent.status_addr, path).await
+    }
+
+    /// The kubeconfig of the API server (for `kubectl --kubeconfig`).
+    pub fn kubeconfig(&self) -> &Path {
+        self.server.kubeconfig()
     }
 
     /// The local socket of `node`'s agent (`palisade flows --socket`, `palisade explain

@@ -50,6 +50,9 @@ pub struct RunOptions {
     pub agent_binary: Option<PathBuf>,
     /// Faults injected in `apiserver` runs.
     pub faults: Faults,
+    /// With `apiserver`: after the last step of the last case, keep the lab up (API server,
+    /// agents, pods) and say how to reach it, until interrupted.
+    pub hold: bool,
 }
 
 /// Runs every case; true when all tables of all cases matched.
@@ -204,10 +207,43 @@ async fn run_case(case: &Case, options: &RunOptions, delays: &mut Vec<Duration>)
     if let Some(api) = &mut lab.api {
         delays.append(&mut api.delays);
     }
+    if options.hold && lab.api.is_some() {
+        lab.hold()?;
+        std::future::pending::<()>().await;
+    }
     Ok(ok)
 }
 
 impl Lab {
+    /// What `lab run --hold` prints: where the API server, the agents and the pods are.
+    fn hold(&self) -> Result<()> {
+        let Some(api) = &self.api else {
+            return Ok(());
+        };
+        println!("\nThe lab stays up until Ctrl-C, which removes all of it.");
+        println!(
+            "  API server: kubectl --kubeconfig {}",
+            api.kubeconfig().display()
+        );
+        for name in self.nodes.keys() {
+            println!(
+                "  {name}: palisade flows --socket {}",
+                api.agent_socket(name)?.display()
+            );
+        }
+        println!("  pods (run a command in one with `ip netns exec NETNS ...`):");
+        for pod in self.topology.pods() {
+            let addrs: Vec<String> = pod.addrs.iter().map(ToString::to_string).collect();
+            println!(
+                "    {:<28} {:<24} netns {}",
+                pod.key,
+                addrs.join(","),
+                pod.netns.name()
+            );
+        }
+        Ok(())
+    }
+
     /// The node called `name` (`node-<index>`), created with its agent, its links to the other
     /// nodes and its Service translation the first time a pod lands on it.
     fn node(&mut self, name: &str) -> Result<NodeHandle> {

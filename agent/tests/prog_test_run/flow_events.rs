@@ -44,10 +44,19 @@ fn run(node: &Node, program: &'static str, frame: &[u8]) -> i32 {
 fn a_new_flow_and_a_drop_each_send_one_event_and_a_tracked_packet_none() {
     let mut node = Node::with_server();
     let mut ring = events_on(&mut node, 1000);
-    assert_eq!(run(&node, PROG_TO_POD, &syn4(CLIENT, SERVER, 41000, 80)), PASS);
-    assert_eq!(run(&node, PROG_TO_POD, &syn4(OTHER, SERVER, 41000, 80)), DROP);
+    assert_eq!(
+        run(&node, PROG_TO_POD, &syn4(CLIENT, SERVER, 41000, 80)),
+        PASS
+    );
+    assert_eq!(
+        run(&node, PROG_TO_POD, &syn4(OTHER, SERVER, 41000, 80)),
+        DROP
+    );
     // The server's answer to the admitted SYN: a tracked flow, no event.
-    assert_eq!(run(&node, PROG_FROM_POD, &syn4(SERVER, CLIENT, 80, 41000)), PASS);
+    assert_eq!(
+        run(&node, PROG_FROM_POD, &syn4(SERVER, CLIENT, 80, 41000)),
+        PASS
+    );
     let events = drain(&mut ring);
     assert_eq!(events.len(), 2, "{events:#?}");
     let (allowed, denied) = (&events[0], &events[1]);
@@ -68,7 +77,10 @@ fn a_new_flow_and_a_drop_each_send_one_event_and_a_tracked_packet_none() {
         (FLOW_DENIED, DropReason::PolicyIngress as u8, NO_CLASS)
     );
     assert_eq!(denied.saddr, Addr::from_v4(OTHER));
-    assert_eq!(node.dataplane.counters().unwrap()[Stat::EventsSent as usize], 2);
+    assert_eq!(
+        node.dataplane.counters().unwrap()[Stat::EventsSent as usize],
+        2
+    );
 }
 
 #[test]
@@ -76,7 +88,10 @@ fn events_off_send_nothing() {
     let mut node = Node::with_server();
     let mut ring = node.dataplane.take_events().expect("ring buffer");
     // `Dataplane::load` leaves the kernel's settings at zero: events off.
-    assert_eq!(run(&node, PROG_TO_POD, &syn4(OTHER, SERVER, 41000, 80)), DROP);
+    assert_eq!(
+        run(&node, PROG_TO_POD, &syn4(OTHER, SERVER, 41000, 80)),
+        DROP
+    );
     assert!(drain(&mut ring).is_empty());
     let counters = node.dataplane.counters().unwrap();
     assert_eq!(counters[Stat::EventsSent as usize], 0);
@@ -94,7 +109,10 @@ fn a_source_over_its_budget_is_counted_and_the_count_rides_on_its_next_event() {
         );
     }
     // Another source has a budget of its own.
-    assert_eq!(run(&node, PROG_TO_POD, &syn4(CLIENT, SERVER, 42000, 81)), DROP);
+    assert_eq!(
+        run(&node, PROG_TO_POD, &syn4(CLIENT, SERVER, 42000, 81)),
+        DROP
+    );
     let events = drain(&mut ring);
     let from_other = events
         .iter()
@@ -108,7 +126,10 @@ fn a_source_over_its_budget_is_counted_and_the_count_rides_on_its_next_event() {
     assert_eq!(counters[DropReason::PolicyIngress.stat_index() as usize], 6);
     // The next window: the first event carries the three suppressed.
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(run(&node, PROG_TO_POD, &syn4(OTHER, SERVER, 42010, 80)), DROP);
+    assert_eq!(
+        run(&node, PROG_TO_POD, &syn4(OTHER, SERVER, 42010, 80)),
+        DROP
+    );
     let events = drain(&mut ring);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].suppressed, 3);
@@ -121,12 +142,24 @@ fn audit_passes_and_reports_what_policy_would_drop_per_endpoint_or_for_the_node(
     let server = ObjectKey::new("x", "server");
     node.state.endpoints.get_mut(&server).unwrap().flags |= EP_AUDIT;
     node.sync(&[("server", LOOPBACK_IFINDEX)]);
-    assert_eq!(run(&node, PROG_TO_POD, &syn4(OTHER, SERVER, 43000, 80)), PASS);
-    assert_eq!(run(&node, PROG_FROM_POD, &syn4(SERVER, OTHER, 43000, 8080)), PASS);
+    assert_eq!(
+        run(&node, PROG_TO_POD, &syn4(OTHER, SERVER, 43000, 80)),
+        PASS
+    );
+    assert_eq!(
+        run(&node, PROG_FROM_POD, &syn4(SERVER, OTHER, 43000, 8080)),
+        PASS
+    );
     // Tracked like an admitted flow: the reply passes without another event.
-    assert_eq!(run(&node, PROG_FROM_POD, &syn4(SERVER, OTHER, 80, 43000)), PASS);
+    assert_eq!(
+        run(&node, PROG_FROM_POD, &syn4(SERVER, OTHER, 80, 43000)),
+        PASS
+    );
     // Not a policy verdict: a spoofed source is dropped in audit mode too.
-    assert_eq!(run(&node, PROG_FROM_POD, &syn4(CLIENT, OTHER, 43000, 80)), DROP);
+    assert_eq!(
+        run(&node, PROG_FROM_POD, &syn4(CLIENT, OTHER, 43000, 80)),
+        DROP
+    );
     let events = drain(&mut ring);
     let verdicts: Vec<(u8, u8, u8)> = events
         .iter()
@@ -147,7 +180,10 @@ fn audit_passes_and_reports_what_policy_would_drop_per_endpoint_or_for_the_node(
     // Back to enforcing the endpoint, then audit for the whole node: no reload either way.
     node.state.endpoints.get_mut(&server).unwrap().flags &= !EP_AUDIT;
     node.sync(&[("server", LOOPBACK_IFINDEX)]);
-    assert_eq!(run(&node, PROG_TO_POD, &syn4(OTHER, SERVER, 43001, 80)), DROP);
+    assert_eq!(
+        run(&node, PROG_TO_POD, &syn4(OTHER, SERVER, 43001, 80)),
+        DROP
+    );
     node.dataplane
         .set_flow_settings(FlowSettings {
             events: true,
@@ -155,7 +191,10 @@ fn audit_passes_and_reports_what_policy_would_drop_per_endpoint_or_for_the_node(
             audit_all: true,
         })
         .unwrap();
-    assert_eq!(run(&node, PROG_TO_POD, &syn4(OTHER, SERVER, 43002, 80)), PASS);
+    assert_eq!(
+        run(&node, PROG_TO_POD, &syn4(OTHER, SERVER, 43002, 80)),
+        PASS
+    );
     let events = drain(&mut ring);
     assert_eq!(
         events.iter().map(|e| e.verdict).collect::<Vec<_>>(),

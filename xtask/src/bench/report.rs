@@ -265,10 +265,12 @@ fn flow_events(md: &mut String, f: &Value) {
     }
     let _ = writeln!(
         md,
-        "## The cost of flow events
-
-Palisade at {n} policies, in the same rounds as above:          flow events off in the kernel; on, within the default budget of 100 events per source          address per second (the rest counted, not sent); and on with no budget, every new          connection sent. When on, a thread reads and names every event as `palisade agent`          does, on the same two CPUs. Ratios are to events off. Established packets (TCP_RR)          never owe an event; each new connection (TCP_CRR) owes two, one at each pod's hook.
-"
+        "## The cost of flow events\n\nPalisade at {n} policies, in the same rounds as above: \
+         flow events off in the kernel; on, within the default budget of 100 events per source \
+         address per second (the rest counted, not sent); and on with no budget, every new \
+         connection sent. When on, a thread reads and names every event as `palisade agent` \
+         does, on the same two CPUs. Ratios are to events off. Established packets (TCP_RR) \
+         never owe an event; each new connection (TCP_CRR) owes two, one at each pod's hook.\n"
     );
     for test in ["TCP_CRR", "TCP_RR"] {
         let off = stats::netperf(f, "events-off", Some(n), test);
