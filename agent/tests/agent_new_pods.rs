@@ -8,18 +8,13 @@
 use std::{net::SocketAddr, time::Duration};
 
 use palisade::{
-    cluster::{Cluster, ObjectKey},
-    dataplane::Established,
-    lab::{
-        addresses::AddressBook,
-        kubelet::{ApiControl, Faults},
-        pins::PinRoot,
-        probe::probe,
-        serve::{Proto, serve},
-        topology::Topology,
-    },
-    manifest::parse_str,
+    cluster::ObjectKey,
+    lab::{probe::probe, serve::Proto, topology::Topology},
 };
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{ApiLab, require_root};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -49,15 +44,6 @@ spec:
   ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]
 "#;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "needs root: creates network namespaces and loads eBPF programs"
-    );
-}
-
 async fn connects(topology: &Topology, from: &str, to: &str) -> bool {
     let (src, dst) = (topology.pod(from).unwrap(), topology.pod(to).unwrap());
     probe(
@@ -73,32 +59,14 @@ async fn connects(topology: &Topology, from: &str, to: &str) -> bool {
 /// x/a is running and known; x/b (isolated, admits x/a) and x/c (no policy) get their
 /// interfaces, and the agent is asked about them before and after their status is written.
 async fn new_pods(mode: &str) -> (bool, bool, bool, bool) {
-    let binary = env!("CARGO_BIN_EXE_palisade").into();
-    let mut api = ApiControl::start(binary, Established::Keep, Faults::default())
-        .await
-        .expect("API server");
-    api.set_agent_args(&["--fail-mode", mode]);
-    let mut topology = Topology::new().expect("topology");
-    let mut pins = PinRoot::new();
-    let node = topology.add_node("node-1", 1).expect("node");
-    api.start_agent(&node, &pins.node(&node)).expect("agent");
-
-    let mut cluster = Cluster::default();
-    for object in parse_str(CLUSTER, "cluster").expect("manifest") {
-        cluster.apply(object);
-    }
-    let mut book = AddressBook::default();
-    let keys: Vec<ObjectKey> = cluster.pods.keys().cloned().collect();
-    api.push_objects(&cluster).await.expect("objects");
-    let mut servers = Vec::new();
-    for key in &keys {
-        let pod = cluster.pods.get_mut(key).unwrap();
-        let addrs = book.addresses(key, pod);
-        let handle = topology
-            .add_pod(&node, &key.to_string(), &addrs)
-            .expect("pod");
-        servers.push(serve(&handle, &[(Proto::Tcp, 80)]).expect("server"));
-    }
+    let lab = ApiLab::start(CLUSTER, &["--fail-mode", mode]).await;
+    let ApiLab {
+        servers,
+        topology,
+        mut api,
+        pins,
+        cluster,
+    } = lab;
     // Only x/a is reported running: x/b and x/c have interfaces but no known pod.
     let a = ObjectKey::new("x", "a");
     api.push_statuses(&cluster, |k| *k == a)

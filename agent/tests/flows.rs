@@ -13,26 +13,25 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use palisade::{
-    cluster::{Cluster, ObjectKey, POLICY_MODE_ANNOTATION},
-    dataplane::Established,
+    cluster::{Cluster, POLICY_MODE_ANNOTATION},
     flows::{FlowRecord, FlowVerdict},
     lab::{
-        addresses::AddressBook,
-        kubelet::{ApiControl, Faults},
-        pins::PinRoot,
         probe::{ProbeOutcome, probe},
-        serve::{Proto, serve},
+        serve::Proto,
         topology::Topology,
     },
-    manifest::parse_str,
 };
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{ApiLab, require_root};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -78,15 +77,6 @@ spec:
 const BUDGET: u32 = 20;
 /// Datagrams in the flood, each to another port (a new flow, and a denied packet, each).
 const FLOOD: u16 = 300;
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "needs root: creates network namespaces and loads eBPF programs"
-    );
-}
 
 /// `palisade flows --json` as a child process, its records collected as they come.
 struct Follower {
@@ -176,33 +166,19 @@ const ONE_SYN: Duration = Duration::from_millis(700);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_name_the_policy_floods_are_held_to_a_budget_and_audit_reports_without_dropping() {
     require_root();
-    let binary: PathBuf = env!("CARGO_BIN_EXE_palisade").into();
-    let mut api = ApiControl::start(binary, Established::Keep, Faults::default())
-        .await
-        .expect("API server");
     let budget = BUDGET.to_string();
-    api.set_agent_args(&["--flow-events-per-second", &budget, "--flow-log", "all"]);
-    let mut topology = Topology::new().expect("topology");
-    let mut pins = PinRoot::new();
-    let node = topology.add_node("node-1", 1).expect("node");
-    api.start_agent(&node, &pins.node(&node)).expect("agent");
-
-    let mut cluster = Cluster::default();
-    for object in parse_str(CLUSTER, "cluster").expect("manifest") {
-        cluster.apply(object);
-    }
-    let mut book = AddressBook::default();
-    let keys: Vec<ObjectKey> = cluster.pods.keys().cloned().collect();
-    api.push_objects(&cluster).await.expect("objects");
-    let mut servers = Vec::new();
-    for key in &keys {
-        let pod = cluster.pods.get_mut(key).unwrap();
-        let addrs = book.addresses(key, pod);
-        let handle = topology
-            .add_pod(&node, &key.to_string(), &addrs)
-            .expect("pod");
-        servers.push(serve(&handle, &[(Proto::Tcp, 80)]).expect("server"));
-    }
+    let lab = ApiLab::start(
+        CLUSTER,
+        &["--flow-events-per-second", &budget, "--flow-log", "all"],
+    )
+    .await;
+    let ApiLab {
+        servers,
+        topology,
+        mut api,
+        pins,
+        mut cluster,
+    } = lab;
     api.push_statuses(&cluster, |_| true).await.expect("status");
     api.converge().await.expect("converge");
     let socket = api.agent_socket("node-1").expect("socket");

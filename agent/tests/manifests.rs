@@ -117,41 +117,34 @@ fn the_daemonset_runs_on_the_host_network_with_bpffs_and_probes() {
             .and_then(|r| r.requests.as_ref())
             .is_some()
     );
-    let mount = agent
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.mount_path == "/sys/fs/bpf")
-        .expect("bpffs mounted");
+    // The mount at `path` and the host path of its volume.
+    let host_mount = |path: &str| {
+        let mount = agent
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == path)
+            .unwrap_or_else(|| panic!("{path} mounted"));
+        let host = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .and_then(|v| v.host_path.as_ref())
+            .map(|h| h.path.clone());
+        (mount, host)
+    };
+    let (mount, host) = host_mount("/sys/fs/bpf");
     assert_eq!(mount.mount_propagation.as_deref(), Some("Bidirectional"));
+    assert_eq!(host.as_deref(), Some("/sys/fs/bpf"));
     // Kubernetes allows Bidirectional propagation only in privileged containers.
     let privileged = agent.security_context.as_ref().and_then(|s| s.privileged);
     assert_eq!(privileged, Some(true));
-    let volume = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .and_then(|v| v.host_path.as_ref())
-        .map(|h| h.path.as_str());
-    assert_eq!(volume, Some("/sys/fs/bpf"));
     // The agent's socket is where `palisade flows` looks by default, on the host as well.
-    let socket_dir = std::path::Path::new(palisade::flows::socket::DEFAULT_SOCKET)
+    let socket_dir = Path::new(palisade::flows::socket::DEFAULT_SOCKET)
         .parent()
         .and_then(|p| p.to_str())
         .expect("socket directory");
-    let mount = agent
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.mount_path == socket_dir)
-        .expect("the socket directory is mounted");
-    let volume = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .and_then(|v| v.host_path.as_ref())
-        .map(|h| h.path.as_str());
-    assert_eq!(volume, Some(socket_dir));
+    let (_, host) = host_mount(socket_dir);
+    assert_eq!(host.as_deref(), Some(socket_dir));
 }

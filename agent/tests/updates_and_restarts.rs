@@ -46,14 +46,9 @@ const VERSIONS: usize = 100;
 /// Versions after which the agent is killed and started again.
 const RESTARTS: [usize; 2] = [33, 66];
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "needs root: creates network namespaces and loads eBPF programs"
-    );
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::require_root;
 
 fn cluster_yaml() -> String {
     let pod = |name: &str, app: &str, ip: &str| {

@@ -43,7 +43,11 @@
 //!    longest match in [`MAP_CIDRS`];
 //!    port mask = `any_port[D]` | longest match in [`MAP_PORTS`] for (E, D, P, N).
 //! 8. peer mask & port mask != 0: pass and track; otherwise drop
-//!    ([`DropReason::PolicyIngress`] / [`DropReason::PolicyEgress`]).
+//!    ([`DropReason::PolicyIngress`] / [`DropReason::PolicyEgress`]), unless the endpoint is in
+//!    audit mode ([`EP_AUDIT`], or [`CFG_AUDIT_ALL`] for the node): then pass and track.
+//!
+//! Every drop after parsing and every new flow (5-8) owes a [`FlowEvent`] to [`MAP_EVENTS`],
+//! within the source address's budget; packets of tracked flows (4) owe none.
 //!
 //! Addresses are 16 bytes everywhere; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so one
 //! trie serves both families and an IPv4 prefix /n is stored as /(96+n).

@@ -91,26 +91,26 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
     // SAFETY: `skb` is the context pointer the kernel handed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: endpoint values are plain data; a concurrent update can only swap whole values.
-    let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
-        let reason = DropReason::NoEndpoint;
+    // The hook's own event: a verdict, or a drop (which `denied` returns for `Err`).
+    let owe_main = |verdict: u8, reason: u8, class: u8| {
         owe(
             SCRATCH_MAIN,
             &packet,
-            owed(ifindex, direction, FLOW_DENIED, reason as u8, NO_CLASS),
+            owed(ifindex, direction, verdict, reason, class),
         );
-        return Err(reason);
+    };
+    let denied = |reason: DropReason| {
+        owe_main(FLOW_DENIED, reason as u8, NO_CLASS);
+        reason
+    };
+    let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+        return Err(denied(DropReason::NoEndpoint));
     };
     if packet.neighbour_discovery {
         return Ok(false);
     }
     if direction == DIR_EGRESS && !own_source(&packet.src, ifindex) {
-        let reason = DropReason::SpoofedSource;
-        owe(
-            SCRATCH_MAIN,
-            &packet,
-            owed(ifindex, direction, FLOW_DENIED, reason as u8, NO_CLASS),
-        );
-        return Err(reason);
+        return Err(denied(DropReason::SpoofedSource));
     }
     let translated = direction == DIR_INGRESS && judge_translated(&packet)?;
 
@@ -141,13 +141,6 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
     } else {
         (EP_EGRESS_ISOLATED, DropReason::PolicyEgress, packet.dst)
     };
-    let owe_main = |verdict: u8, reason: u8, class: u8| {
-        owe(
-            SCRATCH_MAIN,
-            &packet,
-            owed(ifindex, direction, verdict, reason, class),
-        );
-    };
     if endpoint.flags & isolated_flag != 0 {
         let unjudgeable = if packet.fragment {
             Some(DropReason::Fragment)
@@ -157,14 +150,10 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
             None
         };
         if let Some(reason) = unjudgeable {
-            owe_main(FLOW_DENIED, reason as u8, NO_CLASS);
-            return Err(reason);
+            return Err(denied(reason));
         }
         if direction == DIR_EGRESS && SERVICES.get(Key::new(128, packet.dst)).is_some() {
-            if let Err(reason) = defer(&packet, ifindex) {
-                owe_main(FLOW_DENIED, reason as u8, NO_CLASS);
-                return Err(reason);
-            }
+            defer(&packet, ifindex).map_err(denied)?;
             // The event is owed by the hook that judges the translated flow.
             return Ok(translated);
         }
@@ -173,10 +162,7 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
                 bump(Stat::AuditPassed as u32);
                 owe_main(FLOW_AUDIT, policy_drop as u8, NO_CLASS);
             }
-            NO_CLASS => {
-                owe_main(FLOW_DENIED, policy_drop as u8, NO_CLASS);
-                return Err(policy_drop);
-            }
+            NO_CLASS => return Err(denied(policy_drop)),
             FROM_HOST => owe_main(FLOW_ALLOWED, AllowReason::FromHost as u8, NO_CLASS),
             class => owe_main(FLOW_ALLOWED, AllowReason::Policy as u8, class),
         }

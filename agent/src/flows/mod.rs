@@ -275,8 +275,7 @@ impl Attribution {
         }
     }
 
-    /// Names one event. `evaluator` is made on demand, only when a class holds several rules
-    /// and the reference evaluator must say which of them admit the flow.
+    /// Names one event. `monotonic_now` is CLOCK_MONOTONIC now, to date the kernel's stamp.
     pub fn record(&self, event: &FlowEvent, monotonic_now: Duration) -> FlowRecord {
         let (src, dst) = (ip_of(&event.saddr), ip_of(&event.daddr));
         let direction = if event.direction == DIR_INGRESS {
