@@ -82,9 +82,6 @@ enum Command {
         uplinks: Vec<String>,
         reply: mpsc::Sender<Result<SyncOutcome, String>>,
     },
-    Drops {
-        reply: mpsc::Sender<Result<Vec<(&'static str, u64)>, String>>,
-    },
     Counters {
         reply: mpsc::Sender<Result<Vec<u64>, String>>,
     },
@@ -223,9 +220,7 @@ impl NodeAgent {
 
     /// Drop counters by reason.
     pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, AgentError> {
-        let (reply, rx) = mpsc::channel();
-        self.send(Command::Drops { reply })?;
-        self.answer(&rx)
+        Ok(crate::dataplane::drops_by_reason(&self.counters()?))
     }
 
     /// Every slot of the programs' counters, summed over CPUs (see `palisade_common::Stat`).
@@ -410,9 +405,6 @@ impl Worker<'_> {
                     }
                     let _ = reply.send(result);
                 }
-                Command::Drops { reply } => {
-                    let _ = reply.send(dataplane.drops().map_err(|e| e.to_string()));
-                }
                 Command::Counters { reply } => {
                     let counters = dataplane.counters().map(|c| c.to_vec());
                     let _ = reply.send(counters.map_err(|e| e.to_string()));
@@ -421,11 +413,7 @@ impl Worker<'_> {
                     let _ = reply.send(dataplane.take_events().map_err(|e| e.to_string()));
                 }
                 Command::Explain { request, reply } => {
-                    let attribution = self
-                        .attribution
-                        .read()
-                        .map(|a| Arc::clone(&a))
-                        .unwrap_or_else(|p| Arc::clone(&p.into_inner()));
+                    let attribution = crate::flows::reader::current(self.attribution);
                     let answer = crate::flows::live::explain(&dataplane, &attribution, &request);
                     let _ = reply.send(answer);
                 }

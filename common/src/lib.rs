@@ -136,7 +136,8 @@ pub const MAX_SERVICE_RANGES: u32 = 64;
 pub const MAX_ORIGINAL_DST: u32 = 65_536;
 /// Room for every endpoint to be dual-stack, with slack.
 pub const MAX_LOCAL_ADDRS: u32 = 4 * MAX_ENDPOINTS;
-/// [`MAP_EVENTS`] size in bytes (a power-of-two number of pages): about 10 000 events.
+/// [`MAP_EVENTS`] size in bytes (a power-of-two number of pages): 14,563 events of 64 bytes and
+/// their 8-byte record headers.
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 /// Sources whose event budget is remembered at once ([`MAP_EVENT_LIMITS`]).
 pub const MAX_EVENT_LIMITS: u32 = 16_384;

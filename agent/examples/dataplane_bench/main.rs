@@ -286,17 +286,9 @@ impl EventReader {
             let mut named = 0u64;
             loop {
                 let done = stopping.load(Ordering::Relaxed);
-                let names = attribution.read().map(|a| std::sync::Arc::clone(&a));
-                let Ok(names) = names else { return named };
-                let now = palisade::flows::monotonic_now();
-                while let Some(item) = ring.next() {
-                    let size = std::mem::size_of::<palisade_common::FlowEvent>();
-                    if item.len() >= size {
-                        let event = bytemuck::pod_read_unaligned(&item[..size]);
-                        std::hint::black_box(names.record(&event, now));
-                        named += 1;
-                    }
-                }
+                let records = palisade::flows::reader::drain(&mut ring, &attribution);
+                named += records.len() as u64;
+                std::hint::black_box(records);
                 if done {
                     return named;
                 }

@@ -108,7 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         caches: &caches,
         links: &links,
         worker: &worker,
-        drops_seen: BTreeMap::new(),
+        counters_seen: BTreeMap::new(),
         retry: Backoff::new(),
     };
     let mut pending: Vec<Instant> = Vec::new();
@@ -136,7 +136,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
                 _ = resync.tick() => tracing::debug!("periodic resync"),
                 () = retry => tracing::debug!("retrying pods without an interface"),
                 _ = heartbeat.tick() => {
-                    sync_loop.export_drops();
+                    sync_loop.export_counters();
                     shared.beat();
                     continue;
                 }
@@ -235,7 +235,7 @@ struct SyncLoop<'a> {
     worker: &'a NodeAgent,
     /// Kernel drop counters as last exported, by reason.
     /// Kernel counters as last exported, by (label, value).
-    drops_seen: BTreeMap<(&'static str, &'static str), u64>,
+    counters_seen: BTreeMap<(&'static str, &'static str), u64>,
     retry: Backoff,
 }
 
@@ -271,7 +271,7 @@ impl SyncLoop<'_> {
             .sync_duration
             .observe(started.elapsed().as_secs_f64());
         self.record(&outcome, &discovery, &pending, digest, synced_at);
-        self.export_drops();
+        self.export_counters();
         tracing::debug!(
             endpoints = outcome.endpoints,
             writes = outcome.report.writes,
@@ -351,7 +351,7 @@ impl SyncLoop<'_> {
 
     /// Adds what the kernel counted since the last export to the drop and flow event
     /// counters.
-    fn export_drops(&mut self) {
+    fn export_counters(&mut self) {
         use palisade_common::{DROP_REASONS, Stat};
         let counters = match self.worker.counters() {
             Ok(c) => c,
@@ -373,7 +373,7 @@ impl SyncLoop<'_> {
         .map(|(name, stat)| (&metrics.flow_events, "outcome", name, stat as u32));
         for (family, key, name, index) in drops.chain(events) {
             let count = counters.get(index as usize).copied().unwrap_or(0);
-            let seen = self.drops_seen.entry((key, name)).or_insert(0);
+            let seen = self.counters_seen.entry((key, name)).or_insert(0);
             if count > *seen {
                 family
                     .get_or_create(&label(key, name))

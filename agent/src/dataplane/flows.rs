@@ -51,12 +51,6 @@ pub enum LiveDecision {
     },
 }
 
-impl LiveDecision {
-    pub fn allows(&self) -> bool {
-        !matches!(self, Self::NoEndpoint | Self::Denied { audit: false })
-    }
-}
-
 fn missing(name: &'static str) -> DataplaneError {
     DataplaneError::Missing { kind: "map", name }
 }

@@ -438,12 +438,21 @@ impl Dataplane {
 
     /// Drop counters summed over CPUs, by reason name.
     pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, DataplaneError> {
-        let counters = self.counters()?;
-        Ok(DROP_REASONS
-            .iter()
-            .map(|r| (r.name(), counters[r.stat_index() as usize]))
-            .collect())
+        Ok(drops_by_reason(&self.counters()?))
     }
+}
+
+/// The drop counters of [`Dataplane::counters`], by reason name.
+pub fn drops_by_reason(counters: &[u64]) -> Vec<(&'static str, u64)> {
+    DROP_REASONS
+        .iter()
+        .map(|r| {
+            (
+                r.name(),
+                counters.get(r.stat_index() as usize).copied().unwrap_or(0),
+            )
+        })
+        .collect()
 }
 
 fn classifier<'a>(

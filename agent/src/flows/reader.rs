@@ -55,11 +55,17 @@ impl FlowReader {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, attribution: &SharedAttribution) -> Vec<FlowRecord> {
-    let attribution = attribution
+/// What the worker published last.
+pub fn current(attribution: &SharedAttribution) -> Arc<Attribution> {
+    attribution
         .read()
         .map(|a| Arc::clone(&a))
-        .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()));
+        .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()))
+}
+
+/// The records of every event in `ring` now (none if it is empty).
+pub fn drain(ring: &mut RingBuf<MapData>, attribution: &SharedAttribution) -> Vec<FlowRecord> {
+    let attribution = current(attribution);
     let now = monotonic_now();
     let mut records = Vec::new();
     while let Some(item) = ring.next() {

@@ -249,7 +249,7 @@ fn fresh(meta: &ObjectMeta) -> ObjectMeta {
 }
 
 /// A merge patch setting `new` labels and annotations and removing those only `old` has.
-fn label_patch(old: &ObjectMeta, new: &ObjectMeta) -> Option<serde_json::Value> {
+fn metadata_patch(old: &ObjectMeta, new: &ObjectMeta) -> Option<serde_json::Value> {
     let diff = |old: &Option<BTreeMap<String, String>>, new: &Option<BTreeMap<String, String>>| {
         let (old, new) = (
             old.clone().unwrap_or_default(),
@@ -373,7 +373,7 @@ impl ApiControl {
                         // `default` and the system namespaces exist from the start.
                         Err(kube::Error::Api(status)) if status.code == 409 => {
                             let current = namespaces.get(name).await?;
-                            if let Some(p) = label_patch(&current.metadata, &ns.metadata) {
+                            if let Some(p) = metadata_patch(&current.metadata, &ns.metadata) {
                                 namespaces
                                     .patch(name, &patch, &Patch::Merge(p))
                                     .await
@@ -386,7 +386,7 @@ impl ApiControl {
                     }
                 }
                 Some(old) => {
-                    if let Some(p) = label_patch(&old.metadata, &ns.metadata) {
+                    if let Some(p) = metadata_patch(&old.metadata, &ns.metadata) {
                         self.wrote();
                         namespaces
                             .patch(name, &patch, &Patch::Merge(p))
@@ -469,7 +469,7 @@ impl ApiControl {
                         .with_context(|| format!("creating pod {key}"))?;
                 }
                 Some(old) => {
-                    if let Some(p) = label_patch(&old.metadata, &pod.metadata) {
+                    if let Some(p) = metadata_patch(&old.metadata, &pod.metadata) {
                         self.wrote();
                         api.patch(&key.name, &patch, &Patch::Merge(p))
                             .await
