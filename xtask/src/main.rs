@@ -5,7 +5,7 @@
 //! - `demo`: build and run the quick-start walkthrough in the lab.
 //! - `test`: formatting, clippy, unit and kernel tests, and the conformance cases in the lab.
 //! - `kube`: build (or find cached) the Kubernetes v1.20.2 binaries the API-server tests use.
-//! - `lab ARGS...`: `palisade lab ARGS...` with a fresh build.
+//! - `lab ARGS...`: `palisade-lab ARGS...` with a fresh build.
 //! - `bench [--quick | --render]`: Palisade against the floor, iptables and nftables (see `bench/`).
 
 mod bench;
@@ -51,8 +51,8 @@ fn real_main() -> Result<()> {
         "test" => test(),
         "kube" => kube::ensure(),
         "lab" => {
-            let palisade = build()?;
-            run(Command::new(palisade).arg("lab").args(rest))
+            let lab = build()?.lab;
+            run(Command::new(lab).args(rest))
         }
         "bench" => bench::bench(rest),
         "help" | "-h" | "--help" => {
@@ -92,18 +92,34 @@ fn cargo(args: &[&str]) -> Command {
     cmd
 }
 
-/// Builds the agent (debug profile, shared with the tests) and returns the binary's path.
-fn build() -> Result<PathBuf> {
+/// The debug binaries (shared with the tests).
+struct Binaries {
+    /// `palisade`: the agent and its tools, what the image ships.
+    palisade: PathBuf,
+    /// `palisade-lab`: the lab, which runs `palisade` beside it for `--apiserver`.
+    lab: PathBuf,
+}
+
+/// Builds the agent with its eBPF programs and the lab (debug profile, shared with the tests).
+fn build() -> Result<Binaries> {
     ensure_setup()?;
-    eprintln!("[build] palisade agent and its eBPF programs");
+    eprintln!("[build] palisade (agent and eBPF programs) and palisade-lab");
     run(&mut cargo(&[
         "build",
         "-p",
-        "palisade-agent",
+        "palisade",
         "--bin",
         "palisade",
+        "-p",
+        "palisade-lab",
+        "--bin",
+        "palisade-lab",
     ]))?;
-    Ok(root().join("target/debug/palisade"))
+    let dir = root().join("target/debug");
+    Ok(Binaries {
+        palisade: dir.join("palisade"),
+        lab: dir.join("palisade-lab"),
+    })
 }
 
 /// Builds the agent in the release profile (what the container image ships).
@@ -114,7 +130,7 @@ fn build_release() -> Result<PathBuf> {
         "build",
         "--release",
         "-p",
-        "palisade-agent",
+        "palisade",
         "--bin",
         "palisade",
     ]))?;
@@ -122,10 +138,10 @@ fn build_release() -> Result<PathBuf> {
 }
 
 fn demo() -> Result<()> {
-    let palisade = build()?;
+    let lab = build()?.lab;
     require_root("the demo creates network namespaces and loads eBPF programs")?;
-    run(Command::new(palisade)
-        .args(["lab", "run", "--narrate"])
+    run(Command::new(lab)
+        .args(["run", "--narrate"])
         .arg(root().join("examples/quick-start")))
 }
 
@@ -146,15 +162,22 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    eprintln!("[test] unit and kernel tests");
-    // One test thread: kernel tests share bpffs, namespaces and two cores.
-    run(&mut cargo(&[
+    // The integration tests run the binaries of this build.
+    let binaries = build()?;
+    eprintln!("[test] unit tests (the default members: no root, no kernel)");
+    run(&mut cargo(&["test"]))?;
+    eprintln!("[test] integration tests: the real kernel and a real API server");
+    // Two test threads: kernel tests share bpffs, namespaces and two cores.
+    run(cargo(&[
         "test",
-        "--workspace",
+        "-p",
+        "palisade-integration",
         "--",
         "--test-threads=2",
-    ]))?;
-    let palisade = build()?;
+    ])
+    .env("PALISADE_BIN", &binaries.palisade)
+    .env("PALISADE_LAB_BIN", &binaries.lab))?;
+    let lab = binaries.lab;
     let cases = shared().join(CONFORMANCE);
     if !cases.is_dir() {
         bail!(
@@ -169,18 +192,14 @@ fn test() -> Result<()> {
         root().join("examples/quick-start"),
     ];
     eprintln!("[test] every case with the reference evaluator (--model)");
-    run(Command::new(&palisade)
-        .args(["lab", "run", "--model"])
-        .args(&all))?;
+    run(Command::new(&lab).args(["run", "--model"]).args(&all))?;
     eprintln!("[test] every case on the real kernel");
-    run(Command::new(&palisade).args(["lab", "run"]).args(&all))?;
+    run(Command::new(&lab).arg("run").args(&all))?;
     eprintln!(
         "[test] every case v1.20 can express, through a real API server, a palisade agent \
          process per node"
     );
-    run(Command::new(&palisade)
-        .args(["lab", "run", "--apiserver"])
-        .args(&all))?;
+    run(Command::new(&lab).args(["run", "--apiserver"]).args(&all))?;
     // Cases with updates (pod and namespace labels, policy update and delete, pod re-created,
     // two nodes): agents killed, then the API server restarted, mid-change in every step.
     let changing = [
@@ -196,12 +215,12 @@ fn test() -> Result<()> {
         root().join("tests/cases/two-nodes"),
     ];
     eprintln!("[test] the same, with every agent killed in the middle of each step");
-    run(Command::new(&palisade)
-        .args(["lab", "run", "--apiserver", "--restart-agents"])
+    run(Command::new(&lab)
+        .args(["run", "--apiserver", "--restart-agents"])
         .args(&changing))?;
     eprintln!("[test] the same, with the API server restarted in the middle of each step");
-    run(Command::new(&palisade)
-        .args(["lab", "run", "--apiserver", "--restart-apiserver"])
+    run(Command::new(&lab)
+        .args(["run", "--apiserver", "--restart-apiserver"])
         .args(&changing))?;
     eprintln!("[test] bench --quick, so the benchmark cannot rot");
     bench::bench(&["--quick".to_owned()])

@@ -3,7 +3,7 @@
 //! `BENCHMARKS.md` and plots under `bench/` (`bench/quick/` for `--quick`, which CI and
 //! `cargo xtask test` run, so the committed full figures are never overwritten by it).
 //!
-//! Two release-built examples of the agent do the measuring: `compile_bench` (the policy
+//! Two release-built programs of `palisade-bench` do the measuring: `compile_bench` (the policy
 //! compiler alone: compile time, pod changes in place, peak RSS) and `dataplane_bench` (netperf
 //! in the lab, BPF_PROG_TEST_RUN, the control plane against the kernel, map memory; raw figures
 //! as JSON). This module renders them ([`report`], [`plot`]).
@@ -79,16 +79,16 @@ pub fn bench(args: &[String]) -> Result<()> {
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     eprintln!("[bench] building compile_bench and dataplane_bench (release profile)");
-    let examples = [
+    let programs = [
         "--release",
         "-p",
-        "palisade-agent",
-        "--example",
+        "palisade-bench",
+        "--bin",
         "compile_bench",
-        "--example",
+        "--bin",
         "dataplane_bench",
     ];
-    run(cargo(&["build"]).args(examples))?;
+    run(cargo(&["build"]).args(programs))?;
 
     let scales = if quick { QUICK } else { FULL };
     let mut compile = Vec::new();
@@ -102,8 +102,8 @@ pub fn bench(args: &[String]) -> Result<()> {
         );
         let numbers = [s.pods, s.namespaces, s.policies, s.nodes, s.changes].map(|n| n.to_string());
         // `cargo run` finds the binary wherever the target directory is; nothing is rebuilt.
-        let output = cargo(&["run", "--quiet", "--release", "-p", "palisade-agent"])
-            .args(["--example", "compile_bench", "--"])
+        let output = cargo(&["run", "--quiet", "--release", "-p", "palisade-bench"])
+            .args(["--bin", "compile_bench", "--"])
             .args(numbers)
             .stderr(Stdio::inherit())
             .output()
@@ -120,8 +120,8 @@ pub fn bench(args: &[String]) -> Result<()> {
         .context("writing compile_bench.txt")?;
     let figures = out.join("figures.json");
     eprintln!("[bench] dataplane: netperf in the lab, BPF_PROG_TEST_RUN, maps");
-    let mut dataplane = cargo(&["run", "--quiet", "--release", "-p", "palisade-agent"]);
-    dataplane.args(["--example", "dataplane_bench", "--"]);
+    let mut dataplane = cargo(&["run", "--quiet", "--release", "-p", "palisade-bench"]);
+    dataplane.args(["--bin", "dataplane_bench", "--"]);
     if quick {
         dataplane.arg("--quick");
     }

@@ -61,7 +61,7 @@ pub fn render(inputs: &Inputs<'_>) -> String {
     let _ = writeln!(
         md,
         "## The compiler alone (`compile_bench`)\n\nOne node's state compiled from a synthetic \
-         cluster (`agent/examples/compile_bench.rs`: policies spread over the namespaces, a mix of \
+         cluster (`bench/src/bin/compile_bench.rs`: policies spread over the namespaces, a mix of \
          pod and namespace selectors, ports, ranges, named ports and ipBlocks), release build; \
          peak RSS is the process's.\n\n```text"
     );
@@ -331,7 +331,7 @@ fn netperf(md: &mut String, f: &Value, inputs: &Inputs<'_>) {
          in the other pinned to CPU 1. The realistic state: {} peer pods known in 100 namespaces, \
          1,000 CIDRs in ipBlocks, N NetworkPolicies all selecting the server (a mix of pod, \
          namespace and namespace + pod selectors, ports, port ranges and ipBlocks; \
-         `agent/examples/dataplane_bench/synth.rs`), the probed flows allowed by the last rule \
+         `bench/src/bin/dataplane_bench/synth.rs`), the probed flows allowed by the last rule \
          only. The same policies as iptables (legacy) + ipset rules in kube-router's shape and as \
          nftables sets and chains, in the node's namespace (`filters.rs`). Every configuration is \
          set up, measured on all four tests ({} s each) and removed, in turn, for {} rounds, the \

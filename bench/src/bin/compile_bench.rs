@@ -1,0 +1,311 @@
+//! Control-plane benchmark (run by `cargo xtask bench`): compile time and peak memory of the
+//! policy compiler for one node of a synthetic cluster, and the cost of pod changes applied in
+//! place ([`Compiler::apply_pod_change`]).
+//!
+//! Usage: `compile_bench [PODS NAMESPACES POLICIES NODES [CHANGES]]` (default 10000 100 1000
+//! 100 200). The changes: CHANGES new pods added one by one, then deleted one by one; every
+//! tenth has a label set no other pod has (a new identity), and they are spread over the
+//! nodes like the others (so about one in NODES is local).
+
+use std::{
+    collections::BTreeMap,
+    env,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
+use palisade::{
+    k8s::cluster::{Cluster, ObjectKey},
+    k8s::manifest::{self, Object},
+    policy::{Compiler, NodeState, NodeView, PodUpdate},
+};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let [pods, namespaces, policies, nodes, changes] = match args.as_slice() {
+        [] => [10_000, 100, 1_000, 100, 200],
+        [a, b, c, d] => [*a, *b, *c, *d, 200],
+        [a, b, c, d, e] => [*a, *b, *c, *d, *e],
+        _ => anyhow::bail!("usage: compile_bench [PODS NAMESPACES POLICIES NODES [CHANGES]]"),
+    };
+    if namespaces == 0 || nodes == 0 {
+        anyhow::bail!("NAMESPACES and NODES must be at least 1");
+    }
+    let mut cluster = synthetic(pods, namespaces, policies, nodes)?;
+    let addrs: Vec<IpAddr> = vec!["10.244.0.1".parse()?];
+    let view = NodeView {
+        name: "node-0",
+        addrs: &addrs,
+    };
+
+    let mut compiler = Compiler::new();
+    let mut full = Vec::new();
+    let mut state = compiler.compile(&cluster, &view);
+    let runs = if pods > 20_000 { 3 } else { 5 };
+    for _ in 0..runs {
+        let start = Instant::now();
+        state = compiler.compile(&cluster, &view);
+        full.push(start.elapsed());
+    }
+    // Before any checking copy is made: what compiling costs.
+    let compile_rss = peak_rss_mib();
+    let peers: usize = state.endpoints.values().map(|e| e.peers.len()).sum();
+    let ports: usize = state.endpoints.values().map(|e| e.ports.len()).sum();
+
+    // New pods, added one by one, then deleted one by one.
+    let extra: Vec<(ObjectKey, Pod, Kind)> = (0..changes)
+        .map(|i| {
+            let ns = format!("ns-{}", i % namespaces);
+            let name = format!("extra-{i}");
+            let node = format!("node-{}", i % nodes);
+            let new_identity = i % 10 == 9;
+            let app = if new_identity { 1_000 + i } else { i % 40 };
+            let pod = pod(&ns, &name, app, &node, pods + i)?;
+            let kind = match (node == view.name, new_identity) {
+                (true, _) => Kind::Local,
+                (false, false) => Kind::Peer,
+                (false, true) => Kind::NewIdentity,
+            };
+            Ok((ObjectKey::new(ns, name), pod, kind))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut adds = Changes::default();
+    for (key, pod, kind) in &extra {
+        cluster.pods.insert(key.clone(), pod.clone());
+        adds.apply(&mut compiler, &mut state, (&cluster, &view), key, *kind);
+    }
+    // Checked once, outside the timings: in place equals a full compile (same ids).
+    let equal = state == compiler.clone().compile(&cluster, &view);
+    let mut deletes = Changes::default();
+    for (key, _, kind) in &extra {
+        cluster.pods.remove(key);
+        deletes.apply(&mut compiler, &mut state, (&cluster, &view), key, *kind);
+    }
+    let equal = equal && state == compiler.clone().compile(&cluster, &view);
+
+    println!(
+        "compile: {pods} pods, {namespaces} namespaces, {policies} policies, {nodes} nodes; compiled for one node"
+    );
+    println!("  local endpoints              {}", state.endpoints.len());
+    println!("  identity entries             {}", state.identities.len());
+    println!("  cidr entries                 {}", state.cidrs.len());
+    println!("  peer entries                 {peers}");
+    println!("  port entries                 {ports}");
+    println!(
+        "  full compile (median of {runs})    {:.1} ms",
+        ms(median(&mut full))
+    );
+    adds.print("pod add   ");
+    deletes.print("pod delete");
+    println!(
+        "  in place equals full compile {}",
+        if equal { "yes" } else { "NO" }
+    );
+    println!("  peak RSS (compiling)         {compile_rss:.0} MiB");
+    println!(
+        "  peak RSS (whole run)         {:.0} MiB (with the checking copies)",
+        peak_rss_mib()
+    );
+    if !equal {
+        anyhow::bail!("the state updated in place differs from a full compile");
+    }
+    Ok(())
+}
+
+/// What a changed pod is to the compiled node.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A peer only, of an identity other pods have.
+    Peer,
+    /// A peer only, with a label set no other pod has.
+    NewIdentity,
+    /// On the compiled node: an endpoint too.
+    Local,
+}
+
+/// Timings of pod changes applied in place, and the largest number of entries one wrote.
+#[derive(Default)]
+struct Changes {
+    times: Vec<Duration>,
+    recompiled: usize,
+    /// Per [`Kind`].
+    max_writes: [usize; 3],
+}
+
+impl Changes {
+    fn apply(
+        &mut self,
+        compiler: &mut Compiler,
+        state: &mut NodeState,
+        (cluster, view): (&Cluster, &NodeView<'_>),
+        key: &ObjectKey,
+        kind: Kind,
+    ) {
+        // Entries written are counted on a sample only: the copy costs more than the change.
+        let before = (self.times.len() < 40).then(|| state.clone());
+        let start = Instant::now();
+        let update = compiler.apply_pod_change(state, cluster, view, key);
+        self.times.push(start.elapsed());
+        self.recompiled += usize::from(update == PodUpdate::Recompiled);
+        if let Some(before) = before {
+            let writes = &mut self.max_writes[kind as usize];
+            *writes = (*writes).max(entries_written(&before, state));
+        }
+    }
+
+    fn print(&mut self, what: &str) {
+        if self.times.is_empty() {
+            return;
+        }
+        let n = self.times.len();
+        self.times.sort();
+        let p99 = self.times[(n * 99 / 100).min(n - 1)];
+        println!(
+            "  {what} in place          median {:.1} us, p99 {:.1} us over {n} ({} fell back to a full compile)",
+            us(self.times[n / 2]),
+            us(p99),
+            self.recompiled
+        );
+        println!(
+            "  {what} entries written   at most {} (peer), {} (peer, new identity), {} (local pod); first 40",
+            self.max_writes[0], self.max_writes[1], self.max_writes[2]
+        );
+    }
+}
+
+/// Map entries that differ between two states (identities, CIDRs, endpoints' peers and ports).
+fn entries_written(a: &NodeState, b: &NodeState) -> usize {
+    fn diff<K: Ord, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> usize {
+        let changed = a.iter().filter(|(k, v)| b.get(k) != Some(v)).count();
+        changed + b.keys().filter(|k| !a.contains_key(k)).count()
+    }
+    let empty = Default::default();
+    let endpoints = a.endpoints.keys().chain(b.endpoints.keys());
+    let per_endpoint: usize = endpoints
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|key| {
+            let (x, y) = (
+                a.endpoints.get(key).unwrap_or(&empty),
+                b.endpoints.get(key).unwrap_or(&empty),
+            );
+            diff(&x.peers, &y.peers) + diff(&x.ports, &y.ports)
+        })
+        .sum();
+    diff(&a.identities, &b.identities) + diff(&a.cidrs, &b.cidrs) + per_endpoint
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn peak_rss_mib() -> f64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map_or(0.0, |u| u.max_rss() as f64 / 1024.0)
+}
+
+fn pod(ns: &str, name: &str, app: usize, node: &str, n: usize) -> anyhow::Result<Pod> {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: app-{app}, tier: t{}}}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, ports: [{{name: http, containerPort: {}}}]}}]\nstatus: {{podIPs: [{{ip: 10.{}.{}.{}}}]}}\n",
+        app % 3,
+        8000 + app % 4,
+        100 + n / 65536,
+        (n / 256) % 256,
+        n % 256
+    );
+    match manifest::parse_str(&yaml, "synthetic")?.pop() {
+        Some(Object::Pod(p)) => Ok(p),
+        _ => anyhow::bail!("synthetic pod did not parse as a Pod"),
+    }
+}
+
+fn policy(ns: &str, i: usize, namespaces: usize) -> anyhow::Result<NetworkPolicy> {
+    // A mix: pod selectors, namespace selectors, ports, ranges, named ports and ipBlocks.
+    let peer = match i % 4 {
+        0 => format!("{{podSelector: {{matchLabels: {{app: app-{}}}}}}}", i % 20),
+        1 => format!(
+            "{{namespaceSelector: {{matchLabels: {{team: team-{}}}}}}}",
+            i % 10
+        ),
+        2 => format!(
+            "{{namespaceSelector: {{matchExpressions: [{{key: team, operator: In, values: [team-{}]}}]}}, podSelector: {{matchLabels: {{tier: t{}}}}}}}",
+            i % 10,
+            i % 3
+        ),
+        _ => format!(
+            "{{ipBlock: {{cidr: 10.{}.0.0/16, except: [10.{}.{}.0/24]}}}}",
+            100 + i % 2,
+            100 + i % 2,
+            i % 256
+        ),
+    };
+    let ports = match i % 3 {
+        0 => format!("[{{port: {}}}]", 80 + i % 50),
+        1 => format!(
+            "[{{port: {}, endPort: {}}}, {{protocol: UDP, port: 53}}]",
+            1000 + i % 100,
+            2000 + i % 100
+        ),
+        _ => "[{port: http}]".to_string(),
+    };
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p-{i}, namespace: {ns}}}\nspec:\n  podSelector: {{matchLabels: {{app: app-{}}}}}\n  ingress: [{{from: [{peer}], ports: {ports}}}]\n  egress: [{{to: [{{namespaceSelector: {{}}}}], ports: [{{protocol: UDP, port: 53}}]}}]\n",
+        i % 20
+    );
+    let _ = namespaces;
+    match manifest::parse_str(&yaml, "synthetic")?.pop() {
+        Some(Object::NetworkPolicy(p)) => Ok(p),
+        _ => anyhow::bail!("synthetic policy did not parse as a NetworkPolicy"),
+    }
+}
+
+fn synthetic(
+    pods: usize,
+    namespaces: usize,
+    policies: usize,
+    nodes: usize,
+) -> anyhow::Result<Cluster> {
+    let mut cluster = Cluster::default();
+    for n in 0..namespaces {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{n}, labels: {{team: team-{}}}}}\n",
+            n % 10
+        );
+        for object in manifest::parse_str(&yaml, "synthetic")? {
+            cluster.apply(object);
+        }
+    }
+    let mut per_ns: BTreeMap<usize, usize> = BTreeMap::new();
+    for p in 0..pods {
+        let ns = p % namespaces;
+        let idx = per_ns.entry(ns).or_default();
+        *idx += 1;
+        let name = format!("pod-{idx}");
+        let node = format!("node-{}", p % nodes);
+        cluster.pods.insert(
+            ObjectKey::new(format!("ns-{ns}"), &name),
+            pod(&format!("ns-{ns}"), &name, p % 40, &node, p)?,
+        );
+    }
+    for i in 0..policies {
+        let ns = format!("ns-{}", i % namespaces);
+        cluster.policies.insert(
+            ObjectKey::new(&ns, format!("p-{i}")),
+            policy(&ns, i, namespaces)?,
+        );
+    }
+    Ok(cluster)
+}

@@ -1,0 +1,140 @@
+//! Per-packet cost of the pod programs with BPF_PROG_TEST_RUN, against the empty classifier,
+//! on the same synthetic node as the netperf runs (the server's endpoint at loopback, where a
+//! test run's skb sits). The kernel reports the mean time per run over `repeat` runs.
+//!
+//! - conntrack hit: a packet of a flow already tracked (`repeat` runs in one syscall);
+//! - new connection, denied: a SYN no rule allows, so every lookup is made and nothing is
+//!   tracked (`repeat` runs);
+//! - new connection, allowed: a SYN of a new flow, judged and tracked. Its second run would hit
+//!   conntrack, so each flow (its own source port) runs once, and the figure is the median of
+//!   `singles` such runs, beside the empty program measured the same way (a single run's time
+//!   includes the kernel's clock reads, which the comparison cancels).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use palisade::{
+    dataplane::{Dataplane, LOOPBACK_IFINDEX},
+    k8s::cluster::ObjectKey,
+    policy::{Compiler, NodeView},
+};
+use palisade_common::{PROG_EMPTY, PROG_TO_POD};
+use serde::Serialize;
+
+use crate::synth::{self, CLIENT, NAMESPACE, NODE, SERVER, Scale, TCP_DATA_PORT};
+
+const DROP: i32 = 2;
+
+#[derive(Serialize)]
+pub struct PerPacket {
+    pub policies: usize,
+    pub path: &'static str,
+    pub ns: f64,
+    pub runs: u64,
+}
+
+pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Result<Vec<PerPacket>> {
+    let scale = Scale { peers, extra: 0 };
+    let cluster = synth::cluster(&scale, &synth::policies(policies))?;
+    let addrs = synth::node_addrs();
+    let state = Compiler::new().compile(
+        &cluster,
+        &NodeView {
+            name: NODE,
+            addrs: &addrs,
+        },
+    );
+    if !state.errors.is_empty() {
+        bail!(
+            "the synthetic policies do not compile cleanly: {:?}",
+            state.errors
+        );
+    }
+    let mut dataplane = Dataplane::load()?;
+    dataplane.load_empty_program()?;
+    let ifindex: BTreeMap<ObjectKey, u32> = [
+        (ObjectKey::new(NAMESPACE, "server"), LOOPBACK_IFINDEX),
+        // Never run: any index other than loopback's.
+        (ObjectKey::new(NAMESPACE, "client"), 1_000_000),
+    ]
+    .into();
+    dataplane.sync(&state, &ifindex)?;
+
+    let run = |name, frame: &[u8], n| dataplane.test_run_repeat(name, frame, LOOPBACK_IFINDEX, n);
+    let mut out = Vec::new();
+    let mut row = |path, ns: f64, runs: u64| {
+        out.push(PerPacket {
+            policies,
+            path,
+            ns,
+            runs,
+        });
+    };
+
+    let tracked = syn(40_000, TCP_DATA_PORT);
+    let first = run(PROG_TO_POD, &tracked, 1)?;
+    if first.action == DROP {
+        bail!("the probed flow is dropped with {policies} policies: the synthetic state is wrong");
+    }
+    let empty = run(PROG_EMPTY, &tracked, repeat)?;
+    row("empty program", nanos(empty.duration), u64::from(repeat));
+    let hit = run(PROG_TO_POD, &tracked, repeat)?;
+    row("conntrack hit", nanos(hit.duration), u64::from(repeat));
+    let denied = run(PROG_TO_POD, &syn(40_001, 9), repeat)?;
+    if denied.action != DROP {
+        bail!("a SYN to port 9 passed with {policies} policies: the synthetic state is wrong");
+    }
+    row(
+        "new connection, denied",
+        nanos(denied.duration),
+        u64::from(repeat),
+    );
+
+    let mut empty_single = Vec::new();
+    let mut allowed = Vec::new();
+    for i in 0..singles {
+        let frame = syn(1_024 + i, TCP_DATA_PORT);
+        empty_single.push(nanos(run(PROG_EMPTY, &frame, 1)?.duration));
+        let outcome = run(PROG_TO_POD, &frame, 1)?;
+        if outcome.action == DROP {
+            bail!("a new allowed flow was dropped with {policies} policies");
+        }
+        allowed.push(nanos(outcome.duration));
+    }
+    row(
+        "empty program, single runs",
+        median(&mut empty_single),
+        u64::from(singles),
+    );
+    row(
+        "new connection, allowed (single runs)",
+        median(&mut allowed),
+        u64::from(singles),
+    );
+    Ok(out)
+}
+
+fn nanos(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e9
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// An Ethernet + IPv4 + TCP SYN frame from the client to the server (checksums zero: the
+/// programs never read them).
+fn syn(sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
+    f.extend([0x45, 0, 0, 40, 0x12, 0x34, 0, 0, 64, 6, 0, 0]);
+    f.extend(CLIENT.octets());
+    f.extend(SERVER.octets());
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    f.extend(tcp);
+    f
+}

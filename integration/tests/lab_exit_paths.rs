@@ -1,0 +1,128 @@
+//! The lab removes everything it created on every exit path, and a leftover of a killed run is
+//! harmless to the next one. Runs the real binary; needs root.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+fn lab() -> Command {
+    palisade_integration::require_root();
+    Command::new(palisade_integration::lab_bin())
+}
+
+fn quick_start() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quick-start")
+}
+
+/// Lab namespaces of the process `pid`.
+fn namespaces_of(pid: u32) -> Vec<String> {
+    let prefix = format!("pal{pid}-");
+    fs::read_dir("/run/netns")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn interrupting_a_run_removes_its_namespaces() {
+    let mut child = lab()
+        .args(["run"])
+        .arg(quick_start())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start palisade");
+    let pid = child.id();
+    // Wait until the run has built something, then interrupt it.
+    let start = Instant::now();
+    while namespaces_of(pid).is_empty() && start.elapsed() < Duration::from_secs(60) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !namespaces_of(pid).is_empty(),
+        "the run never created its namespaces"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = child.wait().expect("wait");
+    assert!(
+        !status.success(),
+        "an interrupted run must not report success"
+    );
+    assert_eq!(
+        namespaces_of(pid),
+        Vec::<String>::new(),
+        "namespaces left behind after SIGINT"
+    );
+}
+
+#[test]
+fn a_killed_run_leaves_nothing_that_stops_the_next_one() {
+    let mut child = lab()
+        .args(["run"])
+        .arg(quick_start())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start palisade");
+    let pid = child.id();
+    let start = Instant::now();
+    while namespaces_of(pid).len() < 2 && start.elapsed() < Duration::from_secs(60) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    assert!(
+        !namespaces_of(pid).is_empty(),
+        "SIGKILL cannot clean up; this test needs leftovers"
+    );
+    // The next run starts cleanly, removes the dead run's namespaces, and passes.
+    let out = lab()
+        .args(["run"])
+        .arg(quick_start())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        namespaces_of(pid),
+        Vec::<String>::new(),
+        "stale namespaces of a dead run survive"
+    );
+}
+
+#[test]
+fn a_malformed_case_is_an_error_naming_the_field() {
+    let dir = tempdir();
+    fs::write(dir.join("case.yaml"), "name: bad\ncluster: []\nsteps:\n  - probes:\n      - connect: ICMP/80\n        expect: \"- x/a\\nx/a .\\n\"\n").expect("write");
+    let out = lab().args(["run"]).arg(&dir).output().expect("run");
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("connect"),
+        "error should name the field: {text}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("palisade-test-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("tempdir");
+    dir
+}

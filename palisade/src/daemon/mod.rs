@@ -1,0 +1,386 @@
+//! `palisade agent`: the DaemonSet process. It watches Pods, Namespaces and NetworkPolicies,
+//! and keeps the node's programs and maps in step with them.
+//!
+//! One loop does all the work. Watch events and the node's link and route changes only wake
+//! it; it then waits out the least interval between syncs (coalescing whatever else arrives),
+//! takes a snapshot of the caches, finds the local pods' interfaces, and hands both to the
+//! node's [`NodeWorker`], which compiles and writes the difference. Nothing is written before
+//! every cache has listed once, a resync runs periodically regardless, and pods whose interface
+//! was not found are retried with backoff. The programs and maps are pinned, so the agent can
+//! stop (upgrade, crash) without a packet going unjudged: it leaves them as they are on exit,
+//! and the next agent adopts them.
+
+pub mod config;
+mod flows;
+mod http;
+mod links;
+mod metrics;
+pub mod process;
+pub mod status;
+mod watch;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    os::fd::OwnedFd,
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::sync::mpsc;
+
+pub use self::{
+    config::{Config, FailMode, FlowLog, LogFormat},
+    status::Status,
+};
+use self::{
+    http::Shared,
+    links::Links,
+    metrics::{Metrics, label},
+    watch::{Caches, Change},
+};
+use crate::{
+    k8s::cluster::{ObjectKey, pod_addrs, pod_node},
+    node::{NodeConfig, NodeWorker, SyncOutcome},
+};
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -> Result<()> {
+    let shared = Arc::new(Shared {
+        metrics: Arc::new(Metrics::new()),
+        status: Mutex::new(Status {
+            node: config.node_name.clone(),
+            ..Status::default()
+        }),
+        heartbeat: AtomicU64::new(0),
+        liveness_timeout: config.resync_period() * 2 + Duration::from_secs(60),
+    });
+    shared.beat();
+    let bound = http::serve(config.metrics_addr, Arc::clone(&shared))
+        .await
+        .with_context(|| format!("serving metrics on {}", config.metrics_addr))?;
+    tracing::info!(node = %config.node_name, metrics = %bound, "palisade agent starting");
+
+    let netns: Option<OwnedFd> = match &config.netns {
+        Some(path) => Some(
+            File::open(path)
+                .map(OwnedFd::from)
+                .with_context(|| format!("--netns {}: cannot open it", path.display()))?,
+        ),
+        None => None,
+    };
+    let (changes_tx, mut changes) = mpsc::unbounded_channel::<Change>();
+    let links = Links::open(
+        netns.as_ref(),
+        config.pod_interface_prefixes.clone(),
+        changes_tx.clone(),
+    )?;
+    let node_addrs = links.node_addrs().await?;
+    tracing::info!(addrs = ?node_addrs, "node addresses");
+    let worker = NodeWorker::start(NodeConfig {
+        name: config.node_name.clone(),
+        netns: netns.as_ref().map(OwnedFd::try_clone).transpose()?,
+        addrs: node_addrs,
+        service_ranges: config.service_cidrs.clone(),
+        pins: Some(config.pin_root.clone()),
+        established: config.established,
+        flows: config.flow_settings(),
+    })?;
+    let _flows = flows::start(&config, &worker, &shared.metrics)?;
+
+    let client = client(&config).await?;
+    let caches = Caches::start(&client, changes_tx, &shared.metrics);
+    let mut shutdown = std::pin::pin!(shutdown);
+    tracing::info!("waiting for the first list of pods, namespaces and networkpolicies");
+    tokio::select! {
+        ready = caches.ready() => ready.context("a watch ended before its first list")?,
+        signal = &mut shutdown => {
+            tracing::info!(signal, "stopping before the first sync; the pinned state stays");
+            worker.kill();
+            return Ok(());
+        }
+    }
+
+    let mut sync_loop = SyncLoop {
+        config: &config,
+        shared: &shared,
+        caches: &caches,
+        links: &links,
+        worker: &worker,
+        counters_seen: BTreeMap::new(),
+        retry: Backoff::new(),
+    };
+    let mut pending: Vec<Instant> = Vec::new();
+    let mut last_sync = Instant::now() - config.min_sync_interval();
+    let mut resync = tokio::time::interval(config.resync_period());
+    resync.tick().await;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    // The first sync runs at once.
+    let mut wake = true;
+    loop {
+        if !wake {
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(change) = changes.recv() => {
+                    if change.api {
+                        pending.push(change.at);
+                    }
+                }
+                _ = resync.tick() => tracing::debug!("periodic resync"),
+                () = retry => tracing::debug!("retrying pods without an interface"),
+                _ = heartbeat.tick() => {
+                    sync_loop.export_counters();
+                    shared.beat();
+                    continue;
+                }
+                signal = &mut shutdown => {
+                    tracing::info!(signal, "stopping; the programs keep enforcing the last state");
+                    break;
+                }
+            }
+        }
+        wake = false;
+        // Coalesce: whatever arrives until the least interval is over goes into this sync.
+        tokio::time::sleep_until((last_sync + config.min_sync_interval()).into()).await;
+        while let Ok(change) = changes.try_recv() {
+            if change.api {
+                pending.push(change.at);
+            }
+        }
+        last_sync = Instant::now();
+        match sync_loop.sync().await {
+            Ok(missing) => {
+                let written = Instant::now();
+                for at in pending.drain(..) {
+                    shared
+                        .metrics
+                        .implementation_delay
+                        .observe(written.duration_since(at).as_secs_f64());
+                }
+                retry_at = if missing {
+                    Some((written + sync_loop.retry.next()).into())
+                } else {
+                    sync_loop.retry.reset();
+                    None
+                };
+            }
+            Err(e) => {
+                shared
+                    .metrics
+                    .syncs
+                    .get_or_create(&label("result", "error"))
+                    .inc();
+                tracing::error!(error = %format!("{e:#}"), "sync failed; retrying");
+                retry_at = Some((Instant::now() + sync_loop.retry.next()).into());
+            }
+        }
+        shared.beat();
+    }
+    // As a crash would: links and maps stay pinned and keep enforcing.
+    worker.kill();
+    Ok(())
+}
+
+async fn client(config: &Config) -> Result<kube::Client> {
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no --kubeconfig, and neither $KUBECONFIG, an in-cluster service account nor ~/.kube/config works")?,
+    };
+    kube::Client::try_from(kube_config).context("building the API client")
+}
+
+/// Exponential backoff for retries: 250 ms doubling to 30 s.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            next: Duration::from_millis(250),
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(30));
+        now
+    }
+
+    fn reset(&mut self) {
+        *self = Self::new();
+    }
+}
+
+struct SyncLoop<'a> {
+    config: &'a Config,
+    shared: &'a Shared,
+    caches: &'a Caches,
+    links: &'a Links,
+    worker: &'a NodeWorker,
+    /// Kernel drop counters as last exported, by reason.
+    /// Kernel counters as last exported, by (label, value).
+    counters_seen: BTreeMap<(&'static str, &'static str), u64>,
+    retry: Backoff,
+}
+
+impl SyncLoop<'_> {
+    /// One sync; true when some local pod's interface was not found (to retry).
+    async fn sync(&mut self) -> Result<bool> {
+        let started = Instant::now();
+        let (cluster, digest) = self.caches.snapshot();
+        let node = self.config.node_name.as_str();
+        let local: Vec<(ObjectKey, Vec<std::net::IpAddr>)> = cluster
+            .pods
+            .iter()
+            .filter(|(_, pod)| pod_node(pod) == node)
+            .map(|(key, pod)| (key.clone(), pod_addrs(pod)))
+            .filter(|(_, addrs)| !addrs.is_empty())
+            .collect();
+        let discovery = self.links.discover(&local).await?;
+        let pending = match self.config.fail_mode {
+            FailMode::Closed => discovery.unknown.clone(),
+            FailMode::Open => Vec::new(),
+        };
+        let outcome = tokio::task::block_in_place(|| {
+            self.worker.sync_with_pending(
+                &cluster,
+                discovery.interfaces.clone(),
+                pending.clone(),
+                discovery.uplinks.clone(),
+            )
+        })?;
+        let synced_at = SystemTime::now();
+        self.shared
+            .metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.record(&outcome, &discovery, &pending, digest, synced_at);
+        self.export_counters();
+        tracing::debug!(
+            endpoints = outcome.endpoints,
+            writes = outcome.report.writes,
+            deletes = outcome.report.deletes,
+            swaps = outcome.report.swaps,
+            missing = discovery.missing.len(),
+            pending = pending.len(),
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "synced"
+        );
+        Ok(!discovery.missing.is_empty())
+    }
+
+    fn record(
+        &self,
+        outcome: &SyncOutcome,
+        discovery: &links::Discovery,
+        pending: &[String],
+        digest: String,
+        synced_at: SystemTime,
+    ) {
+        let metrics = &self.shared.metrics;
+        metrics.syncs.get_or_create(&label("result", "ok")).inc();
+        metrics.endpoints.set(outcome.endpoints as i64);
+        metrics.pending_interfaces.set(pending.len() as i64);
+        metrics
+            .pods_without_interface
+            .set(discovery.missing.len() as i64);
+        metrics.policy_errors.set(outcome.errors.len() as i64);
+        for usage in &outcome.maps {
+            let map = label("map", usage.map);
+            metrics
+                .map_entries
+                .get_or_create(&map)
+                .set(usage.entries as i64);
+            metrics
+                .map_capacity
+                .get_or_create(&map)
+                .set(usage.capacity as i64);
+            if usage.capacity > 0 {
+                metrics
+                    .map_pressure
+                    .get_or_create(&map)
+                    .set(usage.entries as f64 / usage.capacity as f64);
+            }
+        }
+        for e in &outcome.errors {
+            tracing::warn!(error = %e, "policy problem");
+        }
+        for f in &outcome.report.failures {
+            tracing::error!(failure = %f, "map write failed; the pod is isolated until it succeeds");
+        }
+        let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.ready = true;
+        // The time the maps first held this set of objects (a later sync of the same set,
+        // for a link event or a resync, does not move it).
+        if status.synced_digest.as_deref() != Some(digest.as_str()) {
+            status.synced_digest = Some(digest);
+            status.synced_at_unix_nanos = Some(status::unix_nanos(synced_at));
+        }
+        status.syncs += 1;
+        status.endpoints = outcome.endpoints;
+        status.pods_without_interface = discovery.missing.iter().map(ToString::to_string).collect();
+        status.pending_interfaces = pending.to_vec();
+        status.errors = outcome
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .chain(outcome.report.failures.iter().cloned())
+            .collect();
+        status.maps = outcome
+            .maps
+            .iter()
+            .map(|u| (u.map.to_owned(), (u.entries, u.capacity)))
+            .collect();
+    }
+
+    /// Adds what the kernel counted since the last export to the drop and flow event
+    /// counters.
+    fn export_counters(&mut self) {
+        use palisade_common::{DROP_REASONS, Stat};
+        let counters = match self.worker.counters() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the kernel's counters");
+                return;
+            }
+        };
+        let metrics = &self.shared.metrics;
+        let drops = DROP_REASONS
+            .iter()
+            .map(|r| (&metrics.drops, "reason", r.name(), r.stat_index()));
+        let events = [
+            ("sent", Stat::EventsSent),
+            ("suppressed", Stat::EventsSuppressed),
+            ("lost", Stat::EventsLost),
+        ]
+        .into_iter()
+        .map(|(name, stat)| (&metrics.flow_events, "outcome", name, stat as u32));
+        for (family, key, name, index) in drops.chain(events) {
+            let count = counters.get(index as usize).copied().unwrap_or(0);
+            let seen = self.counters_seen.entry((key, name)).or_insert(0);
+            if count > *seen {
+                family
+                    .get_or_create(&label(key, name))
+                    .inc_by(count - *seen);
+                *seen = count;
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Reflectors on Pods, Namespaces and NetworkPolicies: one cache each, kept by kube-rs
+//! watchers that list, watch, and list again after an expired resource version or a broken
+//! connection (with backoff). Every change is reported on one channel, for the sync loop to
+//! coalesce.
+
+use std::{sync::Arc, time::Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Pod},
+        networking::v1::NetworkPolicy,
+    },
+    serde::de::DeserializeOwned,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt as _,
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use tokio::sync::mpsc;
+
+use super::{
+    metrics::{Metrics, label},
+    status::Digest,
+};
+use crate::k8s::cluster::{Cluster, ObjectKey, is_host_network};
+
+/// A change seen by a watch: when it arrived, for the implementation delay.
+#[derive(Clone, Copy, Debug)]
+pub struct Change {
+    pub at: Instant,
+    /// False for changes the API server did not make (network events, timers).
+    pub api: bool,
+}
+
+/// The three caches.
+#[derive(Clone)]
+pub struct Caches {
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+    policies: Store<NetworkPolicy>,
+}
+
+impl Caches {
+    /// Starts the three watches; changes go to `changes`.
+    pub fn start(
+        client: &Client,
+        changes: mpsc::UnboundedSender<Change>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        Self {
+            pods: spawn(Api::all(client.clone()), "pods", changes.clone(), metrics),
+            namespaces: spawn(
+                Api::all(client.clone()),
+                "namespaces",
+                changes.clone(),
+                metrics,
+            ),
+            policies: spawn(
+                Api::all(client.clone()),
+                "networkpolicies",
+                changes,
+                metrics,
+            ),
+        }
+    }
+
+    /// Resolves once every cache holds a complete first list.
+    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.pods.wait_until_ready().await?;
+        self.namespaces.wait_until_ready().await?;
+        self.policies.wait_until_ready().await
+    }
+
+    /// A consistent-enough copy of the caches as a [`Cluster`], and the digest of the objects
+    /// it was made from (every object, hostNetwork pods included, so that a caller comparing
+    /// digests sees the same set). hostNetwork pods are neither enforced nor peers: their
+    /// address is the node's.
+    pub fn snapshot(&self) -> (Cluster, String) {
+        let mut cluster = Cluster::default();
+        let mut digest = Digest::default();
+        for ns in self.namespaces.state() {
+            digest.add_object(&*ns);
+            cluster.namespaces.insert(ns.name_any(), (*ns).clone());
+        }
+        for pod in self.pods.state() {
+            digest.add_object(&*pod);
+            if !is_host_network(&pod) {
+                let key = ObjectKey::new(pod.namespace().unwrap_or_default(), pod.name_any());
+                cluster.pods.insert(key, (*pod).clone());
+            }
+        }
+        for policy in self.policies.state() {
+            digest.add_object(&*policy);
+            let key = ObjectKey::new(policy.namespace().unwrap_or_default(), policy.name_any());
+            cluster.policies.insert(key, (*policy).clone());
+        }
+        (cluster, digest.finish())
+    }
+}
+
+fn spawn<K>(
+    api: Api<K>,
+    resource: &'static str,
+    changes: mpsc::UnboundedSender<Change>,
+    metrics: &Arc<Metrics>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let metrics = Arc::clone(metrics);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        // Nobody reads them, and they are most of an object's size.
+        .modify(|object: &mut K| object.managed_fields_mut().clear())
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut lists = 0u64;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(watcher::Event::Init) => {
+                    lists += 1;
+                    if lists > 1 {
+                        metrics
+                            .watch_restarts
+                            .get_or_create(&label("resource", resource))
+                            .inc();
+                        tracing::info!(resource, "listing again");
+                    }
+                }
+                // A relist's objects are applied to the cache at InitDone, all at once.
+                Ok(watcher::Event::InitApply(_)) => {}
+                Ok(
+                    watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
+                ) => {
+                    if changes
+                        .send(Change {
+                            at: Instant::now(),
+                            api: true,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    metrics
+                        .watch_errors
+                        .get_or_create(&label("resource", resource))
+                        .inc();
+                    tracing::warn!(resource, error = %e, "watch failed; retrying with backoff");
+                }
+            }
+        }
+    });
+    reader
+}

@@ -1,0 +1,143 @@
+//! `palisade explain` against a running agent: the reference evaluator's verdict on the agent's
+//! last snapshot, and the verdict of the kernel's maps as they are now, for every side of the
+//! connection whose pod runs on this node. The two must agree; if they do not, the dataplane
+//! is wrong (or a sync is in flight).
+
+use std::net::IpAddr;
+
+use palisade_common::{DIR_EGRESS, DIR_INGRESS};
+
+use super::{Attribution, socket::ExplainAnswer, socket::ExplainRequest};
+use crate::{
+    dataplane::{Dataplane, LiveDecision},
+    explain::parse_flow,
+    k8s::cluster::ObjectKey,
+    policy::{
+        NodeView,
+        evaluate::{DirectionVerdict, Endpoint, Evaluator},
+    },
+};
+
+/// Answers `request` from `attribution` (the last sync) and `dataplane`'s live maps.
+pub fn explain(
+    dataplane: &Dataplane,
+    attribution: &Attribution,
+    request: &ExplainRequest,
+) -> Result<ExplainAnswer, String> {
+    let (protocol, port) = parse_flow(&request.flow).map_err(|e| e.to_string())?;
+    let cluster = &attribution.cluster;
+    let from_key = pod_key(attribution, &request.from)?;
+    let to_key = pod_key(attribution, &request.to)?;
+    let resolve = |name: &str, key: &Option<ObjectKey>, like: Option<IpAddr>| match key {
+        Some(k) => {
+            let (k, _) = cluster.pods.get_key_value(k).ok_or("pod vanished")?;
+            let end = match like {
+                Some(like) => Endpoint::pod_like(cluster, k, like),
+                None => Endpoint::pod(cluster, k),
+            };
+            end.ok_or_else(|| format!("pod {name} has no address (of that family)"))
+        }
+        None => name
+            .parse::<IpAddr>()
+            .map(|ip| Endpoint::at(cluster, ip))
+            .map_err(|_| format!("{name:?} is neither namespace/pod nor an address")),
+    };
+    let src = resolve(&request.from, &from_key, None)?;
+    let dst = resolve(&request.to, &to_key, Some(src.addr()))?;
+    let nodes = [NodeView {
+        name: &attribution.node,
+        addrs: &attribution.node_addrs,
+    }];
+    let evaluator = Evaluator::new(cluster, &nodes);
+    let verdict = evaluator.evaluate(src, dst, protocol, port);
+    let mut lines = vec![verdict.to_string()];
+    let mut agrees = true;
+    for (end, direction, peer, expected) in [
+        (src, DIR_EGRESS, dst.addr(), &verdict.egress),
+        (dst, DIR_INGRESS, src.addr(), &verdict.ingress),
+    ] {
+        let Endpoint::Pod(key, _) = end else { continue };
+        if matches!(expected, DirectionVerdict::Itself) {
+            continue;
+        }
+        let name = if direction == DIR_INGRESS {
+            "ingress"
+        } else {
+            "egress"
+        };
+        let Some((ifindex, local)) = attribution.local.iter().find(|(_, l)| &l.key == key) else {
+            lines.push(format!(
+                "live maps: {name} of {key}: not a pod of node {} (ask its node's agent)",
+                attribution.node
+            ));
+            continue;
+        };
+        let live = dataplane
+            .live_decision(*ifindex, direction, peer, protocol, port)
+            .map_err(|e| e.to_string())?;
+        let d = usize::from(direction);
+        let said = match live {
+            LiveDecision::NoEndpoint => "no endpoint entry: every packet dropped".to_owned(),
+            LiveDecision::NotIsolated => "not isolated".to_owned(),
+            LiveDecision::FromHost => "from its own node (always allowed)".to_owned(),
+            LiveDecision::Class(c) => {
+                let rules: Vec<String> = local.classes[d]
+                    .get(usize::from(c))
+                    .map(|class| {
+                        class
+                            .rules
+                            .iter()
+                            .map(|r| format!("{} {name}[{}]", r.policy, r.index))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                format!("allowed by class {c} ({})", rules.join(", "))
+            }
+            LiveDecision::Denied { audit: false } => "denied".to_owned(),
+            LiveDecision::Denied { audit: true } => {
+                "would be denied; passes and is reported (audit mode)".to_owned()
+            }
+        };
+        // Audit changes what happens to the packet, not what policy says.
+        let policy_allows = matches!(
+            live,
+            LiveDecision::NotIsolated | LiveDecision::FromHost | LiveDecision::Class(_)
+        );
+        let side_agrees = policy_allows == expected.allows();
+        agrees &= side_agrees;
+        lines.push(format!(
+            "live maps on {}: {name} of {key} (ifindex {ifindex}): {said}{}",
+            attribution.node,
+            if side_agrees { "" } else { "  <- DISAGREES" }
+        ));
+    }
+    lines.push(format!(
+        "live maps: {}",
+        if agrees {
+            "agree with the reference evaluator"
+        } else {
+            "DISAGREE with the reference evaluator (a sync in flight, or a bug: please report it)"
+        }
+    ));
+    Ok(ExplainAnswer {
+        lines,
+        allowed: verdict.allowed,
+        agrees,
+    })
+}
+
+fn pod_key(attribution: &Attribution, name: &str) -> Result<Option<ObjectKey>, String> {
+    if name.parse::<IpAddr>().is_ok() {
+        return Ok(None);
+    }
+    let Some((ns, pod)) = name.split_once('/') else {
+        return Err(format!("{name:?} is neither namespace/pod nor an address"));
+    };
+    let key = ObjectKey::new(ns, pod);
+    if !attribution.cluster.pods.contains_key(&key) {
+        return Err(format!(
+            "unknown pod {key}: the agent's cluster has no such pod"
+        ));
+    }
+    Ok(Some(key))
+}

@@ -1,0 +1,144 @@
+//! `palisade`: the agent (what the DaemonSet runs) and its tools, `explain` and `flows`. The lab
+//! is its own binary, `palisade-lab` (crate `palisade-lab`).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use palisade::daemon::{LogFormat, process};
+
+#[derive(Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "A Kubernetes NetworkPolicy dataplane in eBPF"
+)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `palisade=debug`. Default: `info`
+    /// for the agent, `warn` for the tools.
+    #[arg(long, env = "PALISADE_LOG", global = true)]
+    log: Option<String>,
+    /// Log line format.
+    #[arg(long, env = "PALISADE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The node agent (what the DaemonSet runs): watches the API server and enforces
+    /// NetworkPolicy for this node's pods. Serves /metrics, /healthz, /readyz and /status.
+    Agent(Box<palisade::daemon::Config>),
+    /// Why a connection is allowed or denied: asked of the node's running agent (its live maps
+    /// and its reference evaluator), or, with -f, worked out from manifests.
+    Explain {
+        /// Manifests (Namespaces, Pods, NetworkPolicies); repeatable. Without them, the agent
+        /// on this node answers.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        /// The agent's socket.
+        #[arg(long, env = "PALISADE_SOCKET", default_value = palisade::flows::socket::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Source: namespace/pod or an address.
+        from: String,
+        /// Destination: namespace/pod or an address.
+        to: String,
+        /// PROTO/PORT, e.g. TCP/80.
+        flow: String,
+    },
+    /// Follow the node agent's flow records: denied packets and new connections, with the
+    /// policy that allowed or isolates each.
+    Flows {
+        /// The agent's socket.
+        #[arg(long, env = "PALISADE_SOCKET", default_value = palisade::flows::socket::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Only flows with an end in this namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Only flows with this pod at an end (`name` or `namespace/name`).
+        #[arg(long)]
+        pod: Option<String>,
+        /// Only flows with this verdict.
+        #[arg(long, value_enum)]
+        verdict: Option<palisade::flows::FlowVerdict>,
+        /// Only flows with this port at an end.
+        #[arg(long)]
+        port: Option<u16>,
+        /// JSON lines instead of one readable line per flow.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many flows.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = cli.log.clone().unwrap_or_else(|| {
+        match cli.command {
+            Command::Agent(_) => "info",
+            _ => process::TOOL_LOG_FILTER,
+        }
+        .to_owned()
+    });
+    process::init_logs(&level, cli.log_format);
+    process::run_main("palisade", async {
+        match cli.command {
+            Command::Agent(config) => {
+                let shutdown = process::shutdown_signal()?;
+                palisade::daemon::run(*config, shutdown)
+                    .await
+                    .map(|()| true)
+            }
+            Command::Explain {
+                files,
+                socket,
+                from,
+                to,
+                flow,
+            } if files.is_empty() => {
+                let request = palisade::flows::socket::ExplainRequest { from, to, flow };
+                palisade::flows::socket::Client::explain(&socket, request)
+                    .await
+                    .map(|answer| {
+                        for line in &answer.lines {
+                            println!("{line}");
+                        }
+                        answer.agrees
+                    })
+            }
+            Command::Explain {
+                files,
+                from,
+                to,
+                flow,
+                ..
+            } => palisade::explain::explain(&files, &from, &to, &flow).map(|lines| {
+                for line in lines {
+                    println!("{line}");
+                }
+                true
+            }),
+            Command::Flows {
+                socket,
+                namespace,
+                pod,
+                verdict,
+                port,
+                json,
+                count,
+            } => {
+                let filter = palisade::flows::FlowFilter {
+                    namespace,
+                    pod,
+                    verdict,
+                    port,
+                };
+                palisade::flows::socket::follow(&socket, filter, json, count)
+                    .await
+                    .map(|()| true)
+            }
+        }
+    })
+}

@@ -1,0 +1,428 @@
+//! A node's enforcement worker: the compiler and the dataplane, on a thread that lives in the
+//! node's network namespace for its whole life (TC attachment resolves interface names in the
+//! calling thread's namespace). `palisade agent` runs one, in the host's namespace or, in the
+//! lab, in a node's; the in-process lab runs one per node.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    os::fd::OwnedFd,
+    path::PathBuf,
+    sync::{Arc, mpsc},
+    thread::{self, JoinHandle},
+};
+
+use aya::maps::{MapData, RingBuf};
+
+use ipnet::IpNet;
+use nix::sched::{CloneFlags, setns};
+
+use crate::{
+    dataplane::{Dataplane, Established, FlowSettings, SyncReport},
+    flows::{
+        Attribution,
+        reader::SharedAttribution,
+        socket::{ExplainAnswer, ExplainRequest},
+    },
+    k8s::cluster::{Cluster, ObjectKey},
+    policy::{Compiler, NodeView, model::PolicyError},
+};
+
+/// A local pod's host-side interface in the node namespace.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub ifname: String,
+    pub ifindex: u32,
+}
+
+/// What one sync did.
+#[derive(Debug)]
+pub struct SyncOutcome {
+    pub report: SyncReport,
+    /// Established connections cut by the re-check ([`Established::Recheck`]).
+    pub cut: usize,
+    pub errors: Vec<PolicyError>,
+    pub endpoints: usize,
+    /// Entries and capacity of each map the agent writes, after the sync.
+    pub maps: Vec<MapUsage>,
+}
+
+pub use crate::dataplane::MapUsage;
+
+/// What a node worker is started with.
+pub struct NodeConfig {
+    pub name: String,
+    /// The network namespace to enter (the lab's nodes); `None`: the calling thread's.
+    pub netns: Option<OwnedFd>,
+    /// The node's own addresses (a peer class of their own for policies).
+    pub addrs: Vec<IpAddr>,
+    pub service_ranges: Vec<IpNet>,
+    /// With pins, maps and links are pinned under that bpffs directory: the programs keep
+    /// enforcing after the worker is gone ([`NodeWorker::kill`]), and the next worker started
+    /// with the same directory adopts them.
+    pub pins: Option<PathBuf>,
+    pub established: Established,
+    /// Flow events and node-wide audit mode.
+    pub flows: FlowSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("node {node}: {message}")]
+    Failed { node: String, message: String },
+    #[error("node {node}: the agent thread is gone")]
+    Gone { node: String },
+}
+
+enum Command {
+    Sync {
+        cluster: Box<Cluster>,
+        interfaces: BTreeMap<ObjectKey, Interface>,
+        pending: Vec<String>,
+        uplinks: Vec<String>,
+        reply: mpsc::Sender<Result<SyncOutcome, String>>,
+    },
+    Counters {
+        reply: mpsc::Sender<Result<Vec<u64>, String>>,
+    },
+    TakeEvents {
+        reply: mpsc::Sender<Result<RingBuf<MapData>, String>>,
+    },
+    Explain {
+        request: ExplainRequest,
+        reply: mpsc::Sender<Result<ExplainAnswer, String>>,
+    },
+    /// Stop as a killed process would: no detaching, no cleanup.
+    Die,
+    /// Stop and detach (what dropping the handle does; other senders may still exist).
+    Stop,
+}
+
+/// Handle to a node agent thread; dropping it stops the thread, which detaches its programs.
+pub struct NodeWorker {
+    node: String,
+    tx: Option<mpsc::Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+    attribution: SharedAttribution,
+}
+
+impl NodeWorker {
+    /// Starts the worker: enters the node's namespace, loads (or adopts) the programs and
+    /// tells them the cluster's Service ranges.
+    pub fn start(config: NodeConfig) -> Result<Self, WorkerError> {
+        let NodeConfig {
+            name,
+            netns,
+            addrs,
+            service_ranges,
+            pins,
+            established,
+            flows,
+        } = config;
+        let fail = |message: String| WorkerError::Failed {
+            node: name.clone(),
+            message,
+        };
+        let (tx, rx) = mpsc::channel::<Command>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let node_name = name.clone();
+        let attribution: SharedAttribution = Arc::default();
+        let published = Arc::clone(&attribution);
+        let thread = thread::Builder::new()
+            .name(format!("agent-{name}"))
+            .spawn(move || {
+                if let Some(netns) = netns
+                    && let Err(e) = setns(&netns, CloneFlags::CLONE_NEWNET)
+                {
+                    let _ = ready_tx.send(Err(format!("entering the node namespace: {e}")));
+                    return;
+                }
+                let loaded = match &pins {
+                    Some(root) => Dataplane::load_pinned(root),
+                    None => Dataplane::load(),
+                };
+                let dataplane = match loaded.and_then(|mut d| {
+                    d.set_service_ranges(&service_ranges)?;
+                    d.set_flow_settings(flows)?;
+                    Ok(d)
+                }) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let worker = Worker {
+                    node: &node_name,
+                    addrs: &addrs,
+                    established,
+                    attribution: &published,
+                };
+                worker.serve(dataplane, &rx);
+            })
+            .map_err(|e| fail(format!("spawning the agent thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self {
+                node: name,
+                tx: Some(tx),
+                thread: Some(thread),
+                attribution,
+            }),
+            Ok(Err(message)) => Err(fail(message)),
+            Err(_) => Err(WorkerError::Gone { node: name }),
+        }
+    }
+
+    /// Compiles `cluster` for this node and writes the result; attaches to new interfaces after
+    /// their endpoint is written and detaches from interfaces that are gone. `uplinks` are the
+    /// node's other interfaces (links to other nodes and to external hosts).
+    pub fn sync(
+        &self,
+        cluster: &Cluster,
+        interfaces: BTreeMap<ObjectKey, Interface>,
+        uplinks: Vec<String>,
+    ) -> Result<SyncOutcome, WorkerError> {
+        self.sync_with_pending(cluster, interfaces, Vec::new(), uplinks)
+    }
+
+    /// [`Self::sync`], also attaching to `pending`: pod interfaces whose pod is not known yet.
+    /// Their programs find no endpoint entry and drop every packet until a later sync writes
+    /// one (a new pod is isolated from the moment its interface appears, and opened only as
+    /// far as its policies allow).
+    pub fn sync_with_pending(
+        &self,
+        cluster: &Cluster,
+        interfaces: BTreeMap<ObjectKey, Interface>,
+        pending: Vec<String>,
+        uplinks: Vec<String>,
+    ) -> Result<SyncOutcome, WorkerError> {
+        let (reply, rx) = mpsc::channel();
+        self.send(Command::Sync {
+            cluster: Box::new(cluster.clone()),
+            interfaces,
+            pending,
+            uplinks,
+            reply,
+        })?;
+        self.answer(&rx)
+    }
+
+    /// Ends the agent the way `kill -9` ends a process: its maps and links stay as they are
+    /// (pinned ones keep enforcing), nothing is detached.
+    pub fn kill(mut self) {
+        let _ = self.send(Command::Die);
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Drop counters by reason.
+    pub fn drops(&self) -> Result<Vec<(&'static str, u64)>, WorkerError> {
+        Ok(crate::dataplane::drops_by_reason(&self.counters()?))
+    }
+
+    /// Every slot of the programs' counters, summed over CPUs (see `palisade_common::Stat`).
+    pub fn counters(&self) -> Result<Vec<u64>, WorkerError> {
+        let (reply, rx) = mpsc::channel();
+        self.send(Command::Counters { reply })?;
+        self.answer(&rx)
+    }
+
+    /// The ring buffer of flow events; once (the caller reads it from then on).
+    pub fn take_events(&self) -> Result<RingBuf<MapData>, WorkerError> {
+        let (reply, rx) = mpsc::channel();
+        self.send(Command::TakeEvents { reply })?;
+        self.answer(&rx)
+    }
+
+    /// What the last sync knew, for naming flow events.
+    pub fn attribution(&self) -> SharedAttribution {
+        Arc::clone(&self.attribution)
+    }
+
+    /// A handle that asks this worker for live explanations from any thread.
+    pub fn explainer(&self) -> Result<ExplainHandle, WorkerError> {
+        Ok(ExplainHandle {
+            node: self.node.clone(),
+            tx: self.tx.clone().ok_or_else(|| WorkerError::Gone {
+                node: self.node.clone(),
+            })?,
+        })
+    }
+
+    /// The worker's answer to a command, or why there is none.
+    fn answer<T>(&self, rx: &mpsc::Receiver<Result<T, String>>) -> Result<T, WorkerError> {
+        rx.recv()
+            .map_err(|_| WorkerError::Gone {
+                node: self.node.clone(),
+            })?
+            .map_err(|message| WorkerError::Failed {
+                node: self.node.clone(),
+                message,
+            })
+    }
+
+    fn send(&self, command: Command) -> Result<(), WorkerError> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(command).ok())
+            .ok_or_else(|| WorkerError::Gone {
+                node: self.node.clone(),
+            })
+    }
+}
+
+/// Asks a node worker for `palisade explain` answers from the live maps.
+#[derive(Clone)]
+pub struct ExplainHandle {
+    node: String,
+    tx: mpsc::Sender<Command>,
+}
+
+impl ExplainHandle {
+    /// See [`crate::flows::live`]. Blocks until the worker answers: call it from a blocking
+    /// context.
+    pub fn explain(&self, request: ExplainRequest) -> Result<ExplainAnswer, WorkerError> {
+        let (reply, rx) = mpsc::channel();
+        let gone = || WorkerError::Gone {
+            node: self.node.clone(),
+        };
+        self.tx
+            .send(Command::Explain { request, reply })
+            .map_err(|_| gone())?;
+        rx.recv()
+            .map_err(|_| gone())?
+            .map_err(|message| WorkerError::Failed {
+                node: self.node.clone(),
+                message,
+            })
+    }
+}
+
+impl Drop for NodeWorker {
+    fn drop(&mut self) {
+        let _ = self.send(Command::Stop);
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The worker thread's fixed settings.
+struct Worker<'a> {
+    node: &'a str,
+    addrs: &'a [IpAddr],
+    established: Established,
+    attribution: &'a SharedAttribution,
+}
+
+impl Worker<'_> {
+    fn serve(&self, mut dataplane: Dataplane, rx: &mpsc::Receiver<Command>) {
+        let (node, addrs, established) = (self.node, self.addrs, self.established);
+        let mut compiler = Compiler::new();
+        match dataplane.highest_ids() {
+            Ok((identity, cidr)) => compiler.reserve_ids(identity, cidr),
+            Err(e) => tracing::warn!(node, error = %e, "could not read the ids left in the maps"),
+        }
+        // Interfaces with a program, by name.
+        let mut attached: BTreeSet<String> = BTreeSet::new();
+        let mut attached_uplinks: Vec<String> = Vec::new();
+        while let Ok(command) = rx.recv() {
+            match command {
+                Command::Sync {
+                    cluster,
+                    interfaces,
+                    pending,
+                    uplinks,
+                    reply,
+                } => {
+                    let view = NodeView { name: node, addrs };
+                    let state = compiler.compile(&cluster, &view);
+                    let ifindex = interfaces
+                        .iter()
+                        .map(|(k, i)| (k.clone(), i.ifindex))
+                        .collect();
+                    let result = dataplane
+                        .sync(&state, &ifindex)
+                        .map_err(|e| e.to_string())
+                        .and_then(|report| {
+                            // Only pods whose endpoint entry was just written, and interfaces of
+                            // pods not known yet (whose programs drop everything): never attach a
+                            // program that would find another pod's rules, or none for a known pod.
+                            let wanted: BTreeSet<String> = interfaces
+                                .iter()
+                                .filter(|(key, i)| {
+                                    state.endpoints.contains_key(*key)
+                                        || attached.contains(&i.ifname)
+                                })
+                                .map(|(_, i)| i.ifname.clone())
+                                .chain(pending)
+                                .collect();
+                            // Kept across the switch from pending to known: never a moment without.
+                            for ifname in attached.difference(&wanted) {
+                                dataplane.detach(ifname);
+                            }
+                            attached.retain(|i| wanted.contains(i));
+                            for ifname in &wanted {
+                                if !attached.contains(ifname) {
+                                    dataplane.attach(ifname).map_err(|e| e.to_string())?;
+                                    attached.insert(ifname.clone());
+                                }
+                            }
+                            for uplink in &uplinks {
+                                if !attached_uplinks.contains(uplink) {
+                                    dataplane.attach_uplink(uplink).map_err(|e| e.to_string())?;
+                                    attached_uplinks.push(uplink.clone());
+                                }
+                            }
+                            dataplane.release_stale_links();
+                            let cut = if established == Established::Recheck {
+                                dataplane
+                                    .recheck_established(&state, &ifindex)
+                                    .map_err(|e| e.to_string())?
+                            } else {
+                                0
+                            };
+                            Ok(SyncOutcome {
+                                report,
+                                cut,
+                                errors: state.errors.clone(),
+                                endpoints: state.endpoints.len(),
+                                maps: dataplane.map_usage(),
+                            })
+                        });
+                    if result.is_ok() {
+                        let attribution =
+                            Attribution::new(node, addrs, *cluster, &state.endpoints, &ifindex);
+                        let mut shared = self
+                            .attribution
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        *shared = Arc::new(attribution);
+                    }
+                    let _ = reply.send(result);
+                }
+                Command::Counters { reply } => {
+                    let counters = dataplane.counters().map(|c| c.to_vec());
+                    let _ = reply.send(counters.map_err(|e| e.to_string()));
+                }
+                Command::TakeEvents { reply } => {
+                    let _ = reply.send(dataplane.take_events().map_err(|e| e.to_string()));
+                }
+                Command::Explain { request, reply } => {
+                    let attribution = crate::flows::reader::current(self.attribution);
+                    let answer = crate::flows::live::explain(&dataplane, &attribution, &request);
+                    let _ = reply.send(answer);
+                }
+                Command::Die => return,
+                Command::Stop => break,
+            }
+        }
+        for ifname in attached.iter().chain(&attached_uplinks) {
+            dataplane.detach(ifname);
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! From a cluster snapshot to the exact entries the eBPF maps hold (see `palisade_common` for the
+//! layouts and the lookup precedence).
+//!
+//! How this scales:
+//! - Peers are *identities*: one per distinct (namespace, pod labels, container ports). Selectors
+//!   are evaluated once per identity, not per pod, and a pod whose identity already exists costs
+//!   exactly one map write on every node (its address), whatever the number of policies.
+//! - Rules of an endpoint and direction are grouped into port-set *classes*; peers carry class
+//!   bits and ports carry class bits, so entries grow as peers + ports, never peers x ports.
+//! - An `endPort` range is at most 30 LPM prefixes.
+//! - Class bits never depend on which identities exist (egress named ports aside, see
+//!   `endpoint.rs`), so a pod change is applied in place ([`Compiler::apply_pod_change`]): a
+//!   pod of an existing identity writes or deletes only its addresses; a new identity (or one
+//!   whose last pod left) adds or removes its peer entries at each local endpoint, found by
+//!   evaluating that endpoint's rules against that one identity. Nothing there is O(pods) or
+//!   O(identities) but computing a local pod's own endpoint (or one whose egress named ports
+//!   select the new or departed identity).
+
+mod endpoint;
+mod incremental;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Pod;
+use palisade_common::{
+    Addr, ClassMask, IDENTITY_CIDR_FLAG, IDENTITY_FIRST_POD, IDENTITY_HOST, V4_MAPPED_PREFIX_BITS,
+};
+
+pub use self::incremental::PodUpdate;
+use self::{endpoint::Context, incremental::Snapshot};
+use super::{
+    model::{Peer, Policy, PolicyError, Port, Rule},
+    ports::{PortPrefix, PortSet},
+    selector::matches,
+};
+use crate::k8s::cluster::{
+    Cluster, ObjectKey, container_ports, is_host_network, pod_addrs, pod_labels, pod_node,
+};
+
+/// A prefix in the 128-bit (IPv4-mapped) space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    pub len: u32,
+    pub addr: Addr,
+}
+
+impl Prefix {
+    pub fn from_net(net: &IpNet) -> Self {
+        match net {
+            IpNet::V4(n) => Self {
+                len: V4_MAPPED_PREFIX_BITS + u32::from(n.prefix_len()),
+                addr: Addr::from_v4(n.network().octets()),
+            },
+            IpNet::V6(n) => Self {
+                len: u32::from(n.prefix_len()),
+                addr: Addr::from_v6(n.network().octets()),
+            },
+        }
+    }
+
+    /// A single address.
+    pub const fn host(addr: Addr) -> Self {
+        Self { len: 128, addr }
+    }
+
+    /// Whether every address of `other` lies in `self`.
+    pub fn contains(&self, other: &Self) -> bool {
+        other.len >= self.len && same_bits(&self.addr, &other.addr, self.len)
+    }
+
+    pub fn contains_addr(&self, addr: &Addr) -> bool {
+        same_bits(&self.addr, addr, self.len)
+    }
+}
+
+fn same_bits(a: &Addr, b: &Addr, bits: u32) -> bool {
+    let (a, b) = (u128::from_be_bytes(a.bytes), u128::from_be_bytes(b.bytes));
+    bits == 0 || (a ^ b) >> (128 - bits) == 0
+}
+
+/// The address an [`Addr`] holds (IPv4-mapped ones as IPv4).
+pub fn ip_of(addr: &Addr) -> IpAddr {
+    if addr.is_v4() {
+        let b = addr.bytes;
+        IpAddr::from([b[12], b[13], b[14], b[15]])
+    } else {
+        IpAddr::from(addr.bytes)
+    }
+}
+
+pub fn addr_of(ip: &IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => Addr::from_v4(v4.octets()),
+        IpAddr::V6(v6) => Addr::from_v6(v6.octets()),
+    }
+}
+
+/// The IPv4 space as a prefix of the mapped space. Always in the CIDR trie, so that an IPv4
+/// address never falls through to an IPv6 prefix such as `::/0` that happens to contain
+/// `::ffff:0:0/96`.
+pub const V4_ROOT: Prefix = Prefix {
+    len: V4_MAPPED_PREFIX_BITS,
+    addr: Addr::from_v4([0, 0, 0, 0]),
+};
+
+/// Which rule a class bit stands for (for explanations and flow attribution).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RuleRef {
+    pub policy: ObjectKey,
+    pub direction: u8,
+    pub index: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Class {
+    pub ports: PortSet,
+    pub rules: Vec<RuleRef>,
+}
+
+/// Everything one local pod needs in the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointState {
+    pub addrs: Vec<IpAddr>,
+    pub flags: u32,
+    pub any_peer: [ClassMask; 2],
+    pub any_port: [ClassMask; 2],
+    /// (direction, peer identity or CIDR class) -> classes.
+    pub peers: BTreeMap<(u8, u32), ClassMask>,
+    /// (direction, protocol, port prefix) -> classes.
+    pub ports: BTreeMap<(u8, u8, PortPrefix), ClassMask>,
+    pub classes: [Vec<Class>; 2],
+    /// The policies that isolate the pod, by direction (what a denied flow is blamed on).
+    pub isolating: [Vec<ObjectKey>; 2],
+}
+
+/// The desired content of every map on one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeState {
+    /// Exact addresses of pods (their identity) and of the node ([`IDENTITY_HOST`]).
+    pub identities: BTreeMap<Addr, u32>,
+    pub cidrs: BTreeMap<Prefix, u32>,
+    pub endpoints: BTreeMap<ObjectKey, EndpointState>,
+    pub errors: Vec<PolicyError>,
+}
+
+/// What makes two pods the same peer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct IdentityKey {
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    /// (name, protocol, port) of named container ports, sorted: egress named ports resolve
+    /// against them.
+    named_ports: Vec<(String, u8, u16)>,
+}
+
+/// Keeps identities and CIDR classes stable across compilations, so an update rewrites only
+/// what changed. Ids are never reused within a process: a stale entry can then never be read
+/// as another peer's.
+///
+/// It also remembers what [`Compiler::apply_pod_change`] needs to update the last state in
+/// place: every peer pod's identity and addresses, how many pods each identity has, and the
+/// parsed policies (see `incremental.rs`).
+#[derive(Clone, Debug, Default)]
+pub struct Compiler {
+    identities: HashMap<IdentityKey, u32>,
+    cidrs: HashMap<Prefix, u32>,
+    next_identity: u32,
+    next_cidr: u32,
+    /// The live identities by id (what the peer loops walk).
+    live: BTreeMap<u32, IdentityKey>,
+    /// Pods per live identity: the identity goes when the count reaches zero.
+    members: HashMap<u32, usize>,
+    /// Every pod that is a peer (not hostNetwork, with an address), as last compiled.
+    peers: HashMap<ObjectKey, PeerPod>,
+    last: Option<Snapshot>,
+}
+
+/// A pod as a peer: its identity and the addresses that map to it.
+#[derive(Clone, Debug)]
+struct PeerPod {
+    id: u32,
+    addrs: Vec<Addr>,
+}
+
+/// The node whose pods are compiled.
+pub struct NodeView<'a> {
+    pub name: &'a str,
+    pub addrs: &'a [IpAddr],
+}
+
+impl Compiler {
+    pub fn new() -> Self {
+        Self {
+            next_identity: IDENTITY_FIRST_POD,
+            ..Self::default()
+        }
+    }
+
+    /// Never hands out an identity up to `identity` or a CIDR class up to `cidr` (a value with
+    /// [`IDENTITY_CIDR_FLAG`]): a restarted agent reserves the ids the maps it adopts still
+    /// hold, so that no rule written by the previous agent can match a different peer under a
+    /// reused id while the new rules are switched in.
+    pub fn reserve_ids(&mut self, identity: u32, cidr: u32) {
+        self.next_identity = self.next_identity.max(identity.saturating_add(1));
+        self.next_cidr = self.next_cidr.max(cidr & !IDENTITY_CIDR_FLAG);
+    }
+
+    pub fn compile(&mut self, cluster: &Cluster, node: &NodeView<'_>) -> NodeState {
+        let mut state = NodeState::default();
+        let mut policies = Vec::new();
+        for policy in cluster.policies.values() {
+            let (policy, errors) = Policy::from_api(policy);
+            state.errors.extend(errors);
+            policies.push(policy);
+        }
+
+        // Identities of every pod that can be a peer. An address two pods claim (or a pod and
+        // the node) goes to the later one; `contested` keeps it for the incremental path.
+        let mut live = BTreeMap::<u32, IdentityKey>::new();
+        self.members.clear();
+        self.peers.clear();
+        let mut contested = HashSet::new();
+        for (key, pod) in &cluster.pods {
+            let Some((ident, addrs)) = as_peer(key, pod) else {
+                continue;
+            };
+            let id = self.identity_id(&ident);
+            for a in &addrs {
+                if state.identities.insert(*a, id).is_some() {
+                    contested.insert(*a);
+                }
+            }
+            *self.members.entry(id).or_default() += 1;
+            live.insert(id, ident);
+            self.peers.insert(key.clone(), PeerPod { id, addrs });
+        }
+        self.identities.retain(|_, id| live.contains_key(id));
+        for a in node.addrs {
+            if state.identities.insert(addr_of(a), IDENTITY_HOST).is_some() {
+                contested.insert(addr_of(a));
+            }
+        }
+
+        // CIDR classes: every cidr and except of every ipBlock, plus the IPv4 root.
+        let mut prefixes = BTreeSet::from([V4_ROOT]);
+        for policy in &policies {
+            for rule in policy.ingress.iter().chain(policy.egress.iter()).flatten() {
+                for peer in rule.peers.iter().flatten() {
+                    if let Peer::Block { cidr, except } = peer {
+                        prefixes.insert(Prefix::from_net(cidr));
+                        prefixes.extend(except.iter().map(Prefix::from_net));
+                    }
+                }
+            }
+        }
+        // Egress named ports towards pod addresses inside an ipBlock resolve per destination pod:
+        // each such address gets a host prefix of its own, which the longest match then finds.
+        let host_blocks = host_blocks(&policies);
+        for block in &host_blocks {
+            let hosts = state
+                .identities
+                .iter()
+                .filter(|(_, id)| **id != IDENTITY_HOST)
+                .map(|(a, _)| Prefix::host(*a));
+            prefixes.extend(hosts.filter(|h| block.holds(h)));
+        }
+        self.cidrs.retain(|p, _| prefixes.contains(p));
+        for p in &prefixes {
+            let id = *self.cidrs.entry(*p).or_insert_with(|| {
+                self.next_cidr += 1;
+                IDENTITY_CIDR_FLAG | self.next_cidr
+            });
+            state.cidrs.insert(*p, id);
+        }
+
+        let ctx = Context {
+            cluster,
+            identities: &live,
+            cidrs: &state.cidrs,
+            addrs: &state.identities,
+        };
+        let mut selecting = HashMap::new();
+        let mut overflowed = HashSet::new();
+        for (key, pod) in &cluster.pods {
+            if as_peer(key, pod).is_none() || pod_node(pod) != node.name {
+                continue;
+            }
+            let chosen = selecting_policies(&policies, key, pod);
+            let chosen_refs: Vec<&Policy> = chosen.iter().map(|i| &policies[*i]).collect();
+            let (endpoint, errors) = ctx.endpoint(key, pod, pod_addrs(pod), &chosen_refs);
+            if !errors.is_empty() {
+                overflowed.insert(key.clone());
+            }
+            state.errors.extend(errors);
+            state.endpoints.insert(key.clone(), endpoint);
+            selecting.insert(key.clone(), chosen);
+        }
+        self.live = live;
+        self.last = Some(Snapshot {
+            node: node.name.to_owned(),
+            node_addrs: node.addrs.to_vec(),
+            policies,
+            selecting,
+            contested,
+            host_blocks,
+            overflowed,
+        });
+        state
+    }
+
+    /// The id of an identity, allocated when it is new.
+    fn identity_id(&mut self, ident: &IdentityKey) -> u32 {
+        if let Some(id) = self.identities.get(ident) {
+            return *id;
+        }
+        let id = self.next_identity;
+        self.next_identity += 1;
+        self.identities.insert(ident.clone(), id);
+        id
+    }
+}
+
+/// The policies (indices into `policies`) that select a pod.
+fn selecting_policies(policies: &[Policy], key: &ObjectKey, pod: &Pod) -> Vec<usize> {
+    let labels = pod_labels(pod);
+    let selects = |p: &Policy| p.key.namespace == key.namespace && matches(&p.pod_selector, labels);
+    (0..policies.len())
+        .filter(|i| selects(&policies[*i]))
+        .collect()
+}
+
+/// The ipBlocks of egress rules with named ports: a pod address inside one gets a host prefix.
+fn host_blocks(policies: &[Policy]) -> Vec<Block> {
+    let named = |rule: &&Rule| rule.ports.iter().any(|p| matches!(p, Port::Named { .. }));
+    let rules = policies.iter().flat_map(|p| p.egress.iter().flatten());
+    let peers = rules
+        .filter(named)
+        .flat_map(|rule| rule.peers.iter().flatten());
+    peers
+        .filter_map(|peer| match peer {
+            Peer::Block { cidr, except } => Some(Block::new(cidr, except)),
+            Peer::Pods { .. } => None,
+        })
+        .collect()
+}
+
+/// An ipBlock peer: `cidr` minus every `except`.
+#[derive(Clone, Debug)]
+struct Block {
+    cidr: Prefix,
+    except: Vec<Prefix>,
+}
+
+impl Block {
+    fn new(cidr: &IpNet, except: &[IpNet]) -> Self {
+        Self {
+            cidr: Prefix::from_net(cidr),
+            except: except.iter().map(Prefix::from_net).collect(),
+        }
+    }
+
+    /// Whether every address of `p` is in the block (families never mix).
+    fn holds(&self, p: &Prefix) -> bool {
+        same_family(&self.cidr, p)
+            && self.cidr.contains(p)
+            && !self.except.iter().any(|e| e.contains(p))
+    }
+}
+
+fn same_family(a: &Prefix, b: &Prefix) -> bool {
+    let v4 = |p: &Prefix| p.len >= V4_MAPPED_PREFIX_BITS && V4_ROOT.contains_addr(&p.addr);
+    v4(a) == v4(b)
+}
+
+/// A pod's identity and addresses, or `None` when it is no peer (hostNetwork pods share the
+/// node's addresses; a pod without an address cannot be reached yet).
+fn as_peer(key: &ObjectKey, pod: &Pod) -> Option<(IdentityKey, Vec<Addr>)> {
+    let addrs = pod_addrs(pod);
+    if is_host_network(pod) || addrs.is_empty() {
+        return None;
+    }
+    let mut named_ports: Vec<_> = container_ports(pod)
+        .into_iter()
+        .filter(|(n, _, _)| !n.is_empty())
+        .collect();
+    named_ports.sort();
+    let ident = IdentityKey {
+        namespace: key.namespace.clone(),
+        labels: pod_labels(pod).clone(),
+        named_ports,
+    };
+    Some((ident, addrs.iter().map(addr_of).collect()))
+}

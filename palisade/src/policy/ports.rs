@@ -1,0 +1,134 @@
+//! Port sets and their encoding as LPM prefixes over the 16 port bits.
+
+/// An inclusive port range of one protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    pub protocol: u8,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub const fn all(protocol: u8) -> Self {
+        Self {
+            protocol,
+            first: 0,
+            last: u16::MAX,
+        }
+    }
+
+    pub const fn contains(&self, protocol: u8, port: u16) -> bool {
+        self.protocol == protocol && self.first <= port && port <= self.last
+    }
+}
+
+/// What a rule's `ports` admit, once named ports are resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortSet {
+    /// `ports` empty or absent: every port of every protocol (ICMP included).
+    All,
+    /// A sorted, de-duplicated list of ranges; empty when nothing resolved (admits nothing).
+    Ranges(Vec<PortRange>),
+}
+
+impl PortSet {
+    pub fn ranges(mut ranges: Vec<PortRange>) -> Self {
+        ranges.sort();
+        ranges.dedup();
+        Self::Ranges(ranges)
+    }
+
+    pub fn contains(&self, protocol: u8, port: u16) -> bool {
+        match self {
+            Self::All => true,
+            Self::Ranges(r) => r.iter().any(|r| r.contains(protocol, port)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Self::Ranges(r) if r.is_empty())
+    }
+}
+
+/// A prefix over the port bits: `len` leading bits of `value` are significant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortPrefix {
+    pub value: u16,
+    pub len: u8,
+}
+
+impl PortPrefix {
+    pub const fn first(&self) -> u16 {
+        self.value
+    }
+
+    pub const fn last(&self) -> u16 {
+        if self.len >= 16 {
+            self.value
+        } else {
+            self.value | (u16::MAX >> self.len)
+        }
+    }
+}
+
+/// The minimal set of prefixes covering `first..=last` exactly (at most 30 for 16 bits).
+pub fn range_to_prefixes(first: u16, last: u16) -> Vec<PortPrefix> {
+    let mut out = Vec::new();
+    let (mut lo, hi) = (u32::from(first), u32::from(last));
+    while lo <= hi {
+        // The largest aligned block starting at `lo` that does not pass `hi`.
+        let mut size_bits = if lo == 0 {
+            16
+        } else {
+            lo.trailing_zeros().min(16)
+        };
+        while lo + (1 << size_bits) - 1 > hi {
+            size_bits -= 1;
+        }
+        out.push(PortPrefix {
+            value: lo as u16,
+            len: (16 - size_bits) as u8,
+        });
+        lo += 1 << size_bits;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn a_single_port_is_one_full_length_prefix() {
+        assert_eq!(
+            range_to_prefixes(80, 80),
+            vec![PortPrefix { value: 80, len: 16 }]
+        );
+    }
+
+    #[test]
+    fn the_whole_range_is_one_zero_length_prefix() {
+        assert_eq!(
+            range_to_prefixes(0, u16::MAX),
+            vec![PortPrefix { value: 0, len: 0 }]
+        );
+    }
+
+    #[test]
+    fn an_end_port_range_costs_at_most_thirty_prefixes() {
+        assert_eq!(range_to_prefixes(1, u16::MAX - 1).len(), 30);
+    }
+
+    proptest! {
+        #[test]
+        fn prefixes_cover_exactly_the_range(a: u16, b: u16, probe: u16) {
+            let (first, last) = (a.min(b), a.max(b));
+            let prefixes = range_to_prefixes(first, last);
+            prop_assert!(prefixes.len() <= 30);
+            let covered = prefixes.iter().filter(|p| p.first() <= probe && probe <= p.last()).count();
+            prop_assert_eq!(covered, usize::from(first <= probe && probe <= last));
+        }
+    }
+}
