@@ -15,7 +15,7 @@ use palisade::{
     k8s::manifest::parse_str,
 };
 use palisade_lab::{
-    kubelet::{ApiControl, Faults},
+    control::{ApiControl, Faults},
     pins::PinRoot,
     serve::{Proto, ServerHandle, serve},
     topology::Topology,

@@ -8,15 +8,14 @@
 //! - traffic: [`serve`] (servers in pods), [`probe`] (connection attempts), [`sctp`] (SCTP over
 //!   raw sockets, for kernels without it);
 //! - cases: [`case`] (the case format), [`table`] (truth tables and their comparison),
-//!   [`run`] (a case on the kernel), [`model`] (a case judged by the reference evaluator);
+//!   [`run`] (cases on the kernel, or judged by the reference evaluator);
 //! - the real control plane: [`apiserver`] (etcd, kube-apiserver and controller-manager on
-//!   loopback), [`kubelet`] (the lab playing the kubelet, with a `palisade agent` per node).
+//!   loopback), [`control`] (the lab playing kubectl and the kubelet, with a `palisade agent` per node).
 
 pub mod apiserver;
 pub mod case;
 pub mod cleanup;
-pub mod kubelet;
-pub mod model;
+pub mod control;
 pub mod netns;
 pub mod node;
 pub mod pins;

@@ -8,7 +8,7 @@ use palisade::{
     daemon::{LogFormat, process},
     dataplane::Established,
 };
-use palisade_lab::{cleanup, kubelet::Faults, run};
+use palisade_lab::{cleanup, control::Faults, run};
 
 #[derive(Parser)]
 #[command(

@@ -1,4 +1,4 @@
-//! `palisade lab run --model`: the cases judged by the reference evaluator alone, without a
+//! `palisade-lab run --model`: the cases judged by the reference evaluator alone, without a
 //! kernel or root. Every probe is answerable here (Services, externals, other nodes, SCTP): a
 //! Service probe is judged against its backend pod, as kube-proxy's translation makes it.
 
@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use anyhow::{Context as _, Result, bail};
 use palisade_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
-use super::{
+use super::options::{RunOptions, narrate};
+use crate::{
     case::{Case, CaseProto, Probe, Via},
-    run::{RunOptions, narrate},
     table::compare,
 };
 use palisade::{

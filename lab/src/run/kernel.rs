@@ -1,5 +1,6 @@
-//! `palisade lab run`: build each case's cluster in network namespaces, run the real agent on
-//! it, apply the steps and probe every cell of every truth table.
+//! A case on the real kernel: build its cluster in network namespaces, run the real agent on
+//! each node (in this process, or a `palisade agent` process per node against a real API
+//! server), apply the steps and probe every cell of every truth table.
 
 use palisade::k8s::addresses::AddressBook;
 use std::{
@@ -12,9 +13,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use futures::future::join_all;
 
-use super::{
-    case::{Case, CaseProto, Probe, Via, load_cases},
-    kubelet::{ApiControl, Faults, percentiles},
+use super::options::{RunOptions, narrate};
+use crate::{
+    case::{Case, CaseProto, Probe, Via},
+    control::ApiControl,
     node::{self, Interface},
     pins::PinRoot,
     probe::probe,
@@ -35,78 +37,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Extra attempts for cells expected to connect that did not (never for cells expected to be
 /// blocked: an intermittent leak is still a leak).
 const RETRIES: usize = 2;
-
-#[derive(Clone, Debug, Default)]
-pub struct RunOptions {
-    /// Print a one-line reading of each table (the demo).
-    pub narrate: bool,
-    /// Judge with the reference evaluator only: no kernel, no root.
-    pub model: bool,
-    /// What policy changes do to established connections.
-    pub established: Established,
-    /// Run each case against a real API server, with a `palisade agent` process per node
-    /// (`agent_binary`, or the `palisade` beside this binary).
-    pub apiserver: bool,
-    pub agent_binary: Option<PathBuf>,
-    /// Faults injected in `apiserver` runs.
-    pub faults: Faults,
-    /// With `apiserver`: after the last step of the last case, keep the lab up (API server,
-    /// agents, pods) and say how to reach it, until interrupted.
-    pub hold: bool,
-}
-
-/// Runs every case; true when all tables of all cases matched.
-pub async fn run_cases(dirs: &[PathBuf], options: RunOptions) -> Result<bool> {
-    let cases = load_cases(dirs)?;
-    let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
-    let mut delays = Vec::new();
-    for case in &cases {
-        println!("=== case {} ({})", case.name, case.dir.display());
-        if !case.description.is_empty() {
-            println!("    {}", case.description.trim());
-        }
-        if options.apiserver
-            && let Some(why) = unsupported_by_apiserver(case)?
-        {
-            skipped += 1;
-            println!("--- SKIP {} in --apiserver mode: {why}\n", case.name);
-            continue;
-        }
-        let result = if options.model {
-            super::model::run_case(case, &options)
-        } else {
-            run_case(case, &options, &mut delays).await
-        };
-        match result {
-            Ok(true) => {
-                passed += 1;
-                println!("--- PASS {}\n", case.name);
-            }
-            Ok(false) => {
-                failed += 1;
-                println!("--- FAIL {}\n", case.name);
-            }
-            Err(e) => {
-                failed += 1;
-                println!("--- ERROR {}: {e:#}\n", case.name);
-            }
-        }
-    }
-    if skipped > 0 {
-        println!("lab: {passed} passed, {failed} failed, {skipped} skipped");
-    } else {
-        println!("lab: {passed} passed, {failed} failed");
-    }
-    if let Some((p50, p99)) = percentiles(&delays) {
-        println!(
-            "propagation delay, API write to map write ({} samples): p50 {:.1} ms, p99 {:.1} ms",
-            delays.len(),
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
-        );
-    }
-    Ok(failed == 0)
-}
 
 /// The lab's view of one case's cluster.
 struct Lab {
@@ -140,11 +70,15 @@ struct LabNode {
 /// The node external hosts hang off.
 const FIRST_NODE: &str = "node-1";
 
-async fn run_case(case: &Case, options: &RunOptions, delays: &mut Vec<Duration>) -> Result<bool> {
+pub(super) async fn run_case(
+    case: &Case,
+    options: &RunOptions,
+    delays: &mut Vec<Duration>,
+) -> Result<bool> {
     let api = if options.apiserver {
         let binary = match &options.agent_binary {
             Some(b) => b.clone(),
-            None => agent_binary()?,
+            None => super::agent_binary()?,
         };
         Some(ApiControl::start(binary, options.established, options.faults).await?)
     } else {
@@ -540,76 +474,4 @@ fn parse_key(name: &str) -> Option<ObjectKey> {
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
-}
-
-/// One line saying, for each destination, who reached it.
-pub(super) fn narrate(
-    table: &super::table::Table,
-    observed: &BTreeMap<(String, String), bool>,
-) -> String {
-    let mut parts = Vec::new();
-    for col in &table.columns {
-        let sources: Vec<&String> = table.rows.iter().filter(|r| *r != col).collect();
-        let reached: Vec<&str> = sources
-            .iter()
-            .filter(|r| observed.get(&((**r).clone(), col.clone())) == Some(&true))
-            .map(|r| r.as_str())
-            .collect();
-        let text = match (reached.len(), sources.len()) {
-            (0, _) => format!("{col} is reachable from nobody"),
-            (n, m) if n == m => format!("{col} is reachable from everyone"),
-            _ => format!("{col} is reachable only from {}", reached.join(", ")),
-        };
-        parts.push(text);
-    }
-    parts.join("; ")
-}
-
-/// Why a case cannot run against the v1.20 API server, if it cannot: a field that server does
-/// not have would be dropped silently and the case would test something else.
-fn unsupported_by_apiserver(case: &Case) -> Result<Option<String>> {
-    let files = case
-        .cluster
-        .iter()
-        .chain(case.steps.iter().flat_map(|s| s.apply.iter()));
-    for file in files {
-        for object in manifest::load_file(file)? {
-            if let manifest::Object::NetworkPolicy(policy) = object {
-                let rules = policy.spec.iter().flat_map(|spec| {
-                    let ingress = spec
-                        .ingress
-                        .iter()
-                        .flatten()
-                        .flat_map(|r| r.ports.iter().flatten());
-                    let egress = spec
-                        .egress
-                        .iter()
-                        .flatten()
-                        .flat_map(|r| r.ports.iter().flatten());
-                    ingress.chain(egress).collect::<Vec<_>>()
-                });
-                if rules.into_iter().any(|port| port.end_port.is_some()) {
-                    return Ok(Some(format!(
-                        "{} uses endPort, which the v1.20 API server does not have",
-                        file.display()
-                    )));
-                }
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// The `palisade` binary beside this one (both are built into the same target directory).
-pub fn agent_binary() -> Result<PathBuf> {
-    let this = std::env::current_exe().context("finding this binary, to run agents")?;
-    let beside = this.with_file_name("palisade");
-    if !beside.is_file() {
-        bail!(
-            "no `palisade` binary beside {}: build it (`cargo build -p palisade --bin palisade`) \
-             or name one with --agent-binary",
-            this.display()
-        );
-    }
-    Ok(beside)
 }
