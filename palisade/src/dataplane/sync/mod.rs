@@ -1,0 +1,189 @@
+//! Writing a [`NodeState`] into the maps as a difference against what was written before, so
+//! that no packet ever sees half of an update.
+//!
+//! A packet is judged by one endpoint's entries: its [`EndpointInfo`] (flags and "any" classes)
+//! and the [`PeerKey`]/[`PortKey`] entries under its endpoint id. Each endpoint owns a *pair* of
+//! ids (`2p` and `2p + 1`), one live and one idle: a change to an endpoint's rules is written
+//! whole under the idle id, then the endpoint's [`EndpointInfo`] is replaced by one naming that
+//! id (a single map value update, atomic for readers), and only then are the old id's entries
+//! deleted. A packet therefore sees the endpoint's old rules or its new ones, never a mix. This
+//! is the double buffer, per endpoint: it costs one rewrite of the endpoint's own entries per
+//! change, never a rewrite of the node.
+//!
+//! One exception keeps the common case cheap: when a change only *adds* entries and leaves every
+//! existing value (and the [`EndpointInfo`]) as it was - a new peer identity appears, a new pod
+//! joins a selected label set with new named ports - the entries are added in place. Any mix of
+//! old entries and some new ones then grants a subset of what the new state grants (peer masks
+//! are unions; a port lookup that misses a new, longer prefix finds a shorter one whose classes
+//! cover every port under it), so no packet is judged by rules looser than the new ones.
+//!
+//! The address-to-identity and CIDR maps are shared by every endpoint. New entries are written
+//! after the endpoints' new rules and before they are switched on; stale ones are deleted last.
+//! A pod that changes identity does so in one value write.
+
+mod adopt;
+mod apply;
+mod maps;
+
+use std::collections::BTreeMap;
+
+use palisade_common::{
+    Addr, ClassMask, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EndpointInfo, MAP_CIDRS,
+    MAP_ENDPOINTS, MAP_PEERS, MAP_POD_IDENTITIES, MAP_PORTS, PORT_KEY_FIXED_BITS,
+};
+
+pub(super) use self::adopt::highest_ids;
+use self::maps::Maps;
+use crate::{k8s::cluster::ObjectKey, policy::NodeState};
+
+/// What one sync changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    pub writes: usize,
+    pub deletes: usize,
+    /// Endpoints whose rules were switched to their idle id.
+    pub swaps: usize,
+    /// Writes that failed, each naming the pod (now isolated) or the map.
+    pub failures: Vec<String>,
+}
+
+/// One endpoint's entries, without its id: (direction, peer) and (prefix length, direction,
+/// protocol, port) to class masks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Rules {
+    /// `EndpointInfo` without its id.
+    flags: u32,
+    any_peer: [ClassMask; 2],
+    any_port: [ClassMask; 2],
+    peers: BTreeMap<(u8, u32), ClassMask>,
+    ports: BTreeMap<(u32, u8, u8, [u8; 2]), ClassMask>,
+}
+
+impl Rules {
+    fn info(&self, id: u32) -> EndpointInfo {
+        EndpointInfo {
+            id,
+            flags: self.flags,
+            any_peer: self.any_peer,
+            any_port: self.any_port,
+        }
+    }
+
+    /// Whether `self` only adds entries to `old`: same info, every old entry kept as it was.
+    fn only_adds_to(&self, old: &Self) -> bool {
+        self.flags == old.flags
+            && self.any_peer == old.any_peer
+            && self.any_port == old.any_port
+            && old.peers.iter().all(|(k, v)| self.peers.get(k) == Some(v))
+            && old.ports.iter().all(|(k, v)| self.ports.get(k) == Some(v))
+    }
+}
+
+/// A local pod as written: its interface, its pair of ids and which one is live.
+#[derive(Clone, Debug)]
+struct Endpoint {
+    ifindex: u32,
+    pair: u32,
+    live: u32,
+    rules: Rules,
+    /// Entries that may exist under the idle id (a swap that did not finish).
+    idle: Option<Rules>,
+}
+
+impl Endpoint {
+    fn id(&self) -> u32 {
+        self.pair * 2 + self.live
+    }
+
+    fn idle_id(&self) -> u32 {
+        self.pair * 2 + (1 - self.live)
+    }
+}
+
+/// A copy of every entry this process wrote, so the next sync writes only the difference.
+#[derive(Default)]
+pub(super) struct Written {
+    endpoints: BTreeMap<ObjectKey, Endpoint>,
+    identities: BTreeMap<Addr, u32>,
+    cidrs: BTreeMap<(u32, Addr), u32>,
+    next_pair: u32,
+    /// Pods whose rules could not be written, isolated with [`NO_RULES`], by interface.
+    quarantined: BTreeMap<ObjectKey, u32>,
+}
+
+fn rules_of(state: &NodeState, key: &ObjectKey) -> Option<Rules> {
+    let ep = state.endpoints.get(key)?;
+    Some(Rules {
+        flags: ep.flags,
+        any_peer: ep.any_peer,
+        any_port: ep.any_port,
+        peers: ep.peers.clone(),
+        ports: ep
+            .ports
+            .iter()
+            .map(|((direction, protocol, prefix), mask)| {
+                let len = PORT_KEY_FIXED_BITS + u32::from(prefix.len);
+                (
+                    (len, *direction, *protocol, prefix.value.to_be_bytes()),
+                    *mask,
+                )
+            })
+            .collect(),
+    })
+}
+
+impl Written {
+    /// Entries this process holds in each map it writes (both ids of an endpoint mid-swap
+    /// count once: the idle id's entries are deleted within the same sync).
+    pub(in crate::dataplane) fn entry_counts(&self) -> Vec<(&'static str, usize)> {
+        let rules = self.endpoints.values().map(|ep| &ep.rules);
+        let (peers, ports) = rules.fold((0, 0), |(a, b), r| (a + r.peers.len(), b + r.ports.len()));
+        vec![
+            (MAP_ENDPOINTS, self.endpoints.len() + self.quarantined.len()),
+            (MAP_POD_IDENTITIES, self.identities.len()),
+            (MAP_CIDRS, self.cidrs.len()),
+            (MAP_PEERS, peers),
+            (MAP_PORTS, ports),
+        ]
+    }
+
+    /// Takes a written endpoint out of service: isolated with no rules, its entries deleted.
+    fn quarantine(&mut self, maps: &mut Maps<'_>, key: &ObjectKey, report: &mut SyncReport) {
+        let Some(ep) = self.endpoints.remove(key) else {
+            return;
+        };
+        self.isolate(maps, key, ep.ifindex, report);
+        maps.delete_rules(ep.id(), &ep.rules, report);
+        if let Some(idle) = &ep.idle {
+            maps.delete_rules(ep.idle_id(), idle, report);
+        }
+    }
+
+    /// Writes the entry that drops every new connection of the pod on `index`.
+    fn isolate(
+        &mut self,
+        maps: &mut Maps<'_>,
+        key: &ObjectKey,
+        index: u32,
+        report: &mut SyncReport,
+    ) {
+        let info = EndpointInfo {
+            id: NO_RULES,
+            flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
+            any_peer: [0; 2],
+            any_port: [0; 2],
+        };
+        match maps.endpoints.insert(index, info, 0) {
+            Ok(()) => report.writes += 1,
+            Err(e) => {
+                // Not even that: with no entry the programs drop everything (no endpoint).
+                let _ = maps.endpoints.remove(&index);
+                report.failures.push(format!("{key}: isolating: {e}"));
+            }
+        }
+        self.quarantined.insert(key.clone(), index);
+    }
+}
+
+/// The id of a rule set that is never written: ids are `2 * pair + 0|1` with pairs from 1.
+pub const NO_RULES: u32 = 0;
