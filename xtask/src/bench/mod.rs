@@ -11,6 +11,7 @@
 mod plot;
 mod report;
 mod stats;
+mod targets;
 
 use std::{
     fs,

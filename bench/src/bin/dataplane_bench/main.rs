@@ -7,6 +7,7 @@
 //! Usage: `dataplane_bench [--quick] --out FILE`
 
 mod control;
+mod events;
 mod filters;
 mod netperf;
 mod per_packet;
@@ -33,6 +34,7 @@ use palisade_lab::{
 use serde::Serialize;
 
 use crate::{
+    events::EventReader,
     filters::Filter,
     synth::{CLIENT, NAMESPACE, NODE, SERVER, Scale},
 };
@@ -266,55 +268,6 @@ fn configs(counts: &[usize]) -> Vec<Config> {
         }
     }
     out
-}
-
-/// Reads and names the flow events of an agent as `palisade agent` does, on a thread of its
-/// own, until dropped.
-struct EventReader {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
-}
-
-impl EventReader {
-    fn start(agent: &palisade::node::NodeWorker) -> Result<Self> {
-        use std::sync::atomic::Ordering;
-        let mut ring = agent.take_events()?;
-        let attribution = agent.attribution();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopping = std::sync::Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut named = 0u64;
-            loop {
-                let done = stopping.load(Ordering::Relaxed);
-                let records = palisade::flows::reader::drain(&mut ring, &attribution);
-                named += records.len() as u64;
-                std::hint::black_box(records);
-                if done {
-                    return named;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        });
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops after a last drain; the number of records named.
-    fn finish(&mut self) -> u64 {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
-    }
-}
-
-impl Drop for EventReader {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// What is in place during one configuration's tests; dropping it removes it.
