@@ -2,7 +2,7 @@
 
 use ipnet::IpNet;
 
-use super::topology::NodeHandle;
+use crate::{netns::LabError, topology::NodeHandle};
 use palisade::{
     dataplane::{Established, FlowSettings},
     node::{NodeConfig, NodeWorker, WorkerError},
@@ -16,7 +16,7 @@ pub fn start(
     service_ranges: &[IpNet],
     pins: Option<std::path::PathBuf>,
     established: Established,
-) -> Result<NodeWorker, WorkerError> {
+) -> Result<NodeWorker, StartError> {
     start_with_flows(
         node,
         service_ranges,
@@ -33,12 +33,12 @@ pub fn start_with_flows(
     pins: Option<std::path::PathBuf>,
     established: Established,
     flows: FlowSettings,
-) -> Result<NodeWorker, WorkerError> {
-    let netns = node.netns.fd().map_err(|e| WorkerError::Failed {
+) -> Result<NodeWorker, StartError> {
+    let netns = node.netns.fd().map_err(|source| StartError::Namespace {
         node: node.name.clone(),
-        message: e.to_string(),
+        source,
     })?;
-    NodeWorker::start(NodeConfig {
+    Ok(NodeWorker::start(NodeConfig {
         name: node.name.clone(),
         netns: Some(netns),
         addrs: vec![node.addr_v4().into(), node.addr_v6().into()],
@@ -46,5 +46,18 @@ pub fn start_with_flows(
         pins,
         established,
         flows,
-    })
+    })?)
+}
+
+/// Why a lab node's worker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("node {node}: opening its network namespace: {source}")]
+    Namespace {
+        node: String,
+        #[source]
+        source: LabError,
+    },
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
 }

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use nix::sched::{CloneFlags, setns};
 
 use crate::{
-    dataplane::{Dataplane, Established, FlowSettings, SyncReport},
+    dataplane::{Dataplane, DataplaneError, Established, FlowSettings, SyncReport},
     flows::{
         Attribution,
         reader::SharedAttribution,
@@ -68,10 +68,70 @@ pub struct NodeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("node {node}: {message}")]
-    Failed { node: String, message: String },
-    #[error("node {node}: the agent thread is gone")]
+    #[error("node {node}: entering its network namespace: {source}")]
+    EnterNamespace {
+        node: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("node {node}: spawning its worker thread: {source}")]
+    Spawn {
+        node: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("node {node}: {source}")]
+    Dataplane {
+        node: String,
+        /// Boxed: aya's errors are large, and this travels through every sync's result.
+        #[source]
+        source: Box<DataplaneError>,
+    },
+    #[error("node {node}: live explain: {message}")]
+    Explain { node: String, message: String },
+    #[error("node {node}: the worker thread is gone")]
     Gone { node: String },
+}
+
+impl WorkerError {
+    /// The `error` label of the agent's sync metrics: what kind of failure, without the details.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::EnterNamespace { .. } => "namespace",
+            Self::Spawn { .. } => "spawn",
+            Self::Dataplane { source, .. } => source.metric_label(),
+            Self::Explain { .. } => "explain",
+            Self::Gone { .. } => "gone",
+        }
+    }
+}
+
+/// What the worker thread answers with; the handle adds the node's name.
+#[derive(Debug)]
+enum Failure {
+    EnterNamespace(nix::Error),
+    Dataplane(DataplaneError),
+    Explain(String),
+}
+
+impl From<DataplaneError> for Failure {
+    fn from(e: DataplaneError) -> Self {
+        Self::Dataplane(e)
+    }
+}
+
+impl Failure {
+    fn on(self, node: &str) -> WorkerError {
+        let node = node.to_owned();
+        match self {
+            Self::EnterNamespace(source) => WorkerError::EnterNamespace { node, source },
+            Self::Dataplane(source) => WorkerError::Dataplane {
+                node,
+                source: Box::new(source),
+            },
+            Self::Explain(message) => WorkerError::Explain { node, message },
+        }
+    }
 }
 
 enum Command {
@@ -80,17 +140,17 @@ enum Command {
         interfaces: BTreeMap<ObjectKey, Interface>,
         pending: Vec<String>,
         uplinks: Vec<String>,
-        reply: mpsc::Sender<Result<SyncOutcome, String>>,
+        reply: mpsc::Sender<Result<SyncOutcome, Failure>>,
     },
     Counters {
-        reply: mpsc::Sender<Result<Vec<u64>, String>>,
+        reply: mpsc::Sender<Result<Vec<u64>, Failure>>,
     },
     TakeEvents {
-        reply: mpsc::Sender<Result<RingBuf<MapData>, String>>,
+        reply: mpsc::Sender<Result<RingBuf<MapData>, Failure>>,
     },
     Explain {
         request: ExplainRequest,
-        reply: mpsc::Sender<Result<ExplainAnswer, String>>,
+        reply: mpsc::Sender<Result<ExplainAnswer, Failure>>,
     },
     /// Stop as a killed process would: no detaching, no cleanup.
     Die,
@@ -119,12 +179,8 @@ impl NodeWorker {
             established,
             flows,
         } = config;
-        let fail = |message: String| WorkerError::Failed {
-            node: name.clone(),
-            message,
-        };
         let (tx, rx) = mpsc::channel::<Command>();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Failure>>();
         let node_name = name.clone();
         let attribution: SharedAttribution = Arc::default();
         let published = Arc::clone(&attribution);
@@ -134,7 +190,7 @@ impl NodeWorker {
                 if let Some(netns) = netns
                     && let Err(e) = setns(&netns, CloneFlags::CLONE_NEWNET)
                 {
-                    let _ = ready_tx.send(Err(format!("entering the node namespace: {e}")));
+                    let _ = ready_tx.send(Err(Failure::EnterNamespace(e)));
                     return;
                 }
                 let loaded = match &pins {
@@ -148,7 +204,7 @@ impl NodeWorker {
                 }) {
                     Ok(d) => d,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
+                        let _ = ready_tx.send(Err(e.into()));
                         return;
                     }
                 };
@@ -161,7 +217,10 @@ impl NodeWorker {
                 };
                 worker.serve(dataplane, &rx);
             })
-            .map_err(|e| fail(format!("spawning the agent thread: {e}")))?;
+            .map_err(|source| WorkerError::Spawn {
+                node: name.clone(),
+                source,
+            })?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Self {
                 node: name,
@@ -169,7 +228,7 @@ impl NodeWorker {
                 thread: Some(thread),
                 attribution,
             }),
-            Ok(Err(message)) => Err(fail(message)),
+            Ok(Err(failure)) => Err(failure.on(&name)),
             Err(_) => Err(WorkerError::Gone { node: name }),
         }
     }
@@ -253,15 +312,12 @@ impl NodeWorker {
     }
 
     /// The worker's answer to a command, or why there is none.
-    fn answer<T>(&self, rx: &mpsc::Receiver<Result<T, String>>) -> Result<T, WorkerError> {
+    fn answer<T>(&self, rx: &mpsc::Receiver<Result<T, Failure>>) -> Result<T, WorkerError> {
         rx.recv()
             .map_err(|_| WorkerError::Gone {
                 node: self.node.clone(),
             })?
-            .map_err(|message| WorkerError::Failed {
-                node: self.node.clone(),
-                message,
-            })
+            .map_err(|failure| failure.on(&self.node))
     }
 
     fn send(&self, command: Command) -> Result<(), WorkerError> {
@@ -294,10 +350,7 @@ impl ExplainHandle {
             .map_err(|_| gone())?;
         rx.recv()
             .map_err(|_| gone())?
-            .map_err(|message| WorkerError::Failed {
-                node: self.node.clone(),
-                message,
-            })
+            .map_err(|failure| failure.on(&self.node))
     }
 }
 
@@ -339,15 +392,17 @@ impl Worker<'_> {
                     uplinks,
                     reply,
                 } => {
+                    let _span = tracing::info_span!("sync", node).entered();
                     let view = NodeView { name: node, addrs };
-                    let state = compiler.compile(&cluster, &view);
+                    let state = tracing::info_span!("compile", pods = cluster.pods.len())
+                        .in_scope(|| compiler.compile(&cluster, &view));
                     let ifindex = interfaces
                         .iter()
                         .map(|(k, i)| (k.clone(), i.ifindex))
                         .collect();
                     let result = dataplane
                         .sync(&state, &ifindex)
-                        .map_err(|e| e.to_string())
+                        .map_err(Failure::from)
                         .and_then(|report| {
                             // Only pods whose endpoint entry was just written, and interfaces of
                             // pods not known yet (whose programs drop everything): never attach a
@@ -368,21 +423,19 @@ impl Worker<'_> {
                             attached.retain(|i| wanted.contains(i));
                             for ifname in &wanted {
                                 if !attached.contains(ifname) {
-                                    dataplane.attach(ifname).map_err(|e| e.to_string())?;
+                                    dataplane.attach(ifname)?;
                                     attached.insert(ifname.clone());
                                 }
                             }
                             for uplink in &uplinks {
                                 if !attached_uplinks.contains(uplink) {
-                                    dataplane.attach_uplink(uplink).map_err(|e| e.to_string())?;
+                                    dataplane.attach_uplink(uplink)?;
                                     attached_uplinks.push(uplink.clone());
                                 }
                             }
                             dataplane.release_stale_links();
                             let cut = if established == Established::Recheck {
-                                dataplane
-                                    .recheck_established(&state, &ifindex)
-                                    .map_err(|e| e.to_string())?
+                                dataplane.recheck_established(&state, &ifindex)?
                             } else {
                                 0
                             };
@@ -407,15 +460,15 @@ impl Worker<'_> {
                 }
                 Command::Counters { reply } => {
                     let counters = dataplane.counters().map(|c| c.to_vec());
-                    let _ = reply.send(counters.map_err(|e| e.to_string()));
+                    let _ = reply.send(counters.map_err(Failure::from));
                 }
                 Command::TakeEvents { reply } => {
-                    let _ = reply.send(dataplane.take_events().map_err(|e| e.to_string()));
+                    let _ = reply.send(dataplane.take_events().map_err(Failure::from));
                 }
                 Command::Explain { request, reply } => {
                     let attribution = crate::flows::reader::current(self.attribution);
                     let answer = crate::flows::live::explain(&dataplane, &attribution, &request);
-                    let _ = reply.send(answer);
+                    let _ = reply.send(answer.map_err(Failure::Explain));
                 }
                 Command::Die => return,
                 Command::Stop => break,

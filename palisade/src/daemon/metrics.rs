@@ -53,7 +53,11 @@ impl Metrics {
             sync_duration.clone(),
         );
         let syncs = Family::<Labels, Counter>::default();
-        registry.register("syncs", "Syncs by result (ok, error)", syncs.clone());
+        registry.register(
+            "syncs",
+            "Syncs by result (ok, error) and, for errors, what failed (namespace, map, attach, ...)",
+            syncs.clone(),
+        );
         let map_entries = Family::<Labels, Gauge>::default();
         registry.register(
             "map_entries",

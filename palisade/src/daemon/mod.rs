@@ -173,11 +173,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
                 };
             }
             Err(e) => {
-                shared
-                    .metrics
-                    .syncs
-                    .get_or_create(&label("result", "error"))
-                    .inc();
+                let kind = e
+                    .downcast_ref::<crate::node::WorkerError>()
+                    .map_or("other", crate::node::WorkerError::metric_label);
+                let mut labels = label("result", "error");
+                labels.push(("error", kind.to_owned()));
+                shared.metrics.syncs.get_or_create(&labels).inc();
                 tracing::error!(error = %format!("{e:#}"), "sync failed; retrying");
                 retry_at = Some((Instant::now() + sync_loop.retry.next()).into());
             }

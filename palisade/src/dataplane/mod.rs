@@ -85,6 +85,21 @@ pub enum DataplaneError {
     },
 }
 
+impl DataplaneError {
+    /// A short, fixed name of the failure's kind, for metric labels.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NoObject => "no_object",
+            Self::Load(_) => "load",
+            Self::Missing { .. } => "missing",
+            Self::Program { .. } => "program",
+            Self::Attach { .. } => "attach",
+            Self::Pin { .. } => "pin",
+            Self::Map { .. } => "map",
+        }
+    }
+}
+
 /// One map's fill: entries written against its capacity (`max_entries`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapUsage {
