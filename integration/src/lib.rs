@@ -1,10 +1,13 @@
-//! What the integration tests share: the root check, the binaries under test, and a one-node
+//! What the integration tests share: the root check, the binaries under test, crafted frames
+//! ([`frames`]), and a one-node
 //! lab whose pods exist (namespaces, interfaces, a TCP server on port 80) and whose objects are
 //! in a real API server, with a `palisade agent` process enforcing them.
 //!
 //! The binaries are those of the same build: `cargo xtask test` builds `palisade` and
 //! `palisade-lab` before it runs these tests (cargo builds only a test's own package's
 //! binaries for it).
+
+pub mod frames;
 
 use std::path::PathBuf;
 

@@ -12,9 +12,7 @@ use palisade::{
 };
 use palisade_common::PROG_TO_POD;
 
-#[path = "prog_test_run/frames.rs"]
-#[allow(dead_code)]
-mod frames;
+use palisade_integration::frames;
 
 const PASS: i32 = -1;
 const DROP: i32 = 2;

@@ -19,9 +19,7 @@ use palisade::{
 };
 use palisade_common::{Addr, DropReason, PROG_FROM_POD, PROG_TO_POD, STAT_SLOTS, Stat};
 
-#[path = "prog_test_run/frames.rs"]
-mod frames;
-use frames::*;
+use palisade_integration::frames::*;
 #[path = "prog_test_run/endpoints.rs"]
 mod endpoints;
 #[path = "prog_test_run/flow_events.rs"]
