@@ -46,10 +46,128 @@
 //!
 //! Addresses are 16 bytes everywhere; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so one
 //! trie serves both families and an IPv4 prefix /n is stored as /(96+n).
+//!
+//! # One lookup, written once
+//!
+//! Steps 6-8 are [`admit`], generic over where the maps are ([`PolicyMaps`]): the programs read
+//! the kernel's maps, the agent its compiled copy of them (`palisade explain`, the property tests
+//! against the policy evaluator) or the live maps through aya. [`EndpointInfo::isolated`] is the
+//! test of step 5.
 
+use crate::{
+    Addr, ClassMask, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED,
+    EndpointInfo, IDENTITY_HOST, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PeerKey, PortKey,
+};
 #[cfg(doc)]
 use crate::{
-    CFG_AUDIT_ALL, ClassMask, DropReason, EP_AUDIT, FlowEvent, IDENTITY_HOST, MAP_CIDRS,
-    MAP_CONNTRACK, MAP_ENDPOINTS, MAP_EVENTS, MAP_LOCAL_ADDRS, MAP_ORIGINAL_DST, MAP_PEERS,
-    MAP_POD_IDENTITIES, MAP_PORTS, MAP_SERVICES, MAX_CLASSES, PROG_FROM_POD, PROG_TO_POD,
+    CFG_AUDIT_ALL, DropReason, EP_AUDIT, FlowEvent, MAP_CIDRS, MAP_CONNTRACK, MAP_ENDPOINTS,
+    MAP_EVENTS, MAP_LOCAL_ADDRS, MAP_ORIGINAL_DST, MAP_PEERS, MAP_POD_IDENTITIES, MAP_PORTS,
+    MAP_SERVICES, MAX_CLASSES, PROG_FROM_POD, PROG_TO_POD,
 };
+
+/// The lookups steps 6-8 make, wherever the maps are. Absent entries are `None` or an empty
+/// mask, never an error; `Error` is for maps that cannot be read at all (the programs' and the
+/// compiled state's are `core::convert::Infallible`).
+pub trait PolicyMaps {
+    type Error;
+
+    /// [`MAP_POD_IDENTITIES`]\[addr\]: the identity of the pod (or [`IDENTITY_HOST`]) with
+    /// exactly this address.
+    fn pod_identity(&self, addr: &Addr) -> Result<Option<u32>, Self::Error>;
+
+    /// The CIDR class of the longest prefix in [`MAP_CIDRS`] that holds `addr`.
+    fn cidr_identity(&self, addr: &Addr) -> Result<Option<u32>, Self::Error>;
+
+    /// [`MAP_PEERS`]\[key\], or no class.
+    fn peer_classes(&self, key: &PeerKey) -> Result<ClassMask, Self::Error>;
+
+    /// The classes of the longest match of `key` (its port's 16 bits included) in
+    /// [`MAP_PORTS`], or no class.
+    fn port_classes(&self, key: &PortKey) -> Result<ClassMask, Self::Error>;
+}
+
+/// What steps 6-8 say about a new flow at an isolated endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Step 6: ingress from the node itself.
+    FromHost,
+    /// Step 8: admitted; the lowest class both the peer and the port hold.
+    Class(u8),
+    /// Step 8: no class holds both (the caller decides about audit mode).
+    Denied,
+}
+
+impl EndpointInfo {
+    /// Step 5: whether some policy isolates the endpoint for `direction`.
+    #[inline(always)]
+    pub const fn isolated(&self, direction: u8) -> bool {
+        let flag = if direction == DIR_INGRESS {
+            EP_INGRESS_ISOLATED
+        } else {
+            EP_EGRESS_ISOLATED
+        };
+        self.flags & flag != 0
+    }
+}
+
+/// Steps 6-8 for a new flow at `endpoint` in `direction` with `peer` (the source on ingress,
+/// the destination on egress) to `protocol`/`port` (host byte order; ignored but for TCP, UDP
+/// and SCTP). The caller has found the endpoint isolated (step 5).
+///
+/// Inlined: the programs call it with their maps, and the verdict's frame has no room for
+/// another call's.
+#[inline(always)]
+pub fn admit<M: PolicyMaps + ?Sized>(
+    maps: &M,
+    endpoint: &EndpointInfo,
+    direction: u8,
+    peer: &Addr,
+    protocol: u8,
+    port: u16,
+) -> Result<Admission, M::Error> {
+    let (mut peer_mask, mut port_mask) = if direction == DIR_EGRESS {
+        (endpoint.any_peer[1], endpoint.any_port[1])
+    } else {
+        (endpoint.any_peer[0], endpoint.any_port[0])
+    };
+    // Two keys written out, not one closure: the programs' stack is counted in bytes.
+    if let Some(identity) = maps.pod_identity(peer)? {
+        if identity == IDENTITY_HOST && direction == DIR_INGRESS {
+            return Ok(Admission::FromHost);
+        }
+        let key = PeerKey {
+            endpoint: endpoint.id,
+            peer: identity,
+            direction,
+            _pad: [0; 3],
+        };
+        peer_mask |= maps.peer_classes(&key)?;
+    }
+    if let Some(cidr) = maps.cidr_identity(peer)? {
+        let key = PeerKey {
+            endpoint: endpoint.id,
+            peer: cidr,
+            direction,
+            _pad: [0; 3],
+        };
+        peer_mask |= maps.peer_classes(&key)?;
+    }
+    if peer_mask == 0 {
+        return Ok(Admission::Denied);
+    }
+    if matches!(protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
+        let key = PortKey {
+            endpoint: endpoint.id,
+            direction,
+            protocol,
+            port_be: port.to_be_bytes(),
+        };
+        port_mask |= maps.port_classes(&key)?;
+    }
+    let admitting = peer_mask & port_mask;
+    Ok(if admitting == 0 {
+        Admission::Denied
+    } else {
+        Admission::Class(admitting.trailing_zeros() as u8)
+    })
+}
