@@ -28,6 +28,21 @@ pub(crate) struct Owed {
     pub flags: u8,
 }
 
+impl Owed {
+    /// The event of a verdict at endpoint `ifindex` in `direction`, without flags.
+    #[inline(always)]
+    pub(crate) fn new(ifindex: u32, direction: u8, verdict: u8, reason: u8, class: u8) -> Self {
+        Self {
+            ifindex,
+            direction,
+            verdict,
+            reason,
+            class,
+            flags: 0,
+        }
+    }
+}
+
 /// Records the event owed for `packet` in scratch `slot` ([`SCRATCH_MAIN`] or
 /// [`SCRATCH_TRANSLATED`]); [`flush`] sends it.
 #[inline(always)]

@@ -4,59 +4,46 @@
 //! of that flow. Any other ICMP error is judged as plain ICMP by the verdict (and so dropped for
 //! an endpoint isolated by rules that all name ports).
 //!
-//! The quoted packet went the other way through this endpoint: it is found in conntrack under
-//! the other direction, as a packet of a tracked flow or as its reply.
+//! This file parses the error and its quote and checks who sent it; whether the quoted flow is
+//! tracked is conntrack's answer ([`crate::conntrack::related`], which calls [`quoted_flow`]).
 //!
-//! Its own parse and its own (not inlined) function: the verdict's frame is near the 512-byte
-//! BPF stack limit, and BPF-to-BPF calls made one after the other share no frame.
+//! Its own parse: the verdict's frame is near the 512-byte BPF stack limit, and this runs in a
+//! frame of its own before the verdict's.
 
 use aya_ebpf::programs::TcContext;
 use palisade_common::{
-    Addr, CtKey, DIR_EGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Stat,
+    Addr, CtKey, DIR_EGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
-    maps::{CT, ENDPOINTS, LOCAL_ADDRS, bump},
+    maps::{ENDPOINTS, LOCAL_ADDRS},
     parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN},
 };
 
-/// `true` when the packet is an ICMP error quoting a tracked flow of this endpoint (it then
-/// passes); `false` sends it on to the verdict, which judges it like any packet - malformed,
-/// spoofed and unknown-endpoint cases included.
-#[inline(never)]
-pub(crate) fn related_to_tracked_flow(ctx: &TcContext, direction: u8) -> bool {
-    let Some((outer_src, quote, v6)) = icmp_error(ctx) else {
-        return false;
-    };
+/// For an ICMP error about a TCP, UDP or SCTP packet at a known endpoint (and, on egress, sent
+/// from the pod's own address): the quoted packet's flow as this endpoint's hook of the other
+/// direction saw it. `None` sends the packet on to the verdict, which judges it like any
+/// packet - malformed, spoofed and unknown-endpoint cases included.
+#[inline(always)]
+pub(crate) fn quoted_flow(ctx: &TcContext, direction: u8) -> Option<CtKey> {
+    let (outer_src, quote, v6) = icmp_error(ctx)?;
     // SAFETY: `skb` is the context pointer the kernel handed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain-data values.
     if unsafe { ENDPOINTS.get(&ifindex) }.is_none() {
-        return false;
+        return None;
     }
     if direction == DIR_EGRESS {
         // SAFETY: plain-data values.
         let own = unsafe { LOCAL_ADDRS.get(&outer_src) }.is_some_and(|owner| *owner == ifindex);
         if !own {
-            return false;
+            return None;
         }
     }
-    let Some(mut flow) = quoted_flow(ctx, quote, v6) else {
-        return false;
-    };
+    let mut flow = quote_of(ctx, quote, v6)?;
     flow.direction = direction ^ 1;
     flow.ifindex = ifindex;
-    let mut tracked = CT.get_ptr(&flow).is_some();
-    if !tracked {
-        core::mem::swap(&mut flow.saddr, &mut flow.daddr);
-        core::mem::swap(&mut flow.sport, &mut flow.dport);
-        flow.direction ^= 1;
-        tracked = CT.get_ptr(&flow).is_some();
-    }
-    if tracked {
-        bump(Stat::CtHit as u32);
-    }
-    tracked
+    Some(flow)
 }
 
 /// For an ICMP error: its outer source, where the quoted packet starts, and whether it is v6.
@@ -96,7 +83,7 @@ fn icmp_error(ctx: &TcContext) -> Option<(Addr, usize, bool)> {
 
 /// The quoted packet's flow (direction and ifindex left to the caller), for TCP, UDP and SCTP.
 #[inline(always)]
-fn quoted_flow(ctx: &TcContext, offset: usize, v6: bool) -> Option<CtKey> {
+fn quote_of(ctx: &TcContext, offset: usize, v6: bool) -> Option<CtKey> {
     let (header, protocol, saddr, daddr) = if v6 {
         let protocol = ctx.load::<u8>(offset + 6).ok()?;
         let src = Addr::from_v6(ctx.load::<[u8; 16]>(offset + 8).ok()?);

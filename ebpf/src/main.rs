@@ -1,10 +1,18 @@
 //! Palisade's TC programs. One hook per direction of a pod's host-side veth, and one on the
-//! node's other interfaces for Service traffic leaving the node; all share the
-//! parser ([`parse`]), the maps ([`maps`]) and the verdict ([`verdict`]). The precedence they
-//! follow is written down in `palisade_common`, where the maps are declared.
+//! node's other interfaces for Service traffic leaving the node. The precedence they follow is
+//! written down in `palisade_common::precedence`, where the policy lookup is written once for
+//! the programs and the agent; the maps are declared in `palisade_common::maps`.
+//!
+//! One module per concern: [`parse`] reads the packet, [`conntrack`] answers whether it
+//! belongs to a tracked flow and tracks new ones, [`icmp`] finds the flow an ICMP error quotes,
+//! [`policy`] runs the endpoint's policy, [`service`] judges Service flows after kube-proxy's
+//! translation, [`events`] reports verdicts to the agent, [`maps`] declares the maps, and
+//! [`verdict`] puts the steps in their order.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
@@ -14,6 +22,10 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod policy;
+#[cfg(target_arch = "bpf")]
+mod service;
+#[cfg(target_arch = "bpf")]
 mod verdict;
 
 #[cfg(target_arch = "bpf")]
@@ -21,7 +33,7 @@ mod programs {
     use aya_ebpf::{macros::classifier, programs::TcContext};
     use palisade_common::{DIR_EGRESS, DIR_INGRESS};
 
-    use crate::verdict::{judge, judge_uplink};
+    use crate::{service::judge_uplink, verdict::judge};
 
     /// TC ingress of the host-side veth: what the pod sends, judged by its egress policy.
     #[classifier]
@@ -36,7 +48,7 @@ mod programs {
     }
 
     /// TC egress of the node's other interfaces: Service flows of local pods translated towards
-    /// another node, judged by the source's egress policy (see `verdict::judge_uplink`).
+    /// another node, judged by the source's egress policy (see `service::judge_uplink`).
     #[classifier]
     pub fn palisade_uplink(ctx: TcContext) -> i32 {
         judge_uplink(&ctx)

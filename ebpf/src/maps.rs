@@ -1,4 +1,5 @@
-//! The maps, named as `palisade_common` declares them (the agent checks the names on load).
+//! The maps, named as `palisade_common::maps` declares them (the agent checks the names on load),
+//! and [`bump`], which adds one to a counter of [`STATS`].
 
 use aya_ebpf::{
     macros::map,

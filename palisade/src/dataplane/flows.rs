@@ -6,14 +6,12 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key};
 use palisade_common::{
-    Addr, CFG_AUDIT_ALL, CFG_EVENTS, ClassMask, DIR_INGRESS, EP_AUDIT, EP_EGRESS_ISOLATED,
-    EP_INGRESS_ISOLATED, EndpointInfo, FlowConfig, IDENTITY_HOST, IdentityValue, MAP_CIDRS,
-    MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOW_CONFIG, MAP_PEERS, MAP_POD_IDENTITIES, MAP_PORTS,
-    PORT_KEY_FIXED_BITS, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PeerKey, PortKey,
+    Addr, Admission, CFG_AUDIT_ALL, CFG_EVENTS, ClassMask, EP_AUDIT, EndpointInfo, FlowConfig,
+    IdentityValue, MAP_CIDRS, MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOW_CONFIG, MAP_PEERS,
+    MAP_POD_IDENTITIES, MAP_PORTS, PORT_KEY_FIXED_BITS, PeerKey, PolicyMaps, PortKey, admit,
 };
 
 use super::{Dataplane, DataplaneError};
-use crate::policy::compile::addr_of;
 
 /// What the programs do about flow events and audit, for the whole node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +94,8 @@ impl Dataplane {
 
     /// How the maps as they are now judge a new flow at endpoint `ifindex` in `direction`
     /// with `peer` to `protocol`/`port`: the lookups the programs make (steps 2 and 5-8 of
-    /// the precedence in `palisade_common`), read from the kernel's maps, not this agent's copy.
+    /// `palisade_common::precedence`, through the same [`admit`]), read from the kernel's maps,
+    /// not this agent's copy.
     pub fn live_decision(
         &self,
         ifindex: u32,
@@ -111,58 +110,21 @@ impl Dataplane {
         let Some(endpoint) = absent_is_none(endpoints.get(&ifindex, 0), MAP_ENDPOINTS)? else {
             return Ok(LiveDecision::NoEndpoint);
         };
-        let isolated = if direction == DIR_INGRESS {
-            EP_INGRESS_ISOLATED
-        } else {
-            EP_EGRESS_ISOLATED
-        };
-        if endpoint.flags & isolated == 0 {
+        if !endpoint.isolated(direction) {
             return Ok(LiveDecision::NotIsolated);
         }
-        let d = usize::from(direction);
-        let (mut peer_mask, mut port_mask) = (endpoint.any_peer[d], endpoint.any_port[d]);
-        let addr = addr_of(&peer);
-        let identities: HashMap<_, Addr, IdentityValue> =
-            HashMap::try_from(map(MAP_POD_IDENTITIES)?)
-                .map_err(map_err(MAP_POD_IDENTITIES, "open"))?;
-        let peers: HashMap<_, PeerKey, ClassMask> =
-            HashMap::try_from(map(MAP_PEERS)?).map_err(map_err(MAP_PEERS, "open"))?;
-        let classes_of = |peer: u32| -> Result<ClassMask, DataplaneError> {
-            let key = PeerKey {
-                endpoint: endpoint.id,
-                peer,
-                direction,
-                _pad: [0; 3],
-            };
-            Ok(absent_is_none(peers.get(&key, 0), MAP_PEERS)?.unwrap_or(0))
+        let maps = LiveMaps {
+            identities: HashMap::try_from(map(MAP_POD_IDENTITIES)?)
+                .map_err(map_err(MAP_POD_IDENTITIES, "open"))?,
+            cidrs: LpmTrie::try_from(map(MAP_CIDRS)?).map_err(map_err(MAP_CIDRS, "open"))?,
+            peers: HashMap::try_from(map(MAP_PEERS)?).map_err(map_err(MAP_PEERS, "open"))?,
+            ports: LpmTrie::try_from(map(MAP_PORTS)?).map_err(map_err(MAP_PORTS, "open"))?,
         };
-        if let Some(identity) = absent_is_none(identities.get(&addr, 0), MAP_POD_IDENTITIES)? {
-            if identity.identity == IDENTITY_HOST && direction == DIR_INGRESS {
-                return Ok(LiveDecision::FromHost);
-            }
-            peer_mask |= classes_of(identity.identity)?;
-        }
-        let cidrs: LpmTrie<_, Addr, IdentityValue> =
-            LpmTrie::try_from(map(MAP_CIDRS)?).map_err(map_err(MAP_CIDRS, "open"))?;
-        // A lookup in an LPM trie is a longest-prefix match, as in the programs.
-        if let Some(cidr) = absent_is_none(cidrs.get(&Key::new(128, addr), 0), MAP_CIDRS)? {
-            peer_mask |= classes_of(cidr.identity)?;
-        }
-        if matches!(protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
-            let ports: LpmTrie<_, PortKey, ClassMask> =
-                LpmTrie::try_from(map(MAP_PORTS)?).map_err(map_err(MAP_PORTS, "open"))?;
-            let key = PortKey {
-                endpoint: endpoint.id,
-                direction,
-                protocol,
-                port_be: port.to_be_bytes(),
-            };
-            let key = Key::new(PORT_KEY_FIXED_BITS + 16, key);
-            port_mask |= absent_is_none(ports.get(&key, 0), MAP_PORTS)?.unwrap_or(0);
-        }
-        let admitting = peer_mask & port_mask;
-        if admitting != 0 {
-            return Ok(LiveDecision::Class(admitting.trailing_zeros() as u8));
+        let peer = Addr::from(peer);
+        match admit(&maps, &endpoint, direction, &peer, protocol, port)? {
+            Admission::FromHost => return Ok(LiveDecision::FromHost),
+            Admission::Class(class) => return Ok(LiveDecision::Class(class)),
+            Admission::Denied => {}
         }
         let config: Array<_, FlowConfig> =
             Array::try_from(map(MAP_FLOW_CONFIG)?).map_err(map_err(MAP_FLOW_CONFIG, "open"))?;
@@ -175,6 +137,38 @@ impl Dataplane {
         Ok(LiveDecision::Denied {
             audit: audit_all || endpoint.flags & EP_AUDIT != 0,
         })
+    }
+}
+
+/// The kernel's policy maps, as steps 6-8 read them ([`admit`]).
+struct LiveMaps<'a> {
+    identities: HashMap<&'a MapData, Addr, IdentityValue>,
+    cidrs: LpmTrie<&'a MapData, Addr, IdentityValue>,
+    peers: HashMap<&'a MapData, PeerKey, ClassMask>,
+    ports: LpmTrie<&'a MapData, PortKey, ClassMask>,
+}
+
+impl PolicyMaps for LiveMaps<'_> {
+    type Error = DataplaneError;
+
+    fn pod_identity(&self, addr: &Addr) -> Result<Option<u32>, DataplaneError> {
+        let identity = absent_is_none(self.identities.get(addr, 0), MAP_POD_IDENTITIES)?;
+        Ok(identity.map(|value| value.identity))
+    }
+
+    fn cidr_identity(&self, addr: &Addr) -> Result<Option<u32>, DataplaneError> {
+        // A lookup in an LPM trie is a longest-prefix match, as in the programs.
+        let cidr = absent_is_none(self.cidrs.get(&Key::new(128, *addr), 0), MAP_CIDRS)?;
+        Ok(cidr.map(|value| value.identity))
+    }
+
+    fn peer_classes(&self, key: &PeerKey) -> Result<ClassMask, DataplaneError> {
+        Ok(absent_is_none(self.peers.get(key, 0), MAP_PEERS)?.unwrap_or(0))
+    }
+
+    fn port_classes(&self, key: &PortKey) -> Result<ClassMask, DataplaneError> {
+        let key = Key::new(PORT_KEY_FIXED_BITS + 16, *key);
+        Ok(absent_is_none(self.ports.get(&key, 0), MAP_PORTS)?.unwrap_or(0))
     }
 }
 

@@ -1,15 +1,14 @@
-//! A userspace replica of the eBPF verdict (steps 5-8 of the precedence in `palisade_common`),
-//! reading [`NodeState`] the way the programs read the maps. Tests compare it with the policy
-//! semantics; `palisade explain` will answer from it.
+//! The eBPF verdict's policy steps (5-8 of `palisade_common::precedence`) over [`NodeState`]:
+//! the same [`admit`] the programs run, reading the compiled state the way the programs read
+//! the maps. Tests compare it with the policy semantics; `palisade explain` answers from it.
 
-use std::net::IpAddr;
+use std::{convert::Infallible, net::IpAddr};
 
 use palisade_common::{
-    DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, IDENTITY_HOST, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP,
+    Addr, Admission, ClassMask, EndpointInfo, PeerKey, PolicyMaps, PortKey, admit,
 };
 
-use super::compile::{NodeState, addr_of};
+use super::compile::{EndpointState, NodeState};
 use crate::k8s::cluster::ObjectKey;
 
 /// Whether a new flow at `endpoint` in `direction` with `peer` to `protocol`/`port` is admitted.
@@ -23,45 +22,66 @@ pub fn admits(
     port: u16,
 ) -> Option<bool> {
     let ep = state.endpoints.get(endpoint)?;
-    let d = usize::from(direction);
-    let isolated = if direction == DIR_INGRESS {
-        EP_INGRESS_ISOLATED
-    } else {
-        EP_EGRESS_ISOLATED
+    // The compiled state is per endpoint, so the id the maps' keys carry is not needed.
+    let info = EndpointInfo {
+        id: 0,
+        flags: ep.flags,
+        any_peer: ep.any_peer,
+        any_port: ep.any_port,
     };
-    if ep.flags & isolated == 0 {
+    if !info.isolated(direction) {
         return Some(true);
     }
-    let addr = addr_of(&peer);
-    let (mut peer_mask, mut port_mask) = (ep.any_peer[d], ep.any_port[d]);
-    if let Some(id) = state.identities.get(&addr) {
-        if *id == IDENTITY_HOST && direction == DIR_INGRESS {
-            return Some(true);
-        }
-        peer_mask |= ep.peers.get(&(direction, *id)).copied().unwrap_or(0);
+    let maps = Compiled {
+        state,
+        endpoint: ep,
+    };
+    let Ok(admission) = admit(&maps, &info, direction, &Addr::from(peer), protocol, port);
+    Some(admission != Admission::Denied)
+}
+
+/// One endpoint's view of the compiled maps: what the programs would find in them.
+struct Compiled<'a> {
+    state: &'a NodeState,
+    endpoint: &'a EndpointState,
+}
+
+impl PolicyMaps for Compiled<'_> {
+    type Error = Infallible;
+
+    fn pod_identity(&self, addr: &Addr) -> Result<Option<u32>, Infallible> {
+        Ok(self.state.identities.get(addr).copied())
     }
-    // Longest prefix match over the CIDR trie.
-    if let Some((_, id)) = state
-        .cidrs
-        .iter()
-        .filter(|(p, _)| p.contains_addr(&addr))
-        .max_by_key(|(p, _)| p.len)
-    {
-        peer_mask |= ep.peers.get(&(direction, *id)).copied().unwrap_or(0);
+
+    fn cidr_identity(&self, addr: &Addr) -> Result<Option<u32>, Infallible> {
+        // Longest prefix match over the CIDR trie.
+        Ok(self
+            .state
+            .cidrs
+            .iter()
+            .filter(|(p, _)| p.contains_addr(addr))
+            .max_by_key(|(p, _)| p.len)
+            .map(|(_, id)| *id))
     }
-    if peer_mask == 0 {
-        return Some(false);
+
+    fn peer_classes(&self, key: &PeerKey) -> Result<ClassMask, Infallible> {
+        let entry = (key.direction, key.peer);
+        Ok(self.endpoint.peers.get(&entry).copied().unwrap_or(0))
     }
-    if matches!(protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
-        && let Some((_, mask)) = ep
+
+    fn port_classes(&self, key: &PortKey) -> Result<ClassMask, Infallible> {
+        let port = u16::from_be_bytes(key.port_be);
+        Ok(self
+            .endpoint
             .ports
             .iter()
             .filter(|((dir, proto, p), _)| {
-                *dir == direction && *proto == protocol && p.first() <= port && port <= p.last()
+                *dir == key.direction
+                    && *proto == key.protocol
+                    && p.first() <= port
+                    && port <= p.last()
             })
             .max_by_key(|((_, _, p), _)| p.len)
-    {
-        port_mask |= *mask;
+            .map_or(0, |(_, mask)| *mask))
     }
-    Some(peer_mask & port_mask != 0)
 }

@@ -84,19 +84,11 @@ fn same_bits(a: &Addr, b: &Addr, bits: u32) -> bool {
 
 /// The address an [`Addr`] holds (IPv4-mapped ones as IPv4).
 pub fn ip_of(addr: &Addr) -> IpAddr {
-    if addr.is_v4() {
-        let b = addr.bytes;
-        IpAddr::from([b[12], b[13], b[14], b[15]])
-    } else {
-        IpAddr::from(addr.bytes)
-    }
+    addr.to_ip()
 }
 
 pub fn addr_of(ip: &IpAddr) -> Addr {
-    match ip {
-        IpAddr::V4(v4) => Addr::from_v4(v4.octets()),
-        IpAddr::V6(v6) => Addr::from_v6(v6.octets()),
-    }
+    Addr::from(*ip)
 }
 
 /// The IPv4 space as a prefix of the mapped space. Always in the CIDR trie, so that an IPv4

@@ -1,0 +1,173 @@
+//! # How a packet is judged
+//!
+//! Programs sit on the node side of each pod's veth: [`PROG_FROM_POD`] on TC ingress (what the
+//! pod sends: the pod's *egress* policy) and [`PROG_TO_POD`] on TC egress (what the pod receives:
+//! its *ingress* policy). The interface index names the endpoint ([`MAP_ENDPOINTS`]).
+//!
+//! A policy rule is `peers x ports`. Per endpoint and direction the agent groups rules by their
+//! port set; each distinct port set is a *class* (a bit in a [`ClassMask`], at most
+//! [`MAX_CLASSES`]). A peer gets the bits of the classes of every rule that lists it; a
+//! (protocol, port) gets the bits of every class whose port set contains it. A new connection is
+//! allowed when the two masks share a bit. Entries therefore grow as peers + ports, never as
+//! peers x ports, and an `endPort` range costs at most 30 port prefixes.
+//!
+//! Lookup precedence for a packet at endpoint E, direction D, peer address A, protocol P, port N:
+//!
+//! 1. not IP (ARP, ...): pass; malformed or truncated IP: drop ([`DropReason::Malformed`]).
+//! 2. [`MAP_ENDPOINTS`]\[ifindex\] missing: drop ([`DropReason::NoEndpoint`]) - a program is never
+//!    attached before its endpoint is written, so a missing entry means we lost track: fail closed.
+//!    IPv6 neighbour discovery then passes, uncounted (it must work for every pod).
+//! 3. D is egress (the pod sends) and the source address is not E's own:
+//!    [`MAP_LOCAL_ADDRS`]\[source\] != ifindex: drop ([`DropReason::SpoofedSource`]), whether or
+//!    not E is isolated. Without this a pod could borrow a peer's address and be admitted by
+//!    another pod's ingress policy as that peer. IPv6 link-local sources (`fe80::/10`) pass the
+//!    check: they are never routed off the link, and a pod's kernel uses them (router
+//!    solicitations, MLD). The unspecified source (`::`, `0.0.0.0`) does not: DAD's neighbour
+//!    solicitation already passed at 2, and pods get their address without DHCP.
+//! 4. [`MAP_CONNTRACK`] holds the packet's flow at this endpoint (ifindex) in this direction, or
+//!    the reverse flow at this endpoint in the other direction (a reply): pass. Established
+//!    flows are kept across policy changes. Entries are per endpoint, so a flow admitted at one
+//!    pod's veth never admits a packet on another pod's veth, whatever addresses it carries.
+//! 5. E not isolated for D: pass (and track the flow). Otherwise, when D is egress and A is in
+//!    [`MAP_SERVICES`], the verdict waits for kube-proxy's translation ([`MAP_ORIGINAL_DST`]):
+//!    the hook that sees the translated packet applies 6-8 to the real destination and tracks
+//!    the flow under its original destination, at the sending pod's endpoint.
+//! 6. D is ingress and A is the node itself ([`IDENTITY_HOST`]): pass (kubelet probes).
+//! 7. peer mask = `any_peer[D]` | [`MAP_PEERS`]\[(E, identity(A), D)\] | [`MAP_PEERS`]\[(E, cidr(A), D)\]
+//!    where identity(A) comes from [`MAP_POD_IDENTITIES`] (exact address) and cidr(A) from the
+//!    longest match in [`MAP_CIDRS`];
+//!    port mask = `any_port[D]` | longest match in [`MAP_PORTS`] for (E, D, P, N).
+//! 8. peer mask & port mask != 0: pass and track; otherwise drop
+//!    ([`DropReason::PolicyIngress`] / [`DropReason::PolicyEgress`]), unless the endpoint is in
+//!    audit mode ([`EP_AUDIT`], or [`CFG_AUDIT_ALL`] for the node): then pass and track.
+//!
+//! Every drop after parsing and every new flow (5-8) owes a [`FlowEvent`] to [`MAP_EVENTS`],
+//! within the source address's budget; packets of tracked flows (4) owe none.
+//!
+//! Addresses are 16 bytes everywhere; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so one
+//! trie serves both families and an IPv4 prefix /n is stored as /(96+n).
+//!
+//! # One lookup, written once
+//!
+//! Steps 6-8 are [`admit`], generic over where the maps are ([`PolicyMaps`]): the programs read
+//! the kernel's maps, the agent its compiled copy of them (`palisade explain`, the property tests
+//! against the policy evaluator) or the live maps through aya. [`EndpointInfo::isolated`] is the
+//! test of step 5.
+
+use crate::{
+    Addr, ClassMask, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED,
+    EndpointInfo, IDENTITY_HOST, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PeerKey, PortKey,
+};
+#[cfg(doc)]
+use crate::{
+    CFG_AUDIT_ALL, DropReason, EP_AUDIT, FlowEvent, MAP_CIDRS, MAP_CONNTRACK, MAP_ENDPOINTS,
+    MAP_EVENTS, MAP_LOCAL_ADDRS, MAP_ORIGINAL_DST, MAP_PEERS, MAP_POD_IDENTITIES, MAP_PORTS,
+    MAP_SERVICES, MAX_CLASSES, PROG_FROM_POD, PROG_TO_POD,
+};
+
+/// The lookups steps 6-8 make, wherever the maps are. Absent entries are `None` or an empty
+/// mask, never an error; `Error` is for maps that cannot be read at all (the programs' and the
+/// compiled state's are `core::convert::Infallible`).
+pub trait PolicyMaps {
+    type Error;
+
+    /// [`MAP_POD_IDENTITIES`]\[addr\]: the identity of the pod (or [`IDENTITY_HOST`]) with
+    /// exactly this address.
+    fn pod_identity(&self, addr: &Addr) -> Result<Option<u32>, Self::Error>;
+
+    /// The CIDR class of the longest prefix in [`MAP_CIDRS`] that holds `addr`.
+    fn cidr_identity(&self, addr: &Addr) -> Result<Option<u32>, Self::Error>;
+
+    /// [`MAP_PEERS`]\[key\], or no class.
+    fn peer_classes(&self, key: &PeerKey) -> Result<ClassMask, Self::Error>;
+
+    /// The classes of the longest match of `key` (its port's 16 bits included) in
+    /// [`MAP_PORTS`], or no class.
+    fn port_classes(&self, key: &PortKey) -> Result<ClassMask, Self::Error>;
+}
+
+/// What steps 6-8 say about a new flow at an isolated endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Step 6: ingress from the node itself.
+    FromHost,
+    /// Step 8: admitted; the lowest class both the peer and the port hold.
+    Class(u8),
+    /// Step 8: no class holds both (the caller decides about audit mode).
+    Denied,
+}
+
+impl EndpointInfo {
+    /// Step 5: whether some policy isolates the endpoint for `direction`.
+    #[inline(always)]
+    pub const fn isolated(&self, direction: u8) -> bool {
+        let flag = if direction == DIR_INGRESS {
+            EP_INGRESS_ISOLATED
+        } else {
+            EP_EGRESS_ISOLATED
+        };
+        self.flags & flag != 0
+    }
+}
+
+/// Steps 6-8 for a new flow at `endpoint` in `direction` with `peer` (the source on ingress,
+/// the destination on egress) to `protocol`/`port` (host byte order; ignored but for TCP, UDP
+/// and SCTP). The caller has found the endpoint isolated (step 5).
+///
+/// Inlined: the programs call it with their maps, and the verdict's frame has no room for
+/// another call's.
+#[inline(always)]
+pub fn admit<M: PolicyMaps + ?Sized>(
+    maps: &M,
+    endpoint: &EndpointInfo,
+    direction: u8,
+    peer: &Addr,
+    protocol: u8,
+    port: u16,
+) -> Result<Admission, M::Error> {
+    let (mut peer_mask, mut port_mask) = if direction == DIR_EGRESS {
+        (endpoint.any_peer[1], endpoint.any_port[1])
+    } else {
+        (endpoint.any_peer[0], endpoint.any_port[0])
+    };
+    // Two keys written out, not one closure: the programs' stack is counted in bytes.
+    if let Some(identity) = maps.pod_identity(peer)? {
+        if identity == IDENTITY_HOST && direction == DIR_INGRESS {
+            return Ok(Admission::FromHost);
+        }
+        let key = PeerKey {
+            endpoint: endpoint.id,
+            peer: identity,
+            direction,
+            _pad: [0; 3],
+        };
+        peer_mask |= maps.peer_classes(&key)?;
+    }
+    if let Some(cidr) = maps.cidr_identity(peer)? {
+        let key = PeerKey {
+            endpoint: endpoint.id,
+            peer: cidr,
+            direction,
+            _pad: [0; 3],
+        };
+        peer_mask |= maps.peer_classes(&key)?;
+    }
+    if peer_mask == 0 {
+        return Ok(Admission::Denied);
+    }
+    if matches!(protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
+        let key = PortKey {
+            endpoint: endpoint.id,
+            direction,
+            protocol,
+            port_be: port.to_be_bytes(),
+        };
+        port_mask |= maps.port_classes(&key)?;
+    }
+    let admitting = peer_mask & port_mask;
+    Ok(if admitting == 0 {
+        Admission::Denied
+    } else {
+        Admission::Class(admitting.trailing_zeros() as u8)
+    })
+}
