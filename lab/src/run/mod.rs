@@ -1,8 +1,8 @@
 //! `palisade-lab run`: every case, on the real kernel ([`kernel`]) or judged by the reference
-//! evaluator alone ([`model`]), with a count of what passed.
+//! evaluator alone ([`evaluator`]), with a count of what passed.
 
+mod evaluator;
 mod kernel;
-mod model;
 mod options;
 
 use std::path::PathBuf;
@@ -34,7 +34,7 @@ pub async fn run_cases(dirs: &[PathBuf], options: RunOptions) -> Result<bool> {
             continue;
         }
         let result = if options.model {
-            model::run_case(case, &options)
+            evaluator::run_case(case, &options)
         } else {
             kernel::run_case(case, &options, &mut delays).await
         };

@@ -11,7 +11,7 @@
 //! and the next agent adopts them.
 
 pub mod config;
-mod flows;
+mod flow_log;
 mod http;
 mod links;
 mod metrics;
@@ -88,7 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         established: config.established,
         flows: config.flow_settings(),
     })?;
-    let _flows = flows::start(&config, &worker, &shared.metrics)?;
+    let _flows = flow_log::start(&config, &worker, &shared.metrics)?;
 
     let client = client(&config).await?;
     let caches = Caches::start(&client, changes_tx, &shared.metrics);

@@ -4,7 +4,7 @@
 //! program on a crafted frame (`test_run.rs`).
 
 mod established;
-mod flows;
+mod events;
 mod local_addrs;
 pub mod pin;
 mod sync;
@@ -34,7 +34,7 @@ use palisade_common::{
 pub use self::test_run::{LOOPBACK_IFINDEX, TestRunOutcome};
 pub use self::{
     established::Established,
-    flows::{FlowSettings, LiveDecision},
+    events::{FlowSettings, LiveDecision},
     sync::SyncReport,
 };
 use crate::{k8s::cluster::ObjectKey, policy::NodeState};
