@@ -47,7 +47,7 @@ enum Command {
         apiserver: bool,
         /// With --apiserver: the `palisade` binary the agents run. Default: the one beside
         /// this binary.
-        #[arg(long, env = "PALISADE_BIN", requires = "apiserver")]
+        #[arg(long, env = "PALISADE_BIN")]
         agent_binary: Option<PathBuf>,
         /// With --apiserver: kill every agent in the middle of each step's changes, and start
         /// new ones.
