@@ -23,7 +23,7 @@ use crate::{
     maps::{ENDPOINTS, ORIGINAL_DST, SERVICES, bump},
     parse::{Packet, parse},
     policy::judge_policy,
-    verdict::{DROP, PASS},
+    action::{DROP, PASS},
 };
 
 /// TC egress of the node's other interfaces: only Service flows of local pods, translated

@@ -1,22 +1,19 @@
 //! The verdict of the pod hooks: the precedence of `palisade_common::precedence`, step by step,
 //! each step's work done by its own module (`parse.rs`, `conntrack.rs`, `policy.rs`,
-//! `service.rs`, `events.rs`). Returns TC action codes; under TCX, `TC_ACT_UNSPEC` hands the
-//! packet to the next program (another CNI's) rather than forcing a pass.
+//! `service.rs`, `events.rs`), answered as a TC action (`action.rs`).
 //!
 //! The frames matter more than the shape here: [`try_judge`]'s is near the 512-byte BPF stack
 //! limit, so what runs before it ([`conntrack::related`]) and after it ([`flush`]) runs in
 //! frames of its own, and each drop writes its event where it happens (see [`judge_new`]).
 
-use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    programs::TcContext,
-};
+use aya_ebpf::programs::TcContext;
 use palisade_common::{
     Admission, AllowReason, DIR_EGRESS, DIR_INGRESS, DropReason, FLOW_ALLOWED, FLOW_AUDIT,
     FLOW_DENIED, NO_CLASS, SCRATCH_MAIN, STAT_DROP_BASE, Stat,
 };
 
 use crate::{
+    action::{DROP, PASS},
     conntrack::{self, CtState},
     events::{Owed, audited, flush, owe},
     maps::{ENDPOINTS, bump},
@@ -24,9 +21,6 @@ use crate::{
     policy::{judge_policy, own_source},
     service,
 };
-
-pub(crate) const PASS: i32 = TC_ACT_UNSPEC;
-pub(crate) const DROP: i32 = TC_ACT_SHOT as i32;
 
 #[inline(always)]
 pub(crate) fn judge(ctx: &TcContext, direction: u8) -> i32 {

@@ -15,7 +15,7 @@ use palisade::k8s::addresses::AddressBook;
 use palisade::{
     dataplane::Established,
     k8s::cluster::{Cluster, ObjectKey},
-    k8s::manifest::parse_str,
+    ,
 };
 use palisade_lab::{
     control::{ApiControl, Faults},
@@ -76,11 +76,11 @@ pub struct ApiLab {
 }
 
 impl ApiLab {
-    /// The objects of `yaml` in a fresh API server, an agent (with `agent_args`) on node-1,
+    /// The objects of `cluster` in a fresh API server, an agent (with `agent_args`) on node-1,
     /// and every pod's namespace and interface, each serving TCP 80. No pod
     /// status is written yet: the caller reports the pods it wants known
     /// (`api.push_statuses`).
-    pub async fn start(yaml: &str, agent_args: &[&str]) -> Self {
+    pub async fn start(mut cluster: Cluster, agent_args: &[&str]) -> Self {
         let binary = palisade_bin();
         let mut api = ApiControl::start(binary, Established::Keep, Faults::default())
             .await
@@ -91,10 +91,6 @@ impl ApiLab {
         let node = topology.add_node("node-1", 1).expect("node");
         api.start_agent(&node, &pins.node(&node.netns))
             .expect("agent");
-        let mut cluster = Cluster::default();
-        for object in parse_str(yaml, "cluster").expect("manifest") {
-            cluster.apply(object);
-        }
         api.push_objects(&cluster).await.expect("objects");
         let mut book = AddressBook::default();
         let keys: Vec<ObjectKey> = cluster.pods.keys().cloned().collect();

@@ -10,35 +10,32 @@ use std::{net::SocketAddr, time::Duration};
 use palisade::k8s::cluster::ObjectKey;
 use palisade_lab::{probe::probe, serve::Proto, topology::Topology};
 
+use palisade::k8s::{
+    cluster::Cluster,
+    fixtures::{apply_yaml, cluster, namespace, pod},
+};
 use palisade_integration::{ApiLab, require_root};
 
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {pod: a}}
-spec: {nodeName: node-1, containers: [{name: c, image: agnhost}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {pod: b}}
-spec: {nodeName: node-1, containers: [{name: c, image: agnhost, ports: [{containerPort: 80}]}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: x, labels: {pod: c}}
-spec: {nodeName: node-1, containers: [{name: c, image: agnhost, ports: [{containerPort: 80}]}]}
----
+/// Pods a, b and c of namespace x on node-1, labelled `pod: <name>`; b admits only a.
+fn scenery() -> Cluster {
+    let mut objects = vec![namespace("x").into()];
+    for name in ["a", "b", "c"] {
+        objects.push(pod("x", name).label("pod", name).on("node-1").into());
+    }
+    let mut scenery = cluster(objects);
+    apply_yaml(
+        &mut scenery,
+        r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: b-from-a, namespace: x}
 spec:
   podSelector: {matchLabels: {pod: b}}
   ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]
-"#;
+"#,
+    );
+    scenery
+}
 
 async fn connects(topology: &Topology, from: &str, to: &str) -> bool {
     let (src, dst) = (topology.pod(from).unwrap(), topology.pod(to).unwrap());
@@ -55,7 +52,7 @@ async fn connects(topology: &Topology, from: &str, to: &str) -> bool {
 /// x/a is running and known; x/b (isolated, admits x/a) and x/c (no policy) get their
 /// interfaces, and the agent is asked about them before and after their status is written.
 async fn new_pods(mode: &str) -> (bool, bool, bool, bool) {
-    let lab = ApiLab::start(CLUSTER, &["--fail-mode", mode]).await;
+    let lab = ApiLab::start(scenery(), &["--fail-mode", mode]).await;
     let ApiLab {
         servers,
         topology,

@@ -7,39 +7,15 @@ use std::{collections::BTreeMap, net::IpAddr};
 use palisade::{
     dataplane::{Dataplane, LOOPBACK_IFINDEX},
     k8s::cluster::{Cluster, ObjectKey},
-    k8s::manifest::parse_str,
+    k8s::fixtures::{apply_yaml, apps},
     policy::{Compiler, NodeView},
 };
 use palisade_common::PROG_TO_POD;
 
-use palisade_integration::frames;
+use palisade_integration::{frames, require_root};
 
 const PASS: i32 = -1;
 const DROP: i32 = 2;
-
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: x, labels: {app: server}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.0.0.10}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: x, labels: {app: client}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.0.0.20}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: other, namespace: x, labels: {app: other}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.0.0.30}]}
-"#;
 
 fn policy(apps: &str) -> String {
     format!(
@@ -76,14 +52,15 @@ struct Node {
 
 impl Node {
     fn new() -> Self {
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "needs root: loads eBPF programs and runs them with BPF_PROG_TEST_RUN"
+        require_root();
+        let cluster = apps(
+            "x",
+            &[
+                ("server", "10.0.0.10"),
+                ("client", "10.0.0.20"),
+                ("other", "10.0.0.30"),
+            ],
         );
-        let mut cluster = Cluster::default();
-        for object in parse_str(CLUSTER, "cluster").expect("cluster") {
-            cluster.apply(object);
-        }
         Self {
             dataplane: Dataplane::load().expect("load"),
             cluster,
@@ -94,9 +71,7 @@ impl Node {
 
     /// Applies a policy and syncs; returns the state written.
     fn apply(&mut self, apps: &str) -> palisade::policy::NodeState {
-        for object in parse_str(&policy(apps), "policy").expect("policy") {
-            self.cluster.apply(object);
-        }
+        apply_yaml(&mut self.cluster, &policy(apps));
         let node_addrs = [IpAddr::from([10, 0, 0, 1])];
         let view = NodeView {
             name: "node-1",

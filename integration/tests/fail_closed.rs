@@ -9,51 +9,15 @@ use std::{collections::BTreeMap, net::IpAddr};
 use palisade::{
     dataplane::{Dataplane, LOOPBACK_IFINDEX},
     k8s::cluster::{Cluster, ObjectKey},
-    k8s::manifest::parse_str,
+    k8s::fixtures::{apply_yaml, apps},
     policy::{Compiler, NodeView},
 };
 use palisade_common::{MAP_PEERS, PROG_TO_POD};
 
-use palisade_integration::frames;
+use palisade_integration::{frames, require_root};
 
 const PASS: i32 = -1;
 const DROP: i32 = 2;
-
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: x, labels: {app: server}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.0.0.10}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: x, labels: {app: client}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.0.0.20}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: o1, namespace: x, labels: {app: o1}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.0.0.31}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: o2, namespace: x, labels: {app: o2}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.0.0.32}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: o3, namespace: x, labels: {app: o3}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.0.0.33}]}
-"#;
 
 /// Everyone may connect: no peer entries needed.
 const OPEN: &str = r#"
@@ -86,16 +50,19 @@ fn syn(sport: u16) -> Vec<u8> {
 
 #[test]
 fn a_policy_that_does_not_fit_isolates_the_pod_until_one_does() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "needs root: loads eBPF programs and runs them with BPF_PROG_TEST_RUN"
-    );
+    require_root();
     let mut dataplane =
         Dataplane::load_with_max_entries(&[(MAP_PEERS, 2)]).expect("load with a tiny peer map");
-    let mut cluster = Cluster::default();
-    for object in parse_str(CLUSTER, "cluster").expect("cluster") {
-        cluster.apply(object);
-    }
+    let mut cluster = apps(
+        "x",
+        &[
+            ("server", "10.0.0.10"),
+            ("client", "10.0.0.20"),
+            ("o1", "10.0.0.31"),
+            ("o2", "10.0.0.32"),
+            ("o3", "10.0.0.33"),
+        ],
+    );
     let node_addrs = [IpAddr::from([10, 0, 0, 1])];
     let view = NodeView {
         name: "node-1",
@@ -104,9 +71,7 @@ fn a_policy_that_does_not_fit_isolates_the_pod_until_one_does() {
     let mut compiler = Compiler::new();
     let ifindex = BTreeMap::from([(ObjectKey::new("x", "server"), LOOPBACK_IFINDEX)]);
     let mut sync = |dataplane: &mut Dataplane, cluster: &mut Cluster, policy: &str| {
-        for object in parse_str(policy, "policy").expect("policy") {
-            cluster.apply(object);
-        }
+        apply_yaml(cluster, policy);
         let state = compiler.compile(cluster, &view);
         dataplane
             .sync(&state, &ifindex)

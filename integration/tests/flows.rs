@@ -29,33 +29,23 @@ use palisade_lab::{
     topology::Topology,
 };
 
+use palisade::k8s::{
+    cluster::Cluster,
+    fixtures::{apply_yaml, cluster, namespace, pod},
+};
 use palisade_integration::{ApiLab, require_root};
 
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {pod: a}}
-spec: {nodeName: node-1, containers: [{name: c, image: agnhost}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {pod: b}}
-spec: {nodeName: node-1, containers: [{name: c, image: agnhost, ports: [{containerPort: 80}]}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: x, labels: {pod: c}}
-spec: {nodeName: node-1, containers: [{name: c, image: agnhost}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: d, namespace: x, labels: {pod: d}}
-spec: {nodeName: node-1, containers: [{name: c, image: agnhost, ports: [{containerPort: 80}]}]}
----
+/// Pods a, b, c and d of namespace x on node-1, labelled `pod: <name>`: b admits a on port 80,
+/// d admits nobody.
+fn scenery() -> Cluster {
+    let mut objects = vec![namespace("x").into()];
+    for name in ["a", "b", "c", "d"] {
+        objects.push(pod("x", name).label("pod", name).on("node-1").into());
+    }
+    let mut scenery = cluster(objects);
+    apply_yaml(
+        &mut scenery,
+        r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: b-from-a, namespace: x}
@@ -69,7 +59,10 @@ metadata: {name: deny-d, namespace: x}
 spec:
   podSelector: {matchLabels: {pod: d}}
   policyTypes: [Ingress]
-"#;
+"#,
+    );
+    scenery
+}
 
 /// Each source's budget, per second: small, so that the flood is far over it.
 const BUDGET: u32 = 20;
@@ -166,7 +159,7 @@ async fn flows_name_the_policy_floods_are_held_to_a_budget_and_audit_reports_wit
     require_root();
     let budget = BUDGET.to_string();
     let lab = ApiLab::start(
-        CLUSTER,
+        scenery(),
         &["--flow-events-per-second", &budget, "--flow-log", "all"],
     )
     .await;

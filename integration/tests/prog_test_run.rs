@@ -14,12 +14,12 @@ use std::collections::BTreeMap;
 use palisade::{
     dataplane::{Dataplane, LOOPBACK_IFINDEX},
     k8s::cluster::{Cluster, ObjectKey},
-    k8s::manifest::parse_str,
+    k8s::fixtures::{apply_yaml, cluster, namespace, pod},
     policy::{Compiler, NodeState, NodeView},
 };
 use palisade_common::{Addr, DropReason, PROG_FROM_POD, PROG_TO_POD, STAT_SLOTS, Stat};
 
-use palisade_integration::frames::*;
+use palisade_integration::{frames::*, require_root};
 #[path = "prog_test_run/endpoints.rs"]
 mod endpoints;
 #[path = "prog_test_run/flow_events.rs"]
@@ -40,29 +40,8 @@ const fn v6(last: u8) -> [u8; 16] {
     [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last]
 }
 
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: x, labels: {app: server}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.0.0.10}, {ip: "fd00::10"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: x, labels: {app: client}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.0.0.20}, {ip: "fd00::20"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: other, namespace: x, labels: {app: other}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.0.0.30}, {ip: "fd00::30"}]}
----
+/// What x/server admits: x/client to TCP 80 in, and out to x/client on TCP 8080.
+const POLICY: &str = r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: server, namespace: x}
@@ -105,15 +84,18 @@ impl Node {
     /// The dataplane with the endpoints of pods `x/{pod}` (the only ones written) under their
     /// interface indices.
     fn with_endpoints(endpoints: &[(&str, u32)]) -> Self {
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "needs root: these tests load eBPF programs and run them with BPF_PROG_TEST_RUN"
-        );
+        require_root();
         let dataplane = Dataplane::load().unwrap_or_else(|e| panic!("{}", chain(&e)));
-        let mut cluster = Cluster::default();
-        for object in parse_str(CLUSTER, "prog_test_run.rs").expect("test cluster") {
-            cluster.apply(object);
+        let mut objects = vec![namespace("x").into()];
+        for (name, v4, v6) in [
+            ("server", "10.0.0.10", "fd00::10"),
+            ("client", "10.0.0.20", "fd00::20"),
+            ("other", "10.0.0.30", "fd00::30"),
+        ] {
+            objects.push(pod("x", name).label("app", name).ip(v4).ip(v6).into());
         }
+        let mut cluster = cluster(objects);
+        apply_yaml(&mut cluster, POLICY);
         let node_addrs = [std::net::IpAddr::from(NODE)];
         let state = Compiler::new().compile(
             &cluster,

@@ -29,7 +29,7 @@ use std::{
 use palisade::{
     dataplane::Established,
     k8s::cluster::{Cluster, ObjectKey},
-    k8s::manifest::parse_str,
+    k8s::fixtures::{apply_yaml, apps},
 };
 use palisade_lab::{
     node::{self, Interface},
@@ -47,20 +47,6 @@ const VERSIONS: usize = 100;
 const RESTARTS: [usize; 2] = [33, 66];
 
 use palisade_integration::require_root;
-
-fn cluster_yaml() -> String {
-    let pod = |name: &str, app: &str, ip: &str| {
-        format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: x\n  labels:\n    app: {app}\nspec:\n  containers:\n    - name: c\n      image: none\nstatus:\n  podIPs:\n    - ip: {ip}\n"
-        )
-    };
-    format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n{}{}{}",
-        pod("client", "client", CLIENT),
-        pod("server", "server", SERVER),
-        pod("intruder", "intruder", INTRUDER)
-    )
-}
 
 /// Policy version `k`: the steady rules (client -> server on TCP 7000 and UDP 7001) plus
 /// rules that change with every version, in both directions.
@@ -184,15 +170,11 @@ fn flows_survive_100_policy_updates_and_two_agent_restarts() {
             )
         })
         .collect();
-    let mut cluster = Cluster::default();
-    for object in parse_str(&cluster_yaml(), "cluster").expect("cluster manifests") {
-        cluster.apply(object);
-    }
-    let apply = |cluster: &mut Cluster, k: usize| {
-        for object in parse_str(&policies(k), "policies").expect("policy manifests") {
-            cluster.apply(object);
-        }
-    };
+    let mut cluster = apps(
+        "x",
+        &[("client", CLIENT), ("server", SERVER), ("intruder", INTRUDER)],
+    );
+    let apply = |cluster: &mut Cluster, k: usize| apply_yaml(cluster, &policies(k));
     apply(&mut cluster, 0);
     let mut agent =
         node::start(&node, &[], Some(pin_dir.clone()), Established::Keep).expect("agent");

@@ -338,7 +338,7 @@ pub struct ExplainHandle {
 }
 
 impl ExplainHandle {
-    /// See [`crate::flows::live`]. Blocks until the worker answers: call it from a blocking
+    /// See [`crate::explain::live`]. Blocks until the worker answers: call it from a blocking
     /// context.
     pub fn explain(&self, request: ExplainRequest) -> Result<ExplainAnswer, WorkerError> {
         let (reply, rx) = mpsc::channel();
@@ -467,7 +467,7 @@ impl Worker<'_> {
                 }
                 Command::Explain { request, reply } => {
                     let attribution = crate::flows::reader::current(self.attribution);
-                    let answer = crate::flows::live::explain(&dataplane, &attribution, &request);
+                    let answer = crate::explain::live::explain(&dataplane, &attribution, &request);
                     let _ = reply.send(answer.map_err(Failure::Explain));
                 }
                 Command::Die => return,

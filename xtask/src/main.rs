@@ -148,7 +148,7 @@ fn demo() -> Result<()> {
 fn test() -> Result<()> {
     ensure_setup()?;
     require_root("the tests create network namespaces and load eBPF programs")?;
-    // agent/tests/apiserver.rs runs against a real kube-apiserver.
+    // integration/tests/apiserver.rs (and the lab's --apiserver runs) need a real kube-apiserver.
     kube::ensure()?;
     eprintln!("[test] rustfmt");
     run(&mut cargo(&["fmt", "--all", "--", "--check"]))

@@ -478,14 +478,22 @@ fn classifier<'a>(
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DataplaneError> {
     ebpf.program_mut(name)
-        .ok_or(DataplaneError::Missing {
-            kind: "program",
-            name,
-        })?
+        .ok_or(missing_program(name))?
         .try_into()
-        .map_err(|source| DataplaneError::Program {
-            what: "converting",
-            name,
-            source,
-        })
+        .map_err(not_a_classifier(name))
+}
+
+fn missing_program(name: &'static str) -> DataplaneError {
+    DataplaneError::Missing {
+        kind: "program",
+        name,
+    }
+}
+
+fn not_a_classifier(name: &'static str) -> impl Fn(ProgramError) -> DataplaneError {
+    move |source| DataplaneError::Program {
+        what: "converting",
+        name,
+        source,
+    }
 }

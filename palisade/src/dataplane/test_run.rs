@@ -66,16 +66,9 @@ impl Dataplane {
         let program: &SchedClassifier = self
             .ebpf
             .program(name)
-            .ok_or(DataplaneError::Missing {
-                kind: "program",
-                name,
-            })?
+            .ok_or(super::missing_program(name))?
             .try_into()
-            .map_err(|source| DataplaneError::Program {
-                what: "converting",
-                name,
-                source,
-            })?;
+            .map_err(super::not_a_classifier(name))?;
         let mut skb = [0u8; SKB_IFINDEX_OFFSET + 4];
         skb[SKB_IFINDEX_OFFSET..].copy_from_slice(&ifindex.to_ne_bytes());
         let result = program

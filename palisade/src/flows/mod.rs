@@ -7,7 +7,6 @@
 //! - [`socket`]: the agent's local socket; `palisade flows` follows the records through it and
 //!   `palisade explain` asks the live maps.
 
-pub mod live;
 pub mod reader;
 pub mod socket;
 

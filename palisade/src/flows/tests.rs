@@ -10,32 +10,13 @@ use palisade_common::{
 
 use super::{Attribution, FlowFilter, FlowVerdict};
 use crate::{
-    k8s::cluster::{Cluster, ObjectKey, namespace_audited},
-    k8s::manifest::parse_str,
+    k8s::cluster::{ObjectKey, POLICY_MODE_ANNOTATION, namespace_audited},
+    k8s::fixtures::{apply_yaml, cluster, namespace, pod},
     policy::{Compiler, NodeView},
 };
 
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x, annotations: {palisade.io/policy-mode: audit}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: y}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {pod: a}}
-spec: {nodeName: node-1, containers: [{name: c, image: i}]}
-status: {podIP: 10.244.1.1, podIPs: [{ip: 10.244.1.1}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: y, labels: {pod: b}}
-spec: {nodeName: node-1, containers: [{name: c, image: i}]}
-status: {podIP: 10.244.1.2, podIPs: [{ip: 10.244.1.2}]}
----
+/// y/b takes port 80 from 192.0.2.0/24 and from namespace x, and 443 from any namespace.
+const POLICIES: &str = r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: web, namespace: y}
@@ -56,10 +37,23 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
 "#;
 
 fn attribution() -> Attribution {
-    let mut cluster = Cluster::default();
-    for object in parse_str(CLUSTER, "cluster").expect("manifest") {
-        cluster.apply(object);
-    }
+    let mut cluster = cluster([
+        namespace("x")
+            .annotation(POLICY_MODE_ANNOTATION, "audit")
+            .into(),
+        namespace("y").into(),
+        pod("x", "a")
+            .label("pod", "a")
+            .on("node-1")
+            .ip("10.244.1.1")
+            .into(),
+        pod("y", "b")
+            .label("pod", "b")
+            .on("node-1")
+            .ip("10.244.1.2")
+            .into(),
+    ]);
+    apply_yaml(&mut cluster, POLICIES);
     let state = Compiler::new().compile(
         &cluster,
         &NodeView {

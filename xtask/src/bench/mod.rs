@@ -8,6 +8,7 @@
 //! in the lab, BPF_PROG_TEST_RUN, the control plane against the kernel, map memory; raw figures
 //! as JSON). This module renders them ([`report`], [`plot`]).
 
+mod format;
 mod plot;
 mod report;
 mod stats;

@@ -3,15 +3,15 @@
 //! connection whose pod runs on this node. The two must agree; if they do not, the dataplane
 //! is wrong (or a sync is in flight).
 
-use std::net::IpAddr;
-
 use palisade_common::{DIR_EGRESS, DIR_INGRESS};
 
-use super::{Attribution, socket::ExplainAnswer, socket::ExplainRequest};
+use super::Question;
 use crate::{
     dataplane::{Dataplane, LiveDecision},
-    explain::parse_flow,
-    k8s::cluster::ObjectKey,
+    flows::{
+        Attribution,
+        socket::{ExplainAnswer, ExplainRequest},
+    },
     policy::{
         NodeView,
         evaluate::{DirectionVerdict, Endpoint, Evaluator},
@@ -24,26 +24,21 @@ pub fn explain(
     attribution: &Attribution,
     request: &ExplainRequest,
 ) -> Result<ExplainAnswer, String> {
-    let (protocol, port) = parse_flow(&request.flow).map_err(|e| e.to_string())?;
     let cluster = &attribution.cluster;
-    let from_key = pod_key(attribution, &request.from)?;
-    let to_key = pod_key(attribution, &request.to)?;
-    let resolve = |name: &str, key: &Option<ObjectKey>, like: Option<IpAddr>| match key {
-        Some(k) => {
-            let (k, _) = cluster.pods.get_key_value(k).ok_or("pod vanished")?;
-            let end = match like {
-                Some(like) => Endpoint::pod_like(cluster, k, like),
-                None => Endpoint::pod(cluster, k),
-            };
-            end.ok_or_else(|| format!("pod {name} has no address (of that family)"))
-        }
-        None => name
-            .parse::<IpAddr>()
-            .map(|ip| Endpoint::at(cluster, ip))
-            .map_err(|_| format!("{name:?} is neither namespace/pod nor an address")),
-    };
-    let src = resolve(&request.from, &from_key, None)?;
-    let dst = resolve(&request.to, &to_key, Some(src.addr()))?;
+    let Question {
+        src,
+        dst,
+        protocol,
+        port,
+        ..
+    } = Question::resolve(
+        cluster,
+        &request.from,
+        &request.to,
+        &request.flow,
+        "the agent's cluster holds",
+    )
+    .map_err(|e| format!("{e:#}"))?;
     let nodes = [NodeView {
         name: &attribution.node,
         addrs: &attribution.node_addrs,
@@ -124,20 +119,4 @@ pub fn explain(
         allowed: verdict.allowed,
         agrees,
     })
-}
-
-fn pod_key(attribution: &Attribution, name: &str) -> Result<Option<ObjectKey>, String> {
-    if name.parse::<IpAddr>().is_ok() {
-        return Ok(None);
-    }
-    let Some((ns, pod)) = name.split_once('/') else {
-        return Err(format!("{name:?} is neither namespace/pod nor an address"));
-    };
-    let key = ObjectKey::new(ns, pod);
-    if !attribution.cluster.pods.contains_key(&key) {
-        return Err(format!(
-            "unknown pod {key}: the agent's cluster has no such pod"
-        ));
-    }
-    Ok(Some(key))
 }

@@ -1,20 +1,17 @@
 //! `palisade explain -f MANIFESTS... FROM TO PROTO/PORT`: why a connection is allowed or denied,
 //! by the reference evaluator, and whether the map state the agent would write agrees.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context as _, Result, bail};
-use palisade_common::{DIR_EGRESS, DIR_INGRESS, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use anyhow::Result;
+use palisade_common::{DIR_EGRESS, DIR_INGRESS};
 
+use super::Question;
 use crate::{
     k8s::addresses::AddressBook,
-    k8s::cluster::{Cluster, DEFAULT_NODE, ObjectKey, pod_node},
+    k8s::cluster::{Cluster, DEFAULT_NODE, pod_node},
     k8s::manifest,
-    policy::{
-        Compiler, NodeView,
-        evaluate::{Endpoint, Evaluator},
-        lookup,
-    },
+    policy::{Compiler, NodeView, evaluate::Evaluator, lookup},
 };
 
 /// What `palisade explain` prints, line by line.
@@ -30,21 +27,14 @@ pub fn explain(files: &[PathBuf], from: &str, to: &str, flow: &str) -> Result<Ve
     for (key, pod) in cluster.pods.iter_mut() {
         book.addresses(key, pod);
     }
-    let (protocol, port) = parse_flow(flow)?;
-    let from_key = pod_key(&cluster, from)?;
-    let to_key = pod_key(&cluster, to)?;
-    let endpoint = |name: &str, key: &Option<ObjectKey>| -> Result<Endpoint<'_>> {
-        match key {
-            Some(k) => {
-                let (k, _) = cluster.pods.get_key_value(k).context("pod vanished")?;
-                Endpoint::pod(&cluster, k).with_context(|| format!("pod {name} has no address"))
-            }
-            None => Ok(Endpoint::Address(name.parse::<IpAddr>().with_context(
-                || format!("{name:?} is neither namespace/pod nor an address"),
-            )?)),
-        }
-    };
-    let (src, dst) = (endpoint(from, &from_key)?, endpoint(to, &to_key)?);
+    let Question {
+        from_key,
+        to_key,
+        src,
+        dst,
+        protocol,
+        port,
+    } = Question::resolve(&cluster, from, to, flow, "the manifests define")?;
     let nodes: [NodeView<'_>; 0] = [];
     let evaluator = Evaluator::new(&cluster, &nodes);
     let mut lines: Vec<String> = evaluator
@@ -96,48 +86,6 @@ pub fn explain(files: &[PathBuf], from: &str, to: &str, flow: &str) -> Result<Ve
         }
     ));
     Ok(lines)
-}
-
-fn pod_key(cluster: &Cluster, name: &str) -> Result<Option<ObjectKey>> {
-    if name.parse::<IpAddr>().is_ok() {
-        return Ok(None);
-    }
-    let Some((ns, pod)) = name.split_once('/') else {
-        bail!("{name:?} is neither namespace/pod nor an address")
-    };
-    let key = ObjectKey::new(ns, pod);
-    if !cluster.pods.contains_key(&key) {
-        bail!("unknown pod {key}: the manifests define {}", known(cluster));
-    }
-    Ok(Some(key))
-}
-
-fn known(cluster: &Cluster) -> String {
-    let names: Vec<String> = cluster.pods.keys().map(ToString::to_string).collect();
-    if names.is_empty() {
-        "no pods".into()
-    } else {
-        names.join(", ")
-    }
-}
-
-/// `TCP/80`, `udp/53`, `SCTP/9000`.
-pub(crate) fn parse_flow(flow: &str) -> Result<(u8, u16)> {
-    let (proto, port) = flow
-        .split_once('/')
-        .with_context(|| format!("{flow:?}: expected PROTO/PORT, e.g. TCP/80"))?;
-    let protocol = match proto.to_ascii_uppercase().as_str() {
-        "TCP" => PROTO_TCP,
-        "UDP" => PROTO_UDP,
-        "SCTP" => PROTO_SCTP,
-        other => bail!("{flow:?}: unknown protocol {other:?} (TCP, UDP or SCTP)"),
-    };
-    let port = port
-        .parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .with_context(|| format!("{flow:?}: port must be 1-65535"))?;
-    Ok((protocol, port))
 }
 
 #[cfg(test)]

@@ -1,0 +1,122 @@
+//! The live maps answer `palisade explain` as the programs would: `Dataplane::live_decision`
+//! reads the kernel's maps through the same `admit` the programs run, and must agree with the
+//! compiled state (`policy::lookup::admits`) on every flow, allowed and denied alike, with CIDR
+//! excepts, port ranges, SCTP and rules without ports among them. Needs root.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use palisade::{
+    dataplane::{Dataplane, LiveDecision},
+    k8s::{
+        cluster::ObjectKey,
+        fixtures::{apply_yaml, cluster, namespace, pod},
+    },
+    policy::{Compiler, NodeView, lookup::admits},
+};
+use palisade_common::{DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use palisade_integration::require_root;
+
+const POLICY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+    - from: [{podSelector: {matchLabels: {app: client}}}]
+      ports: [{protocol: TCP, port: 80}]
+    - from: [{ipBlock: {cidr: 10.1.0.0/16, except: [10.1.2.0/24]}}]
+      ports: [{protocol: TCP, port: 1000, endPort: 2000}, {protocol: SCTP, port: 9}]
+    - ports: [{protocol: UDP, port: 53}]
+  egress:
+    - to: [{podSelector: {matchLabels: {app: client}}}]
+      ports: [{protocol: TCP, port: 8080}]
+    - to: [{ipBlock: {cidr: 0.0.0.0/0}}, {ipBlock: {cidr: "fd00::/64", except: ["fd00::30/128"]}}]
+      ports: [{protocol: TCP, port: 443}]
+    - to: [{podSelector: {matchLabels: {app: other}}}]
+"#;
+
+#[test]
+fn the_live_maps_agree_with_the_compiled_state_on_every_flow() {
+    require_root();
+    let mut dataplane = Dataplane::load().expect("load the programs");
+    let mut objects = vec![namespace("x").into()];
+    for (name, v4, v6) in [
+        ("server", "10.0.0.10", "fd00::10"),
+        ("client", "10.0.0.20", "fd00::20"),
+        ("other", "10.0.0.30", "fd00::30"),
+    ] {
+        objects.push(pod("x", name).label("app", name).ip(v4).ip(v6).into());
+    }
+    let mut cluster = cluster(objects);
+    apply_yaml(&mut cluster, POLICY);
+    let node_addrs = [IpAddr::from([10, 0, 0, 1])];
+    let view = NodeView {
+        name: "node-1",
+        addrs: &node_addrs,
+    };
+    let state = Compiler::new().compile(&cluster, &view);
+    assert!(state.errors.is_empty(), "{:?}", state.errors);
+    let server = ObjectKey::new("x", "server");
+    let client = ObjectKey::new("x", "client");
+    let ifindex = BTreeMap::from([(server.clone(), 1), (client.clone(), 2)]);
+    dataplane.sync(&state, &ifindex).expect("sync");
+
+    // Map keys only: nothing is sent anywhere.
+    let peers: Vec<IpAddr> = [
+        "10.0.0.1", "10.0.0.20", "10.0.0.30", "10.1.5.5", "10.1.2.3", "203.0.113.8", "fd00::20",
+        "fd00::30", "fd00::99", "fd01::1",
+    ]
+    .iter()
+    .map(|p| p.parse().expect("test address"))
+    .collect();
+    let (mut flows, mut allowed, mut classes) = (0, 0, BTreeSet::new());
+    for (key, index) in [(&server, 1u32), (&client, 2)] {
+        for direction in [DIR_INGRESS, DIR_EGRESS] {
+            for peer in &peers {
+                for protocol in [PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMP] {
+                    for port in [0u16, 9, 53, 80, 443, 999, 1000, 1500, 2000, 2001, 8080] {
+                        let live = dataplane
+                            .live_decision(index, direction, *peer, protocol, port)
+                            .expect("read the live maps");
+                        let expected = admits(&state, key, direction, *peer, protocol, port)
+                            .expect("a compiled endpoint");
+                        let says = matches!(
+                            live,
+                            LiveDecision::NotIsolated
+                                | LiveDecision::FromHost
+                                | LiveDecision::Class(_)
+                        );
+                        assert_eq!(
+                            says, expected,
+                            "{key} dir {direction} peer {peer} proto {protocol} port {port}: {live:?}"
+                        );
+                        if direction == DIR_INGRESS && peer.to_string() == "10.0.0.1" && key == &server {
+                            assert_eq!(live, LiveDecision::FromHost, "the node's own address");
+                        }
+                        if let LiveDecision::Class(c) = live {
+                            classes.insert(c);
+                        }
+                        assert_ne!(live, LiveDecision::Denied { audit: true }, "no audit here");
+                        flows += 1;
+                        allowed += usize::from(expected);
+                    }
+                }
+            }
+        }
+    }
+    // Both answers occur, and more than one class decides: the agreement is not vacuous.
+    assert!(allowed > 0 && allowed < flows, "{allowed} of {flows} allowed");
+    assert!(classes.len() > 1, "classes seen: {classes:?}");
+    assert_eq!(
+        dataplane
+            .live_decision(99, DIR_INGRESS, peers[0], PROTO_TCP, 80)
+            .expect("read the live maps"),
+        LiveDecision::NoEndpoint,
+        "an interface without an endpoint entry"
+    );
+}
