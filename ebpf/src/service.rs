@@ -18,12 +18,12 @@ use palisade_common::{
 };
 
 use crate::{
+    action::{DROP, PASS},
     conntrack,
     events::{Owed, audited, flush, owe},
     maps::{ENDPOINTS, ORIGINAL_DST, SERVICES, bump},
     parse::{Packet, parse},
     policy::judge_policy,
-    action::{DROP, PASS},
 };
 
 /// TC egress of the node's other interfaces: only Service flows of local pods, translated

@@ -15,7 +15,6 @@ use palisade::k8s::addresses::AddressBook;
 use palisade::{
     dataplane::Established,
     k8s::cluster::{Cluster, ObjectKey},
-    ,
 };
 use palisade_lab::{
     control::{ApiControl, Faults},

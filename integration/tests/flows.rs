@@ -29,10 +29,7 @@ use palisade_lab::{
     topology::Topology,
 };
 
-use palisade::k8s::{
-    cluster::Cluster,
-    fixtures::{apply_yaml, cluster, namespace, pod},
-};
+use palisade::k8s::fixtures::{apply_yaml, cluster, namespace, pod};
 use palisade_integration::{ApiLab, require_root};
 
 /// Pods a, b, c and d of namespace x on node-1, labelled `pod: <name>`: b admits a on port 80,

@@ -68,8 +68,16 @@ fn the_live_maps_agree_with_the_compiled_state_on_every_flow() {
 
     // Map keys only: nothing is sent anywhere.
     let peers: Vec<IpAddr> = [
-        "10.0.0.1", "10.0.0.20", "10.0.0.30", "10.1.5.5", "10.1.2.3", "203.0.113.8", "fd00::20",
-        "fd00::30", "fd00::99", "fd01::1",
+        "10.0.0.1",
+        "10.0.0.20",
+        "10.0.0.30",
+        "10.1.5.5",
+        "10.1.2.3",
+        "203.0.113.8",
+        "fd00::20",
+        "fd00::30",
+        "fd00::99",
+        "fd01::1",
     ]
     .iter()
     .map(|p| p.parse().expect("test address"))
@@ -95,7 +103,10 @@ fn the_live_maps_agree_with_the_compiled_state_on_every_flow() {
                             says, expected,
                             "{key} dir {direction} peer {peer} proto {protocol} port {port}: {live:?}"
                         );
-                        if direction == DIR_INGRESS && peer.to_string() == "10.0.0.1" && key == &server {
+                        if direction == DIR_INGRESS
+                            && peer.to_string() == "10.0.0.1"
+                            && key == &server
+                        {
                             assert_eq!(live, LiveDecision::FromHost, "the node's own address");
                         }
                         if let LiveDecision::Class(c) = live {
@@ -110,7 +121,10 @@ fn the_live_maps_agree_with_the_compiled_state_on_every_flow() {
         }
     }
     // Both answers occur, and more than one class decides: the agreement is not vacuous.
-    assert!(allowed > 0 && allowed < flows, "{allowed} of {flows} allowed");
+    assert!(
+        allowed > 0 && allowed < flows,
+        "{allowed} of {flows} allowed"
+    );
     assert!(classes.len() > 1, "classes seen: {classes:?}");
     assert_eq!(
         dataplane

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use palisade::{
     dataplane::{Dataplane, LOOPBACK_IFINDEX},
-    k8s::cluster::{Cluster, ObjectKey},
+    k8s::cluster::ObjectKey,
     k8s::fixtures::{apply_yaml, cluster, namespace, pod},
     policy::{Compiler, NodeState, NodeView},
 };

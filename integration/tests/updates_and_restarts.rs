@@ -172,7 +172,11 @@ fn flows_survive_100_policy_updates_and_two_agent_restarts() {
         .collect();
     let mut cluster = apps(
         "x",
-        &[("client", CLIENT), ("server", SERVER), ("intruder", INTRUDER)],
+        &[
+            ("client", CLIENT),
+            ("server", SERVER),
+            ("intruder", INTRUDER),
+        ],
     );
     let apply = |cluster: &mut Cluster, k: usize| apply_yaml(cluster, &policies(k));
     apply(&mut cluster, 0);

@@ -151,12 +151,10 @@ pub fn cluster(objects: impl IntoIterator<Item = Object>) -> Cluster {
 /// `app: <name>`.
 pub fn apps(namespace_name: &str, pods: &[(&str, &str)]) -> Cluster {
     cluster(
-        std::iter::once(namespace(namespace_name).into()).chain(pods.iter().map(|(name, ip)| {
-            pod(namespace_name, name)
-                .label("app", name)
-                .ip(ip)
-                .into()
-        })),
+        std::iter::once(namespace(namespace_name).into()).chain(
+            pods.iter()
+                .map(|(name, ip)| pod(namespace_name, name).label("app", name).ip(ip).into()),
+        ),
     )
 }
 

@@ -8,8 +8,8 @@ use std::{fmt::Write as _, path::PathBuf, time::Duration};
 use serde_json::Value;
 
 use super::{
-    format::{SMALL_CONSTANT_NS, fmt_value, pct, row, s},
-    stats::{self, FAMILIES, Summary, TESTS},
+    format::{row, s},
+    stats::{self, FAMILIES, TESTS},
 };
 
 pub struct Inputs<'a> {
@@ -23,7 +23,6 @@ pub struct Inputs<'a> {
     pub runtime: Duration,
     pub analysis: Option<String>,
 }
-
 
 pub fn render(inputs: &Inputs<'_>) -> String {
     let f = inputs.figures;
@@ -82,7 +81,6 @@ pub fn render(inputs: &Inputs<'_>) -> String {
     }
     md
 }
-
 
 /// Palisade with flow events off, on within the default budget, and on for every connection, at
 /// the largest policy count, on the tests the issue names.

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use super::{
-    report::{SMALL_CONSTANT_NS, fmt_value, pct},
+    format::{SMALL_CONSTANT_NS, fmt_value, pct},
     stats::{self, TESTS},
 };
 
