@@ -12,17 +12,13 @@ use palisade_lab::{probe::probe, serve::Proto, topology::Topology};
 
 use palisade::k8s::{
     cluster::Cluster,
-    fixtures::{apply_yaml, cluster, namespace, pod},
+    fixtures::{apply_yaml, pods_on},
 };
 use palisade_integration::{ApiLab, require_root};
 
 /// Pods a, b and c of namespace x on node-1, labelled `pod: <name>`; b admits only a.
 fn scenery() -> Cluster {
-    let mut objects = vec![namespace("x").into()];
-    for name in ["a", "b", "c"] {
-        objects.push(pod("x", name).label("pod", name).on("node-1").into());
-    }
-    let mut scenery = cluster(objects);
+    let mut scenery = pods_on("node-1", "x", &["a", "b", "c"]);
     apply_yaml(
         &mut scenery,
         r#"

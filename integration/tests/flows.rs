@@ -29,17 +29,13 @@ use palisade_lab::{
     topology::Topology,
 };
 
-use palisade::k8s::fixtures::{apply_yaml, cluster, namespace, pod};
+use palisade::k8s::fixtures::{apply_yaml, pods_on};
 use palisade_integration::{ApiLab, require_root};
 
 /// Pods a, b, c and d of namespace x on node-1, labelled `pod: <name>`: b admits a on port 80,
 /// d admits nobody.
 fn scenery() -> Cluster {
-    let mut objects = vec![namespace("x").into()];
-    for name in ["a", "b", "c", "d"] {
-        objects.push(pod("x", name).label("pod", name).on("node-1").into());
-    }
-    let mut scenery = cluster(objects);
+    let mut scenery = pods_on("node-1", "x", &["a", "b", "c", "d"]);
     apply_yaml(
         &mut scenery,
         r#"

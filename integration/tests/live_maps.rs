@@ -12,7 +12,7 @@ use palisade::{
     dataplane::{Dataplane, LiveDecision},
     k8s::{
         cluster::ObjectKey,
-        fixtures::{apply_yaml, cluster, namespace, pod},
+        fixtures::{apply_yaml, dual_stack_apps},
     },
     policy::{Compiler, NodeView, lookup::admits},
 };
@@ -44,15 +44,14 @@ spec:
 fn the_live_maps_agree_with_the_compiled_state_on_every_flow() {
     require_root();
     let mut dataplane = Dataplane::load().expect("load the programs");
-    let mut objects = vec![namespace("x").into()];
-    for (name, v4, v6) in [
-        ("server", "10.0.0.10", "fd00::10"),
-        ("client", "10.0.0.20", "fd00::20"),
-        ("other", "10.0.0.30", "fd00::30"),
-    ] {
-        objects.push(pod("x", name).label("app", name).ip(v4).ip(v6).into());
-    }
-    let mut cluster = cluster(objects);
+    let mut cluster = dual_stack_apps(
+        "x",
+        &[
+            ("server", "10.0.0.10", "fd00::10"),
+            ("client", "10.0.0.20", "fd00::20"),
+            ("other", "10.0.0.30", "fd00::30"),
+        ],
+    );
     apply_yaml(&mut cluster, POLICY);
     let node_addrs = [IpAddr::from([10, 0, 0, 1])];
     let view = NodeView {

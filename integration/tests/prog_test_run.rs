@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use palisade::{
     dataplane::{Dataplane, LOOPBACK_IFINDEX},
     k8s::cluster::ObjectKey,
-    k8s::fixtures::{apply_yaml, cluster, namespace, pod},
+    k8s::fixtures::{apply_yaml, dual_stack_apps},
     policy::{Compiler, NodeState, NodeView},
 };
 use palisade_common::{Addr, DropReason, PROG_FROM_POD, PROG_TO_POD, STAT_SLOTS, Stat};
@@ -86,15 +86,14 @@ impl Node {
     fn with_endpoints(endpoints: &[(&str, u32)]) -> Self {
         require_root();
         let dataplane = Dataplane::load().unwrap_or_else(|e| panic!("{}", chain(&e)));
-        let mut objects = vec![namespace("x").into()];
-        for (name, v4, v6) in [
-            ("server", "10.0.0.10", "fd00::10"),
-            ("client", "10.0.0.20", "fd00::20"),
-            ("other", "10.0.0.30", "fd00::30"),
-        ] {
-            objects.push(pod("x", name).label("app", name).ip(v4).ip(v6).into());
-        }
-        let mut cluster = cluster(objects);
+        let mut cluster = dual_stack_apps(
+            "x",
+            &[
+                ("server", "10.0.0.10", "fd00::10"),
+                ("client", "10.0.0.20", "fd00::20"),
+                ("other", "10.0.0.30", "fd00::30"),
+            ],
+        );
         apply_yaml(&mut cluster, POLICY);
         let node_addrs = [std::net::IpAddr::from(NODE)];
         let state = Compiler::new().compile(

@@ -158,6 +158,33 @@ pub fn apps(namespace_name: &str, pods: &[(&str, &str)]) -> Cluster {
     )
 }
 
+/// [`apps`] with two addresses a pod: `(name, IPv4, IPv6)`.
+pub fn dual_stack_apps(namespace_name: &str, pods: &[(&str, &str, &str)]) -> Cluster {
+    cluster(
+        std::iter::once(namespace(namespace_name).into()).chain(pods.iter().map(
+            |(name, v4, v6)| {
+                pod(namespace_name, name)
+                    .label("app", name)
+                    .ip(v4)
+                    .ip(v6)
+                    .into()
+            },
+        )),
+    )
+}
+
+/// Namespace `namespace` and one pod per name on `node`, labelled `pod: <name>`, without an
+/// address yet (the lab's kubelet reports one once it has made the pod's interface).
+pub fn pods_on(node: &str, namespace_name: &str, names: &[&str]) -> Cluster {
+    cluster(
+        std::iter::once(namespace(namespace_name).into()).chain(
+            names
+                .iter()
+                .map(|name| pod(namespace_name, name).label("pod", name).on(node).into()),
+        ),
+    )
+}
+
 /// Applies the objects of a YAML manifest (policies, most often) to `cluster`; panics with the
 /// parser's message on bad YAML, which in a test is the test's own mistake.
 pub fn apply_yaml(cluster: &mut Cluster, yaml: &str) {
