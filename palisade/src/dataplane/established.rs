@@ -22,7 +22,7 @@ use palisade_common::{CtKey, CtValue, DIR_INGRESS, EP_AUDIT, MAP_CONNTRACK};
 use super::{Dataplane, DataplaneError};
 use crate::{
     k8s::cluster::ObjectKey,
-    policy::{NodeState, compile::ip_of, lookup::admits},
+    policy::{NodeState, lookup::admits},
 };
 
 /// The established-connection setting. See the module documentation.
@@ -63,7 +63,7 @@ impl Dataplane {
         let keys: Vec<CtKey> = ct.keys().filter_map(Result::ok).collect();
         let mut cut = 0;
         for key in keys {
-            let (src, dst) = (ip_of(&key.saddr), ip_of(&key.daddr));
+            let (src, dst) = (key.saddr.to_ip(), key.daddr.to_ip());
             if in_service(&dst) {
                 continue;
             }

@@ -15,10 +15,7 @@ use aya::{
 use palisade_common::{Addr, EndpointKey, MAP_LOCAL_ADDRS};
 
 use super::DataplaneError;
-use crate::{
-    k8s::cluster::ObjectKey,
-    policy::{NodeState, compile::addr_of},
-};
+use crate::{k8s::cluster::ObjectKey, policy::NodeState};
 
 /// A copy of every entry this process wrote.
 #[derive(Default)]
@@ -31,7 +28,7 @@ fn wanted(state: &NodeState, ifindex: &BTreeMap<ObjectKey, u32>) -> BTreeMap<Add
     ifindex
         .iter()
         .filter_map(|(key, &index)| Some((state.endpoints.get(key)?, index)))
-        .flat_map(|(ep, index)| ep.addrs.iter().map(move |a| (addr_of(a), index)))
+        .flat_map(|(ep, index)| ep.addrs.iter().map(move |a| (Addr::from(*a), index)))
         .collect()
 }
 

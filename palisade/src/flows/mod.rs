@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     k8s::cluster::{Cluster, ObjectKey, is_host_network, pod_addrs},
     policy::{
-        compile::{Class, EndpointState, ip_of},
+        compile::{Class, EndpointState},
         evaluate::{DirectionVerdict, Endpoint, Evaluator, display::protocol_name},
     },
 };
@@ -276,7 +276,7 @@ impl Attribution {
 
     /// Names one event. `monotonic_now` is CLOCK_MONOTONIC now, to date the kernel's stamp.
     pub fn record(&self, event: &FlowEvent, monotonic_now: Duration) -> FlowRecord {
-        let (src, dst) = (ip_of(&event.saddr), ip_of(&event.daddr));
+        let (src, dst) = (event.saddr.to_ip(), event.daddr.to_ip());
         let direction = if event.direction == DIR_INGRESS {
             "ingress"
         } else {

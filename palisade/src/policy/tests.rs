@@ -396,10 +396,11 @@ fn a_pod_of_an_existing_identity_is_added_and_deleted_in_place_as_its_address_al
     assert_eq!(update, PodUpdate::Incremental);
     let mut expected = before.clone();
     let ip: IpAddr = "10.244.2.12".parse().expect("addr");
-    let y_a = before.identities[&super::compile::addr_of(&"10.244.2.10".parse().expect("addr"))];
+    let y_a = before.identities
+        [&palisade_common::Addr::from("10.244.2.10".parse::<std::net::IpAddr>().expect("addr"))];
     expected
         .identities
-        .insert(super::compile::addr_of(&ip), y_a);
+        .insert(palisade_common::Addr::from(ip), y_a);
     assert_eq!(state, expected, "one identity entry, nothing else");
     assert!(allowed(&state, &grown, "10.244.2.12", "x/a", PROTO_TCP, 80));
 

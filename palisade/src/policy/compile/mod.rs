@@ -82,15 +82,6 @@ fn same_bits(a: &Addr, b: &Addr, bits: u32) -> bool {
     bits == 0 || (a ^ b) >> (128 - bits) == 0
 }
 
-/// The address an [`Addr`] holds (IPv4-mapped ones as IPv4).
-pub fn ip_of(addr: &Addr) -> IpAddr {
-    addr.to_ip()
-}
-
-pub fn addr_of(ip: &IpAddr) -> Addr {
-    Addr::from(*ip)
-}
-
 /// The IPv4 space as a prefix of the mapped space. Always in the CIDR trie, so that an IPv4
 /// address never falls through to an IPv6 prefix such as `::/0` that happens to contain
 /// `::ffff:0:0/96`.
@@ -232,8 +223,12 @@ impl Compiler {
         }
         self.identities.retain(|_, id| live.contains_key(id));
         for a in node.addrs {
-            if state.identities.insert(addr_of(a), IDENTITY_HOST).is_some() {
-                contested.insert(addr_of(a));
+            if state
+                .identities
+                .insert(Addr::from(*a), IDENTITY_HOST)
+                .is_some()
+            {
+                contested.insert(Addr::from(*a));
             }
         }
 
@@ -385,5 +380,5 @@ fn as_peer(key: &ObjectKey, pod: &Pod) -> Option<(IdentityKey, Vec<Addr>)> {
         labels: pod_labels(pod).clone(),
         named_ports,
     };
-    Some((ident, addrs.iter().map(addr_of).collect()))
+    Some((ident, addrs.iter().copied().map(Addr::from).collect()))
 }
