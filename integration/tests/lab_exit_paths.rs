@@ -104,6 +104,54 @@ fn a_killed_run_leaves_nothing_that_stops_the_next_one() {
 }
 
 #[test]
+fn clean_removes_ended_runs_only() {
+    let mut live = lab()
+        .args(["run"])
+        .arg(quick_start())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start palisade");
+    let pid = live.id();
+    let start = Instant::now();
+    while namespaces_of(pid).len() < 2 && start.elapsed() < Duration::from_secs(60) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let before = namespaces_of(pid);
+    assert!(before.len() >= 2, "the live run never created its namespaces");
+    // A leftover of an ended run: a namespace named for a PID no process has.
+    let dead_pid = 4_000_000 + std::process::id() % 100_000;
+    let leftover = format!("pal{dead_pid}-leftover");
+    let created = Command::new("ip")
+        .args(["netns", "add", &leftover])
+        .status()
+        .expect("ip netns add");
+    assert!(created.success(), "ip netns add {leftover}");
+    let out = lab().arg("clean").output().expect("palisade-lab clean");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let live_after = namespaces_of(pid);
+    let leftover_after = namespaces_of(dead_pid);
+    // Whatever the clean did, the live run goes on to its end and cleans up itself.
+    let status = live.wait().expect("wait");
+    assert!(
+        before.iter().all(|n| live_after.contains(n)),
+        "clean removed a live run's namespaces: before {before:?}, after {live_after:?}"
+    );
+    assert!(
+        status.success(),
+        "the live run failed after a clean ran beside it"
+    );
+    assert_eq!(
+        leftover_after,
+        Vec::<String>::new(),
+        "clean left an ended run's namespace"
+    );
+}
+
+#[test]
 fn a_malformed_case_is_an_error_naming_the_field() {
     let dir = tempdir();
     fs::write(dir.join("case.yaml"), "name: bad\ncluster: []\nsteps:\n  - probes:\n      - connect: ICMP/80\n        expect: \"- x/a\\nx/a .\\n\"\n").expect("write");

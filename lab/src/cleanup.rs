@@ -16,11 +16,6 @@ pub fn clean_stale() -> Result<usize> {
     clean(|pid| !pid_alive(pid))
 }
 
-/// Removes every lab namespace (`/run/netns/pal<PID>-*`), live runs included.
-pub fn clean_all() -> Result<usize> {
-    clean(|_| true)
-}
-
 /// Tries every matching namespace, then reports the first failure, so one stuck mount does not
 /// keep the others around.
 fn clean(select: impl Fn(i32) -> bool) -> Result<usize> {

@@ -62,7 +62,8 @@ enum Command {
         #[arg(long, requires = "apiserver")]
         hold: bool,
     },
-    /// Remove every lab namespace, including those of other or crashed runs.
+    /// Remove what ended lab runs left behind (namespaces and pins of runs whose process is
+    /// gone); a live run's are never touched.
     Clean,
 }
 
@@ -111,7 +112,7 @@ fn main() -> ExitCode {
                     },
                 }
             }
-            Command::Clean => cleanup::clean_all()
+            Command::Clean => cleanup::clean_stale()
                 .map(|n| {
                     println!("removed {n} lab namespace(s)");
                     true
