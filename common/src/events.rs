@@ -61,6 +61,10 @@ pub struct FlowEvent {
 pub const CFG_EVENTS: u32 = 1 << 0;
 /// [`FlowConfig::flags`]: every endpoint of the node is in audit mode ([`EP_AUDIT`]).
 pub const CFG_AUDIT_ALL: u32 = 1 << 1;
+/// [`FlowConfig::flags`]: strict uplinks. A packet arriving on an uplink whose source is a
+/// cluster pod's address passes only when the node's route back to that address leaves
+/// through the same interface (an eBPF reverse-path check; see `SECURITY.md`).
+pub const CFG_STRICT_UPLINK: u32 = 1 << 2;
 
 /// [`MAP_FLOW_CONFIG`]'s one value. All zero (no events, enforce) until the agent writes it.
 #[repr(C)]

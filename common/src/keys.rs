@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 #[cfg(doc)]
 use crate::{
-    ABI_VERSION, FLOW_AUDIT, MAP_CIDRS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_ORIGINAL_DST, MAP_PEERS,
+    ABI_VERSION, FLOW_AUDIT, MAP_CIDRS, MAP_CONNTRACK, MAP_CT_CONFIG, MAP_FRAGMENTS, MAP_ENDPOINTS, MAP_ORIGINAL_DST, MAP_PEERS,
     MAP_POD_IDENTITIES, MAP_PORTS,
 };
 
@@ -151,8 +151,35 @@ pub struct CtKey {
     pub dport: u16,
     pub protocol: u8,
     pub direction: u8,
-    pub _pad: [u8; 2],
+    /// What the ports mean for ICMP ([`CT_KIND_PLAIN`] for TCP, UDP and SCTP): an echo request
+    /// and its reply are keyed by their role, so a request is never found as the reply of one.
+    pub kind: u8,
+    pub _pad: u8,
     pub ifindex: EndpointKey,
+}
+
+/// [`CtKey::kind`]: ports are ports.
+pub const CT_KIND_PLAIN: u8 = 0;
+/// [`CtKey::kind`]: an ICMP echo request, `sport` its identifier, `dport` 0.
+pub const CT_KIND_ECHO_REQUEST: u8 = 1;
+/// [`CtKey::kind`]: an ICMP echo reply, `sport` 0, `dport` its identifier: the key of a reply
+/// turned around is the key of its request.
+pub const CT_KIND_ECHO_REPLY: u8 = 2;
+/// [`CtKey::kind`]: another ICMP message that is not an error, `sport` its type, `dport` its
+/// code. Turned around it becomes [`CT_KIND_ICMP_OTHER_TURNED`], which no packet carries: such
+/// messages are tracked in their own direction only and never answer for each other.
+pub const CT_KIND_ICMP_OTHER: u8 = 3;
+pub const CT_KIND_ICMP_OTHER_TURNED: u8 = 4;
+
+/// The kind of the reply to a flow of kind `kind` ([`CtKey::kind`]).
+pub const fn ct_kind_turned(kind: u8) -> u8 {
+    match kind {
+        CT_KIND_ECHO_REQUEST => CT_KIND_ECHO_REPLY,
+        CT_KIND_ECHO_REPLY => CT_KIND_ECHO_REQUEST,
+        CT_KIND_ICMP_OTHER => CT_KIND_ICMP_OTHER_TURNED,
+        CT_KIND_ICMP_OTHER_TURNED => CT_KIND_ICMP_OTHER,
+        other => other,
+    }
 }
 
 /// [`MAP_ORIGINAL_DST`] key: the source side of a flow, which DNAT leaves alone.
@@ -171,9 +198,13 @@ pub struct OriginalKey {
 pub struct OriginalValue {
     pub daddr: Addr,
     pub dport: u16,
-    pub _pad: u16,
+    /// The TCP flags of the recorded packet (0 for other protocols).
+    pub tcp_flags: u8,
+    pub _pad: u8,
     /// [`MAP_ENDPOINTS`] key of the sending pod.
     pub ifindex: u32,
+    /// `bpf_ktime_get_ns()` when the packet was recorded.
+    pub recorded_ns: u64,
 }
 
 /// [`MAP_CONNTRACK`] value.
@@ -182,10 +213,152 @@ pub struct OriginalValue {
 pub struct CtValue {
     /// `bpf_ktime_get_ns()` when the flow was admitted.
     pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` when a packet of the flow (either way) was last seen, to within
+    /// [`CT_SEEN_GRANULARITY_NS`]: the entry expires [`CtTimeouts`] after it.
+    pub seen_ns: u64,
     /// The endpoint that admitted it.
     pub endpoint: u32,
-    pub _pad: u32,
+    /// A `CT_TCP_*` state for TCP; [`CT_TCP_NONE`] for other protocols.
+    pub tcp: u8,
+    pub _pad: [u8; 3],
 }
+
+/// [`CtValue::tcp`]: not TCP.
+pub const CT_TCP_NONE: u8 = 0;
+/// [`CtValue::tcp`]: opened by a SYN, no reply seen yet.
+pub const CT_TCP_SYN_SENT: u8 = 1;
+/// [`CtValue::tcp`]: a packet went each way (or the flow was picked up mid-stream).
+pub const CT_TCP_ESTABLISHED: u8 = 2;
+/// [`CtValue::tcp`]: a FIN or RST was seen. A SYN is judged as a new connection in every
+/// state; this one only shortens the entry's life.
+pub const CT_TCP_CLOSING: u8 = 3;
+
+/// [`CtValue::seen_ns`] is rewritten only when it is older than this: an established flow's
+/// packets read their entry and write it at most once a second.
+pub const CT_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// [`MAP_CT_CONFIG`] value: how long an idle flow stays tracked, by state, in nanoseconds
+/// (written by the agent; zero means the default). The defaults follow Cilium's (TCP SYN 60 s,
+/// closing 10 s, non-TCP 60 s) and the kernel's (ICMP 30 s); established TCP is Cilium's 6 h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtTimeouts {
+    pub tcp_syn_ns: u64,
+    pub tcp_established_ns: u64,
+    pub tcp_closing_ns: u64,
+    /// UDP, SCTP and every other protocol with ports.
+    pub other_ns: u64,
+    pub icmp_ns: u64,
+}
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+impl CtTimeouts {
+    pub const DEFAULT: Self = Self {
+        tcp_syn_ns: 60 * SECOND_NS,
+        tcp_established_ns: 6 * 3600 * SECOND_NS,
+        tcp_closing_ns: 10 * SECOND_NS,
+        other_ns: 60 * SECOND_NS,
+        icmp_ns: 30 * SECOND_NS,
+    };
+
+    /// How long an entry of `protocol` in TCP state `tcp` lives idle (zero settings read as
+    /// the default, so programs running before the agent wrote its settings still expire).
+    pub const fn lifetime_ns(&self, protocol: u8, tcp: u8) -> u64 {
+        let (set, default) = match (protocol, tcp) {
+            (crate::PROTO_TCP, CT_TCP_SYN_SENT) => (self.tcp_syn_ns, Self::DEFAULT.tcp_syn_ns),
+            (crate::PROTO_TCP, CT_TCP_CLOSING) => {
+                (self.tcp_closing_ns, Self::DEFAULT.tcp_closing_ns)
+            }
+            (crate::PROTO_TCP, _) => (
+                self.tcp_established_ns,
+                Self::DEFAULT.tcp_established_ns,
+            ),
+            (crate::PROTO_ICMP | crate::PROTO_ICMPV6, _) => {
+                (self.icmp_ns, Self::DEFAULT.icmp_ns)
+            }
+            _ => (self.other_ns, Self::DEFAULT.other_ns),
+        };
+        if set == 0 { default } else { set }
+    }
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl CtValue {
+    /// Whether the flow keyed with `protocol` has been idle past its lifetime at `now_ns`. A
+    /// clock read before `seen_ns` (another CPU wrote it meanwhile) is no expiry.
+    pub const fn expired(&self, protocol: u8, now_ns: u64, timeouts: &CtTimeouts) -> bool {
+        now_ns > self.seen_ns && now_ns - self.seen_ns > timeouts.lifetime_ns(protocol, self.tcp)
+    }
+}
+
+/// The TCP state a flow admitted by a packet with `flags` starts in: a SYN opens it, a FIN or
+/// RST closes it, anything else picks up a connection mid-stream (after a restart that lost
+/// conntrack, or one opened before the endpoint was known).
+pub const fn tcp_state_of_new(flags: u8) -> u8 {
+    if flags & (TCP_FIN | TCP_RST) != 0 {
+        CT_TCP_CLOSING
+    } else if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+        CT_TCP_SYN_SENT
+    } else {
+        CT_TCP_ESTABLISHED
+    }
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Whether TCP `flags` open a connection: SYN without ACK. Such a packet is always judged by
+/// policy, whatever conntrack holds for its 5-tuple (a closed or stale connection is never
+/// resurrected by a new one reusing its ports).
+pub const fn tcp_opens(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+}
+
+/// [`MAP_FRAGMENTS`] key: one IP datagram, as its fragments all carry it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    pub saddr: Addr,
+    pub daddr: Addr,
+    /// The IPv4 identification (16 bits) or IPv6 fragment identification (32 bits).
+    pub id: u32,
+    pub protocol: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+    pub ifindex: EndpointKey,
+}
+
+/// [`MAP_FRAGMENTS`] value: when the datagram's first fragment passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragValue {
+    pub first_ns: u64,
+}
+
+/// How long after its first fragment a datagram's later fragments pass. The kernel's
+/// reassembly waits 30 s (`ipfrag_time`); fragments of one datagram leave a sender together, so
+/// a second is ample on a cluster network and leaves a replayed identifier little room.
+pub const FRAGMENT_LIFETIME_NS: u64 = 1_000_000_000;
+
+/// The mark bit [`PROG_FROM_POD`](crate::PROG_FROM_POD) sets on a packet it leaves to be judged
+/// after kube-proxy's translation ([`MAP_ORIGINAL_DST`]); only a packet carrying it is judged
+/// by the record, so no other packet can consume (or plant) a record for its source port.
+/// A pod cannot set it: the kernel clears `skb->mark` when a packet crosses network namespaces.
+/// The bit is one no kube-proxy mode, Calico or Cilium uses by default.
+pub const SERVICE_MARK: u32 = 0x0002_0000;
+
+/// How long a Service record waits for its translated packet ([`MAP_ORIGINAL_DST`]): the
+/// translation happens in the same pass through the node's stack, so a record older than this
+/// belongs to a packet that was never delivered.
+pub const ORIGINAL_DST_LIFETIME_NS: u64 = 1_000_000_000;
 
 const _: () = {
     assert!(core::mem::size_of::<Addr>() == 16);
@@ -197,8 +370,11 @@ const _: () = {
     assert!(core::mem::size_of::<CtKey>() == 44);
     assert!(core::mem::offset_of!(CtKey, sport) == 32);
     assert!(core::mem::offset_of!(CtKey, ifindex) == 40);
-    assert!(core::mem::size_of::<CtValue>() == 16);
+    assert!(core::mem::size_of::<CtValue>() == 24);
+    assert!(core::mem::size_of::<CtTimeouts>() == 40);
+    assert!(core::mem::size_of::<FragKey>() == 44);
+    assert!(core::mem::size_of::<FragValue>() == 8);
     assert!(core::mem::size_of::<OriginalKey>() == 20);
-    assert!(core::mem::size_of::<OriginalValue>() == 24);
+    assert!(core::mem::size_of::<OriginalValue>() == 32);
     assert!(crate::MAX_CLASSES == ClassMask::BITS as usize);
 };

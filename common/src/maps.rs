@@ -8,7 +8,7 @@ use crate::{
 };
 
 /// Bumped whenever a layout in this crate changes; pinned state of another ABI is never re-adopted.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// TC ingress on the pod's host-side veth: packets the pod sends (its egress policy).
 pub const PROG_FROM_POD: &str = "palisade_from_pod";
@@ -18,6 +18,11 @@ pub const PROG_TO_POD: &str = "palisade_to_pod";
 /// the egress policy of Service traffic that kube-proxy sent off the node (see
 /// [`MAP_ORIGINAL_DST`]).
 pub const PROG_UPLINK: &str = "palisade_uplink";
+/// TC ingress on the node's other interfaces: drops what arrives from outside the node carrying
+/// the source address of one of its pods or of the node itself (see `SECURITY.md`), and in
+/// strict mode ([`FlowConfig`]'s `CFG_STRICT_UPLINK`) any pod address the route back does not
+/// lead out of the same interface.
+pub const PROG_FROM_UPLINK: &str = "palisade_from_uplink";
 /// A classifier that passes every packet on (`TC_ACT_UNSPEC`) and does nothing else: the baseline `cargo xtask bench`
 /// measures the programs' per-packet cost against (BPF_PROG_TEST_RUN). Never attached; loaded
 /// only on request ([`PROG_UPLINK`] and the pod programs are loaded by every agent).
@@ -60,8 +65,16 @@ pub const MAP_EVENT_SCRATCH: &str = "PAL_EVENT_SCRATCH";
 /// packet would be dropped, so it costs nothing on established flows.
 pub const MAP_FLOW_CONFIG: &str = "PAL_FLOW_CONFIG";
 
+/// Array of one [`CtTimeouts`](crate::CtTimeouts), written by the agent: how long idle flows
+/// stay tracked. The agent also removes expired entries (the programs ignore them).
+pub const MAP_CT_CONFIG: &str = "PAL_CT_CONFIG";
+/// LRU hash [`FragKey`](crate::FragKey) -> [`FragValue`](crate::FragValue): datagrams whose
+/// first fragment passed at an endpoint, so their later fragments (which carry no ports) get
+/// its verdict for [`FRAGMENT_LIFETIME_NS`](crate::FRAGMENT_LIFETIME_NS).
+pub const MAP_FRAGMENTS: &str = "PAL_FRAGS";
+
 /// Every map, for the agent's checks that the object and this crate agree.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_ENDPOINTS,
     MAP_POD_IDENTITIES,
     MAP_CIDRS,
@@ -76,6 +89,8 @@ pub const ALL_MAPS: [&str; 14] = [
     MAP_EVENT_LIMITS,
     MAP_EVENT_SCRATCH,
     MAP_FLOW_CONFIG,
+    MAP_CT_CONFIG,
+    MAP_FRAGMENTS,
 ];
 
 pub const MAX_ENDPOINTS: u32 = 4096;
@@ -86,6 +101,7 @@ pub const MAX_PORTS: u32 = 262_144;
 pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_SERVICE_RANGES: u32 = 64;
 pub const MAX_ORIGINAL_DST: u32 = 65_536;
+pub const MAX_FRAGMENTS: u32 = 16_384;
 /// Room for every endpoint to be dual-stack, with slack.
 pub const MAX_LOCAL_ADDRS: u32 = 4 * MAX_ENDPOINTS;
 /// [`MAP_EVENTS`] size in bytes (a power-of-two number of pages): 14,563 events of 64 bytes and

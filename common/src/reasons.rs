@@ -29,6 +29,10 @@ pub enum Stat {
     EventsLost = 8,
     /// A flow that policy would drop passed because its endpoint is in audit mode.
     AuditPassed = 9,
+    /// A tracked flow's entry had expired; the packet was judged as new.
+    CtExpired = 10,
+    /// A later fragment passed with its datagram's first fragment's verdict.
+    FragmentPassed = 11,
 }
 
 /// Why a packet was dropped; the index of its counter in [`MAP_STATS`] is
@@ -44,7 +48,8 @@ pub enum DropReason {
     NoEndpoint = 2,
     /// Truncated or malformed IP/L4 header.
     Malformed = 3,
-    /// A non-first IP fragment for an isolated endpoint (it carries no ports).
+    /// A non-first IP fragment for an isolated endpoint whose first fragment did not pass there
+    /// within [`FRAGMENT_LIFETIME_NS`](crate::FRAGMENT_LIFETIME_NS) (it carries no ports).
     Fragment = 4,
     /// IPv6 extension headers for an isolated endpoint.
     Ipv6ExtensionHeader = 5,
@@ -53,10 +58,16 @@ pub enum DropReason {
     TrackingFull = 6,
     /// A pod sent a packet from an address that is not its own ([`MAP_LOCAL_ADDRS`]).
     SpoofedSource = 7,
+    /// A packet left for judgement after translation came back without its record (evicted,
+    /// expired or taken by another packet): its egress cannot be judged.
+    ServiceUnjudged = 8,
+    /// A packet arrived on an uplink with the source address of a local pod or of the node
+    /// itself (or, in strict mode, of a pod the route back does not reach through that link).
+    SpoofedFromUplink = 9,
 }
 
 pub const STAT_DROP_BASE: u32 = 16;
-pub const DROP_REASONS: [DropReason; 8] = [
+pub const DROP_REASONS: [DropReason; 10] = [
     DropReason::PolicyIngress,
     DropReason::PolicyEgress,
     DropReason::NoEndpoint,
@@ -65,6 +76,8 @@ pub const DROP_REASONS: [DropReason; 8] = [
     DropReason::Ipv6ExtensionHeader,
     DropReason::TrackingFull,
     DropReason::SpoofedSource,
+    DropReason::ServiceUnjudged,
+    DropReason::SpoofedFromUplink,
 ];
 pub const STAT_SLOTS: u32 = 32;
 
@@ -123,6 +136,8 @@ impl DropReason {
             Self::Ipv6ExtensionHeader => "ipv6-extension-header",
             Self::TrackingFull => "tracking-full",
             Self::SpoofedSource => "spoofed-source",
+            Self::ServiceUnjudged => "service-unjudged",
+            Self::SpoofedFromUplink => "spoofed-from-uplink",
         }
     }
 }

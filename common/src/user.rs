@@ -6,8 +6,8 @@ extern crate std;
 use std::net::IpAddr;
 
 use crate::{
-    Addr, CtKey, CtValue, EndpointInfo, EventLimit, FlowConfig, FlowEvent, IdentityValue,
-    OriginalKey, OriginalValue, PeerKey, PortKey,
+    Addr, CtKey, CtTimeouts, CtValue, EndpointInfo, EventLimit, FlowConfig, FlowEvent, FragKey,
+    FragValue, IdentityValue, OriginalKey, OriginalValue, PeerKey, PortKey,
 };
 
 // SAFETY: all of these are `bytemuck::Pod` (no padding, every bit pattern valid).
@@ -23,6 +23,9 @@ unsafe impl aya::Pod for OriginalValue {}
 unsafe impl aya::Pod for FlowEvent {}
 unsafe impl aya::Pod for FlowConfig {}
 unsafe impl aya::Pod for EventLimit {}
+unsafe impl aya::Pod for CtTimeouts {}
+unsafe impl aya::Pod for FragKey {}
+unsafe impl aya::Pod for FragValue {}
 
 impl From<IpAddr> for Addr {
     /// IPv4 as IPv4-mapped, as the maps store it.

@@ -14,15 +14,27 @@
 //!   admits.
 //!
 //! Entries are keyed by the endpoint's ifindex as well as the addresses, so a flow admitted at
-//! one pod's veth never admits a packet on another's. Every packet found tracked counts as one
-//! [`Stat::CtHit`]. Entries leave by LRU eviction, or when the agent deletes those a new policy
-//! no longer admits (its `Established::Recheck` setting); the programs never delete one.
+//! one pod's veth never admits a packet on another's. ICMP is keyed by role (`CtKey::kind`): an
+//! echo request is never the reply of one. Every packet found tracked counts as one
+//! [`Stat::CtHit`].
+//!
+//! An entry lives while its flow is active: it expires after the idle time of its state
+//! (`CtTimeouts`, the agent's settings in `PAL_CT_CONFIG`), and TCP's state follows the flags
+//! seen (a FIN or RST closes it, so it expires within the closing timeout). A TCP SYN opening
+//! a connection is always judged by policy, whatever the map holds for its 5-tuple: a closed
+//! or idle connection is never resurrected by a new one reusing its ports. Expired entries
+//! are ignored here and removed by the agent's sweep, or by LRU eviction; the agent also
+//! deletes those a new policy no longer admits (its `Established::Recheck` setting).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
-use palisade_common::{CtKey, CtValue, Stat};
+use palisade_common::{
+    CT_SEEN_GRANULARITY_NS, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_NONE, CT_TCP_SYN_SENT,
+    CtKey, CtTimeouts, CtValue, PROTO_TCP, Stat, TCP_FIN, TCP_RST, ct_kind_turned, tcp_opens,
+    tcp_state_of_new,
+};
 
 use crate::{
-    maps::{CT, bump},
+    maps::{CT, CT_CONFIG, bump},
     parse::Packet,
 };
 
@@ -45,29 +57,72 @@ pub(crate) fn flow_of(packet: &Packet, direction: u8, ifindex: u32) -> CtKey {
         dport: packet.dport,
         protocol: packet.protocol,
         direction,
-        _pad: [0; 2],
+        kind: packet.kind,
+        _pad: 0,
         ifindex,
     }
 }
 
-/// [`CtState::Established`], [`CtState::Reply`] or [`CtState::New`] for the flow `flow`.
+/// [`CtState::Established`], [`CtState::Reply`] or [`CtState::New`] for the flow `flow` of a
+/// packet with TCP flags `tcp_flags`, refreshing the entry it finds (its last-seen time and
+/// TCP state) when `refresh` is set. A SYN opening a connection is always [`CtState::New`].
 ///
 /// One key, turned around for the reply and back (so the caller can still [`create`] it): two
 /// would not fit the verdict's 512-byte stack.
 #[inline(always)]
-pub(crate) fn lookup(flow: &mut CtKey) -> CtState {
-    let state = if CT.get_ptr(&*flow).is_some() {
-        CtState::Established
-    } else {
-        turn_around(flow);
-        let reply = CT.get_ptr(&*flow).is_some();
-        turn_around(flow);
-        if reply { CtState::Reply } else { CtState::New }
-    };
-    if state != CtState::New {
-        bump(Stat::CtHit as u32);
+pub(crate) fn lookup(flow: &mut CtKey, tcp_flags: u8, refresh: bool) -> CtState {
+    if flow.protocol == PROTO_TCP && tcp_opens(tcp_flags) {
+        return CtState::New;
     }
+    let mut state = CtState::Established;
+    let mut entry = CT.get_ptr_mut(&*flow);
+    if entry.is_none() {
+        turn_around(flow);
+        entry = CT.get_ptr_mut(&*flow);
+        turn_around(flow);
+        state = CtState::Reply;
+    }
+    let Some(entry) = entry else {
+        return CtState::New;
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the map's value, plain data; a concurrent writer can only make a field stale.
+    let value = unsafe { &mut *entry };
+    let lifetime = match CT_CONFIG.get(0) {
+        Some(timeouts) => timeouts.lifetime_ns(flow.protocol, value.tcp),
+        None => CtTimeouts::DEFAULT.lifetime_ns(flow.protocol, value.tcp),
+    };
+    if now > value.seen_ns && now - value.seen_ns > lifetime {
+        bump(Stat::CtExpired as u32);
+        return CtState::New;
+    }
+    if refresh {
+        let tcp = next_tcp_state(value.tcp, tcp_flags, state == CtState::Reply);
+        if tcp != value.tcp {
+            value.tcp = tcp;
+            value.seen_ns = now;
+        } else if now > value.seen_ns && now - value.seen_ns > CT_SEEN_GRANULARITY_NS {
+            value.seen_ns = now;
+        }
+    }
+    bump(Stat::CtHit as u32);
     state
+}
+
+/// TCP's state after a packet with `flags` of a tracked flow (`reply` when it goes the other
+/// way): FIN or RST close it; the first reply establishes it.
+#[inline(always)]
+fn next_tcp_state(state: u8, flags: u8, reply: bool) -> u8 {
+    if state == CT_TCP_NONE {
+        CT_TCP_NONE
+    } else if flags & (TCP_FIN | TCP_RST) != 0 {
+        CT_TCP_CLOSING
+    } else if state == CT_TCP_SYN_SENT && reply {
+        CT_TCP_ESTABLISHED
+    } else {
+        state
+    }
 }
 
 /// [`CtState::Related`] when the packet is an ICMP error quoting a flow tracked at this
@@ -84,21 +139,30 @@ pub(crate) fn related(ctx: &TcContext, direction: u8) -> CtState {
     let Some(mut quoted) = crate::icmp::quoted_flow(ctx, direction) else {
         return CtState::New;
     };
-    match lookup(&mut quoted) {
+    // An error says nothing of the flow's state: the entry is read, not refreshed.
+    match lookup(&mut quoted, 0, false) {
         CtState::New => CtState::New,
         _ => CtState::Related,
     }
 }
 
-/// Tracks `flow`, admitted by endpoint `endpoint` (its id). A full map only costs the flow its
-/// replies, which are then judged as new flows ([`Stat::CtInsertFailed`]).
+/// Tracks `flow`, admitted by endpoint `endpoint` (its id) on a packet with TCP flags
+/// `tcp_flags`. A full map only costs the flow its replies, which are then judged as new flows
+/// ([`Stat::CtInsertFailed`]).
 #[inline(always)]
-pub(crate) fn create(flow: &CtKey, endpoint: u32) {
+pub(crate) fn create(flow: &CtKey, endpoint: u32, tcp_flags: u8) {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     let entry = CtValue {
-        // SAFETY: a helper without arguments.
-        created_ns: unsafe { bpf_ktime_get_ns() },
+        created_ns: now,
+        seen_ns: now,
         endpoint,
-        _pad: 0,
+        tcp: if flow.protocol == PROTO_TCP {
+            tcp_state_of_new(tcp_flags)
+        } else {
+            CT_TCP_NONE
+        },
+        _pad: [0; 3],
     };
     if CT.insert(flow, &entry, 0).is_err() {
         bump(Stat::CtInsertFailed as u32);
@@ -111,4 +175,5 @@ fn turn_around(key: &mut CtKey) {
     core::mem::swap(&mut key.saddr, &mut key.daddr);
     core::mem::swap(&mut key.sport, &mut key.dport);
     key.direction ^= 1;
+    key.kind = ct_kind_turned(key.kind);
 }

@@ -4,6 +4,10 @@
 //! of that flow. Any other ICMP error is judged as plain ICMP by the verdict (and so dropped for
 //! an endpoint isolated by rules that all name ports).
 //!
+//! The error must go back to the quoted packet's sender (and, sent by the pod, come from the
+//! address the quoted packet went to), and be no longer than an error can be (576 bytes of
+//! IPv4, 1280 of IPv6): otherwise it is judged like any other ICMP.
+//!
 //! This file parses the error and its quote and checks who sent it; whether the quoted flow is
 //! tracked is conntrack's answer ([`crate::conntrack::related`], which calls [`quoted_flow`]).
 //!
@@ -12,7 +16,7 @@
 
 use aya_ebpf::programs::TcContext;
 use palisade_common::{
-    Addr, CtKey, DIR_EGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    Addr, CT_KIND_PLAIN, CtKey, DIR_EGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -26,7 +30,14 @@ use crate::{
 /// packet - malformed, spoofed and unknown-endpoint cases included.
 #[inline(always)]
 pub(crate) fn quoted_flow(ctx: &TcContext, direction: u8) -> Option<CtKey> {
-    let (outer_src, quote, v6) = icmp_error(ctx)?;
+    let (outer_src, outer_dst, quote, v6) = icmp_error(ctx)?;
+    // No more than an error needs: the kernel quotes as much of the packet as fits in the
+    // minimum MTU (576 bytes for IPv4, 1280 for IPv6), never more. Anything longer is a packet
+    // that merely looks like an error.
+    let limit = ETH_HLEN as u32 + if v6 { 1280 } else { 576 };
+    if ctx.len() > limit {
+        return None;
+    }
     // SAFETY: `skb` is the context pointer the kernel handed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain-data values.
@@ -41,14 +52,21 @@ pub(crate) fn quoted_flow(ctx: &TcContext, direction: u8) -> Option<CtKey> {
         }
     }
     let mut flow = quote_of(ctx, quote, v6)?;
+    // An error goes back to whoever sent the quoted packet; sent by the pod, it is about a
+    // packet the pod received (so from the pod's own address). Without this, quoting a tracked
+    // flow would carry an error, and whatever follows its quote, to any address at all.
+    if outer_dst != flow.saddr || (direction == DIR_EGRESS && outer_src != flow.daddr) {
+        return None;
+    }
     flow.direction = direction ^ 1;
     flow.ifindex = ifindex;
     Some(flow)
 }
 
-/// For an ICMP error: its outer source, where the quoted packet starts, and whether it is v6.
+/// For an ICMP error: its outer source and destination, where the quoted packet starts, and
+/// whether it is v6.
 #[inline(always)]
-fn icmp_error(ctx: &TcContext) -> Option<(Addr, usize, bool)> {
+fn icmp_error(ctx: &TcContext) -> Option<(Addr, Addr, usize, bool)> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     match ethertype {
         ETH_P_IP => {
@@ -64,7 +82,8 @@ fn icmp_error(ctx: &TcContext) -> Option<(Addr, usize, bool)> {
                 return None;
             }
             let src = Addr::from_v4(ctx.load::<[u8; 4]>(ETH_HLEN + 12).ok()?);
-            Some((src, ETH_HLEN + ihl + 8, false))
+            let dst = Addr::from_v4(ctx.load::<[u8; 4]>(ETH_HLEN + 16).ok()?);
+            Some((src, dst, ETH_HLEN + ihl + 8, false))
         }
         ETH_P_IPV6 => {
             if ctx.load::<u8>(ETH_HLEN + 6).ok()? != PROTO_ICMPV6 {
@@ -75,7 +94,8 @@ fn icmp_error(ctx: &TcContext) -> Option<(Addr, usize, bool)> {
                 return None;
             }
             let src = Addr::from_v6(ctx.load::<[u8; 16]>(ETH_HLEN + 8).ok()?);
-            Some((src, ETH_HLEN + IPV6_HLEN + 8, true))
+            let dst = Addr::from_v6(ctx.load::<[u8; 16]>(ETH_HLEN + 24).ok()?);
+            Some((src, dst, ETH_HLEN + IPV6_HLEN + 8, true))
         }
         _ => None,
     }
@@ -110,7 +130,8 @@ fn quote_of(ctx: &TcContext, offset: usize, v6: bool) -> Option<CtKey> {
         dport: u16::from_be_bytes([ports[2], ports[3]]),
         protocol,
         direction: 0,
-        _pad: [0; 2],
+        kind: CT_KIND_PLAIN,
+        _pad: 0,
         ifindex: 0,
     })
 }

@@ -1,12 +1,15 @@
-//! Palisade's TC programs. One hook per direction of a pod's host-side veth, and one on the
-//! node's other interfaces for Service traffic leaving the node. The precedence they follow is
+//! Palisade's TC programs. One hook per direction of a pod's host-side veth, and one per
+//! direction on the node's other interfaces: Service traffic leaving the node, and what enters
+//! it from outside. The precedence they follow is
 //! written down in `palisade_common::precedence`, where the policy lookup is written once for
 //! the programs and the agent; the maps are declared in `palisade_common::maps`.
 //!
 //! One module per concern: [`parse`] reads the packet, [`conntrack`] answers whether it
-//! belongs to a tracked flow and tracks new ones, [`icmp`] finds the flow an ICMP error quotes,
+//! belongs to a tracked flow and tracks new ones, [`fragments`] gives a datagram's later
+//! fragments its first fragment's verdict, [`icmp`] finds the flow an ICMP error quotes,
 //! [`policy`] runs the endpoint's policy, [`service`] judges Service flows after kube-proxy's
-//! translation, [`events`] reports verdicts to the agent, [`maps`] declares the maps, and
+//! translation, [`uplink`] keeps what enters the node from outside from carrying a local
+//! source, [`events`] reports verdicts to the agent, [`maps`] declares the maps, and
 //! [`verdict`] puts the steps in their order.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -18,6 +21,8 @@ mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
+mod fragments;
+#[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -28,6 +33,8 @@ mod policy;
 #[cfg(target_arch = "bpf")]
 mod service;
 #[cfg(target_arch = "bpf")]
+mod uplink;
+#[cfg(target_arch = "bpf")]
 mod verdict;
 
 #[cfg(target_arch = "bpf")]
@@ -35,7 +42,7 @@ mod programs {
     use aya_ebpf::{macros::classifier, programs::TcContext};
     use palisade_common::{DIR_EGRESS, DIR_INGRESS};
 
-    use crate::{service::judge_uplink, verdict::judge};
+    use crate::{service::judge_uplink, uplink::from_uplink, verdict::judge};
 
     /// TC ingress of the host-side veth: what the pod sends, judged by its egress policy.
     #[classifier]
@@ -54,6 +61,13 @@ mod programs {
     #[classifier]
     pub fn palisade_uplink(ctx: TcContext) -> i32 {
         judge_uplink(&ctx)
+    }
+
+    /// TC ingress of the node's other interfaces: no packet from outside carries a local pod's
+    /// or the node's own source address (see `uplink::from_uplink`).
+    #[classifier]
+    pub fn palisade_from_uplink(ctx: TcContext) -> i32 {
+        from_uplink(&ctx)
     }
 
     /// Does nothing but pass the packet on, as a passing verdict does: the baseline the benchmark

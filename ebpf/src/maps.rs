@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::{
-    Addr, ClassMask, CtKey, CtValue, EVENTS_RING_BYTES, EndpointInfo, EndpointKey, EventLimit,
+    Addr, ClassMask, CtKey, CtTimeouts, CtValue, EVENTS_RING_BYTES, FragKey, FragValue,
+    MAX_FRAGMENTS, EndpointInfo, EndpointKey, EventLimit,
     FlowConfig, FlowEvent, IdentityValue, MAX_CIDRS, MAX_CONNTRACK, MAX_ENDPOINTS,
     MAX_EVENT_LIMITS, MAX_LOCAL_ADDRS, MAX_ORIGINAL_DST, MAX_PEERS, MAX_POD_IDENTITIES, MAX_PORTS,
     MAX_SERVICE_RANGES, OriginalKey, OriginalValue, PeerKey, PortKey, STAT_SLOTS,
@@ -31,6 +32,13 @@ pub(crate) static PORTS: LpmTrie<PortKey, ClassMask> = LpmTrie::with_max_entries
 
 #[map(name = "PAL_CT")]
 pub(crate) static CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(MAX_CONNTRACK, 0);
+
+#[map(name = "PAL_CT_CONFIG")]
+pub(crate) static CT_CONFIG: Array<CtTimeouts> = Array::with_max_entries(1, 0);
+
+#[map(name = "PAL_FRAGS")]
+pub(crate) static FRAGMENTS: LruHashMap<FragKey, FragValue> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTS, 0);
 
 #[map(name = "PAL_SERVICES")]
 pub(crate) static SERVICES: LpmTrie<Addr, u32> = LpmTrie::with_max_entries(MAX_SERVICE_RANGES, 0);

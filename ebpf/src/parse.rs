@@ -2,26 +2,40 @@
 //! ports sit at the same offsets). Reads go through `bpf_skb_load_bytes`, so a short packet is an
 //! error, never an out-of-bounds read.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TcContext};
 use palisade_common::{
-    Addr, DropReason, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    Addr, CT_KIND_ECHO_REPLY, CT_KIND_ECHO_REQUEST, CT_KIND_ICMP_OTHER, CT_KIND_PLAIN, DropReason,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 pub(crate) const ETH_HLEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
 pub(crate) const ETH_P_IPV6: u16 = 0x86DD;
 pub(crate) const IPV6_HLEN: usize = 40;
+pub(crate) const IPV6_FRAGMENT: u8 = 44;
+const IPV6_FRAGMENT_HLEN: usize = 8;
 
 /// What a verdict needs from one packet.
+#[derive(Clone, Copy)]
 pub(crate) struct Packet {
     pub src: Addr,
     pub dst: Addr,
     pub protocol: u8,
-    /// Host byte order; 0 for protocols without ports.
+    /// Host byte order; 0 for protocols without ports. For ICMP what conntrack keys the message
+    /// by (see `kind`).
     pub sport: u16,
     pub dport: u16,
+    /// The conntrack key's `kind` (`CT_KIND_*`): what the ports mean.
+    pub kind: u8,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
     /// A non-first fragment: no L4 header, so no ports to judge.
     pub fragment: bool,
+    /// The first fragment of a fragmented datagram (offset 0, more fragments follow).
+    pub first_fragment: bool,
+    /// The datagram's identification (IPv4's 16 bits, or the IPv6 fragment header's 32), for
+    /// fragments.
+    pub frag_id: u32,
     /// IPv6 with extension headers, which this version does not walk.
     pub ext_headers: bool,
     /// ICMPv6 neighbour discovery (types 133-137), which always passes.
@@ -33,16 +47,33 @@ fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, DropReason> {
     ctx.load::<T>(offset).map_err(|_| DropReason::Malformed)
 }
 
-/// `Ok(None)` for packets that are not IP (ARP and friends pass untouched).
+/// The per-CPU [`PACKET`] slot the programs parse into rather than into their frames (the
+/// verdict's is near the 512-byte stack limit). `None` never happens for index 0 of a one-slot
+/// array; callers drop rather than pass if it does.
 #[inline(always)]
-pub(crate) fn parse(ctx: &TcContext) -> Result<Option<Packet>, DropReason> {
+pub(crate) fn packet_slot() -> Option<&'static mut Packet> {
+    // SAFETY: this CPU's slot; TC programs do not nest on one CPU, so nothing else uses it
+    // while this program runs.
+    PACKET.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
+}
+
+/// Parses the packet into `out`: `Ok(false)` for packets that are not IP (ARP and friends pass
+/// untouched). A plain answer, not the packet: LLVM folds a `Result` holding a map pointer into
+/// shifts of the pointer, which the verifier refuses.
+#[inline(always)]
+pub(crate) fn parse_into(ctx: &TcContext, out: &mut Packet) -> Result<bool, DropReason> {
     let ethertype = u16::from_be(load::<u16>(ctx, 12)?);
     match ethertype {
-        ETH_P_IP => parse_v4(ctx).map(Some),
-        ETH_P_IPV6 => parse_v6(ctx).map(Some),
-        _ => Ok(None),
+        ETH_P_IP => *out = parse_v4(ctx)?,
+        ETH_P_IPV6 => *out = parse_v6(ctx)?,
+        _ => return Ok(false),
     }
+    Ok(true)
 }
+
+/// The verdict's packet, per CPU ([`parse_to_slot`]).
+#[map(name = "PAL_PACKET")]
+static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn parse_v4(ctx: &TcContext) -> Result<Packet, DropReason> {
@@ -51,6 +82,7 @@ fn parse_v4(ctx: &TcContext) -> Result<Packet, DropReason> {
     if version_ihl >> 4 != 4 || ihl < 20 {
         return Err(DropReason::Malformed);
     }
+    let id = u16::from_be(load::<u16>(ctx, ETH_HLEN + 4)?);
     let frag = u16::from_be(load::<u16>(ctx, ETH_HLEN + 6)?);
     let protocol = load::<u8>(ctx, ETH_HLEN + 9)?;
     let src = Addr::from_v4(load::<[u8; 4]>(ctx, ETH_HLEN + 12)?);
@@ -61,7 +93,11 @@ fn parse_v4(ctx: &TcContext) -> Result<Packet, DropReason> {
         protocol,
         sport: 0,
         dport: 0,
+        kind: CT_KIND_PLAIN,
+        tcp_flags: 0,
         fragment: frag & 0x1fff != 0,
+        first_fragment: frag & 0x3fff == 0x2000,
+        frag_id: u32::from(id),
         ext_headers: false,
         neighbour_discovery: false,
     };
@@ -78,27 +114,68 @@ fn parse_v6(ctx: &TcContext) -> Result<Packet, DropReason> {
         return Err(DropReason::Malformed);
     }
     let next = load::<u8>(ctx, ETH_HLEN + 6)?;
+    let hop_limit = load::<u8>(ctx, ETH_HLEN + 7)?;
     let src = Addr::from_v6(load::<[u8; 16]>(ctx, ETH_HLEN + 8)?);
     let dst = Addr::from_v6(load::<[u8; 16]>(ctx, ETH_HLEN + 24)?);
+    // An IPv4-mapped address never belongs on the wire (RFC 4291 2.5.5.2), and in the maps it
+    // is the IPv4 address it maps: an IPv6 packet carrying one would be judged as that IPv4 peer.
+    if src.is_v4() || dst.is_v4() {
+        return Err(DropReason::Malformed);
+    }
     let mut packet = Packet {
         src,
         dst,
         protocol: next,
         sport: 0,
         dport: 0,
+        kind: CT_KIND_PLAIN,
+        tcp_flags: 0,
         fragment: false,
+        first_fragment: false,
+        frag_id: 0,
         ext_headers: false,
         neighbour_discovery: false,
     };
-    match next {
+    let mut l4 = ETH_HLEN + IPV6_HLEN;
+    if next == IPV6_FRAGMENT {
+        // A fragment header straight after the fixed header, the one extension header walked:
+        // later fragments then get their datagram's verdict (see `fragments.rs`).
+        let header = load::<[u8; 8]>(ctx, l4)?;
+        let offset_flags = u16::from_be_bytes([header[2], header[3]]);
+        packet.protocol = header[0];
+        packet.frag_id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        packet.fragment = offset_flags >> 3 != 0;
+        packet.first_fragment = offset_flags & 0xfff9 == 1;
+        l4 += IPV6_FRAGMENT_HLEN;
+        if packet.fragment {
+            return Ok(packet);
+        }
+    }
+    match packet.protocol {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP | PROTO_ICMPV6 => {
-            read_l4(ctx, ETH_HLEN + IPV6_HLEN, &mut packet)?;
+            read_l4(ctx, l4, &mut packet)?;
+            // Neighbour discovery passes unjudged only as what it is: on-link (hop limit 255,
+            // which a forwarded packet never has, RFC 4861 7.1) and link-scoped, so an ICMPv6
+            // message of an ND type is no way to carry data past policy to a routed address.
+            if packet.neighbour_discovery
+                && (hop_limit != 255 || packet.fragment || packet.first_fragment
+                    || !(link_scoped(&src) || link_scoped(&dst)))
+            {
+                packet.neighbour_discovery = false;
+            }
         }
         // Hop-by-hop, routing, fragment, destination options, AH, ESP, mobility: not walked.
         0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => packet.ext_headers = true,
         _ => {}
     }
     Ok(packet)
+}
+
+/// Link-local unicast (`fe80::/10`), link-local multicast (`ff02::/16`) or unspecified.
+#[inline(always)]
+fn link_scoped(addr: &Addr) -> bool {
+    let b = &addr.bytes;
+    (b[0] == 0xfe && b[1] & 0xc0 == 0x80) || (b[0] == 0xff && b[1] & 0x0f == 0x02) || *b == [0; 16]
 }
 
 #[inline(always)]
@@ -108,23 +185,34 @@ fn read_l4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(), Dr
             let ports = load::<[u8; 4]>(ctx, offset)?;
             packet.sport = u16::from_be_bytes([ports[0], ports[1]]);
             packet.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            if packet.protocol == PROTO_TCP {
+                packet.tcp_flags = load::<u8>(ctx, offset + 13)?;
+            }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             let header = load::<[u8; 8]>(ctx, offset)?;
-            let icmp_type = header[0];
+            let (icmp_type, code) = (header[0], header[1]);
             if packet.protocol == PROTO_ICMPV6 && (133..=137).contains(&icmp_type) {
                 packet.neighbour_discovery = true;
             }
-            // Echo request/reply (v4: 8/0, v6: 128/129): the identifier stands in for both
-            // ports, so the reply finds the request's conntrack entry.
-            let echo = matches!(
-                (packet.protocol, icmp_type),
-                (PROTO_ICMP, 0 | 8) | (PROTO_ICMPV6, 128 | 129)
-            );
-            if echo {
-                let id = u16::from_be_bytes([header[4], header[5]]);
-                packet.sport = id;
-                packet.dport = id;
+            // Echo (v4: request 8, reply 0; v6: 128, 129) is keyed by its identifier and its
+            // role: a reply turned around is its request's key, and a request is never found
+            // as the reply of one. Anything else by type and code, tracked one way only.
+            let id = u16::from_be_bytes([header[4], header[5]]);
+            match (packet.protocol, icmp_type) {
+                (PROTO_ICMP, 8) | (PROTO_ICMPV6, 128) => {
+                    packet.kind = CT_KIND_ECHO_REQUEST;
+                    packet.sport = id;
+                }
+                (PROTO_ICMP, 0) | (PROTO_ICMPV6, 129) => {
+                    packet.kind = CT_KIND_ECHO_REPLY;
+                    packet.dport = id;
+                }
+                _ => {
+                    packet.kind = CT_KIND_ICMP_OTHER;
+                    packet.sport = u16::from(icmp_type);
+                    packet.dport = u16::from(code);
+                }
             }
         }
         _ => {}

@@ -10,11 +10,20 @@
 //! the source would be wrong as soon as they differ. A Service whose backend is the node itself
 //! (hostNetwork) is delivered locally without crossing another hook, and so escapes this egress
 //! check: a known limit, written down in the README.
+//!
+//! The record belongs to one packet: [`defer`] marks the packet it records ([`SERVICE_MARK`],
+//! which no pod can set: the kernel clears the mark when a packet leaves a network namespace),
+//! and only a marked packet is judged by a record. A record that a packet never came back for
+//! (dropped on the way, say for its TTL) is consumed by nothing else, and expires after
+//! [`ORIGINAL_DST_LIFETIME_NS`]. A marked packet that finds no live record is dropped: its
+//! egress cannot be judged.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use palisade_common::{
-    Addr, Admission, AllowReason, CtKey, DIR_EGRESS, DropReason, FLOW_ALLOWED, FLOW_AUDIT,
-    FLOW_DENIED, FLOW_TRANSLATED, NO_CLASS, OriginalKey, OriginalValue, SCRATCH_TRANSLATED, Stat,
+    Addr, Admission, AllowReason, CT_KIND_PLAIN, CtKey, DIR_EGRESS, DropReason, FLOW_ALLOWED,
+    FLOW_AUDIT, FLOW_DENIED, FLOW_TRANSLATED, NO_CLASS, ORIGINAL_DST_LIFETIME_NS, OriginalKey,
+    OriginalValue, SCRATCH_TRANSLATED, SERVICE_MARK, Stat,
 };
 
 use crate::{
@@ -22,7 +31,7 @@ use crate::{
     conntrack,
     events::{Owed, audited, flush, owe},
     maps::{ENDPOINTS, ORIGINAL_DST, SERVICES, bump},
-    parse::{Packet, parse},
+    parse::{Packet, packet_slot, parse_into},
     policy::judge_policy,
 };
 
@@ -31,10 +40,14 @@ use crate::{
 /// (unparsable packets included: this hook sees the node's own traffic too).
 #[inline(always)]
 pub(crate) fn judge_uplink(ctx: &TcContext) -> i32 {
-    let Ok(Some(packet)) = parse(ctx) else {
+    let Some(packet) = packet_slot() else {
         return PASS;
     };
-    match judge_translated(&packet) {
+    if parse_into(ctx, packet) != Ok(true) {
+        return PASS;
+    }
+    let packet = &*packet;
+    match judge_translated(ctx, packet) {
         Ok(false) => PASS,
         Ok(true) => {
             flush();
@@ -56,9 +69,10 @@ pub(crate) fn is_service(addr: &Addr) -> bool {
 
 /// The first half: an egress-isolated pod opens a flow to a Service address. The verdict is
 /// left to the hook that sees the real destination; nothing is tracked yet, so every packet
-/// comes back here until one is judged.
+/// comes back here until one is judged. The packet is marked ([`SERVICE_MARK`]) as the one
+/// the record is for.
 #[inline(always)]
-pub(crate) fn defer(packet: &Packet, ifindex: u32) -> Result<(), DropReason> {
+pub(crate) fn defer(ctx: &TcContext, packet: &Packet, ifindex: u32) -> Result<(), DropReason> {
     let key = OriginalKey {
         saddr: packet.src,
         sport: packet.sport,
@@ -68,15 +82,31 @@ pub(crate) fn defer(packet: &Packet, ifindex: u32) -> Result<(), DropReason> {
     let value = OriginalValue {
         daddr: packet.dst,
         dport: packet.dport,
+        tcp_flags: packet.tcp_flags,
         _pad: 0,
         ifindex,
+        // SAFETY: a helper without arguments.
+        recorded_ns: unsafe { bpf_ktime_get_ns() },
     };
     // Without the record no later hook would judge the flow: fail closed.
     ORIGINAL_DST
         .insert(&key, &value, 0)
         .map_err(|_| DropReason::TrackingFull)?;
+    set_mark(ctx, mark(ctx) | SERVICE_MARK);
     bump(Stat::EgressDeferred as u32);
     Ok(())
+}
+
+#[inline(always)]
+fn mark(ctx: &TcContext) -> u32 {
+    // SAFETY: `skb` is the context pointer the kernel handed to this program.
+    unsafe { (*ctx.skb.skb).mark }
+}
+
+#[inline(always)]
+fn set_mark(ctx: &TcContext, mark: u32) {
+    // SAFETY: as above; TC programs may write `mark`.
+    unsafe { (*ctx.skb.skb).mark = mark };
 }
 
 /// The second half: a packet whose source recorded a Service flow ([`defer`]) is judged by that
@@ -85,7 +115,13 @@ pub(crate) fn defer(packet: &Packet, ifindex: u32) -> Result<(), DropReason> {
 /// (un-translated by kube-proxy before they reach the source) pass the source's ingress hook.
 /// `Ok(true)` when a flow was judged (its event is owed in [`SCRATCH_TRANSLATED`]).
 #[inline(always)]
-pub(crate) fn judge_translated(packet: &Packet) -> Result<bool, DropReason> {
+pub(crate) fn judge_translated(ctx: &TcContext, packet: &Packet) -> Result<bool, DropReason> {
+    let marked = mark(ctx);
+    if marked & SERVICE_MARK == 0 {
+        return Ok(false);
+    }
+    // Judged once, here: the next hook (and the next node) sees an ordinary packet.
+    set_mark(ctx, marked & !SERVICE_MARK);
     let key = OriginalKey {
         saddr: packet.src,
         sport: packet.sport,
@@ -93,10 +129,19 @@ pub(crate) fn judge_translated(packet: &Packet) -> Result<bool, DropReason> {
         _pad: 0,
     };
     // SAFETY: plain-data values.
-    let Some(original) = (unsafe { ORIGINAL_DST.get(&key) }).copied() else {
-        return Ok(false);
-    };
+    let original = (unsafe { ORIGINAL_DST.get(&key) }).copied();
     let _ = ORIGINAL_DST.remove(&key);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(original) = original.filter(|o| {
+        now >= o.recorded_ns && now - o.recorded_ns <= ORIGINAL_DST_LIFETIME_NS
+    }) else {
+        let reason = DropReason::ServiceUnjudged;
+        let mut owed = Owed::new(0, DIR_EGRESS, FLOW_DENIED, reason as u8, NO_CLASS);
+        owed.flags = FLOW_TRANSLATED;
+        owe(SCRATCH_TRANSLATED, packet, owed);
+        return Err(reason);
+    };
     bump(Stat::EgressJudgedAfterNat as u32);
     let owe_translated = |verdict: u8, reason: u8, class: u8| {
         let mut owed = Owed::new(original.ifindex, DIR_EGRESS, verdict, reason, class);
@@ -132,10 +177,11 @@ pub(crate) fn judge_translated(packet: &Packet) -> Result<bool, DropReason> {
         dport: original.dport,
         protocol: packet.protocol,
         direction: DIR_EGRESS,
-        _pad: [0; 2],
+        kind: CT_KIND_PLAIN,
+        _pad: 0,
         // The client's endpoint, where its later packets and the replies are looked up.
         ifindex: original.ifindex,
     };
-    conntrack::create(&flow, source.id);
+    conntrack::create(&flow, source.id, original.tcp_flags);
     Ok(true)
 }

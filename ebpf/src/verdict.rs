@@ -16,8 +16,9 @@ use crate::{
     action::{DROP, PASS},
     conntrack::{self, CtState},
     events::{Owed, audited, flush, owe},
+    fragments,
     maps::{ENDPOINTS, bump},
-    parse::parse,
+    parse::{packet_slot, parse_into},
     policy::{judge_policy, own_source},
     service,
 };
@@ -66,10 +67,14 @@ fn try_judge(ctx: &TcContext, direction: u8) -> u32 {
 #[inline(always)]
 fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
     // Step 1.
-    let Some(packet) = parse(ctx)? else {
+    let Some(packet) = packet_slot() else {
+        return Err(DropReason::Malformed);
+    };
+    if !parse_into(ctx, packet)? {
         bump(Stat::NotIp as u32);
         return Ok(false);
-    };
+    }
+    let packet = &*packet;
     // SAFETY: `skb` is the context pointer the kernel handed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // Step 2.
@@ -80,7 +85,7 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
         let reason = DropReason::NoEndpoint;
         owe(
             SCRATCH_MAIN,
-            &packet,
+            packet,
             Owed::new(ifindex, direction, FLOW_DENIED, reason as u8, NO_CLASS),
         );
         return Err(reason);
@@ -93,18 +98,36 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
         let reason = DropReason::SpoofedSource;
         owe(
             SCRATCH_MAIN,
-            &packet,
+            packet,
             Owed::new(ifindex, direction, FLOW_DENIED, reason as u8, NO_CLASS),
         );
         return Err(reason);
     }
     // Step 5's second half, for a Service flow whose backend is this pod: judged by the
     // client's egress policy before the backend's own hook judges it below.
-    let translated = direction == DIR_INGRESS && service::judge_translated(&packet)?;
+    let translated = direction == DIR_INGRESS && service::judge_translated(ctx, packet)?;
+
+    // A later fragment: no ports, its datagram's verdict (`fragments.rs`).
+    if packet.fragment {
+        if !endpoint.isolated(direction) || fragments::follows_first(packet, direction, ifindex)
+        {
+            return Ok(translated);
+        }
+        let reason = DropReason::Fragment;
+        owe(
+            SCRATCH_MAIN,
+            packet,
+            Owed::new(ifindex, direction, FLOW_DENIED, reason as u8, NO_CLASS),
+        );
+        return Err(reason);
+    }
 
     // Step 4.
-    let mut flow = conntrack::flow_of(&packet, direction, ifindex);
-    if conntrack::lookup(&mut flow) != CtState::New {
+    let mut flow = conntrack::flow_of(packet, direction, ifindex);
+    if conntrack::lookup(&mut flow, packet.tcp_flags, true) != CtState::New {
+        if packet.first_fragment {
+            fragments::remember(packet, direction, ifindex);
+        }
         return Ok(translated);
     }
 
@@ -117,24 +140,18 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
     let owe_main = |verdict: u8, reason: u8, class: u8| {
         owe(
             SCRATCH_MAIN,
-            &packet,
+            packet,
             Owed::new(ifindex, direction, verdict, reason, class),
         );
     };
     if endpoint.isolated(direction) {
-        let unjudgeable = if packet.fragment {
-            Some(DropReason::Fragment)
-        } else if packet.ext_headers {
-            Some(DropReason::Ipv6ExtensionHeader)
-        } else {
-            None
-        };
-        if let Some(reason) = unjudgeable {
+        if packet.ext_headers {
+            let reason = DropReason::Ipv6ExtensionHeader;
             owe_main(FLOW_DENIED, reason as u8, NO_CLASS);
             return Err(reason);
         }
         if direction == DIR_EGRESS && service::is_service(&packet.dst) {
-            if let Err(reason) = service::defer(&packet, ifindex) {
+            if let Err(reason) = service::defer(ctx, packet, ifindex) {
                 owe_main(FLOW_DENIED, reason as u8, NO_CLASS);
                 return Err(reason);
             }
@@ -142,7 +159,7 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
             return Ok(translated);
         }
         // Steps 6-8.
-        match judge_policy(&endpoint, direction, &peer, &packet) {
+        match judge_policy(&endpoint, direction, &peer, packet) {
             Admission::Denied if audited(&endpoint) => {
                 bump(Stat::AuditPassed as u32);
                 owe_main(FLOW_AUDIT, policy_drop as u8, NO_CLASS);
@@ -154,14 +171,14 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
             Admission::FromHost => owe_main(FLOW_ALLOWED, AllowReason::FromHost as u8, NO_CLASS),
             Admission::Class(class) => owe_main(FLOW_ALLOWED, AllowReason::Policy as u8, class),
         }
-    } else if packet.fragment {
-        // Nothing to track without ports; an open endpoint lets it through.
-        return Ok(translated);
     } else {
         owe_main(FLOW_ALLOWED, AllowReason::NotIsolated as u8, NO_CLASS);
     }
 
-    conntrack::create(&flow, endpoint.id);
+    conntrack::create(&flow, endpoint.id, packet.tcp_flags);
+    if packet.first_fragment {
+        fragments::remember(packet, direction, ifindex);
+    }
     bump(Stat::NewFlowAllowed as u32);
     Ok(true)
 }

@@ -18,13 +18,23 @@ pub fn ethernet(ethertype: u16) -> Vec<u8> {
     f
 }
 
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// A TCP SYN header (20 bytes).
 pub fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
+    tcp_header(sport, dport, TCP_SYN)
+}
+
+/// A TCP header (20 bytes) with `flags`.
+pub fn tcp_header(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut h = vec![0; 20];
     h[0..2].copy_from_slice(&sport.to_be_bytes());
     h[2..4].copy_from_slice(&dport.to_be_bytes());
     h[12] = 5 << 4; // data offset
-    h[13] = 0x02; // SYN
+    h[13] = flags;
     h
 }
 
@@ -62,13 +72,28 @@ pub fn syn4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     ipv4_with(src, dst, &[], 0, &tcp_syn(sport, dport))
 }
 
-/// An IPv6 packet whose first next-header is `next`.
+/// A TCP segment of an open connection (ACK): what follows a flow's SYN either way.
+pub fn ack4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    ipv4_with(src, dst, &[], 0, &tcp_header(sport, dport, TCP_ACK))
+}
+
+/// A TCP segment with `flags`.
+pub fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    ipv4_with(src, dst, &[], 0, &tcp_header(sport, dport, flags))
+}
+
+/// An IPv6 packet whose first next-header is `next` (hop limit 64).
 pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+    ipv6_hops(src, dst, next, 64, payload)
+}
+
+/// [`ipv6`] with hop limit `hops`.
+pub fn ipv6_hops(src: [u8; 16], dst: [u8; 16], next: u8, hops: u8, payload: &[u8]) -> Vec<u8> {
     let len = u16::try_from(payload.len()).expect("small packet");
     let mut f = ethernet(ETH_P_IPV6);
     f.extend([0x60, 0, 0, 0]);
     f.extend(len.to_be_bytes());
-    f.extend([next, 64]);
+    f.extend([next, hops]);
     f.extend(src);
     f.extend(dst);
     f.extend(payload);
@@ -79,6 +104,10 @@ pub fn syn6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
     ipv6(src, dst, TCP, &tcp_syn(sport, dport))
 }
 
+pub fn ack6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+    ipv6(src, dst, TCP, &tcp_header(sport, dport, TCP_ACK))
+}
+
 /// An ICMP echo request (type 8) or reply (type 0) with identifier `id`.
 pub fn echo4(src: [u8; 4], dst: [u8; 4], icmp_type: u8, id: u16) -> Vec<u8> {
     let mut icmp = vec![icmp_type, 0, 0, 0];
@@ -87,13 +116,13 @@ pub fn echo4(src: [u8; 4], dst: [u8; 4], icmp_type: u8, id: u16) -> Vec<u8> {
     ipv4_proto(src, dst, ICMP, &[], 0, &icmp)
 }
 
-/// An ICMPv6 neighbour solicitation from `src` for `target`.
+/// An ICMPv6 neighbour solicitation from `src` for `target`, on-link (hop limit 255).
 pub fn neighbour_solicitation(src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
     let mut solicited_node = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
     solicited_node[13..].copy_from_slice(&target[13..]);
     let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
     icmp.extend(target);
-    ipv6(src, solicited_node, ICMPV6, &icmp)
+    ipv6_hops(src, solicited_node, ICMPV6, 255, &icmp)
 }
 
 /// An ARP request from `sender` for `target`.

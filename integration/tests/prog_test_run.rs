@@ -20,6 +20,8 @@ use palisade::{
 use palisade_common::{Addr, DropReason, PROG_FROM_POD, PROG_TO_POD, STAT_SLOTS, Stat};
 
 use palisade_integration::{frames::*, require_root};
+#[path = "prog_test_run/attacks.rs"]
+mod attacks;
 #[path = "prog_test_run/endpoints.rs"]
 mod endpoints;
 #[path = "prog_test_run/flow_events.rs"]
@@ -138,10 +140,24 @@ impl Node {
         action: i32,
         counted: Counted,
     ) {
+        self.expect_marked(ifindex, program, frame, 0, action, counted);
+    }
+
+    /// [`Self::expect_on`] for an skb carrying `mark`; returns the mark the program left.
+    #[track_caller]
+    fn expect_marked(
+        &self,
+        ifindex: u32,
+        program: &'static str,
+        frame: &[u8],
+        mark: u32,
+        action: i32,
+        counted: Counted,
+    ) -> u32 {
         let before = self.dataplane.counters().expect("counters");
-        let outcome = self
+        let (outcome, mark_out) = self
             .dataplane
-            .test_run(program, frame, ifindex)
+            .test_run_marked(program, frame, ifindex, mark)
             .unwrap_or_else(|e| panic!("{}", chain(&e)));
         let after = self.dataplane.counters().expect("counters");
         let mut expected = [0u64; STAT_SLOTS as usize];
@@ -156,6 +172,7 @@ impl Node {
             (action, expected.as_slice()),
             "{program} on ifindex {ifindex}: (action, counter deltas) for {counted:?}"
         );
+        mark_out
     }
 
     #[track_caller]
@@ -248,14 +265,16 @@ fn the_reply_of_an_allowed_flow_passes_on_the_other_hook() {
     let node = Node::with_server();
     let request = syn4(CLIENT, SERVER, 40000, 80);
     // The reply leaves the server towards port 40000, which its egress policy does not admit.
-    let reply = syn4(SERVER, CLIENT, 80, 40000);
+    let reply = ack4(SERVER, CLIENT, 80, 40000);
     node.drops(PROG_FROM_POD, &reply, DropReason::PolicyEgress);
     node.passes(PROG_TO_POD, &request, Stat::NewFlowAllowed);
     node.passes(PROG_FROM_POD, &reply, Stat::CtHit);
-    node.passes(PROG_TO_POD, &request, Stat::CtHit);
+    node.passes(PROG_TO_POD, &ack4(CLIENT, SERVER, 40000, 80), Stat::CtHit);
+    // A SYN opens a connection: judged by policy again, never let through by conntrack.
+    node.passes(PROG_TO_POD, &request, Stat::NewFlowAllowed);
 
     let request6 = syn6(CLIENT6, SERVER6, 40000, 80);
-    let reply6 = syn6(SERVER6, CLIENT6, 80, 40000);
+    let reply6 = ack6(SERVER6, CLIENT6, 80, 40000);
     node.passes(PROG_TO_POD, &request6, Stat::NewFlowAllowed);
     node.passes(PROG_FROM_POD, &reply6, Stat::CtHit);
 }
@@ -331,13 +350,31 @@ fn a_non_first_fragment_to_an_isolated_pod_is_dropped_and_a_first_fragment_is_ju
     node.passes(PROG_TO_POD, &first(40000, 80), Stat::NewFlowAllowed);
     node.drops(PROG_TO_POD, &first(40001, 81), DropReason::PolicyIngress);
 
-    // Offset 185 (1480 bytes): data, not a TCP header.
+    // Offset 185 (1480 bytes): data, not a TCP header. The admitted datagram's later
+    // fragments (same addresses, protocol and identification) get its verdict ...
     let middle = ipv4_with(CLIENT, SERVER, &[], MF | 185, &[0; 8]);
     let last = ipv4_with(CLIENT, SERVER, &[], 370, &[0; 8]);
-    node.drops(PROG_TO_POD, &middle, DropReason::Fragment);
-    node.drops(PROG_TO_POD, &last, DropReason::Fragment);
+    node.passes(PROG_TO_POD, &middle, Stat::FragmentPassed);
+    node.passes(PROG_TO_POD, &last, Stat::FragmentPassed);
+    // ... those of the denied one, or of a datagram whose first fragment never came, do not.
+    let denied_first = with_ip_id(&first(40002, 81), 0x4321);
+    node.drops(PROG_TO_POD, &denied_first, DropReason::PolicyIngress);
+    let denied_middle = with_ip_id(&middle, 0x4321);
+    node.drops(PROG_TO_POD, &denied_middle, DropReason::Fragment);
+    let orphan = with_ip_id(&last, 0x7777);
+    node.drops(PROG_TO_POD, &orphan, DropReason::Fragment);
+    // From another source, or the other way: another datagram.
+    let other = ipv4_with(OTHER, SERVER, &[], 370, &[0; 8]);
+    node.drops(PROG_TO_POD, &other, DropReason::Fragment);
     let egress = ipv4_with(SERVER, CLIENT, &[], 185, &[0; 8]);
     node.drops(PROG_FROM_POD, &egress, DropReason::Fragment);
+}
+
+/// `frame` (Ethernet + IPv4) with the IPv4 identification `id`.
+fn with_ip_id(frame: &[u8], id: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&id.to_be_bytes());
+    f
 }
 
 #[test]
@@ -349,11 +386,24 @@ fn ipv6_extension_headers_to_an_isolated_pod_are_dropped() {
     let hbh = ipv6(CLIENT6, SERVER6, IPV6_HOP_BY_HOP, &hop_by_hop);
     node.drops(PROG_TO_POD, &hbh, DropReason::Ipv6ExtensionHeader);
 
-    // First fragment (offset 0, M set) then TCP.
+    // A fragment header is walked: the first fragment (offset 0, M set) is judged by its TCP
+    // ports, and a later fragment of the same datagram gets its verdict.
     let mut fragment = vec![TCP, 0, 0x00, 0x01, 0, 0, 0x12, 0x34];
     fragment.extend(tcp_syn(40000, 80));
     let frag = ipv6(CLIENT6, SERVER6, IPV6_FRAGMENT, &fragment);
-    node.drops(PROG_TO_POD, &frag, DropReason::Ipv6ExtensionHeader);
+    node.passes(PROG_TO_POD, &frag, Stat::NewFlowAllowed);
+    let later = ipv6(CLIENT6, SERVER6, IPV6_FRAGMENT, &[TCP, 0, 0x05, 0xc8, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 0, 0, 0, 0]);
+    node.passes(PROG_TO_POD, &later, Stat::FragmentPassed);
+    let mut denied = vec![TCP, 0, 0x00, 0x01, 0, 0, 0x43, 0x21];
+    denied.extend(tcp_syn(40000, 81));
+    node.drops(PROG_TO_POD, &ipv6(CLIENT6, SERVER6, IPV6_FRAGMENT, &denied), DropReason::PolicyIngress);
+    let denied_later = ipv6(CLIENT6, SERVER6, IPV6_FRAGMENT, &[TCP, 0, 0x05, 0xc8, 0, 0, 0x43, 0x21, 0, 0, 0, 0, 0, 0, 0, 0]);
+    node.drops(PROG_TO_POD, &denied_later, DropReason::Fragment);
+    // A chain: a fragment header after hop-by-hop options is not walked.
+    let mut chain = vec![IPV6_FRAGMENT, 0, 0x01, 0x04, 0, 0, 0, 0];
+    chain.extend(&fragment);
+    let chained = ipv6(CLIENT6, SERVER6, IPV6_HOP_BY_HOP, &chain);
+    node.drops(PROG_TO_POD, &chained, DropReason::Ipv6ExtensionHeader);
 
     let mut egress = vec![TCP, 0, 0x01, 0x04, 0, 0, 0, 0];
     egress.extend(tcp_syn(40000, 8080));
@@ -428,8 +478,8 @@ fn a_pod_no_policy_selects_admits_and_tracks_everything() {
         &syn4(CLIENT, OTHER, 40000, 9),
         Stat::NewFlowAllowed,
     );
-    node.passes(PROG_TO_POD, &syn4(OTHER, CLIENT, 9, 40000), Stat::CtHit);
-    // The echo identifier stands in for both ports, so the reply finds the request.
+    node.passes(PROG_TO_POD, &ack4(OTHER, CLIENT, 9, 40000), Stat::CtHit);
+    // Echo is keyed by identifier and role, so the reply finds the request.
     node.passes(
         PROG_FROM_POD,
         &echo4(CLIENT, OTHER, 8, 7),

@@ -4,7 +4,7 @@ use ipnet::IpNet;
 
 use crate::{netns::LabError, topology::NodeHandle};
 use palisade::{
-    dataplane::{Established, FlowSettings},
+    dataplane::{ConntrackSettings, Established, FlowSettings},
     node::{NodeConfig, NodeWorker, WorkerError},
 };
 
@@ -34,6 +34,25 @@ pub fn start_with_flows(
     established: Established,
     flows: FlowSettings,
 ) -> Result<NodeWorker, StartError> {
+    start_configured(
+        node,
+        service_ranges,
+        pins,
+        established,
+        flows,
+        ConntrackSettings::default(),
+    )
+}
+
+/// [`start_with_flows`] with other conntrack timeouts (tests of expiry).
+pub fn start_configured(
+    node: &NodeHandle,
+    service_ranges: &[IpNet],
+    pins: Option<std::path::PathBuf>,
+    established: Established,
+    flows: FlowSettings,
+    conntrack: ConntrackSettings,
+) -> Result<NodeWorker, StartError> {
     let netns = node.netns.fd().map_err(|source| StartError::Namespace {
         node: node.name.clone(),
         source,
@@ -46,6 +65,7 @@ pub fn start_with_flows(
         pins,
         established,
         flows,
+        conntrack,
     })?)
 }
 

@@ -18,7 +18,9 @@ use ipnet::IpNet;
 use nix::sched::{CloneFlags, setns};
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError, Established, FlowSettings, SyncReport},
+    dataplane::{
+        ConntrackSettings, Dataplane, DataplaneError, Established, FlowSettings, SyncReport,
+    },
     flows::{
         Attribution,
         reader::SharedAttribution,
@@ -62,8 +64,10 @@ pub struct NodeConfig {
     /// with the same directory adopts them.
     pub pins: Option<PathBuf>,
     pub established: Established,
-    /// Flow events and node-wide audit mode.
+    /// Flow events, node-wide audit mode and strict uplinks.
     pub flows: FlowSettings,
+    /// Idle timeouts of tracked flows.
+    pub conntrack: ConntrackSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +182,7 @@ impl NodeWorker {
             pins,
             established,
             flows,
+            conntrack,
         } = config;
         let (tx, rx) = mpsc::channel::<Command>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Failure>>();
@@ -200,6 +205,7 @@ impl NodeWorker {
                 let dataplane = match loaded.and_then(|mut d| {
                     d.set_service_ranges(&service_ranges)?;
                     d.set_flow_settings(flows)?;
+                    d.set_conntrack(&conntrack)?;
                     Ok(d)
                 }) {
                     Ok(d) => d,
@@ -213,6 +219,7 @@ impl NodeWorker {
                     node: &node_name,
                     addrs: &addrs,
                     established,
+                    sweep_every: conntrack.sweep_interval(),
                     attribution: &published,
                 };
                 worker.serve(dataplane, &rx);
@@ -369,6 +376,8 @@ struct Worker<'a> {
     node: &'a str,
     addrs: &'a [IpAddr],
     established: Established,
+    /// How often expired conntrack entries are swept out between commands.
+    sweep_every: std::time::Duration,
     attribution: &'a SharedAttribution,
 }
 
@@ -383,7 +392,17 @@ impl Worker<'_> {
         // Interfaces with a program, by name.
         let mut attached: BTreeSet<String> = BTreeSet::new();
         let mut attached_uplinks: Vec<String> = Vec::new();
-        while let Ok(command) = rx.recv() {
+        loop {
+            let command = match rx.recv_timeout(self.sweep_every) {
+                Ok(command) => command,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = dataplane.sweep_conntrack() {
+                        tracing::warn!(node, error = %e, "conntrack sweep failed");
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             match command {
                 Command::Sync {
                     cluster,

@@ -3,7 +3,7 @@
 
 use ipnet::IpNet;
 use nix::sched::CloneFlags;
-use palisade_common::PROG_UPLINK;
+use palisade_common::{PROG_UPLINK, SERVICE_MARK};
 use rtnetlink::LinkVeth;
 
 use super::*;
@@ -16,7 +16,7 @@ const LINK_LOCAL6: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
 /// Runs `test` on a thread of its own, in a fresh network namespace holding a veth pair, with
 /// the index of one end: a second interface beside loopback, for a second endpoint. The
 /// namespace goes with the thread.
-fn in_netns_with_veth(test: impl FnOnce(u32) + Send + 'static) {
+pub(super) fn in_netns_with_veth(test: impl FnOnce(u32) + Send + 'static) {
     let result = std::thread::spawn(move || {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET)
             .expect("unshare(CLONE_NEWNET): these tests need root");
@@ -69,7 +69,7 @@ fn a_pod_sending_from_another_pods_address_is_dropped_whether_isolated_or_not() 
         &syn4(OTHER, CLIENT, 80, 40000),
         DropReason::SpoofedSource,
     );
-    server.passes(PROG_FROM_POD, &syn4(SERVER, CLIENT, 80, 40000), Stat::CtHit);
+    server.passes(PROG_FROM_POD, &ack4(SERVER, CLIENT, 80, 40000), Stat::CtHit);
 
     // x/client is selected by no policy; it still sends only as itself.
     let client = Node::with_endpoint("client", LOOPBACK_IFINDEX);
@@ -141,7 +141,7 @@ fn a_pod_given_an_old_pods_address_on_a_new_veth_does_not_inherit_its_flows() {
         let mut node = Node::with_server();
         let request = syn4(CLIENT, SERVER, 40000, 80);
         // The reply leaves towards port 40000, which the server's egress policy does not admit.
-        let reply = syn4(SERVER, CLIENT, 80, 40000);
+        let reply = ack4(SERVER, CLIENT, 80, 40000);
         node.passes(PROG_TO_POD, &request, Stat::NewFlowAllowed);
         node.passes(PROG_FROM_POD, &reply, Stat::CtHit);
 
@@ -182,21 +182,85 @@ fn a_service_flow_is_tracked_at_the_clients_endpoint_wherever_it_is_judged() {
             .set_service_ranges(&[range])
             .unwrap_or_else(|e| panic!("{}", chain(&e)));
         let to_service = syn4(SERVER, SERVICE, 40000, 8080);
-        node.passes(PROG_FROM_POD, &to_service, Stat::EgressDeferred);
-        // Translated to the client and judged on the way out of another interface.
-        node.expect_on(
+        // The pod's hook records the flow and marks the packet it recorded.
+        let mark = node.expect_marked(
+            LOOPBACK_IFINDEX,
+            PROG_FROM_POD,
+            &to_service,
+            0,
+            PASS,
+            Counted::Stat(Stat::EgressDeferred),
+        );
+        assert_ne!(mark & SERVICE_MARK, 0, "the deferred packet is marked");
+        // Translated to the client and judged on the way out of another interface; the mark is
+        // cleared there, so no later hook judges the packet by the record again.
+        let translated = syn4(SERVER, CLIENT, 40000, 8080);
+        let left = node.expect_marked(
             veth,
             PROG_UPLINK,
-            &syn4(SERVER, CLIENT, 40000, 8080),
+            &translated,
+            mark,
             PASS,
             Counted::Stat(Stat::EgressJudgedAfterNat),
         );
+        assert_eq!(left & SERVICE_MARK, 0, "the mark is consumed");
         // The reply, un-translated, and the next packet find the flow at the server's veth.
         node.passes(
             PROG_TO_POD,
-            &syn4(SERVICE, SERVER, 8080, 40000),
+            &ack4(SERVICE, SERVER, 8080, 40000),
             Stat::CtHit,
         );
-        node.passes(PROG_FROM_POD, &to_service, Stat::CtHit);
+        node.passes(
+            PROG_FROM_POD,
+            &ack4(SERVER, SERVICE, 40000, 8080),
+            Stat::CtHit,
+        );
     });
 }
+
+#[test]
+fn a_service_record_is_judged_only_by_the_packet_it_was_made_for() {
+    in_netns_with_veth(|veth| {
+        let mut node = Node::with_server();
+        let range: IpNet = SERVICE_RANGE.parse().expect("service range");
+        node.dataplane
+            .set_service_ranges(&[range])
+            .unwrap_or_else(|e| panic!("{}", chain(&e)));
+        // A record planted by a packet that never comes back (dropped on the way: TTL 1) ...
+        node.expect_marked(
+            LOOPBACK_IFINDEX,
+            PROG_FROM_POD,
+            &syn4(SERVER, SERVICE, 40001, 8080),
+            0,
+            PASS,
+            Counted::Stat(Stat::EgressDeferred),
+        );
+        // ... is not consumed by an unmarked packet from the same source port: that one is not
+        // the translation, and passes the uplink untouched (not ours) ...
+        node.expect_marked(
+            veth,
+            PROG_UPLINK,
+            &syn4(SERVER, CLIENT, 40001, 8080),
+            0,
+            PASS,
+            Counted::Nothing,
+        );
+        // ... so nothing was tracked under the Service address: its "reply" is judged, and the
+        // server's ingress policy does not admit the Service address as a peer.
+        node.drops(
+            PROG_TO_POD,
+            &ack4(SERVICE, SERVER, 8080, 40001),
+            DropReason::PolicyIngress,
+        );
+        // A marked packet whose record is gone cannot be judged: dropped.
+        node.expect_marked(
+            veth,
+            PROG_UPLINK,
+            &syn4(SERVER, CLIENT, 40002, 8080),
+            SERVICE_MARK,
+            DROP,
+            Counted::Drop(DropReason::ServiceUnjudged),
+        );
+    });
+}
+

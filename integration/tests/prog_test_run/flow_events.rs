@@ -18,6 +18,7 @@ fn events_on(node: &mut Node, per_second: u32) -> RingBuf<MapData> {
             events: true,
             events_per_second: per_second,
             audit_all: false,
+            strict_uplink: false,
         })
         .expect("flow settings");
     node.dataplane.take_events().expect("ring buffer")
@@ -54,7 +55,7 @@ fn a_new_flow_and_a_drop_each_send_one_event_and_a_tracked_packet_none() {
     );
     // The server's answer to the admitted SYN: a tracked flow, no event.
     assert_eq!(
-        run(&node, PROG_FROM_POD, &syn4(SERVER, CLIENT, 80, 41000)),
+        run(&node, PROG_FROM_POD, &ack4(SERVER, CLIENT, 80, 41000)),
         PASS
     );
     let events = drain(&mut ring);
@@ -152,7 +153,7 @@ fn audit_passes_and_reports_what_policy_would_drop_per_endpoint_or_for_the_node(
     );
     // Tracked like an admitted flow: the reply passes without another event.
     assert_eq!(
-        run(&node, PROG_FROM_POD, &syn4(SERVER, OTHER, 80, 43000)),
+        run(&node, PROG_FROM_POD, &ack4(SERVER, OTHER, 80, 43000)),
         PASS
     );
     // Not a policy verdict: a spoofed source is dropped in audit mode too.
@@ -189,6 +190,7 @@ fn audit_passes_and_reports_what_policy_would_drop_per_endpoint_or_for_the_node(
             events: true,
             events_per_second: 1000,
             audit_all: true,
+            strict_uplink: false,
         })
         .unwrap();
     assert_eq!(

@@ -112,6 +112,28 @@ pub struct Config {
     /// `palisade.io/policy-mode=audit`.
     #[arg(long, env = "PALISADE_AUDIT")]
     pub audit: bool,
+    /// Strict uplinks: a packet from another node or the outside whose source is a cluster
+    /// pod's address passes only when this node's route back to that address leaves through
+    /// the interface it arrived on. Off, the fabric is trusted not to deliver spoofed remote pod
+    /// addresses (see SECURITY.md); local pods' and the node's own addresses are refused from
+    /// uplinks either way.
+    #[arg(long, env = "PALISADE_STRICT_UPLINK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub strict_uplink: bool,
+    /// Seconds a TCP connection opened by a SYN stays tracked before its reply is seen.
+    #[arg(long, env = "PALISADE_CT_TCP_SYN_SECONDS", default_value_t = 60)]
+    pub ct_tcp_syn_seconds: u64,
+    /// Seconds an idle established TCP connection stays tracked.
+    #[arg(long, env = "PALISADE_CT_TCP_ESTABLISHED_SECONDS", default_value_t = 21_600)]
+    pub ct_tcp_established_seconds: u64,
+    /// Seconds a TCP connection stays tracked after a FIN or RST.
+    #[arg(long, env = "PALISADE_CT_TCP_CLOSING_SECONDS", default_value_t = 10)]
+    pub ct_tcp_closing_seconds: u64,
+    /// Seconds an idle UDP (or SCTP, or other) flow stays tracked.
+    #[arg(long, env = "PALISADE_CT_OTHER_SECONDS", default_value_t = 60)]
+    pub ct_other_seconds: u64,
+    /// Seconds an idle ICMP flow (echo) stays tracked.
+    #[arg(long, env = "PALISADE_CT_ICMP_SECONDS", default_value_t = 30)]
+    pub ct_icmp_seconds: u64,
     /// The local socket `palisade flows` and `palisade explain` talk to.
     #[arg(long, env = "PALISADE_SOCKET", default_value = crate::flows::socket::DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -123,6 +145,18 @@ impl Config {
             events: self.flow_events,
             events_per_second: self.flow_events_per_second,
             audit_all: self.audit,
+            strict_uplink: self.strict_uplink,
+        }
+    }
+
+    pub fn conntrack_settings(&self) -> crate::dataplane::ConntrackSettings {
+        let secs = |s: u64| Duration::from_secs(s.max(1));
+        crate::dataplane::ConntrackSettings {
+            tcp_syn: secs(self.ct_tcp_syn_seconds),
+            tcp_established: secs(self.ct_tcp_established_seconds),
+            tcp_closing: secs(self.ct_tcp_closing_seconds),
+            other: secs(self.ct_other_seconds),
+            icmp: secs(self.ct_icmp_seconds),
         }
     }
 

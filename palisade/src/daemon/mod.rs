@@ -87,6 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         pins: Some(config.pin_root.clone()),
         established: config.established,
         flows: config.flow_settings(),
+        conntrack: config.conntrack_settings(),
     })?;
     let _flows = flow_log::start(&config, &worker, &shared.metrics)?;
 

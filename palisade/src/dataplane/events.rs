@@ -6,14 +6,15 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key};
 use palisade_common::{
-    Addr, Admission, CFG_AUDIT_ALL, CFG_EVENTS, ClassMask, EP_AUDIT, EndpointInfo, FlowConfig,
+    Addr, Admission, CFG_AUDIT_ALL, CFG_STRICT_UPLINK, CFG_EVENTS, ClassMask, EP_AUDIT, EndpointInfo, FlowConfig,
     IdentityValue, MAP_CIDRS, MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOW_CONFIG, MAP_PEERS,
     MAP_POD_IDENTITIES, MAP_PORTS, PORT_KEY_FIXED_BITS, PeerKey, PolicyMaps, PortKey, admit,
 };
 
 use super::{Dataplane, DataplaneError};
 
-/// What the programs do about flow events and audit, for the whole node.
+/// What the programs do about flow events and audit, and how strictly they check what
+/// arrives on uplinks, for the whole node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowSettings {
     /// Send flow events at all.
@@ -22,6 +23,9 @@ pub struct FlowSettings {
     pub events_per_second: u32,
     /// Every endpoint of the node in audit mode.
     pub audit_all: bool,
+    /// Strict uplinks: a remote pod's address is accepted from an uplink only when the route
+    /// back to it leaves through that uplink ([`CFG_STRICT_UPLINK`]).
+    pub strict_uplink: bool,
 }
 
 impl Default for FlowSettings {
@@ -30,6 +34,7 @@ impl Default for FlowSettings {
             events: true,
             events_per_second: 100,
             audit_all: false,
+            strict_uplink: false,
         }
     }
 }
@@ -73,6 +78,9 @@ impl Dataplane {
         }
         if settings.audit_all {
             flags |= CFG_AUDIT_ALL;
+        }
+        if settings.strict_uplink {
+            flags |= CFG_STRICT_UPLINK;
         }
         let config = FlowConfig {
             flags,

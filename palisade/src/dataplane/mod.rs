@@ -3,6 +3,7 @@
 //! the `test-run` feature, for the integration tests and the benchmark) running a loaded
 //! program on a crafted frame (`test_run.rs`).
 
+mod conntrack;
 mod established;
 mod events;
 mod local_addrs;
@@ -26,13 +27,14 @@ use aya::{
 };
 use ipnet::IpNet;
 use palisade_common::{
-    ALL_MAPS, Addr, DROP_REASONS, MAP_SERVICES, MAP_STATS, PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK,
+    ALL_MAPS, Addr, DROP_REASONS, MAP_SERVICES, MAP_STATS, PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD, PROG_UPLINK,
     STAT_SLOTS,
 };
 
 #[cfg(feature = "test-run")]
 pub use self::test_run::{LOOPBACK_IFINDEX, TestRunOutcome};
 pub use self::{
+    conntrack::ConntrackSettings,
     established::Established,
     events::{FlowSettings, LiveDecision},
     sync::SyncReport,
@@ -134,6 +136,8 @@ pub struct Dataplane {
     service_ranges: Vec<IpNet>,
     /// The event and audit settings last written (see [`Self::set_flow_settings`]).
     flow_settings: FlowSettings,
+    /// The conntrack timeouts last written (see [`Self::set_conntrack`]).
+    conntrack: ConntrackSettings,
 }
 
 impl Dataplane {
@@ -168,6 +172,9 @@ impl Dataplane {
             return Err(DataplaneError::NoObject);
         }
         let mut loader = EbpfLoader::new();
+        if std::env::var_os("PALISADE_VERIFIER_LOG").is_some() {
+            loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+        }
         for &(name, max) in limits {
             loader.map_max_entries(name, max);
         }
@@ -184,7 +191,7 @@ impl Dataplane {
                 return Err(DataplaneError::Missing { kind: "map", name });
             }
         }
-        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK] {
+        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_UPLINK, PROG_FROM_UPLINK] {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DataplaneError::Program {
@@ -205,6 +212,7 @@ impl Dataplane {
                 events: false,
                 ..FlowSettings::default()
             },
+            conntrack: ConntrackSettings::default(),
         })
     }
 
@@ -221,11 +229,18 @@ impl Dataplane {
         )
     }
 
-    /// Attaches the uplink program to the egress of one of the node's other interfaces (a link
-    /// to another node or to the outside), where Service flows of local pods translated towards
-    /// another node are judged. It needs no endpoint entry.
+    /// Attaches the uplink programs to one of the node's other interfaces (a link to another
+    /// node or to the outside): on egress, Service flows of local pods translated towards
+    /// another node are judged; on ingress, packets carrying a local pod's or the node's own
+    /// source address are dropped. They need no endpoint entry.
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<(), DataplaneError> {
-        self.attach_programs(ifname, &[(PROG_UPLINK, TcAttachType::Egress)])
+        self.attach_programs(
+            ifname,
+            &[
+                (PROG_UPLINK, TcAttachType::Egress),
+                (PROG_FROM_UPLINK, TcAttachType::Ingress),
+            ],
+        )
     }
 
     fn attach_programs(

@@ -29,6 +29,8 @@ pub const LOOPBACK_IFINDEX: u32 = 1;
 /// accepts a prefix of the struct and zero-fills the rest; every field before `ifindex` must be
 /// zero or one the test-run path accepts (`mark`, `priority`).
 const SKB_IFINDEX_OFFSET: usize = 40;
+/// Offset of `mark` in `struct __sk_buff`.
+const SKB_MARK_OFFSET: usize = 8;
 
 /// What one run of a program returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,12 +71,48 @@ impl Dataplane {
             .ok_or(super::missing_program(name))?
             .try_into()
             .map_err(super::not_a_classifier(name))?;
+        self.run_with_context(name, program, frame, ifindex, 0, repeat)
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`Self::test_run`] on an skb carrying `mark`; also returns the mark the program left on
+    /// it (what the next hook of the packet's way would see).
+    pub fn test_run_marked(
+        &self,
+        name: &'static str,
+        frame: &[u8],
+        ifindex: u32,
+        mark: u32,
+    ) -> Result<(TestRunOutcome, u32), DataplaneError> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(super::missing_program(name))?
+            .try_into()
+            .map_err(super::not_a_classifier(name))?;
+        self.run_with_context(name, program, frame, ifindex, mark, 1)
+    }
+
+    fn run_with_context(
+        &self,
+        name: &'static str,
+        program: &SchedClassifier,
+        frame: &[u8],
+        ifindex: u32,
+        mark: u32,
+        repeat: u32,
+    ) -> Result<(TestRunOutcome, u32), DataplaneError> {
         let mut skb = [0u8; SKB_IFINDEX_OFFSET + 4];
         skb[SKB_IFINDEX_OFFSET..].copy_from_slice(&ifindex.to_ne_bytes());
+        skb[SKB_MARK_OFFSET..SKB_MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
+        // The kernel writes the whole `struct __sk_buff` back (192 bytes in 6.x), or fails
+        // with ENOSPC.
+        let mut out = [0u8; 256];
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 ctx_in: Some(&skb),
+                ctx_out: Some(&mut out),
                 repeat,
                 ..TestRunOptions::new()
             })
@@ -83,10 +121,18 @@ impl Dataplane {
                 name,
                 source,
             })?;
-        Ok(TestRunOutcome {
-            action: result.return_value.cast_signed(),
-            duration: result.duration,
-        })
+        let mark_out = u32::from_ne_bytes(
+            out[SKB_MARK_OFFSET..SKB_MARK_OFFSET + 4]
+                .try_into()
+                .expect("four bytes"),
+        );
+        Ok((
+            TestRunOutcome {
+                action: result.return_value.cast_signed(),
+                duration: result.duration,
+            },
+            mark_out,
+        ))
     }
 }
 
