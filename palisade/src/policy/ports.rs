@@ -32,10 +32,31 @@ pub enum PortSet {
 }
 
 impl PortSet {
+    /// The ranges sorted, with overlapping and adjacent ones of a protocol joined: one set,
+    /// one spelling (two rules' ports compare equal when they admit the same ports).
     pub fn ranges(mut ranges: Vec<PortRange>) -> Self {
         ranges.sort();
-        ranges.dedup();
-        Self::Ranges(ranges)
+        let mut joined: Vec<PortRange> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match joined.last_mut() {
+                Some(last)
+                    if last.protocol == r.protocol
+                        && u32::from(r.first) <= u32::from(last.last) + 1 =>
+                {
+                    last.last = last.last.max(r.last);
+                }
+                _ => joined.push(r),
+            }
+        }
+        Self::Ranges(joined)
+    }
+
+    /// The ports either set admits.
+    pub fn union(&self, other: &Self) -> Self {
+        match (self, other) {
+            (Self::Ranges(a), Self::Ranges(b)) => Self::ranges([&a[..], &b[..]].concat()),
+            _ => Self::All,
+        }
     }
 
     pub fn contains(&self, protocol: u8, port: u16) -> bool {
