@@ -198,3 +198,74 @@ pub(crate) fn parse_flow(flow: &str) -> Result<(u8, u16)> {
         .with_context(|| format!("{flow:?}: port must be 1-65535"))?;
     Ok((protocol, port))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WORDS: Words = Words {
+        maps: "maps",
+        agree: "agree",
+        bug: "DISAGREE: please report this",
+    };
+
+    fn side<'a>(pod: &'a ObjectKey, maps_allow: bool, degraded: &'a [PolicyError]) -> Side<'a> {
+        Side {
+            pod,
+            direction: "ingress",
+            maps_allow,
+            policy_allows: true,
+            degraded,
+        }
+    }
+
+    #[test]
+    fn a_difference_no_error_explains_is_a_bug_and_exits_non_zero() {
+        let pod = ObjectKey::new("default", "nginx");
+        let mut lines = vec!["allowed: ...".to_owned()];
+        assert!(!conclude(&mut lines, 0, &[side(&pod, false, &[])], &WORDS));
+        assert_eq!(
+            lines,
+            ["allowed: ...", "maps: DISAGREE: please report this"]
+        );
+    }
+
+    #[test]
+    fn a_drop_an_error_explains_prints_the_error_and_never_says_allowed() {
+        let pod = ObjectKey::new("default", "nginx");
+        let error = PolicyError {
+            policy: ObjectKey::new("default", "many"),
+            field: "spec.ingress[64]".into(),
+            message: "pod default/nginx: more than 64".into(),
+        };
+        let mut lines = vec!["allowed: ingress of default/nginx allowed by ...".to_owned()];
+        let degraded = [error];
+        assert!(!conclude(
+            &mut lines,
+            0,
+            &[side(&pod, false, &degraded)],
+            &WORDS
+        ));
+        assert_eq!(
+            lines[0],
+            "denied by the dataplane, though the policies allow it: ingress of default/nginx allowed by ..."
+        );
+        assert_eq!(
+            lines[1],
+            "error: networkpolicy default/many: spec.ingress[64]: pod default/nginx: more than 64"
+        );
+        assert!(
+            lines[2].starts_with("maps: drop what the policies allow"),
+            "{lines:?}"
+        );
+        assert!(!lines[2].contains("please report"), "{lines:?}");
+    }
+
+    #[test]
+    fn exact_maps_agree_and_exit_zero() {
+        let pod = ObjectKey::new("default", "nginx");
+        let mut lines = vec!["allowed: ...".to_owned()];
+        assert!(conclude(&mut lines, 0, &[side(&pod, true, &[])], &WORDS));
+        assert_eq!(lines, ["allowed: ...", "maps: agree"]);
+    }
+}
