@@ -20,6 +20,10 @@
 //! destination: it joins no group, its classes are the port sets its peers resolve to, so they
 //! follow the identities, and such an endpoint is recomputed when one of them changes.
 //!
+//! Why this and not more bits: [`ClassMask`] is part of the map layouts the programs read (a
+//! wider mask or a second lookup stage is a kernel change); merging needs none, and covers the
+//! common way to reach the limit, many rules or policies allowing the same peers.
+//!
 //! What still does not fit (more than [`MAX_CLASSES`] distinct classes, i.e. rules with that
 //! many different peer lists and port sets at one pod) fails closed: those rules allow nothing
 //! at that pod, and each gets a [`PolicyError`] naming its policy and field and the pod, kept
