@@ -112,5 +112,6 @@ pub const MAX_EVENT_LIMITS: u32 = 16_384;
 /// The window of the per-source event budget ([`FlowConfig::events_per_window`]).
 pub const EVENT_WINDOW_NS: u64 = 1_000_000_000;
 
-/// Rules of one endpoint and direction are grouped into at most this many port-set classes.
+/// Rules of one endpoint and direction are grouped into at most this many classes (rules with
+/// the same peers, or the same port set, share one; see [`crate::precedence`]).
 pub const MAX_CLASSES: usize = 64;

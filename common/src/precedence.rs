@@ -4,12 +4,16 @@
 //! pod sends: the pod's *egress* policy) and [`PROG_TO_POD`] on TC egress (what the pod receives:
 //! its *ingress* policy). The interface index names the endpoint ([`MAP_ENDPOINTS`]).
 //!
-//! A policy rule is `peers x ports`. Per endpoint and direction the agent groups rules by their
-//! port set; each distinct port set is a *class* (a bit in a [`ClassMask`], at most
-//! [`MAX_CLASSES`]). A peer gets the bits of the classes of every rule that lists it; a
+//! A policy rule is `peers x ports`. Per endpoint and direction the agent groups rules into
+//! *classes* (a bit in a [`ClassMask`], at most [`MAX_CLASSES`]), each a set of peers times a
+//! set of ports: rules with the same peers share one (their ports unioned), and so do rules
+//! with the same port set. A peer gets the bits of the classes of every rule that lists it; a
 //! (protocol, port) gets the bits of every class whose port set contains it. A new connection is
-//! allowed when the two masks share a bit. Entries therefore grow as peers + ports, never as
-//! peers x ports, and an `endPort` range costs at most 30 port prefixes.
+//! allowed when the two masks share a bit, which is exact because every peer of a class is
+//! admitted on every port of that class. Entries therefore grow as peers + ports, never as
+//! peers x ports, and an `endPort` range costs at most 30 port prefixes. Rules past
+//! [`MAX_CLASSES`] classes at an endpoint allow nothing there (fail closed; the agent reports
+//! each one).
 //!
 //! Lookup precedence for a packet at endpoint E, direction D, peer address A, protocol P, port N:
 //!

@@ -114,11 +114,11 @@ fn main() -> ExitCode {
                 to,
                 flow,
                 ..
-            } => palisade::explain::explain(&files, &from, &to, &flow).map(|lines| {
-                for line in lines {
+            } => palisade::explain::explain(&files, &from, &to, &flow).map(|explanation| {
+                for line in &explanation.lines {
                     println!("{line}");
                 }
-                true
+                explanation.exact
             }),
             Command::Flows {
                 socket,

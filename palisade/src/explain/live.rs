@@ -5,7 +5,7 @@
 
 use palisade_common::{DIR_EGRESS, DIR_INGRESS};
 
-use super::Question;
+use super::{Question, Side, Words};
 use crate::{
     dataplane::{Dataplane, LiveDecision},
     flows::{
@@ -14,6 +14,7 @@ use crate::{
     },
     policy::{
         NodeView,
+        compile::RuleRef,
         evaluate::{DirectionVerdict, Endpoint, Evaluator},
     },
 };
@@ -46,7 +47,7 @@ pub fn explain(
     let evaluator = Evaluator::new(cluster, &nodes);
     let verdict = evaluator.evaluate(src, dst, protocol, port);
     let mut lines = vec![verdict.to_string()];
-    let mut agrees = true;
+    let mut sides = Vec::new();
     for (end, direction, peer, expected) in [
         (src, DIR_EGRESS, dst.addr(), &verdict.egress),
         (dst, DIR_INGRESS, src.addr(), &verdict.ingress),
@@ -76,17 +77,28 @@ pub fn explain(
             LiveDecision::NotIsolated => "not isolated".to_owned(),
             LiveDecision::FromHost => "from its own node (always allowed)".to_owned(),
             LiveDecision::Class(c) => {
-                let rules: Vec<String> = local.classes[d]
+                // A class may hold several rules (one peer list, or one port set): those the
+                // evaluator found admitting, when it names any of them.
+                let rules = local.classes[d]
                     .get(usize::from(c))
-                    .map(|class| {
-                        class
-                            .rules
-                            .iter()
-                            .map(|r| format!("{} {name}[{}]", r.policy, r.index))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                format!("allowed by class {c} ({})", rules.join(", "))
+                    .map_or(&[][..], |class| &class.rules);
+                let admitting = |r: &&RuleRef| match expected {
+                    DirectionVerdict::AllowedBy(ids) => ids
+                        .iter()
+                        .any(|a| a.policy == r.policy && a.index == r.index),
+                    _ => false,
+                };
+                let chosen: Vec<&RuleRef> = rules.iter().filter(admitting).collect();
+                let shown = if chosen.is_empty() {
+                    rules.iter().collect()
+                } else {
+                    chosen
+                };
+                let names: Vec<String> = shown
+                    .iter()
+                    .map(|r| format!("{} {name}[{}]", r.policy, r.index))
+                    .collect();
+                format!("allowed by class {c} ({})", names.join(", "))
             }
             LiveDecision::Denied { audit: false } => "denied".to_owned(),
             LiveDecision::Denied { audit: true } => {
@@ -94,26 +106,34 @@ pub fn explain(
             }
         };
         // Audit changes what happens to the packet, not what policy says.
-        let policy_allows = matches!(
+        let maps_allow = matches!(
             live,
             LiveDecision::NotIsolated | LiveDecision::FromHost | LiveDecision::Class(_)
         );
-        let side_agrees = policy_allows == expected.allows();
-        agrees &= side_agrees;
+        let side_agrees = maps_allow == expected.allows();
         lines.push(format!(
             "live maps on {}: {name} of {key} (ifindex {ifindex}): {said}{}",
             attribution.node,
             if side_agrees { "" } else { "  <- DISAGREES" }
         ));
+        sides.push(Side {
+            pod: key,
+            direction: name,
+            maps_allow,
+            policy_allows: expected.allows(),
+            degraded: &local.degraded[d],
+        });
     }
-    lines.push(format!(
-        "live maps: {}",
-        if agrees {
-            "agree with the reference evaluator"
-        } else {
-            "DISAGREE with the reference evaluator (a sync in flight, or a bug: please report it)"
-        }
-    ));
+    let agrees = super::conclude(
+        &mut lines,
+        0,
+        &sides,
+        &Words {
+            maps: "live maps",
+            agree: "agree with the reference evaluator",
+            bug: "DISAGREE with the reference evaluator (a sync in flight, or a bug: please report it)",
+        },
+    );
     Ok(ExplainAnswer {
         lines,
         allowed: verdict.allowed,

@@ -28,6 +28,7 @@ use crate::{
     policy::{
         compile::{Class, EndpointState},
         evaluate::{DirectionVerdict, Endpoint, Evaluator, display::protocol_name},
+        model::PolicyError,
     },
 };
 
@@ -218,10 +219,12 @@ impl FlowFilter {
 #[derive(Clone, Debug)]
 pub struct LocalPod {
     pub key: ObjectKey,
-    /// Port-set classes by direction: a class bit names its rules.
+    /// Classes by direction: a class bit names its rules.
     pub classes: [Vec<Class>; 2],
     /// Policies selecting the pod, by direction.
     pub isolating: [Vec<ObjectKey>; 2],
+    /// Rules the pod's entries could not hold, by direction (they allow nothing here).
+    pub degraded: [Vec<PolicyError>; 2],
 }
 
 /// What the agent knew at its last sync: enough to name every address and class an event
@@ -255,6 +258,7 @@ impl Attribution {
                         key: key.clone(),
                         classes: ep.classes.clone(),
                         isolating: ep.isolating.clone(),
+                        degraded: ep.degraded.clone(),
                     },
                 ))
             })
@@ -331,9 +335,9 @@ impl Attribution {
         }
     }
 
-    /// The rules of the deciding class that admit this flow. A class groups the rules of one
-    /// port set; when it holds more than one, the reference evaluator picks those whose peers
-    /// hold the other end.
+    /// The rules of the deciding class that admit this flow. A class groups rules (of one port
+    /// set, or of one peer list); when it holds more than one, the reference evaluator picks
+    /// those that admit the flow.
     fn rules_of_class(
         &self,
         local: &LocalPod,

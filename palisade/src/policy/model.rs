@@ -41,7 +41,7 @@ pub struct Rule {
     pub ports: Vec<Port>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Peer {
     /// Pods: with no namespace selector, those of the policy's own namespace.
     Pods {

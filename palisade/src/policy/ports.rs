@@ -32,10 +32,31 @@ pub enum PortSet {
 }
 
 impl PortSet {
+    /// The ranges sorted, with overlapping and adjacent ones of a protocol joined: one set,
+    /// one spelling (two rules' ports compare equal when they admit the same ports).
     pub fn ranges(mut ranges: Vec<PortRange>) -> Self {
         ranges.sort();
-        ranges.dedup();
-        Self::Ranges(ranges)
+        let mut joined: Vec<PortRange> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match joined.last_mut() {
+                Some(last)
+                    if last.protocol == r.protocol
+                        && u32::from(r.first) <= u32::from(last.last) + 1 =>
+                {
+                    last.last = last.last.max(r.last);
+                }
+                _ => joined.push(r),
+            }
+        }
+        Self::Ranges(joined)
+    }
+
+    /// The ports either set admits.
+    pub fn union(&self, other: &Self) -> Self {
+        match (self, other) {
+            (Self::Ranges(a), Self::Ranges(b)) => Self::ranges([&a[..], &b[..]].concat()),
+            _ => Self::All,
+        }
     }
 
     pub fn contains(&self, protocol: u8, port: u16) -> bool {
@@ -99,6 +120,47 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn tcp(first: u16, last: u16) -> PortRange {
+        PortRange {
+            protocol: 6,
+            first,
+            last,
+        }
+    }
+
+    #[test]
+    fn overlapping_and_adjacent_ranges_of_a_protocol_join_and_others_do_not() {
+        let udp = PortRange {
+            protocol: 17,
+            first: 81,
+            last: 81,
+        };
+        let set = PortSet::ranges(vec![
+            tcp(85, 90),
+            udp,
+            tcp(80, 84),
+            tcp(88, 95),
+            tcp(97, 97),
+        ]);
+        assert_eq!(set, PortSet::Ranges(vec![tcp(80, 95), tcp(97, 97), udp]));
+        assert_eq!(
+            PortSet::ranges(vec![tcp(65_535, 65_535), tcp(0, 65_534)]),
+            PortSet::Ranges(vec![tcp(0, 65_535)])
+        );
+    }
+
+    #[test]
+    fn a_union_holds_the_ports_of_both_and_every_port_with_all() {
+        let a = PortSet::ranges(vec![tcp(80, 80)]);
+        let b = PortSet::ranges(vec![tcp(81, 81), tcp(443, 443)]);
+        assert_eq!(
+            a.union(&b),
+            PortSet::Ranges(vec![tcp(80, 81), tcp(443, 443)])
+        );
+        assert_eq!(a.union(&PortSet::All), PortSet::All);
+        assert_eq!(PortSet::ranges(Vec::new()).union(&a), a);
+    }
 
     #[test]
     fn a_single_port_is_one_full_length_prefix() {

@@ -9,6 +9,8 @@ use k8s_openapi::api::{
 };
 use palisade_common::{DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
+mod classes;
+
 use super::{Compiler, NodeView, PodUpdate, compile::NodeState, lookup::admits};
 use crate::k8s::cluster::{Cluster, NAMESPACE_NAME_LABEL, ObjectKey};
 

@@ -1,12 +1,33 @@
-//! One local pod's entries: its rules grouped into port-set classes, and the peers and ports
-//! that carry each class's bit.
+//! One local pod's entries: its rules grouped into classes, and the peers and ports that carry
+//! each class's bit.
 //!
-//! Class numbering is independent of which identities exist, so that an identity appearing or
-//! leaving changes only its own peer entries ([`Context::identity_masks`]): a rule with fixed
-//! ports gets its class when the rule is read, whether or not any peer matches it (a class no
-//! peer carries admits nothing). The one exception is an egress rule with named ports, which
-//! resolve against each destination: its classes are the port sets its peers resolve to, so
-//! they follow the identities, and such an endpoint is recomputed when one of them changes.
+//! A class is a set of peers times a set of ports; a flow is admitted when some class holds
+//! both its peer and its port, so a class is exact when every peer it holds is admitted on every
+//! port it holds. Two merges keep that and save bits (there are [`MAX_CLASSES`]):
+//! - rules with the same peers, as written (the same `from`/`to` entries, in any order, of
+//!   policies of the same namespace), make one *group* whose ports are the union of theirs:
+//!   `(P x S1) u (P x S2) = P x (S1 u S2)`. Many small per-app policies that each open a port to
+//!   the same peers then cost one class, not one each;
+//! - groups (and egress named-port sets, below) with the same port set share one class:
+//!   `(P1 x S) u (P2 x S) = (P1 u P2) x S`.
+//!
+//! Peers are compared as written, not as the identities they select, so that class numbering is
+//! independent of which identities exist: an identity appearing or leaving changes only its own
+//! peer entries ([`Context::identity_masks`]). A group gets its class when its rules are read,
+//! whether or not any peer matches it (a class no peer carries admits nothing).
+//!
+//! The one exception is an egress rule with named ports, which resolve against each
+//! destination: it joins no group, its classes are the port sets its peers resolve to, so they
+//! follow the identities, and such an endpoint is recomputed when one of them changes.
+//!
+//! Why this and not more bits: [`ClassMask`] is part of the map layouts the programs read (a
+//! wider mask or a second lookup stage is a kernel change); merging needs none, and covers the
+//! common way to reach the limit, many rules or policies allowing the same peers.
+//!
+//! What still does not fit (more than [`MAX_CLASSES`] distinct classes, i.e. rules with that
+//! many different peer lists and port sets at one pod) fails closed: those rules allow nothing
+//! at that pod, and each gets a [`PolicyError`] naming its policy and field and the pod, kept
+//! on the endpoint ([`EndpointState::degraded`]) for `palisade explain`.
 
 use std::collections::BTreeMap;
 
@@ -41,9 +62,9 @@ struct ClassTable {
 }
 
 impl ClassTable {
-    /// The class bit for a port set, or `None` when the endpoint already has [`MAX_CLASSES`]
-    /// classes (the rule then allows nothing: fail closed).
-    fn bit(&mut self, ports: &PortSet, rule: &RuleRef) -> Option<ClassMask> {
+    /// The class bit for a port set, now listing `rules`, or `None` when the endpoint already
+    /// has [`MAX_CLASSES`] classes (the rules then allow nothing: fail closed).
+    fn bit(&mut self, ports: &PortSet, rules: &[RuleRef]) -> Option<ClassMask> {
         let i = match self.index.get(ports) {
             Some(i) => *i,
             None if self.classes.len() < MAX_CLASSES => {
@@ -56,11 +77,56 @@ impl ClassTable {
             }
             None => return None,
         };
-        let rules = &mut self.classes[i].rules;
-        if !rules.contains(rule) {
-            rules.push(rule.clone());
+        let listed = &mut self.classes[i].rules;
+        for rule in rules {
+            if !listed.contains(rule) {
+                listed.push(rule.clone());
+            }
         }
         Some(1 << i)
+    }
+}
+
+/// Rules of one endpoint and direction with the same peers and ports that hold whatever the
+/// peer: together they admit those peers on the union of their ports.
+struct Group<'r> {
+    /// The peers as written (`None`: every peer), read in the namespace of `rules[0]`'s policy.
+    peers: Option<&'r [Peer]>,
+    ports: PortSet,
+    rules: Vec<RuleRef>,
+}
+
+impl Group<'_> {
+    /// Whether a rule of `policy` with `peers` has this group's peers: the same entries as a
+    /// set, and a pod selector without a namespace selector read in the same namespace.
+    fn has_peers(&self, policy: &ObjectKey, peers: Option<&[Peer]>) -> bool {
+        let same_set = |a: &[Peer], b: &[Peer]| {
+            a.iter().all(|p| b.contains(p)) && b.iter().all(|p| a.contains(p))
+        };
+        self.rules[0].policy.namespace == policy.namespace
+            && match (self.peers, peers) {
+                (None, None) => true,
+                (Some(a), Some(b)) => same_set(a, b),
+                _ => false,
+            }
+    }
+}
+
+/// The error of a rule that got no class at `pod`.
+fn overflow(pod: &ObjectKey, rule: &RuleRef) -> PolicyError {
+    let direction = if rule.direction == DIR_INGRESS {
+        "ingress"
+    } else {
+        "egress"
+    };
+    PolicyError {
+        policy: rule.policy.clone(),
+        field: format!("spec.{direction}[{}]", rule.index),
+        message: format!(
+            "pod {pod}: more than {MAX_CLASSES} distinct {direction} classes (rules with \
+             different peers and different ports); this rule allows nothing there (fail closed). \
+             Rules with the same peers, or the same ports, share a class"
+        ),
     }
 }
 
@@ -135,17 +201,17 @@ impl Context<'_> {
         pod: &Pod,
         addrs: Vec<std::net::IpAddr>,
         policies: &[&Policy],
-    ) -> (EndpointState, Vec<PolicyError>) {
+    ) -> EndpointState {
         let mut ep = EndpointState {
             addrs,
             ..Default::default()
         };
-        let mut errors = Vec::new();
         let own_ports = container_ports(pod);
         for direction in [DIR_INGRESS, DIR_EGRESS] {
             let d = usize::from(direction);
             let mut table = ClassTable::default();
-            let mut overflow = false;
+            let mut groups: Vec<Group<'_>> = Vec::new();
+            let mut per_peer = Vec::new();
             for policy in policies {
                 let Some(rules) = rules_of(policy, direction) else {
                     continue;
@@ -162,16 +228,42 @@ impl Context<'_> {
                         direction,
                         index: rule.index,
                     };
-                    overflow |=
-                        !self.add_rule(&mut ep, &mut table, direction, rule, &rule_ref, &own_ports);
+                    let ports = RulePorts::new(rule);
+                    if ports.per_peer(direction) {
+                        per_peer.push((rule, ports, rule_ref));
+                        continue;
+                    }
+                    // Ports that resolved to nothing admit nothing: the rule joins no group.
+                    let fixed = ports.fixed(direction, &own_ports);
+                    if fixed.is_empty() {
+                        continue;
+                    }
+                    let peers = rule.peers.as_deref();
+                    match groups.iter_mut().find(|g| g.has_peers(&policy.key, peers)) {
+                        Some(group) => {
+                            group.ports = group.ports.union(&fixed);
+                            group.rules.push(rule_ref);
+                        }
+                        None => groups.push(Group {
+                            peers,
+                            ports: fixed,
+                            rules: vec![rule_ref],
+                        }),
+                    }
                 }
             }
-            if overflow {
-                errors.push(PolicyError {
-                    policy: key.clone(),
-                    field: if direction == DIR_INGRESS { "ingress".into() } else { "egress".into() },
-                    message: format!("pod has more than {MAX_CLASSES} distinct port sets; rules past that allow nothing"),
-                });
+            // Groups first, in the order their first rules are read: their classes never
+            // depend on the identities.
+            for group in &groups {
+                match table.bit(&group.ports, &group.rules) {
+                    Some(b) => self.grant(&mut ep, direction, group.peers, &group.rules[0], b),
+                    None => ep.degraded[d].extend(group.rules.iter().map(|r| overflow(key, r))),
+                }
+            }
+            for (rule, ports, rule_ref) in &per_peer {
+                if !self.add_per_peer_rule(&mut ep, &mut table, rule, ports, rule_ref) {
+                    ep.degraded[d].push(overflow(key, rule_ref));
+                }
             }
             // Port prefixes: every prefix of every class's ranges, carrying every class whose
             // ranges contain the whole prefix (the longest match then answers exactly).
@@ -212,43 +304,74 @@ impl Context<'_> {
         if crate::k8s::cluster::namespace_audited(self.cluster, &key.namespace) {
             ep.flags |= palisade_common::EP_AUDIT;
         }
-        (ep, errors)
+        ep
     }
 
-    /// Adds one rule's bits; false when a class could not be allocated.
-    fn add_rule(
+    /// Gives class bit `b` to every peer of a group: `peers` as written in `rule`'s policy.
+    fn grant(
+        &self,
+        ep: &mut EndpointState,
+        direction: u8,
+        peers: Option<&[Peer]>,
+        rule: &RuleRef,
+        b: ClassMask,
+    ) {
+        let Some(peers) = peers else {
+            ep.any_peer[usize::from(direction)] |= b;
+            return;
+        };
+        for peer in peers {
+            match peer {
+                Peer::Pods { namespaces, pods } => {
+                    for (id, ident) in self.identities {
+                        if self.selects(rule, namespaces.as_ref(), pods.as_ref(), ident) {
+                            *ep.peers.entry((direction, *id)).or_insert(0) |= b;
+                        }
+                    }
+                }
+                Peer::Block { cidr, except } => {
+                    let block = Block::new(cidr, except);
+                    for (p, id) in self.cidrs {
+                        if block.holds(p) {
+                            *ep.peers.entry((direction, *id)).or_insert(0) |= b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the bits of an egress rule with named ports, whose port set is each destination's;
+    /// false when a class could not be allocated.
+    fn add_per_peer_rule(
         &self,
         ep: &mut EndpointState,
         table: &mut ClassTable,
-        direction: u8,
         rule: &Rule,
+        ports: &RulePorts<'_>,
         rule_ref: &RuleRef,
-        own_ports: &[(String, u8, u16)],
     ) -> bool {
+        let direction = rule_ref.direction;
         let d = usize::from(direction);
-        let ports = RulePorts::new(rule);
         let mut ok = true;
         let mut bit = |ports: &PortSet| -> Option<ClassMask> {
             if ports.is_empty() {
                 return None;
             }
-            let b = table.bit(ports, rule_ref);
+            let b = table.bit(ports, std::slice::from_ref(rule_ref));
             ok &= b.is_some();
             b
         };
-        // Ingress named ports resolve against this pod; egress ones against each destination.
-        let per_peer_ports = ports.per_peer(direction);
-        let fixed = ports.fixed(direction, own_ports);
+        // Numeric ports hold for every destination, named ones for those that name them.
+        let fixed = ports.fixed(direction, &[]);
         match &rule.peers {
             None => {
                 if let Some(b) = bit(&fixed) {
                     ep.any_peer[d] |= b;
                 }
-                if per_peer_ports {
-                    for (id, ident) in self.identities {
-                        if let Some(b) = bit(&ports.resolve(&ident.named_ports)) {
-                            *ep.peers.entry((direction, *id)).or_insert(0) |= b;
-                        }
+                for (id, ident) in self.identities {
+                    if let Some(b) = bit(&ports.resolve(&ident.named_ports)) {
+                        *ep.peers.entry((direction, *id)).or_insert(0) |= b;
                     }
                 }
             }
@@ -256,9 +379,6 @@ impl Context<'_> {
                 for peer in peers {
                     match peer {
                         Peer::Pods { namespaces, pods } => {
-                            // The class of fixed ports is allocated even if no identity
-                            // matches, so that identities never renumber classes.
-                            let fixed_bit = if per_peer_ports { None } else { bit(&fixed) };
                             for (id, ident) in self.identities {
                                 if !self.selects(
                                     rule_ref,
@@ -268,12 +388,7 @@ impl Context<'_> {
                                 ) {
                                     continue;
                                 }
-                                let b = if per_peer_ports {
-                                    bit(&ports.resolve(&ident.named_ports))
-                                } else {
-                                    fixed_bit
-                                };
-                                if let Some(b) = b {
+                                if let Some(b) = bit(&ports.resolve(&ident.named_ports)) {
                                     *ep.peers.entry((direction, *id)).or_insert(0) |= b;
                                 }
                             }
@@ -287,11 +402,8 @@ impl Context<'_> {
                                     }
                                 }
                             }
-                            if !per_peer_ports {
-                                continue;
-                            }
-                            // Named ports: pod addresses in the block carry their own host
-                            // prefix (see `compile`) and resolve against that pod.
+                            // Pod addresses in the block carry their own host prefix (see
+                            // `compile`) and resolve against that pod.
                             for (addr, id) in self.addrs {
                                 let host = Prefix::host(*addr);
                                 let (Some(ident), Some(cidr_id)) =
@@ -319,10 +431,9 @@ impl Context<'_> {
     /// ports selects it: the class then depends on the identity's ports and may be new, so the
     /// endpoint must be recomputed.
     ///
-    /// A rule with fixed ports has exactly one class, the one that lists the rule (allocated
-    /// whether or not a peer matches, see `add_rule`), or none when its ports resolved to
-    /// nothing or the endpoint ran out of classes: either way what `add_rule` gives the
-    /// identity.
+    /// A rule with fixed ports has exactly one class, its group's, which lists the rule
+    /// (allocated whether or not a peer matches), or none when its ports resolved to nothing or
+    /// the endpoint ran out of classes: either way what [`Context::grant`] gives the identity.
     pub fn identity_masks(
         &self,
         ep: &EndpointState,

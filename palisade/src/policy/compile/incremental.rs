@@ -37,7 +37,7 @@ pub(super) struct Snapshot {
     pub contested: HashSet<Addr>,
     /// See [`super::host_blocks`]: a pod address inside one has a CIDR entry of its own.
     pub host_blocks: Vec<Block>,
-    /// Local endpoints with more port sets than class bits (they carry an error).
+    /// Local endpoints with more classes than class bits (they carry an error).
     pub overflowed: HashSet<ObjectKey>,
 }
 
@@ -72,7 +72,7 @@ impl Compiler {
     /// address of the pod is claimed by another pod or the node (which one wins depends on
     /// key order); an address is inside an ipBlock of an egress rule with named ports (it has
     /// a CIDR entry of its own, so every endpoint's CIDR entries change); an endpoint involved
-    /// has, or would get, more port sets than class bits (its error is in `state.errors`).
+    /// has, or would get, more classes than class bits (its error is in `state.errors`).
     pub fn apply_pod_change(
         &mut self,
         state: &mut NodeState,
@@ -125,7 +125,7 @@ impl Compiler {
             return Err("an address inside an ipBlock of an egress rule with named ports");
         }
         if last.overflowed.contains(key) {
-            return Err("the pod's endpoint has more port sets than class bits");
+            return Err("the pod's endpoint has more classes than class bits");
         }
 
         // The old version leaves: its endpoint and its addresses.
@@ -231,9 +231,9 @@ fn endpoint_afresh(
         cidrs: &state.cidrs,
         addrs: &state.identities,
     };
-    let (endpoint, errors) = ctx.endpoint(key, pod, pod_addrs(pod), &last.policies_of(chosen));
-    if !errors.is_empty() {
-        return Err("an endpoint would have more port sets than class bits");
+    let endpoint = ctx.endpoint(key, pod, pod_addrs(pod), &last.policies_of(chosen));
+    if endpoint.degraded.iter().any(|e| !e.is_empty()) {
+        return Err("an endpoint would have more classes than class bits");
     }
     state.endpoints.insert(key.clone(), endpoint);
     Ok(())

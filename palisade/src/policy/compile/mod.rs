@@ -5,8 +5,9 @@
 //! - Peers are *identities*: one per distinct (namespace, pod labels, container ports). Selectors
 //!   are evaluated once per identity, not per pod, and a pod whose identity already exists costs
 //!   exactly one map write on every node (its address), whatever the number of policies.
-//! - Rules of an endpoint and direction are grouped into port-set *classes*; peers carry class
-//!   bits and ports carry class bits, so entries grow as peers + ports, never peers x ports.
+//! - Rules of an endpoint and direction are grouped into *classes* (rules with the same peers
+//!   share one, as do rules with the same ports; see `endpoint.rs`); peers carry class bits and
+//!   ports carry class bits, so entries grow as peers + ports, never peers x ports.
 //! - An `endPort` range is at most 30 LPM prefixes.
 //! - Class bits never depend on which identities exist (egress named ports aside, see
 //!   `endpoint.rs`), so a pod change is applied in place ([`Compiler::apply_pod_change`]): a
@@ -118,6 +119,10 @@ pub struct EndpointState {
     pub classes: [Vec<Class>; 2],
     /// The policies that isolate the pod, by direction (what a denied flow is blamed on).
     pub isolating: [Vec<ObjectKey>; 2],
+    /// Why the entries admit less than the policies say, by direction, if they do: rules that
+    /// got no class (see `endpoint.rs`) and so allow nothing here. Also in
+    /// [`NodeState::errors`].
+    pub degraded: [Vec<PolicyError>; 2],
 }
 
 /// The desired content of every map on one node.
@@ -278,11 +283,13 @@ impl Compiler {
             }
             let chosen = selecting_policies(&policies, key, pod);
             let chosen_refs: Vec<&Policy> = chosen.iter().map(|i| &policies[*i]).collect();
-            let (endpoint, errors) = ctx.endpoint(key, pod, pod_addrs(pod), &chosen_refs);
-            if !errors.is_empty() {
+            let endpoint = ctx.endpoint(key, pod, pod_addrs(pod), &chosen_refs);
+            if endpoint.degraded.iter().any(|e| !e.is_empty()) {
                 overflowed.insert(key.clone());
             }
-            state.errors.extend(errors);
+            state
+                .errors
+                .extend(endpoint.degraded.iter().flatten().cloned());
             state.endpoints.insert(key.clone(), endpoint);
             selecting.insert(key.clone(), chosen);
         }
