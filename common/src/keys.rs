@@ -6,8 +6,8 @@ use bytemuck::{Pod, Zeroable};
 
 #[cfg(doc)]
 use crate::{
-    ABI_VERSION, FLOW_AUDIT, MAP_CIDRS, MAP_CONNTRACK, MAP_CT_CONFIG, MAP_FRAGMENTS, MAP_ENDPOINTS, MAP_ORIGINAL_DST, MAP_PEERS,
-    MAP_POD_IDENTITIES, MAP_PORTS,
+    ABI_VERSION, FLOW_AUDIT, MAP_CIDRS, MAP_CONNTRACK, MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_FRAGMENTS,
+    MAP_ORIGINAL_DST, MAP_PEERS, MAP_POD_IDENTITIES, MAP_PORTS,
 };
 
 /// Direction, from the endpoint's point of view.
@@ -270,13 +270,8 @@ impl CtTimeouts {
             (crate::PROTO_TCP, CT_TCP_CLOSING) => {
                 (self.tcp_closing_ns, Self::DEFAULT.tcp_closing_ns)
             }
-            (crate::PROTO_TCP, _) => (
-                self.tcp_established_ns,
-                Self::DEFAULT.tcp_established_ns,
-            ),
-            (crate::PROTO_ICMP | crate::PROTO_ICMPV6, _) => {
-                (self.icmp_ns, Self::DEFAULT.icmp_ns)
-            }
+            (crate::PROTO_TCP, _) => (self.tcp_established_ns, Self::DEFAULT.tcp_established_ns),
+            (crate::PROTO_ICMP | crate::PROTO_ICMPV6, _) => (self.icmp_ns, Self::DEFAULT.icmp_ns),
             _ => (self.other_ns, Self::DEFAULT.other_ns),
         };
         if set == 0 { default } else { set }

@@ -16,7 +16,8 @@
 
 use aya_ebpf::programs::TcContext;
 use palisade_common::{
-    Addr, CT_KIND_PLAIN, CtKey, DIR_EGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    Addr, CT_KIND_PLAIN, CtKey, DIR_EGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{

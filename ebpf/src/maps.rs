@@ -6,11 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::{
-    Addr, ClassMask, CtKey, CtTimeouts, CtValue, EVENTS_RING_BYTES, FragKey, FragValue,
-    MAX_FRAGMENTS, EndpointInfo, EndpointKey, EventLimit,
-    FlowConfig, FlowEvent, IdentityValue, MAX_CIDRS, MAX_CONNTRACK, MAX_ENDPOINTS,
-    MAX_EVENT_LIMITS, MAX_LOCAL_ADDRS, MAX_ORIGINAL_DST, MAX_PEERS, MAX_POD_IDENTITIES, MAX_PORTS,
-    MAX_SERVICE_RANGES, OriginalKey, OriginalValue, PeerKey, PortKey, STAT_SLOTS,
+    Addr, ClassMask, CtKey, CtTimeouts, CtValue, EVENTS_RING_BYTES, EndpointInfo, EndpointKey,
+    EventLimit, FlowConfig, FlowEvent, FragKey, FragValue, IdentityValue, MAX_CIDRS, MAX_CONNTRACK,
+    MAX_ENDPOINTS, MAX_EVENT_LIMITS, MAX_FRAGMENTS, MAX_LOCAL_ADDRS, MAX_ORIGINAL_DST, MAX_PEERS,
+    MAX_POD_IDENTITIES, MAX_PORTS, MAX_SERVICE_RANGES, OriginalKey, OriginalValue, PeerKey,
+    PortKey, STAT_SLOTS,
 };
 
 #[map(name = "PAL_ENDPOINTS")]

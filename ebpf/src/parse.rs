@@ -158,7 +158,9 @@ fn parse_v6(ctx: &TcContext) -> Result<Packet, DropReason> {
             // which a forwarded packet never has, RFC 4861 7.1) and link-scoped, so an ICMPv6
             // message of an ND type is no way to carry data past policy to a routed address.
             if packet.neighbour_discovery
-                && (hop_limit != 255 || packet.fragment || packet.first_fragment
+                && (hop_limit != 255
+                    || packet.fragment
+                    || packet.first_fragment
                     || !(link_scoped(&src) || link_scoped(&dst)))
             {
                 packet.neighbour_discovery = false;

@@ -18,8 +18,8 @@
 //! [`ORIGINAL_DST_LIFETIME_NS`]. A marked packet that finds no live record is dropped: its
 //! egress cannot be judged.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use palisade_common::{
     Addr, Admission, AllowReason, CT_KIND_PLAIN, CtKey, DIR_EGRESS, DropReason, FLOW_ALLOWED,
     FLOW_AUDIT, FLOW_DENIED, FLOW_TRANSLATED, NO_CLASS, ORIGINAL_DST_LIFETIME_NS, OriginalKey,
@@ -133,9 +133,9 @@ pub(crate) fn judge_translated(ctx: &TcContext, packet: &Packet) -> Result<bool,
     let _ = ORIGINAL_DST.remove(&key);
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(original) = original.filter(|o| {
-        now >= o.recorded_ns && now - o.recorded_ns <= ORIGINAL_DST_LIFETIME_NS
-    }) else {
+    let Some(original) = original
+        .filter(|o| now >= o.recorded_ns && now - o.recorded_ns <= ORIGINAL_DST_LIFETIME_NS)
+    else {
         let reason = DropReason::ServiceUnjudged;
         let mut owed = Owed::new(0, DIR_EGRESS, FLOW_DENIED, reason as u8, NO_CLASS);
         owed.flags = FLOW_TRANSLATED;

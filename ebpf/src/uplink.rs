@@ -55,7 +55,9 @@ pub(crate) fn from_uplink(ctx: &TcContext) -> i32 {
         .is_some_and(|config| config.flags & CFG_STRICT_UPLINK != 0);
     let spoofed = local
         || identity == IDENTITY_HOST
-        || (strict && identity >= IDENTITY_FIRST_POD && !routed_back(ctx, &packet.src, &packet.dst, ifindex));
+        || (strict
+            && identity >= IDENTITY_FIRST_POD
+            && !routed_back(ctx, &packet.src, &packet.dst, ifindex));
     if !spoofed {
         return PASS;
     }

@@ -109,8 +109,7 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
 
     // A later fragment: no ports, its datagram's verdict (`fragments.rs`).
     if packet.fragment {
-        if !endpoint.isolated(direction) || fragments::follows_first(packet, direction, ifindex)
-        {
+        if !endpoint.isolated(direction) || fragments::follows_first(packet, direction, ifindex) {
             return Ok(translated);
         }
         let reason = DropReason::Fragment;

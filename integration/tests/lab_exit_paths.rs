@@ -117,7 +117,10 @@ fn clean_removes_ended_runs_only() {
         thread::sleep(Duration::from_millis(50));
     }
     let before = namespaces_of(pid);
-    assert!(before.len() >= 2, "the live run never created its namespaces");
+    assert!(
+        before.len() >= 2,
+        "the live run never created its namespaces"
+    );
     // A leftover of an ended run: a namespace named for a PID no process has.
     let dead_pid = 4_000_000 + std::process::id() % 100_000;
     let leftover = format!("pal{dead_pid}-leftover");

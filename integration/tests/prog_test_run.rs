@@ -392,12 +392,26 @@ fn ipv6_extension_headers_to_an_isolated_pod_are_dropped() {
     fragment.extend(tcp_syn(40000, 80));
     let frag = ipv6(CLIENT6, SERVER6, IPV6_FRAGMENT, &fragment);
     node.passes(PROG_TO_POD, &frag, Stat::NewFlowAllowed);
-    let later = ipv6(CLIENT6, SERVER6, IPV6_FRAGMENT, &[TCP, 0, 0x05, 0xc8, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let later = ipv6(
+        CLIENT6,
+        SERVER6,
+        IPV6_FRAGMENT,
+        &[TCP, 0, 0x05, 0xc8, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
     node.passes(PROG_TO_POD, &later, Stat::FragmentPassed);
     let mut denied = vec![TCP, 0, 0x00, 0x01, 0, 0, 0x43, 0x21];
     denied.extend(tcp_syn(40000, 81));
-    node.drops(PROG_TO_POD, &ipv6(CLIENT6, SERVER6, IPV6_FRAGMENT, &denied), DropReason::PolicyIngress);
-    let denied_later = ipv6(CLIENT6, SERVER6, IPV6_FRAGMENT, &[TCP, 0, 0x05, 0xc8, 0, 0, 0x43, 0x21, 0, 0, 0, 0, 0, 0, 0, 0]);
+    node.drops(
+        PROG_TO_POD,
+        &ipv6(CLIENT6, SERVER6, IPV6_FRAGMENT, &denied),
+        DropReason::PolicyIngress,
+    );
+    let denied_later = ipv6(
+        CLIENT6,
+        SERVER6,
+        IPV6_FRAGMENT,
+        &[TCP, 0, 0x05, 0xc8, 0, 0, 0x43, 0x21, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
     node.drops(PROG_TO_POD, &denied_later, DropReason::Fragment);
     // A chain: a fragment header after hop-by-hop options is not walked.
     let mut chain = vec![IPV6_FRAGMENT, 0, 0x01, 0x04, 0, 0, 0, 0];

@@ -40,7 +40,11 @@ fn an_icmp_error_about_a_tracked_flow_goes_only_to_that_flows_peer() {
 #[test]
 fn a_syn_on_a_tracked_tuple_is_judged_again_and_a_closed_flow_keeps_only_its_tail() {
     let node = Node::with_server();
-    node.passes(PROG_TO_POD, &syn4(CLIENT, SERVER, 40300, 80), Stat::NewFlowAllowed);
+    node.passes(
+        PROG_TO_POD,
+        &syn4(CLIENT, SERVER, 40300, 80),
+        Stat::NewFlowAllowed,
+    );
     node.passes(PROG_FROM_POD, &ack4(SERVER, CLIENT, 80, 40300), Stat::CtHit);
     // The connection ends with a RST; its last packets still pass (the closing timeout) ...
     node.passes(
@@ -57,7 +61,11 @@ fn a_syn_on_a_tracked_tuple_is_judged_again_and_a_closed_flow_keeps_only_its_tai
         DropReason::PolicyEgress,
     );
     // The client's SYN on the same tuple is judged too (a new flow, not a conntrack hit).
-    node.passes(PROG_TO_POD, &syn4(CLIENT, SERVER, 40300, 80), Stat::NewFlowAllowed);
+    node.passes(
+        PROG_TO_POD,
+        &syn4(CLIENT, SERVER, 40300, 80),
+        Stat::NewFlowAllowed,
+    );
     // ACK, FIN or RST of a flow that was never opened: judged, and dropped.
     for flags in [TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST] {
         node.drops(

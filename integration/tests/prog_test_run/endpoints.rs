@@ -263,4 +263,3 @@ fn a_service_record_is_judged_only_by_the_packet_it_was_made_for() {
         );
     });
 }
-

@@ -123,7 +123,11 @@ pub struct Config {
     #[arg(long, env = "PALISADE_CT_TCP_SYN_SECONDS", default_value_t = 60)]
     pub ct_tcp_syn_seconds: u64,
     /// Seconds an idle established TCP connection stays tracked.
-    #[arg(long, env = "PALISADE_CT_TCP_ESTABLISHED_SECONDS", default_value_t = 21_600)]
+    #[arg(
+        long,
+        env = "PALISADE_CT_TCP_ESTABLISHED_SECONDS",
+        default_value_t = 21_600
+    )]
     pub ct_tcp_established_seconds: u64,
     /// Seconds a TCP connection stays tracked after a FIN or RST.
     #[arg(long, env = "PALISADE_CT_TCP_CLOSING_SECONDS", default_value_t = 10)]

@@ -133,7 +133,9 @@ impl Dataplane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_common::{CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT, PROTO_TCP, PROTO_UDP};
+    use palisade_common::{
+        CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT, PROTO_TCP, PROTO_UDP,
+    };
 
     fn entry(seen_ns: u64, tcp: u8) -> CtValue {
         CtValue {
@@ -166,8 +168,14 @@ mod tests {
         ];
         for (protocol, tcp, secs) in cases {
             let e = entry(at, tcp);
-            assert!(!e.expired(protocol, at + secs * s, &t), "{protocol}/{tcp} at its timeout");
-            assert!(e.expired(protocol, at + secs * s + 1, &t), "{protocol}/{tcp} past it");
+            assert!(
+                !e.expired(protocol, at + secs * s, &t),
+                "{protocol}/{tcp} at its timeout"
+            );
+            assert!(
+                e.expired(protocol, at + secs * s + 1, &t),
+                "{protocol}/{tcp} past it"
+            );
         }
         // Another CPU's fresher write is never an expiry.
         assert!(!entry(at, CT_TCP_CLOSING).expired(PROTO_TCP, at - 1, &t));
@@ -182,10 +190,7 @@ mod tests {
             other_ns: 0,
             icmp_ns: 0,
         };
-        assert_eq!(
-            zero.lifetime_ns(PROTO_UDP, 0),
-            CtTimeouts::DEFAULT.other_ns
-        );
+        assert_eq!(zero.lifetime_ns(PROTO_UDP, 0), CtTimeouts::DEFAULT.other_ns);
         assert_eq!(
             ConntrackSettings::default().to_kernel(),
             CtTimeouts::DEFAULT

@@ -6,9 +6,10 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key};
 use palisade_common::{
-    Addr, Admission, CFG_AUDIT_ALL, CFG_STRICT_UPLINK, CFG_EVENTS, ClassMask, EP_AUDIT, EndpointInfo, FlowConfig,
-    IdentityValue, MAP_CIDRS, MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOW_CONFIG, MAP_PEERS,
-    MAP_POD_IDENTITIES, MAP_PORTS, PORT_KEY_FIXED_BITS, PeerKey, PolicyMaps, PortKey, admit,
+    Addr, Admission, CFG_AUDIT_ALL, CFG_EVENTS, CFG_STRICT_UPLINK, ClassMask, EP_AUDIT,
+    EndpointInfo, FlowConfig, IdentityValue, MAP_CIDRS, MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOW_CONFIG,
+    MAP_PEERS, MAP_POD_IDENTITIES, MAP_PORTS, PORT_KEY_FIXED_BITS, PeerKey, PolicyMaps, PortKey,
+    admit,
 };
 
 use super::{Dataplane, DataplaneError};

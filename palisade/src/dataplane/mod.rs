@@ -27,8 +27,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use palisade_common::{
-    ALL_MAPS, Addr, DROP_REASONS, MAP_SERVICES, MAP_STATS, PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD, PROG_UPLINK,
-    STAT_SLOTS,
+    ALL_MAPS, Addr, DROP_REASONS, MAP_SERVICES, MAP_STATS, PROG_FROM_POD, PROG_FROM_UPLINK,
+    PROG_TO_POD, PROG_UPLINK, STAT_SLOTS,
 };
 
 #[cfg(feature = "test-run")]
@@ -173,7 +173,8 @@ impl Dataplane {
         }
         let mut loader = EbpfLoader::new();
         if std::env::var_os("PALISADE_VERIFIER_LOG").is_some() {
-            loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+            loader
+                .verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
         }
         for &(name, max) in limits {
             loader.map_max_entries(name, max);
