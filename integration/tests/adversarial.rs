@@ -102,6 +102,7 @@ const fn external_on(name: &'static str, node: u8, addrs: &'static [&'static str
 /// programs detached) before the namespaces.
 struct Lab {
     workers: Vec<NodeWorker>,
+    #[expect(dead_code, reason = "held for its drop, which removes the namespaces")]
     topology: Topology,
     nodes: Vec<NodeHandle>,
     cluster: Cluster,
@@ -168,13 +169,13 @@ impl Lab {
             let interfaces = self
                 .hosts
                 .iter()
-                .filter(|(name, h)| on_node(h) && !self.externals.contains(name))
+                .filter(|(name, h)| on_node(h) && !self.externals.contains(*name))
                 .map(|(name, h)| {
                     let interface = Interface {
                         ifname: h.host_ifname.clone(),
                         ifindex: h.host_ifindex,
                     };
-                    (ObjectKey::new(NS, name), interface)
+                    (ObjectKey::new(NS, *name), interface)
                 })
                 .collect();
             let uplinks = self
@@ -185,7 +186,7 @@ impl Lab {
                 .chain(
                     self.hosts
                         .iter()
-                        .filter(|(name, h)| on_node(h) && self.externals.contains(name))
+                        .filter(|(name, h)| on_node(h) && self.externals.contains(*name))
                         .map(|(_, h)| h.host_ifname.clone()),
                 )
                 .collect();

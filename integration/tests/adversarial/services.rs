@@ -47,7 +47,7 @@ fn to(lab: &Lab, protocol: u8, dst: IpAddr, sport: u16, ttl: u8, payload: &[u8])
 
 #[test]
 fn a_service_flow_planted_by_a_dropped_packet_never_reaches_a_denied_backend() {
-    let mut lab = Lab::new(
+    let lab = Lab::new(
         2,
         &[
             pod_on("a", 1, &["10.244.1.10"]),
