@@ -5,8 +5,7 @@
 //! cross kernels: a bad checksum would be dropped by the receiver's stack and prove nothing.
 
 use std::{
-    io,
-    mem,
+    io, mem,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
@@ -78,7 +77,10 @@ pub fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> 
 }
 
 /// A TCP segment with `flags`, sequence number `seq`, acknowledgement `ack`, checksummed.
-#[expect(clippy::too_many_arguments, reason = "a TCP header has that many fields")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a TCP header has that many fields"
+)]
 pub fn tcp(
     src: IpAddr,
     dst: IpAddr,
@@ -325,8 +327,7 @@ fn packet_socket(netns: &NetNs, ifname: &str) -> io::Result<(OwnedFd, [u8; 6])> 
                 // A bound packet socket's name carries its interface's hardware address.
                 let mut name: libc::sockaddr_ll = mem::zeroed();
                 let mut name_len = len;
-                if libc::getsockname(fd.as_raw_fd(), (&raw mut name).cast(), &mut name_len) != 0
-                {
+                if libc::getsockname(fd.as_raw_fd(), (&raw mut name).cast(), &mut name_len) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 let mut mac = [0; 6];
@@ -370,7 +371,8 @@ impl Port {
     /// Sends a whole Ethernet frame as it is.
     pub fn send_frame(&self, frame: &[u8]) {
         // SAFETY: send from a live buffer of the length given.
-        let sent = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        let sent =
+            unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         assert_eq!(
             usize::try_from(sent).ok(),
             Some(frame.len()),

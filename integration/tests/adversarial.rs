@@ -263,3 +263,30 @@ impl Lab {
 fn marker(tag: &str) -> Vec<u8> {
     format!("PALISADE-ADV:{tag}:{}", std::process::id()).into_bytes()
 }
+
+/// The attacks of one test that got through, reported together at its end: one breach must
+/// not hide whether the next attack of the same scenery gets through too.
+#[derive(Default)]
+struct Breaches(Vec<String>);
+
+impl Breaches {
+    /// Records `attack` if a frame carrying `m` reaches `at` within [`QUIET`].
+    fn check(&mut self, at: &Capture, m: &[u8], attack: &str) {
+        if at.sees(m, QUIET) {
+            self.0.push(attack.to_owned());
+        }
+    }
+
+    fn push(&mut self, attack: impl Into<String>) {
+        self.0.push(attack.into());
+    }
+
+    fn assert_none(self) {
+        assert!(
+            self.0.is_empty(),
+            "{} attack(s) got through:\n  {}",
+            self.0.len(),
+            self.0.join("\n  ")
+        );
+    }
+}

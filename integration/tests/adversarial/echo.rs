@@ -28,6 +28,7 @@ const ID: u16 = 4242;
 
 #[test]
 fn an_echo_request_reusing_a_pings_identifier_is_not_its_reply() {
+    let mut breaches = Breaches::default();
     let lab = Lab::new(
         1,
         &[
@@ -52,10 +53,11 @@ fn an_echo_request_reusing_a_pings_identifier_is_not_its_reply() {
         // y's own echo request with x's identifier.
         let m = marker(&format!("echo-request-{family}"));
         from_y.send(&echo_packet(y, x, true, ID, &m));
-        at_x.assert_none(
+        breaches.check(
+            &at_x,
             &m,
-            QUIET,
             &format!("y's {family} echo request with x's identifier {ID} reached x"),
         );
     }
+    breaches.assert_none();
 }

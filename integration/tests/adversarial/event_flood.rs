@@ -71,7 +71,13 @@ fn a_flood_of_denied_packets_does_not_hide_another_pods_denied_event() {
             ));
         }
         if !victim_sent && started.elapsed() > Duration::from_millis(300) {
-            from_v.send(&udp_packet(v, z, 40_000, VICTIM_PORT, &marker("flood-victim")));
+            from_v.send(&udp_packet(
+                v,
+                z,
+                40_000,
+                VICTIM_PORT,
+                &marker("flood-victim"),
+            ));
             victim_sent = true;
         }
         thread::sleep(Duration::from_millis(5));

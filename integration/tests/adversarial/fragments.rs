@@ -34,6 +34,7 @@ fn marked_payload(len: usize, size: usize, markers: &[Vec<u8>]) -> Vec<u8> {
 
 #[test]
 fn a_fragmented_reply_arrives_whole_and_orphan_and_odd_fragments_do_not() {
+    let mut breaches = Breaches::default();
     let lab = Lab::new(
         1,
         &[
@@ -69,7 +70,13 @@ fn a_fragmented_reply_arrives_whole_and_orphan_and_odd_fragments_do_not() {
 
     // The reply, fragmented: three fragments of 1000 bytes, each with its own marker.
     let markers: Vec<Vec<u8>> = (0..3).map(|i| marker(&format!("frag-part-{i}"))).collect();
-    let reply = udp(s_ip, c_ip, S_PORT, C_PORT, &marked_payload(2992, 1000, &markers));
+    let reply = udp(
+        s_ip,
+        c_ip,
+        S_PORT,
+        C_PORT,
+        &marked_payload(2992, 1000, &markers),
+    );
     let header = V4 {
         id: 0x4a11,
         ..V4::new(s, c, UDP)
@@ -90,9 +97,9 @@ fn a_fragmented_reply_arrives_whole_and_orphan_and_odd_fragments_do_not() {
         let m = marker(&format!("frag-orphan-{from}"));
         let port = if from == s { &from_s } else { &from_z };
         port.send(&orphan(from, 0x4b00 + u16::from(from.octets()[3]), &m));
-        at_c.assert_none(
+        breaches.check(
+            &at_c,
             &m,
-            QUIET,
             &format!("a non-first fragment without its first, from {who}"),
         );
     }
@@ -111,21 +118,92 @@ fn a_fragmented_reply_arrives_whole_and_orphan_and_odd_fragments_do_not() {
     let mut proto253 = marker("held-proto253");
     proto253.resize(64, b'.');
     let held: Vec<(&str, V4, Vec<u8>)> = vec![
-        ("a first fragment", V4 { frag: MF, ..V4::new(z, c, UDP) }, datagram("held-first")),
-        ("a middle fragment", V4 { frag: MF | 50, ..V4::new(z, c, UDP) }, datagram("held-mid")),
-        ("a last fragment", V4 { frag: 50, ..V4::new(z, c, UDP) }, datagram("held-last")),
-        ("a tiny first fragment (8 bytes)", V4 { frag: MF, ..V4::new(z, c, UDP) }, tiny[..8].to_vec()),
-        ("the tiny fragment's rest", V4 { frag: 1, ..V4::new(z, c, UDP) }, tiny[8..].to_vec()),
-        ("IP options (4 NOPs)", V4 { options: vec![1; 4], ..V4::new(z, c, UDP) }, datagram("held-opt")),
-        ("IHL 15", V4 { options: ihl15, ..V4::new(z, c, UDP) }, datagram("held-ihl15")),
+        (
+            "a first fragment",
+            V4 {
+                frag: MF,
+                ..V4::new(z, c, UDP)
+            },
+            datagram("held-first"),
+        ),
+        (
+            "a middle fragment",
+            V4 {
+                frag: MF | 50,
+                ..V4::new(z, c, UDP)
+            },
+            datagram("held-mid"),
+        ),
+        (
+            "a last fragment",
+            V4 {
+                frag: 50,
+                ..V4::new(z, c, UDP)
+            },
+            datagram("held-last"),
+        ),
+        (
+            "a tiny first fragment (8 bytes)",
+            V4 {
+                frag: MF,
+                ..V4::new(z, c, UDP)
+            },
+            tiny[..8].to_vec(),
+        ),
+        (
+            "the tiny fragment's rest",
+            V4 {
+                frag: 1,
+                ..V4::new(z, c, UDP)
+            },
+            tiny[8..].to_vec(),
+        ),
+        (
+            "IP options (4 NOPs)",
+            V4 {
+                options: vec![1; 4],
+                ..V4::new(z, c, UDP)
+            },
+            datagram("held-opt"),
+        ),
+        (
+            "IHL 15",
+            V4 {
+                options: ihl15,
+                ..V4::new(z, c, UDP)
+            },
+            datagram("held-ihl15"),
+        ),
         ("protocol 253", V4::new(z, c, 253), proto253),
         ("IP-in-IP carrying s's address", V4::new(z, c, 4), inner),
-        ("padding past the total length", V4 { total_len: Some(28), ..V4::new(z, c, UDP) }, datagram("held-pad")),
-        ("the largest fragment offset", V4 { frag: 0x1fff, ..V4::new(z, c, UDP) }, vec![b'!'; 7]),
+        (
+            "padding past the total length",
+            V4 {
+                total_len: Some(28),
+                ..V4::new(z, c, UDP)
+            },
+            datagram("held-pad"),
+        ),
+        (
+            "the largest fragment offset",
+            V4 {
+                frag: 0x1fff,
+                ..V4::new(z, c, UDP)
+            },
+            vec![b'!'; 7],
+        ),
     ];
-    let ids: Vec<u16> = (0..held.len()).map(|i| 0x6000 + u16::try_from(i).unwrap()).collect();
+    let ids: Vec<u16> = (0..held.len())
+        .map(|i| 0x6000 + u16::try_from(i).unwrap())
+        .collect();
     for ((_, header, payload), id) in held.iter().zip(&ids) {
-        from_z.send(&V4 { id: *id, ..header.clone() }.packet(payload));
+        from_z.send(
+            &V4 {
+                id: *id,
+                ..header.clone()
+            }
+            .packet(payload),
+        );
     }
     let mut seen = std::collections::BTreeSet::new();
     let deadline = std::time::Instant::now() + QUIET;
@@ -141,13 +219,14 @@ fn a_fragmented_reply_arrives_whole_and_orphan_and_odd_fragments_do_not() {
         .filter(|(_, id)| seen.contains(id))
         .map(|((shape, ..), _)| *shape)
         .collect();
-    assert!(
-        through.is_empty(),
-        "from z, denied by c's policy, these reached c: {through:?}"
-    );
-    assert_eq!(
-        arrived,
-        [true, true, true],
-        "every fragment of s's reply to c's tracked request arrives (first, middle, last)"
-    );
+    for shape in through {
+        breaches.push(format!("{shape} from z (denied by c's policy) reached c"));
+    }
+    if arrived != [true, true, true] {
+        breaches.push(format!(
+            "wrong drop: of the fragments (first, middle, last) of s's reply to c's tracked \
+             request, these arrived: {arrived:?}"
+        ));
+    }
+    breaches.assert_none();
 }
