@@ -71,7 +71,7 @@ fn an_icmp_error_about_a_tracked_flow_reaches_only_that_flows_peer_and_only_when
         let m = marker(&format!("icmp-to-{to}"));
         from_a.send(&unreachable(a, d, to, &m, 0));
         breaches.check(
-            &at,
+            at,
             &m,
             &format!("an ICMP error quoting a's tracked flow to d carried data to {whom}"),
         );
