@@ -8,6 +8,7 @@
 //! binaries for it).
 
 pub mod frames;
+pub mod wire;
 
 use std::path::PathBuf;
 
