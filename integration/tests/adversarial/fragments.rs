@@ -85,7 +85,8 @@ fn a_fragmented_reply_arrives_whole_and_orphan_and_odd_fragments_do_not() {
         from_s.send(&fragment);
     }
     let arrived: Vec<bool> = {
-        let frames = at_c.all_with(&marker("frag-part-"), LIVE);
+        // Every part's marker starts so (`marker` ends with the process id).
+        let frames = at_c.all_with(b"PALISADE-ADV:frag-part-", LIVE);
         markers
             .iter()
             .map(|m| frames.iter().any(|f| contains(f, m)))

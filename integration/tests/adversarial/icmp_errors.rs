@@ -16,7 +16,9 @@ metadata: {name: a-to-d-only, namespace: x}
 spec:
   podSelector: {matchLabels: {app: a}}
   policyTypes: [Egress]
-  egress: [{to: [{podSelector: {matchLabels: {app: d}}}]}]
+  egress:
+    - to: [{podSelector: {matchLabels: {app: d}}}]
+      ports: [{protocol: UDP, port: 5353}]
 "#;
 
 const A_PORT: u16 = 41_000;
