@@ -54,7 +54,9 @@ pub const MAP_LOCAL_ADDRS: &str = "PAL_LOCAL_ADDRS";
 /// ([`MAP_EVENT_LIMITS`]); when the agent falls behind and the buffer is full, events are lost
 /// and counted ([`Stat::EventsLost`]).
 pub const MAP_EVENTS: &str = "PAL_EVENTS";
-/// LRU hash [`Addr`] -> [`EventLimit`]: the per-source event budget of the current window.
+/// LRU hash [`Addr`] -> [`EventLimit`]: the per-sender event budget of the current window. A
+/// local pod's events (egress verdicts) are budgeted by its endpoint, under `ff00::<ifindex>`
+/// (its claimed source may be another's address); anyone else's by source address.
 pub const MAP_EVENT_LIMITS: &str = "PAL_EVENT_LIMITS";
 /// Per-CPU array of two [`FlowEvent`]s: where a verdict writes the event it owes while the
 /// packet is being judged, emitted once the verdict returns (the judging frame has no stack to

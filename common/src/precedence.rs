@@ -28,10 +28,16 @@
 //!    check: they are never routed off the link, and a pod's kernel uses them (router
 //!    solicitations, MLD). The unspecified source (`::`, `0.0.0.0`) does not: DAD's neighbour
 //!    solicitation already passed at 2, and pods get their address without DHCP.
+//!    A non-first fragment (no ports) passes when its datagram's first fragment passed this
+//!    endpoint in this direction within [`FRAGMENT_LIFETIME_NS`] ([`MAP_FRAGMENTS`]), or the
+//!    endpoint is not isolated; otherwise it is dropped ([`DropReason::Fragment`]).
 //! 4. [`MAP_CONNTRACK`] holds the packet's flow at this endpoint (ifindex) in this direction, or
-//!    the reverse flow at this endpoint in the other direction (a reply): pass. Established
+//!    the reverse flow at this endpoint in the other direction (a reply), and the entry has not
+//!    been idle past its state's timeout ([`MAP_CT_CONFIG`]): pass. A TCP SYN without ACK is
+//!    never found here: it opens a connection, and is judged by 5-8 every time. Established
 //!    flows are kept across policy changes. Entries are per endpoint, so a flow admitted at one
 //!    pod's veth never admits a packet on another pod's veth, whatever addresses it carries.
+//!    ICMP is keyed by role ([`CtKey::kind`]): an echo request is never the reply of one.
 //! 5. E not isolated for D: pass (and track the flow). Otherwise, when D is egress and A is in
 //!    [`MAP_SERVICES`], the verdict waits for kube-proxy's translation ([`MAP_ORIGINAL_DST`]):
 //!    the hook that sees the translated packet applies 6-8 to the real destination and tracks
@@ -46,7 +52,11 @@
 //!    audit mode ([`EP_AUDIT`], or [`CFG_AUDIT_ALL`] for the node): then pass and track.
 //!
 //! Every drop after parsing and every new flow (5-8) owes a [`FlowEvent`] to [`MAP_EVENTS`],
-//! within the source address's budget; packets of tracked flows (4) owe none.
+//! within the sender's budget; packets of tracked flows (4) owe none.
+//!
+//! Before any of this, what arrives from outside the node ([`PROG_FROM_UPLINK`]) is dropped
+//! when its source is an address of a local pod or of the node itself, so step 6 and the
+//! ingress rules naming local pods cannot be satisfied from outside (see `SECURITY.md`).
 //!
 //! Addresses are 16 bytes everywhere; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so one
 //! trie serves both families and an IPv4 prefix /n is stored as /(96+n).
@@ -64,9 +74,10 @@ use crate::{
 };
 #[cfg(doc)]
 use crate::{
-    CFG_AUDIT_ALL, DropReason, EP_AUDIT, FlowEvent, MAP_CIDRS, MAP_CONNTRACK, MAP_ENDPOINTS,
-    MAP_EVENTS, MAP_LOCAL_ADDRS, MAP_ORIGINAL_DST, MAP_PEERS, MAP_POD_IDENTITIES, MAP_PORTS,
-    MAP_SERVICES, MAX_CLASSES, PROG_FROM_POD, PROG_TO_POD,
+    CFG_AUDIT_ALL, CtKey, DropReason, EP_AUDIT, FRAGMENT_LIFETIME_NS, FlowEvent, MAP_CIDRS,
+    MAP_CONNTRACK, MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_EVENTS, MAP_FRAGMENTS, MAP_LOCAL_ADDRS,
+    MAP_ORIGINAL_DST, MAP_PEERS, MAP_POD_IDENTITIES, MAP_PORTS, MAP_SERVICES, MAX_CLASSES,
+    PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD,
 };
 
 /// The lookups steps 6-8 make, wherever the maps are. Absent entries are `None` or an empty

@@ -9,8 +9,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use palisade_common::{
-    CFG_AUDIT_ALL, CFG_EVENTS, EP_AUDIT, EVENT_WINDOW_NS, EndpointInfo, EventLimit, SCRATCH_MAIN,
-    SCRATCH_TRANSLATED, Stat,
+    Addr, CFG_AUDIT_ALL, CFG_EVENTS, DIR_EGRESS, EP_AUDIT, EVENT_WINDOW_NS, EndpointInfo,
+    EventLimit, SCRATCH_MAIN, SCRATCH_TRANSLATED, Stat,
 };
 
 use crate::{
@@ -103,10 +103,17 @@ fn send(slot: u32) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     event.time_ns = now;
-    // The budget is per source address, so one flooding pod (or host) cannot use up another's.
-    // Counts race between CPUs; a budget is approximate, never unbounded.
+    // The budget is per sender, so one flooding pod (or host) cannot use up another's: a local
+    // pod's by its endpoint (the address it claims may be another's, which its spoofed packets
+    // would otherwise spend), anyone else's by source address. Counts race between CPUs; a
+    // budget is approximate, never unbounded.
+    let budget = if event.direction == DIR_EGRESS && event.ifindex != 0 {
+        endpoint_budget(event.ifindex)
+    } else {
+        event.saddr
+    };
     // SAFETY: plain-data values.
-    match EVENT_LIMITS.get_ptr_mut(&event.saddr) {
+    match EVENT_LIMITS.get_ptr_mut(&budget) {
         Some(limit) => {
             // SAFETY: a map value; concurrent updates can only make the counts approximate.
             let limit = unsafe { &mut *limit };
@@ -134,7 +141,7 @@ fn send(slot: u32) {
                 suppressed: 0,
             };
             // A full LRU evicts the least recent source; an error only loses the budget.
-            let _ = EVENT_LIMITS.insert(&event.saddr, &fresh, 0);
+            let _ = EVENT_LIMITS.insert(&budget, &fresh, 0);
             event.suppressed = 0;
         }
     }
@@ -146,4 +153,14 @@ fn send(slot: u32) {
     } else {
         bump(Stat::EventsLost as u32);
     }
+}
+
+/// The budget key of the pod behind endpoint `ifindex`: an address in `ff00::/16` (reserved
+/// multicast, never a packet's source), so it meets no real sender's.
+#[inline(always)]
+fn endpoint_budget(ifindex: u32) -> Addr {
+    let i = ifindex.to_be_bytes();
+    Addr::from_v6([
+        0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i[0], i[1], i[2], i[3],
+    ])
 }

@@ -29,7 +29,7 @@ use std::{
 };
 
 use palisade::{
-    dataplane::Established,
+    dataplane::{ConntrackSettings, Established, FlowSettings},
     k8s::{
         cluster::{Cluster, ObjectKey},
         fixtures::{apply_yaml, cluster, namespace, pod},
@@ -113,6 +113,23 @@ struct Lab {
 impl Lab {
     /// `nodes` nodes (`node-1`, `node-2`), the hosts, and `policies` (YAML) enforced.
     fn new(nodes: u8, hosts: &[Host], policies: &str) -> Self {
+        Self::with_settings(
+            nodes,
+            hosts,
+            policies,
+            FlowSettings::default(),
+            ConntrackSettings::default(),
+        )
+    }
+
+    /// [`Self::new`] with the agents' flow settings (strict uplinks) and conntrack timeouts.
+    fn with_settings(
+        nodes: u8,
+        hosts: &[Host],
+        policies: &str,
+        flows: FlowSettings,
+        conntrack: ConntrackSettings,
+    ) -> Self {
         require_root();
         let mut topology = Topology::new().expect("topology");
         let nodes: Vec<NodeHandle> = (1..=nodes)
@@ -141,7 +158,17 @@ impl Lab {
         }
         let workers = nodes
             .iter()
-            .map(|n| node::start(n, &service_ranges(), None, Established::Keep).expect("agent"))
+            .map(|n| {
+                node::start_configured(
+                    n,
+                    &service_ranges(),
+                    None,
+                    Established::Keep,
+                    flows,
+                    conntrack,
+                )
+                .expect("agent")
+            })
             .collect();
         let mut lab = Self {
             workers,

@@ -35,9 +35,14 @@ spec:
     )
 }
 
-/// A packet of the flow `from:sport -> server:80` (the programs do not look at TCP flags).
-fn packet(from: [u8; 4], sport: u16) -> Vec<u8> {
+/// The SYN opening the flow `from:sport -> server:80` (judged by policy, every time).
+fn opening(from: [u8; 4], sport: u16) -> Vec<u8> {
     frames::syn4(from, [10, 0, 0, 10], sport, 80)
+}
+
+/// A later packet of the flow `from:sport -> server:80`.
+fn packet(from: [u8; 4], sport: u16) -> Vec<u8> {
+    frames::ack4(from, [10, 0, 0, 10], sport, 80)
 }
 
 const CLIENT: [u8; 4] = [10, 0, 0, 20];
@@ -95,8 +100,8 @@ impl Node {
 fn recheck_cuts_the_flows_a_new_policy_denies_and_keeps_the_others() {
     let mut node = Node::new();
     node.apply("client, other");
-    assert_eq!(node.run(&packet(CLIENT, 41000)), PASS, "client admitted");
-    assert_eq!(node.run(&packet(OTHER, 42000)), PASS, "other admitted");
+    assert_eq!(node.run(&opening(CLIENT, 41000)), PASS, "client admitted");
+    assert_eq!(node.run(&opening(OTHER, 42000)), PASS, "other admitted");
 
     let state = node.apply("other");
     // Not cut yet: the flow is tracked, and tracking is what `Keep` relies on.
@@ -106,7 +111,7 @@ fn recheck_cuts_the_flows_a_new_policy_denies_and_keeps_the_others() {
         "tracked flow before the re-check"
     );
     assert_eq!(
-        node.run(&packet(CLIENT, 41001)),
+        node.run(&opening(CLIENT, 41001)),
         DROP,
         "a new flow is judged by the new policy"
     );
@@ -132,7 +137,7 @@ fn recheck_cuts_the_flows_a_new_policy_denies_and_keeps_the_others() {
 fn keep_lets_established_flows_outlive_the_policy_that_admitted_them() {
     let mut node = Node::new();
     node.apply("client");
-    assert_eq!(node.run(&packet(CLIENT, 43000)), PASS);
+    assert_eq!(node.run(&opening(CLIENT, 43000)), PASS);
     node.apply("other");
     for _ in 0..3 {
         assert_eq!(
@@ -142,8 +147,13 @@ fn keep_lets_established_flows_outlive_the_policy_that_admitted_them() {
         );
     }
     assert_eq!(
-        node.run(&packet(CLIENT, 43001)),
+        node.run(&opening(CLIENT, 43001)),
         DROP,
         "new flows follow the new policy"
+    );
+    assert_eq!(
+        node.run(&opening(CLIENT, 43000)),
+        DROP,
+        "a new connection on the kept flow's ports is a new flow"
     );
 }

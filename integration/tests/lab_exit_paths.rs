@@ -124,11 +124,10 @@ fn clean_removes_ended_runs_only() {
     // A leftover of an ended run: a namespace named for a PID no process has.
     let dead_pid = 4_000_000 + std::process::id() % 100_000;
     let leftover = format!("pal{dead_pid}-leftover");
-    let created = Command::new("ip")
-        .args(["netns", "add", &leftover])
-        .status()
-        .expect("ip netns add");
-    assert!(created.success(), "ip netns add {leftover}");
+    // Made as the lab makes its namespaces (not `ip netns add`, which bind-mounts /run/netns
+    // over itself and so hides the namespaces other runs mounted there), and left behind.
+    let made = palisade_lab::netns::NetNs::create(&leftover).expect("a leftover namespace");
+    std::mem::forget(made);
     let out = lab().arg("clean").output().expect("palisade-lab clean");
     assert!(
         out.status.success(),

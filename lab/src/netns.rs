@@ -296,15 +296,19 @@ fn path_for(name: &str) -> Result<PathBuf> {
 }
 
 pub(crate) fn remove_path(name: &str, path: &Path) -> Result<()> {
-    // EINVAL: not a mount point (creation failed half-way); the file still has to go.
-    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
-        Err(source) => {
-            return Err(LabError::Netns {
-                name: name.to_owned(),
-                op: "unmount",
-                source,
-            });
+    // EINVAL: not a mount point (creation failed half-way); the file still has to go. A file
+    // mounted more than once (two creations raced for one name) is unmounted until it is not.
+    for _ in 0..8 {
+        match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL | Errno::ENOENT) => break,
+            Err(source) => {
+                return Err(LabError::Netns {
+                    name: name.to_owned(),
+                    op: "unmount",
+                    source,
+                });
+            }
         }
     }
     match fs::remove_file(path) {

@@ -1,7 +1,8 @@
 //! Item 8: flooding the flow-event ring to hide another pod's events. A pod sends denied
-//! packets as fast as it can, from its own address and from thousands of spoofed ones (each
-//! would have a budget of its own if spoofing got past its hook), while the agent drains the
-//! ring as it does; another pod's single denied packet must still produce its event.
+//! packets as fast as it can, from its own address, from the victim's (spending the victim's
+//! budget if budgets went by claimed address) and from thousands of spoofed ones (each would
+//! have a budget of its own if spoofing got past its hook), while the agent drains the ring as
+//! it does; another pod's single denied packet must still produce its event.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -47,12 +48,16 @@ fn a_flood_of_denied_packets_does_not_hide_another_pods_denied_event() {
     let flood = thread::spawn(move || {
         let start = Instant::now();
         for i in 0..FLOOD {
-            // Every other datagram spoofed from one of 65,536 addresses of the pod range.
-            let src = if i % 2 == 0 {
-                f
-            } else {
-                let [_, _, hi, lo] = i.to_be_bytes();
-                IpAddr::V4(Ipv4Addr::new(10, 244, 100 + (hi % 100), lo))
+            // A third from f's own address, a third spoofed from the victim's (whose event
+            // budget the drops would spend if budgets went by claimed source), a third from
+            // one of 65,536 addresses of the pod range.
+            let src = match i % 3 {
+                0 => f,
+                1 => v,
+                _ => {
+                    let [_, _, hi, lo] = i.to_be_bytes();
+                    IpAddr::V4(Ipv4Addr::new(10, 244, 100 + (hi % 100), lo))
+                }
             };
             let port = 20_000 + u16::try_from(i % 30_000).unwrap();
             from_f.send(&udp_packet(src, z, port, port, b"flood"));

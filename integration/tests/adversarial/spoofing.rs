@@ -75,3 +75,48 @@ fn sources_of_admitted_pods_and_of_the_node_spoofed_from_outside_never_reach_the
     }
     breaches.assert_none();
 }
+
+/// `y` admits `r`, a pod of node-2.
+const ADMITS_REMOTE: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: y-from-r, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: y}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{podSelector: {matchLabels: {app: r}}}]}]
+"#;
+
+#[test]
+fn in_strict_mode_a_remote_pods_source_arrives_only_through_the_link_its_route_uses() {
+    let mut breaches = Breaches::default();
+    let lab = Lab::with_settings(
+        2,
+        &[
+            pod_on("y", 1, &["10.244.1.35"]),
+            pod_on("r", 2, &["10.244.2.36"]),
+            external_on("ext", 1, &["192.0.2.35"]),
+        ],
+        ADMITS_REMOTE,
+        FlowSettings {
+            strict_uplink: true,
+            ..FlowSettings::default()
+        },
+        ConntrackSettings::default(),
+    );
+    let (y, r): (IpAddr, IpAddr) = (lab.v4("y").into(), lab.v4("r").into());
+    let at_y = lab.capture("y");
+    // Control: the real r, through node-2 and the link, reaches y.
+    let m = marker("strict-control-r");
+    lab.port("r").send(&udp_packet(r, y, 40_100, PORT, &m));
+    at_y.assert_some(&m, LIVE, "r -> y through the nodes' link (admitted)");
+    // r's address from the external host on node-1: the route to r does not leave that way.
+    let m = marker("strict-ext-as-r");
+    lab.port("ext").send(&udp_packet(r, y, 40_101, PORT, &m));
+    breaches.check(
+        &at_y,
+        &m,
+        "the external host spoofing r (node-2's pod), strict mode",
+    );
+    breaches.assert_none();
+}

@@ -51,6 +51,8 @@ pub const POD_IFNAME: &str = "eth0";
 /// Pod numbers are process-wide so that topologies living side by side (tests) never pick the
 /// same namespace name.
 static NEXT_POD: AtomicU32 = AtomicU32::new(1);
+/// Topologies made by this process so far (see [`Topology::new`]).
+static NEXT_TOPOLOGY: AtomicU32 = AtomicU32::new(0);
 
 /// A node: a namespace that routes between its pods. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -109,12 +111,23 @@ pub fn link_ifname(to: &NodeHandle) -> String {
 impl Topology {
     /// Starts an empty cluster, first removing namespaces left by crashed runs.
     pub fn new() -> Result<Self> {
-        let removed = clean_stale()?;
-        if removed > 0 {
-            tracing::info!(removed, "removed stale lab network namespaces");
+        // A leftover that will not go is harmless (its name carries a dead PID): say so and
+        // go on.
+        match clean_stale() {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed stale lab network namespaces"),
+            Err(error) => tracing::warn!(%error, "could not remove a stale lab namespace"),
         }
+        // The first topology of a process names its nodes `pal<PID>-<name>`; later ones (tests
+        // that build several side by side) `pal<PID>-t<N>-<name>`, so node names never clash.
+        let number = NEXT_TOPOLOGY.fetch_add(1, Ordering::Relaxed);
+        let prefix = if number == 0 {
+            run_prefix()
+        } else {
+            format!("{}t{number}-", run_prefix())
+        };
         Ok(Self {
-            prefix: run_prefix(),
+            prefix,
             nodes: Vec::new(),
             pods: BTreeMap::new(),
         })
