@@ -2,10 +2,10 @@
 //! the new policy denies and keeps the others; with `Keep` (the default) every tracked flow
 //! goes on. Judged through `BPF_PROG_TEST_RUN` at loopback, where the server's endpoint is.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use palisade::{
-    dataplane::{Dataplane, LOOPBACK_IFINDEX},
+    dataplane::{ConntrackSettings, Dataplane, LOOPBACK_IFINDEX},
     k8s::cluster::{Cluster, ObjectKey},
     k8s::fixtures::{apply_yaml, apps},
     policy::{Compiler, NodeView},
@@ -156,4 +156,32 @@ fn keep_lets_established_flows_outlive_the_policy_that_admitted_them() {
         DROP,
         "a new connection on the kept flow's ports is a new flow"
     );
+}
+
+#[test]
+fn an_idle_flow_expires_by_its_state_and_the_sweep_removes_it() {
+    let mut node = Node::new();
+    node.apply("client");
+    assert_eq!(node.run(&opening(CLIENT, 44000)), PASS);
+    node.apply("other");
+    assert_eq!(
+        node.run(&packet(CLIENT, 44000)),
+        PASS,
+        "kept while it is not idle past its timeout"
+    );
+    // A SYN whose reply was never seen lives `tcp_syn`: a millisecond here.
+    let short = ConntrackSettings {
+        tcp_syn: Duration::from_millis(1),
+        ..ConntrackSettings::default()
+    };
+    node.dataplane.set_conntrack(&short).expect("timeouts");
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        node.run(&packet(CLIENT, 44000)),
+        DROP,
+        "an expired entry admits nothing: judged by the new policy"
+    );
+    let removed = node.dataplane.sweep_conntrack().expect("sweep");
+    assert_eq!(removed, 1, "the sweep removes the expired entry");
+    assert_eq!(node.dataplane.sweep_conntrack().expect("sweep"), 0);
 }

@@ -6,12 +6,16 @@
 //!   syscall): the lookup, the expiry check and at most one last-seen write a second;
 //! - new connection, denied: a SYN no rule allows, so every lookup is made and nothing is
 //!   tracked (`repeat` runs);
+//! - uplink ingress, from outside: the uplink's ingress program on a packet whose source is
+//!   neither a local pod's nor the node's (two hash lookups and the strict-mode flag);
+//! - later fragment, admitted datagram: a non-first fragment after its first was admitted (the
+//!   fragment map's lookup);
 //! - new connection, allowed: a SYN of a new flow, judged and tracked. Its second run would hit
 //!   conntrack, so each flow (its own source port) runs once, and the figure is the median of
 //!   `singles` such runs, beside the empty program measured the same way (a single run's time
 //!   includes the kernel's clock reads, which the comparison cancels).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Result, bail};
 use palisade::{
@@ -19,7 +23,7 @@ use palisade::{
     k8s::cluster::ObjectKey,
     policy::{Compiler, NodeView},
 };
-use palisade_common::{PROG_EMPTY, PROG_TO_POD};
+use palisade_common::{PROG_EMPTY, PROG_FROM_UPLINK, PROG_TO_POD};
 use serde::Serialize;
 
 use crate::synth::{self, CLIENT, NAMESPACE, NODE, SERVER, Scale, TCP_DATA_PORT};
@@ -92,6 +96,33 @@ pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Resu
         u64::from(repeat),
     );
 
+    // The checks #14 added beside the verdict: every packet entering the node from outside
+    // (its source is neither a local pod's nor the node's), and a later fragment of a datagram
+    // whose first fragment was admitted.
+    let outside = segment_from(OUTSIDE, 40_002, TCP_DATA_PORT, 0x10, 0);
+    let uplink = run(PROG_FROM_UPLINK, &outside, repeat)?;
+    row(
+        "uplink ingress, from outside",
+        nanos(uplink.duration),
+        u64::from(repeat),
+    );
+    let first_fragment = segment_from(CLIENT, 40_003, TCP_DATA_PORT, 0x02, MORE_FRAGMENTS);
+    if run(PROG_TO_POD, &first_fragment, 1)?.action == DROP {
+        bail!("an allowed first fragment was dropped with {policies} policies");
+    }
+    let later = later_fragment(CLIENT, 185);
+    // Within the first fragment's lifetime (1 s) from the first run to the last.
+    let fragment_repeat = repeat.min(100_000);
+    let fragment = run(PROG_TO_POD, &later, fragment_repeat)?;
+    if fragment.action == DROP {
+        bail!("a later fragment of an admitted datagram was dropped");
+    }
+    row(
+        "later fragment, admitted datagram",
+        nanos(fragment.duration),
+        u64::from(fragment_repeat),
+    );
+
     let mut empty_single = Vec::new();
     let mut allowed = Vec::new();
     for i in 0..singles {
@@ -138,9 +169,32 @@ fn ack(sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn segment(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    segment_from(CLIENT, sport, dport, flags, 0)
+}
+
+/// A host outside the cluster (TEST-NET-1).
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// IPv4 flags: more fragments.
+const MORE_FRAGMENTS: u16 = 0x2000;
+
+/// A non-first fragment (offset `offset` eight-byte units) of datagram 0x1234 from `from`.
+fn later_fragment(from: Ipv4Addr, offset: u16) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
-    f.extend([0x45, 0, 0, 40, 0x12, 0x34, 0, 0, 64, 6, 0, 0]);
-    f.extend(CLIENT.octets());
+    f.extend([0x45, 0, 0, 28, 0x12, 0x34]);
+    f.extend(offset.to_be_bytes());
+    f.extend([64, 6, 0, 0]);
+    f.extend(from.octets());
+    f.extend(SERVER.octets());
+    f.extend([0u8; 8]);
+    f
+}
+
+fn segment_from(from: Ipv4Addr, sport: u16, dport: u16, flags: u8, frag: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
+    f.extend([0x45, 0, 0, 40, 0x12, 0x34]);
+    f.extend(frag.to_be_bytes());
+    f.extend([64, 6, 0, 0]);
+    f.extend(from.octets());
     f.extend(SERVER.octets());
     let mut tcp = [0u8; 20];
     tcp[0..2].copy_from_slice(&sport.to_be_bytes());
