@@ -154,6 +154,11 @@ fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
                 owe_main(FLOW_DENIED, reason as u8, NO_CLASS);
                 return Err(reason);
             }
+            // Its later fragments follow it to the translation (the node reassembles them
+            // for the NAT, and the mark rides on the first fragment's buffer).
+            if packet.first_fragment {
+                fragments::remember(packet, direction, ifindex);
+            }
             // The event is owed by the hook that judges the translated flow.
             return Ok(translated);
         }
