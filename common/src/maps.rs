@@ -42,7 +42,9 @@ pub const MAP_SERVICES: &str = "PAL_SERVICES";
 /// Service address, recorded by [`PROG_FROM_POD`] before kube-proxy translates it, and judged by
 /// whichever hook sees it after translation ([`PROG_TO_POD`] of the backend, or
 /// [`PROG_UPLINK`]) against the real destination. The source address and port survive DNAT,
-/// so they find the record again.
+/// so they find the record again; only the packet the record was made for, which carries
+/// [`SERVICE_MARK`](crate::SERVICE_MARK), is judged by it, within
+/// [`ORIGINAL_DST_LIFETIME_NS`](crate::ORIGINAL_DST_LIFETIME_NS).
 pub const MAP_ORIGINAL_DST: &str = "PAL_ORIG_DST";
 /// Hash [`Addr`] -> [`EndpointKey`]: every address of every local pod, with the ifindex of the
 /// pod's host-side veth. [`PROG_FROM_POD`] drops what a pod sends from any other address
