@@ -200,7 +200,11 @@ pub struct OriginalValue {
     pub dport: u16,
     /// The TCP flags of the recorded packet (0 for other protocols).
     pub tcp_flags: u8,
-    pub _pad: u8,
+    /// Non-zero when another packet of the same source port went to another Service address
+    /// while this record waited: the translated packet that comes back cannot be told apart
+    /// from the other one, so neither is judged by the record (both are dropped; the client
+    /// retries).
+    pub contended: u8,
     /// [`MAP_ENDPOINTS`] key of the sending pod.
     pub ifindex: u32,
     /// `bpf_ktime_get_ns()` when the packet was recorded.

@@ -16,7 +16,9 @@
 //! and only a marked packet is judged by a record. A record that a packet never came back for
 //! (dropped on the way, say for its TTL) is consumed by nothing else, and expires after
 //! [`ORIGINAL_DST_LIFETIME_NS`]. A marked packet that finds no live record is dropped: its
-//! egress cannot be judged.
+//! egress cannot be judged. Nor is one whose record was contended: two packets of one source
+//! port sent to different Service addresses within the record's life cannot be told apart
+//! after translation, so both are dropped rather than one tracked under the other's address.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
@@ -79,14 +81,23 @@ pub(crate) fn defer(ctx: &TcContext, packet: &Packet, ifindex: u32) -> Result<()
         protocol: packet.protocol,
         _pad: 0,
     };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Two packets of one source port on their way to different Service addresses at once:
+    // whichever translation comes back first would be judged, and tracked, as the other's.
+    // SAFETY: plain-data values, read in place.
+    let contended = unsafe { ORIGINAL_DST.get(&key) }.is_some_and(|waiting| {
+        now >= waiting.recorded_ns
+            && now - waiting.recorded_ns <= ORIGINAL_DST_LIFETIME_NS
+            && (waiting.daddr != packet.dst || waiting.dport != packet.dport)
+    });
     let value = OriginalValue {
         daddr: packet.dst,
         dport: packet.dport,
         tcp_flags: packet.tcp_flags,
-        _pad: 0,
+        contended: u8::from(contended),
         ifindex,
-        // SAFETY: a helper without arguments.
-        recorded_ns: unsafe { bpf_ktime_get_ns() },
+        recorded_ns: now,
     };
     // Without the record no later hook would judge the flow: fail closed.
     ORIGINAL_DST
@@ -133,9 +144,9 @@ pub(crate) fn judge_translated(ctx: &TcContext, packet: &Packet) -> Result<bool,
     let _ = ORIGINAL_DST.remove(&key);
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(original) = original
-        .filter(|o| now >= o.recorded_ns && now - o.recorded_ns <= ORIGINAL_DST_LIFETIME_NS)
-    else {
+    let Some(original) = original.filter(|o| {
+        o.contended == 0 && now >= o.recorded_ns && now - o.recorded_ns <= ORIGINAL_DST_LIFETIME_NS
+    }) else {
         let reason = DropReason::ServiceUnjudged;
         let mut owed = Owed::new(0, DIR_EGRESS, FLOW_DENIED, reason as u8, NO_CLASS);
         owed.flags = FLOW_TRANSLATED;

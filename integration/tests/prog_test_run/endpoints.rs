@@ -252,6 +252,26 @@ fn a_service_record_is_judged_only_by_the_packet_it_was_made_for() {
             &ack4(SERVICE, SERVER, 8080, 40001),
             DropReason::PolicyIngress,
         );
+        // Two packets of one source port to two Service addresses at once: the translation
+        // that comes back cannot be told from the other's, so it is not judged by the record.
+        for service in [SERVICE, [10, 96, 0, 11]] {
+            node.expect_marked(
+                LOOPBACK_IFINDEX,
+                PROG_FROM_POD,
+                &syn4(SERVER, service, 40003, 8080),
+                0,
+                PASS,
+                Counted::Stat(Stat::EgressDeferred),
+            );
+        }
+        node.expect_marked(
+            veth,
+            PROG_UPLINK,
+            &syn4(SERVER, CLIENT, 40003, 8080),
+            SERVICE_MARK,
+            DROP,
+            Counted::Drop(DropReason::ServiceUnjudged),
+        );
         // A marked packet whose record is gone cannot be judged: dropped.
         node.expect_marked(
             veth,
