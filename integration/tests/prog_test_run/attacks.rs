@@ -158,3 +158,53 @@ fn an_uplink_never_delivers_a_local_pods_or_the_nodes_own_source() {
         );
     });
 }
+
+#[test]
+fn seventy_single_port_rules_for_one_pod_are_enforced_exactly_on_the_kernel() {
+    require_root();
+    let dataplane = Dataplane::load().unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let mut cluster = dual_stack_apps(
+        "x",
+        &[
+            ("server", "10.0.0.10", "fd00::10"),
+            ("client", "10.0.0.20", "fd00::20"),
+        ],
+    );
+    // One policy, 70 rules: the client on one port each (9000 .. 9069), the shape many small
+    // per-app policies give a pod.
+    let mut yaml = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: many, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n",
+    );
+    for port in 9000..9070 {
+        yaml.push_str(&format!(
+            "    - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]\n      ports: [{{port: {port}}}]\n"
+        ));
+    }
+    apply_yaml(&mut cluster, &yaml);
+    let node_addrs = [std::net::IpAddr::from(NODE)];
+    let state = Compiler::new().compile(
+        &cluster,
+        &NodeView {
+            name: "node-1",
+            addrs: &node_addrs,
+        },
+    );
+    assert!(state.errors.is_empty(), "{:?}", state.errors);
+    let mut dataplane = dataplane;
+    let ifindex = BTreeMap::from([(ObjectKey::new("x", "server"), LOOPBACK_IFINDEX)]);
+    dataplane.sync(&state, &ifindex).expect("sync");
+    let run = |port: u16| {
+        dataplane
+            .test_run(
+                PROG_TO_POD,
+                &syn4(CLIENT, SERVER, 40600, port),
+                LOOPBACK_IFINDEX,
+            )
+            .expect("test run")
+            .action
+    };
+    let wrong: Vec<u16> = (9000..9070).filter(|&p| run(p) != PASS).collect();
+    assert_eq!(wrong, Vec::<u16>::new(), "ports of the 70 rules dropped");
+    assert_eq!(run(9070), DROP, "a port no rule names");
+    assert_eq!(run(8999), DROP, "a port no rule names");
+}
