@@ -93,9 +93,9 @@ fn in_strict_mode_a_remote_pods_source_arrives_only_through_the_link_its_route_u
     let lab = Lab::with_settings(
         2,
         &[
-            pod_on("y", 1, &["10.244.1.35"]),
-            pod_on("r", 2, &["10.244.2.36"]),
-            external_on("ext", 1, &["192.0.2.35"]),
+            pod_on("y", 1, &["10.244.1.35", "fd00:10:244:1::35"]),
+            pod_on("r", 2, &["10.244.2.36", "fd00:10:244:2::36"]),
+            external_on("ext", 1, &["192.0.2.35", "2001:db8::35"]),
         ],
         ADMITS_REMOTE,
         FlowSettings {
@@ -117,6 +117,22 @@ fn in_strict_mode_a_remote_pods_source_arrives_only_through_the_link_its_route_u
         &at_y,
         &m,
         "the external host spoofing r (node-2's pod), strict mode",
+    );
+    // The same over IPv6.
+    let (y6, r6): (IpAddr, IpAddr) = (lab.v6("y").into(), lab.v6("r").into());
+    let m = marker("strict-control-r6");
+    lab.port("r").send(&udp_packet(r6, y6, 40_102, PORT, &m));
+    at_y.assert_some(
+        &m,
+        LIVE,
+        "r -> y over IPv6 through the nodes' link (admitted)",
+    );
+    let m = marker("strict-ext-as-r6");
+    lab.port("ext").send(&udp_packet(r6, y6, 40_103, PORT, &m));
+    breaches.check(
+        &at_y,
+        &m,
+        "the external host spoofing r's IPv6 address, strict mode",
     );
     breaches.assert_none();
 }
