@@ -283,3 +283,46 @@ fn a_service_record_is_judged_only_by_the_packet_it_was_made_for() {
         );
     });
 }
+
+#[test]
+fn after_an_abi_upgrade_the_old_agents_programs_leave_once_the_new_ones_run() {
+    in_netns_with_veth(|veth| {
+        let node = Node::with_server();
+        let root = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/palisade-abi-test-{}",
+            std::process::id()
+        ));
+        let current = root.join(format!("v{}", palisade_common::ABI_VERSION));
+        let old = root.join("v1");
+        let ifindex = BTreeMap::from([(ObjectKey::new("x", "server"), veth)]);
+        let links_of = |dir: &std::path::Path| {
+            std::fs::read_dir(dir.join("links/pal-test0"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        {
+            // The old agent: attached and pinned, then gone without detaching.
+            let mut before =
+                Dataplane::load_pinned(&root).unwrap_or_else(|e| panic!("{}", chain(&e)));
+            before.sync(&node.state, &ifindex).expect("sync");
+            before.attach("pal-test0").expect("attach");
+            drop(before);
+        }
+        // Its state, as an agent of another ABI would have left it.
+        std::fs::rename(&current, &old).expect("rename the pins");
+        assert_eq!(links_of(&old), 2);
+        let mut after = Dataplane::load_pinned(&root).unwrap_or_else(|e| panic!("{}", chain(&e)));
+        after.sync(&node.state, &ifindex).expect("sync");
+        after.attach("pal-test0").expect("attach");
+        assert_eq!(links_of(&current), 2, "the new programs are pinned");
+        assert_eq!(links_of(&old), 0, "the old programs left the interface");
+        after.release_stale_links();
+        assert!(
+            !old.exists(),
+            "the old version's pins are gone: {}",
+            old.display()
+        );
+        drop(after);
+        palisade::dataplane::pin::remove_tree(&root).expect("remove the test's pins");
+    });
+}

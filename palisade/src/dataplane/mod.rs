@@ -345,6 +345,7 @@ impl Dataplane {
                 pins.release_interface(&ifname);
             }
         }
+        pins.release_other_versions(|ifname| self.attached.contains_key(ifname));
     }
 
     /// Replaces the cluster's Service address ranges: egress of isolated pods towards them is

@@ -13,7 +13,11 @@
 //! on every interface, and the old and new ones read the same maps, so they agree.
 //!
 //! The ABI version is part of the path: a layout change never reuses maps written under
-//! another layout.
+//! another layout. Across such a change (an upgrade), the old agent's programs are released
+//! the same way, program by program, once the new one runs on the interface: an old program
+//! left attached would go on judging by maps nobody updates ([`PinDir::pin_link`]); and an
+//! old version whose last link is gone has its maps unpinned
+//! ([`PinDir::release_other_versions`]).
 
 use std::{
     fs, io,
@@ -58,6 +62,7 @@ pub fn ensure_bpffs() -> Result<(), DataplaneError> {
 /// The pin directory of one dataplane instance under `root`.
 #[derive(Clone, Debug)]
 pub struct PinDir {
+    root: PathBuf,
     dir: PathBuf,
 }
 
@@ -72,7 +77,60 @@ impl PinDir {
                 source,
             })?;
         }
-        Ok(Self { dir })
+        Ok(Self {
+            root: root.to_path_buf(),
+            dir,
+        })
+    }
+
+    /// `root/v<N>` of every other ABI version found.
+    fn other_versions(&self) -> Vec<PathBuf> {
+        fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|path| {
+                *path != self.dir
+                    && path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_prefix('v'))
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect()
+    }
+
+    /// After an upgrade: releases the links other ABI versions pinned on interfaces this agent
+    /// has attached all its programs to (`attached`), or that are gone, and unpins each such
+    /// version's maps once none of its links is left. An interface this agent has not attached
+    /// yet keeps the old programs: the old state is more than none.
+    pub fn release_other_versions(&self, attached: impl Fn(&str) -> bool) {
+        for version in self.other_versions() {
+            let links = version.join("links");
+            for entry in fs::read_dir(&links)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+            {
+                let ifname = entry.file_name().to_string_lossy().into_owned();
+                let gone = nix::net::if_::if_nametoindex(ifname.as_str()).is_err();
+                if attached(&ifname) || gone {
+                    release_dir(&entry.path());
+                }
+            }
+            let left = fs::read_dir(&links)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .count();
+            if left == 0 {
+                tracing::info!(dir = %version.display(), "released the pinned state of another ABI version");
+                if let Err(e) = remove_tree(&version) {
+                    tracing::warn!(dir = %version.display(), error = %e, "could not remove old pins");
+                }
+            }
+        }
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
@@ -106,20 +164,19 @@ impl PinDir {
                 release(&old);
             }
         }
+        // The same program of an older (or newer) agent's ABI on this interface: it judges by
+        // maps this agent never writes.
+        for version in self.other_versions() {
+            for old in links_in(&version.join("links").join(ifname), program) {
+                release(&old);
+            }
+        }
         Ok(pinned)
     }
 
     /// Pinned links of `program` on `ifname`.
     fn links(&self, ifname: &str, program: &str) -> Vec<PathBuf> {
-        let dir = self.dir.join("links").join(ifname);
-        let prefix = format!("{program}@");
-        fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .map(|e| e.path())
-            .collect()
+        links_in(&self.dir.join("links").join(ifname), program)
     }
 
     /// Interfaces with pinned links (the previous agent's attachments).
@@ -135,16 +192,32 @@ impl PinDir {
     /// Releases every link pinned for `ifname` (the programs detach when the last reference
     /// goes) and removes its directory.
     pub fn release_interface(&self, ifname: &str) {
-        let dir = self.dir.join("links").join(ifname);
-        for entry in fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-        {
-            release(&entry.path());
-        }
-        let _ = fs::remove_dir(&dir);
+        release_dir(&self.dir.join("links").join(ifname));
     }
+}
+
+/// Pinned links of `program` in the interface directory `dir`.
+fn links_in(dir: &Path, program: &str) -> Vec<PathBuf> {
+    let prefix = format!("{program}@");
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Releases every link in the interface directory `dir` and removes it.
+fn release_dir(dir: &Path) {
+    for entry in fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        release(&entry.path());
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 /// Unpins one link and drops it: its program leaves the interface.
