@@ -347,12 +347,19 @@ pub struct FragValue {
 /// a second is ample on a cluster network and leaves a replayed identifier little room.
 pub const FRAGMENT_LIFETIME_NS: u64 = 1_000_000_000;
 
-/// The mark bit [`PROG_FROM_POD`](crate::PROG_FROM_POD) sets on a packet it leaves to be judged
-/// after kube-proxy's translation ([`MAP_ORIGINAL_DST`]); only a packet carrying it is judged
-/// by the record, so no other packet can consume (or plant) a record for its source port.
-/// A pod cannot set it: the kernel clears `skb->mark` when a packet crosses network namespaces.
-/// The bit is one no kube-proxy mode, Calico or Cilium uses by default.
-pub const SERVICE_MARK: u32 = 0x0002_0000;
+/// The default mark bit [`PROG_FROM_POD`](crate::PROG_FROM_POD) sets on a packet it leaves to
+/// be judged after kube-proxy's translation ([`MAP_ORIGINAL_DST`]); only a packet carrying it
+/// is judged by the record, so no other packet can consume (or plant) a record for its source
+/// port. A pod cannot set it: the kernel clears `skb->mark` when a packet crosses network
+/// namespaces. The bit must be one no other component on the node sets: by default bit 12,
+/// outside kube-proxy's (0xc000), Calico's (0xffff0000), Cilium's (0x0f00 and the upper half),
+/// the AWS VPC CNI's (0x80) and Talos's (0x60); the agent's `--service-mark` picks another
+/// ([`GLOBAL_SERVICE_MARK`]).
+pub const SERVICE_MARK: u32 = 0x0000_1000;
+
+/// The programs' global holding the Service mark bit, set at load time (read-only data: the
+/// verifier sees a constant, so it costs nothing per packet).
+pub const GLOBAL_SERVICE_MARK: &str = "PAL_SERVICE_MARK";
 
 /// How long a Service record waits for its translated packet ([`MAP_ORIGINAL_DST`]): the
 /// translation happens in the same pass through the node's stack, so a record older than this

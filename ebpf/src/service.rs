@@ -103,9 +103,20 @@ pub(crate) fn defer(ctx: &TcContext, packet: &Packet, ifindex: u32) -> Result<()
     ORIGINAL_DST
         .insert(&key, &value, 0)
         .map_err(|_| DropReason::TrackingFull)?;
-    set_mark(ctx, mark(ctx) | SERVICE_MARK);
+    set_mark(ctx, mark(ctx) | service_mark());
     bump(Stat::EgressDeferred as u32);
     Ok(())
+}
+
+/// The Service mark bit ([`palisade_common::GLOBAL_SERVICE_MARK`]), set by the agent at load.
+#[unsafe(no_mangle)]
+static PAL_SERVICE_MARK: u32 = SERVICE_MARK;
+
+#[inline(always)]
+fn service_mark() -> u32 {
+    // SAFETY: a read-only global; volatile, so the compiler keeps the load the loader's value
+    // lands in rather than folding the default.
+    unsafe { core::ptr::read_volatile(&PAL_SERVICE_MARK) }
 }
 
 #[inline(always)]
@@ -127,12 +138,12 @@ fn set_mark(ctx: &TcContext, mark: u32) {
 /// `Ok(true)` when a flow was judged (its event is owed in [`SCRATCH_TRANSLATED`]).
 #[inline(always)]
 pub(crate) fn judge_translated(ctx: &TcContext, packet: &Packet) -> Result<bool, DropReason> {
-    let marked = mark(ctx);
-    if marked & SERVICE_MARK == 0 {
+    let (marked, bit) = (mark(ctx), service_mark());
+    if marked & bit == 0 {
         return Ok(false);
     }
     // Judged once, here: the next hook (and the next node) sees an ordinary packet.
-    set_mark(ctx, marked & !SERVICE_MARK);
+    set_mark(ctx, marked & !bit);
     let key = OriginalKey {
         saddr: packet.src,
         sport: packet.sport,

@@ -66,6 +66,7 @@ pub fn start_configured(
         established,
         flows,
         conntrack,
+        service_mark: palisade_common::SERVICE_MARK,
     })?)
 }
 

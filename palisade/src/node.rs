@@ -68,6 +68,8 @@ pub struct NodeConfig {
     pub flows: FlowSettings,
     /// Idle timeouts of tracked flows.
     pub conntrack: ConntrackSettings,
+    /// The Service mark bit ([`palisade_common::SERVICE_MARK`] by default).
+    pub service_mark: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +185,7 @@ impl NodeWorker {
             established,
             flows,
             conntrack,
+            service_mark,
         } = config;
         let (tx, rx) = mpsc::channel::<Command>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Failure>>();
@@ -199,8 +202,8 @@ impl NodeWorker {
                     return;
                 }
                 let loaded = match &pins {
-                    Some(root) => Dataplane::load_pinned(root),
-                    None => Dataplane::load(),
+                    Some(root) => Dataplane::load_pinned_marked(root, service_mark),
+                    None => Dataplane::load_marked(service_mark),
                 };
                 let dataplane = match loaded.and_then(|mut d| {
                     d.set_service_ranges(&service_ranges)?;

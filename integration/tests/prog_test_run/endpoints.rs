@@ -326,3 +326,43 @@ fn after_an_abi_upgrade_the_old_agents_programs_leave_once_the_new_ones_run() {
         palisade::dataplane::pin::remove_tree(&root).expect("remove the test's pins");
     });
 }
+
+#[test]
+fn the_service_mark_is_the_bit_the_agent_loads_the_programs_with() {
+    require_root();
+    assert!(
+        matches!(
+            Dataplane::load_marked(0x3000),
+            Err(palisade::dataplane::DataplaneError::ServiceMark { mark: 0x3000 })
+        ),
+        "two bits are refused"
+    );
+    let dataplane = Dataplane::load_marked(0x10).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let range: IpNet = SERVICE_RANGE.parse().expect("service range");
+    let mut node = Node::with_server();
+    node.dataplane = dataplane;
+    node.sync(&[("server", LOOPBACK_IFINDEX)]);
+    node.dataplane
+        .set_service_ranges(&[range])
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let mark = node.expect_marked(
+        LOOPBACK_IFINDEX,
+        PROG_FROM_POD,
+        &syn4(SERVER, SERVICE, 40010, 8080),
+        0,
+        PASS,
+        Counted::Stat(Stat::EgressDeferred),
+    );
+    assert_eq!(mark, 0x10, "the configured bit, not the default");
+    // The default bit means nothing to these programs: a packet carrying it (another
+    // component's mark) is judged as any other, and keeps its mark.
+    let left = node.expect_marked(
+        LOOPBACK_IFINDEX,
+        PROG_TO_POD,
+        &ack4(CLIENT, SERVER, 40011, 80),
+        SERVICE_MARK,
+        PASS,
+        Counted::Stat(Stat::NewFlowAllowed),
+    );
+    assert_eq!(left, SERVICE_MARK, "another component's mark is left alone");
+}

@@ -119,6 +119,11 @@ pub struct Config {
     /// uplinks either way.
     #[arg(long, env = "PALISADE_STRICT_UPLINK", default_value_t = false, action = clap::ArgAction::Set)]
     pub strict_uplink: bool,
+    /// The packet mark bit that binds an egress-isolated pod's Service packet to its record
+    /// until kube-proxy's translation is judged (hex or decimal, exactly one bit). It must be
+    /// a bit no other component on the node sets (see SECURITY.md).
+    #[arg(long, env = "PALISADE_SERVICE_MARK", default_value = "0x1000", value_parser = parse_mark)]
+    pub service_mark: u32,
     /// Seconds a TCP connection opened by a SYN stays tracked before its reply is seen.
     #[arg(long, env = "PALISADE_CT_TCP_SYN_SECONDS", default_value_t = 60)]
     pub ct_tcp_syn_seconds: u64,
@@ -170,5 +175,36 @@ impl Config {
 
     pub fn resync_period(&self) -> Duration {
         Duration::from_secs(self.resync_seconds.max(1))
+    }
+}
+
+/// `--service-mark`: one bit, written in hex (`0x1000`) or decimal.
+fn parse_mark(text: &str) -> Result<u32, String> {
+    let value = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .map_err(|e| format!("{text:?} is not a 32-bit mark: {e}"))?;
+    if value.count_ones() != 1 {
+        return Err(format!("{text:?} is not exactly one bit"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod mark_tests {
+    use super::parse_mark;
+
+    #[test]
+    fn a_service_mark_is_one_bit_in_hex_or_decimal() {
+        assert_eq!(parse_mark("0x1000"), Ok(0x1000));
+        assert_eq!(parse_mark("4096"), Ok(0x1000));
+        assert!(parse_mark("0x3000").unwrap_err().contains("one bit"));
+        assert!(parse_mark("0").unwrap_err().contains("one bit"));
+        assert!(
+            parse_mark("0xzz")
+                .unwrap_err()
+                .contains("not a 32-bit mark")
+        );
     }
 }

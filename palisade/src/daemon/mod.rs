@@ -88,6 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         established: config.established,
         flows: config.flow_settings(),
         conntrack: config.conntrack_settings(),
+        service_mark: config.service_mark,
     })?;
     let _flows = flow_log::start(&config, &worker, &shared.metrics)?;
 

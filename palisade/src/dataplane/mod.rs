@@ -27,8 +27,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use palisade_common::{
-    ALL_MAPS, Addr, DROP_REASONS, MAP_SERVICES, MAP_STATS, PROG_FROM_POD, PROG_FROM_UPLINK,
-    PROG_TO_POD, PROG_UPLINK, STAT_SLOTS,
+    ALL_MAPS, Addr, DROP_REASONS, GLOBAL_SERVICE_MARK, MAP_SERVICES, MAP_STATS, PROG_FROM_POD,
+    PROG_FROM_UPLINK, PROG_TO_POD, PROG_UPLINK, SERVICE_MARK, STAT_SLOTS,
 };
 
 #[cfg(feature = "test-run")]
@@ -50,6 +50,8 @@ pub enum DataplaneError {
         "this binary was built without its eBPF programs (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`"
     )]
     NoObject,
+    #[error("service mark {mark:#x}: must be exactly one bit (--service-mark)")]
+    ServiceMark { mark: u32 },
     #[error(
         "loading the eBPF object failed (needs root or CAP_BPF+CAP_NET_ADMIN, and a kernel with BTF): {0}"
     )]
@@ -92,6 +94,7 @@ impl DataplaneError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::NoObject => "no_object",
+            Self::ServiceMark { .. } => "service_mark",
             Self::Load(_) => "load",
             Self::Missing { .. } => "missing",
             Self::Program { .. } => "program",
@@ -143,35 +146,48 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads the embedded programs with private maps and links, gone with this process (tests).
     pub fn load() -> Result<Self, DataplaneError> {
-        Self::load_with(None)
+        Self::load_marked(SERVICE_MARK)
+    }
+
+    /// [`Self::load`] with `service_mark` as the Service mark bit (see
+    /// [`palisade_common::SERVICE_MARK`]).
+    pub fn load_marked(service_mark: u32) -> Result<Self, DataplaneError> {
+        Self::load_with_limits(None, &[], service_mark)
     }
 
     /// Loads the embedded programs against the maps pinned under `root` (created and pinned
     /// when missing), and pins every link it attaches there: see [`pin`]. Mounts bpffs first
     /// if needed.
     pub fn load_pinned(root: &Path) -> Result<Self, DataplaneError> {
+        Self::load_pinned_marked(root, SERVICE_MARK)
+    }
+
+    /// [`Self::load_pinned`] with `service_mark` as the Service mark bit.
+    pub fn load_pinned_marked(root: &Path, service_mark: u32) -> Result<Self, DataplaneError> {
         pin::ensure_bpffs()?;
-        Self::load_with(Some(pin::PinDir::new(root)?))
+        Self::load_with_limits(Some(pin::PinDir::new(root)?), &[], service_mark)
     }
 
     /// [`Self::load`] with some maps smaller than in production: for tests that must fill a
     /// map to see what a failed write does.
     pub fn load_with_max_entries(limits: &[(&'static str, u32)]) -> Result<Self, DataplaneError> {
-        Self::load_with_limits(None, limits)
-    }
-
-    fn load_with(pins: Option<pin::PinDir>) -> Result<Self, DataplaneError> {
-        Self::load_with_limits(pins, &[])
+        Self::load_with_limits(None, limits, SERVICE_MARK)
     }
 
     fn load_with_limits(
         pins: Option<pin::PinDir>,
         limits: &[(&'static str, u32)],
+        service_mark: u32,
     ) -> Result<Self, DataplaneError> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
+        if service_mark.count_ones() != 1 {
+            return Err(DataplaneError::ServiceMark { mark: service_mark });
+        }
         let mut loader = EbpfLoader::new();
+        loader.override_global(GLOBAL_SERVICE_MARK, &service_mark, true);
+        // Debugging the programs: the verifier's whole log in a load error.
         if std::env::var_os("PALISADE_VERIFIER_LOG").is_some() {
             loader
                 .verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
