@@ -292,7 +292,13 @@ impl CtValue {
     /// Whether the flow keyed with `protocol` has been idle past its lifetime at `now_ns`. A
     /// clock read before `seen_ns` (another CPU wrote it meanwhile) is no expiry.
     pub const fn expired(&self, protocol: u8, now_ns: u64, timeouts: &CtTimeouts) -> bool {
-        now_ns > self.seen_ns && now_ns - self.seen_ns > timeouts.lifetime_ns(protocol, self.tcp)
+        self.idle_past(now_ns, timeouts.lifetime_ns(protocol, self.tcp))
+    }
+
+    /// Whether the flow has been idle longer than `lifetime_ns` at `now_ns` ([`Self::expired`]
+    /// with the lifetime already known).
+    pub const fn idle_past(&self, now_ns: u64, lifetime_ns: u64) -> bool {
+        now_ns > self.seen_ns && now_ns - self.seen_ns > lifetime_ns
     }
 }
 

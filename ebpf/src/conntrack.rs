@@ -93,7 +93,7 @@ pub(crate) fn lookup(flow: &mut CtKey, tcp_flags: u8, refresh: bool) -> CtState 
         Some(timeouts) => timeouts.lifetime_ns(flow.protocol, value.tcp),
         None => CtTimeouts::DEFAULT.lifetime_ns(flow.protocol, value.tcp),
     };
-    if now > value.seen_ns && now - value.seen_ns > lifetime {
+    if value.idle_past(now, lifetime) {
         bump(Stat::CtExpired as u32);
         return CtState::New;
     }
@@ -102,7 +102,7 @@ pub(crate) fn lookup(flow: &mut CtKey, tcp_flags: u8, refresh: bool) -> CtState 
         if tcp != value.tcp {
             value.tcp = tcp;
             value.seen_ns = now;
-        } else if now > value.seen_ns && now - value.seen_ns > CT_SEEN_GRANULARITY_NS {
+        } else if value.idle_past(now, CT_SEEN_GRANULARITY_NS) {
             value.seen_ns = now;
         }
     }

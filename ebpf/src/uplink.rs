@@ -46,18 +46,19 @@ pub(crate) fn from_uplink(ctx: &TcContext) -> i32 {
     let packet = &*packet;
     // SAFETY: `skb` is the context pointer the kernel handed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // Each lookup only when the one before did not decide: most packets from outside miss
+    // both maps, and only a remote pod's address reads the strict-mode flag.
     // SAFETY: plain-data values.
-    let local = unsafe { LOCAL_ADDRS.get(&packet.src) }.is_some();
-    // SAFETY: plain-data values.
-    let identity = unsafe { POD_IDS.get(&packet.src) }.map_or(0, |v| v.identity);
-    let strict = FLOW_CONFIG
-        .get(0)
-        .is_some_and(|config| config.flags & CFG_STRICT_UPLINK != 0);
-    let spoofed = local
-        || identity == IDENTITY_HOST
-        || (strict
-            && identity >= IDENTITY_FIRST_POD
-            && !routed_back(ctx, &packet.src, &packet.dst, ifindex));
+    let spoofed = unsafe { LOCAL_ADDRS.get(&packet.src) }.is_some() || {
+        // SAFETY: plain-data values.
+        let identity = unsafe { POD_IDS.get(&packet.src) }.map_or(0, |v| v.identity);
+        identity == IDENTITY_HOST
+            || (identity >= IDENTITY_FIRST_POD
+                && FLOW_CONFIG
+                    .get(0)
+                    .is_some_and(|config| config.flags & CFG_STRICT_UPLINK != 0)
+                && !routed_back(ctx, &packet.src, &packet.dst, ifindex))
+    };
     if !spoofed {
         return PASS;
     }

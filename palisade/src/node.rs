@@ -395,15 +395,21 @@ impl Worker<'_> {
         // Interfaces with a program, by name.
         let mut attached: BTreeSet<String> = BTreeSet::new();
         let mut attached_uplinks: Vec<String> = Vec::new();
+        // The sweep runs on its own clock, commands or not: a busy node's syncs must not
+        // postpone it for ever.
+        let mut next_sweep = std::time::Instant::now() + self.sweep_every;
         loop {
-            let command = match rx.recv_timeout(self.sweep_every) {
-                Ok(command) => command,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Err(e) = dataplane.sweep_conntrack() {
-                        tracing::warn!(node, error = %e, "conntrack sweep failed");
-                    }
-                    continue;
+            let wait = next_sweep.saturating_duration_since(std::time::Instant::now());
+            let received = rx.recv_timeout(wait);
+            if std::time::Instant::now() >= next_sweep {
+                if let Err(e) = dataplane.sweep_conntrack() {
+                    tracing::warn!(node, error = %e, "conntrack sweep failed");
                 }
+                next_sweep = std::time::Instant::now() + self.sweep_every;
+            }
+            let command = match received {
+                Ok(command) => command,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
             match command {

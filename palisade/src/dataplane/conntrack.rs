@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap};
+use aya::maps::{Array, HashMap, MapData};
 use palisade_common::{CtKey, CtTimeouts, CtValue, MAP_CONNTRACK, MAP_CT_CONFIG};
 
 use super::{Dataplane, DataplaneError};
@@ -99,9 +99,10 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Deletes the conntrack entries idle past their timeout; returns how many. O(entries).
-    pub fn sweep_conntrack(&mut self) -> Result<usize, DataplaneError> {
-        let timeouts = self.conntrack.to_kernel();
+    /// The conntrack map, for the sweep and the re-check of established flows.
+    pub(super) fn conntrack_map(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, CtKey, CtValue>, DataplaneError> {
         let map = self
             .ebpf
             .map_mut(MAP_CONNTRACK)
@@ -109,12 +110,17 @@ impl Dataplane {
                 kind: "map",
                 name: MAP_CONNTRACK,
             })?;
-        let mut ct: HashMap<_, CtKey, CtValue> =
-            HashMap::try_from(map).map_err(|source| DataplaneError::Map {
-                map: MAP_CONNTRACK,
-                op: "open",
-                source,
-            })?;
+        HashMap::try_from(map).map_err(|source| DataplaneError::Map {
+            map: MAP_CONNTRACK,
+            op: "open",
+            source,
+        })
+    }
+
+    /// Deletes the conntrack entries idle past their timeout; returns how many. O(entries).
+    pub fn sweep_conntrack(&mut self) -> Result<usize, DataplaneError> {
+        let timeouts = self.conntrack.to_kernel();
+        let mut ct = self.conntrack_map()?;
         let now = monotonic_ns();
         let expired: Vec<CtKey> = ct
             .iter()

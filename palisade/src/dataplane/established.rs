@@ -15,9 +15,8 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use aya::maps::HashMap;
 use ipnet::IpNet;
-use palisade_common::{CtKey, CtValue, DIR_INGRESS, EP_AUDIT, MAP_CONNTRACK};
+use palisade_common::{CtKey, DIR_INGRESS, EP_AUDIT};
 
 use super::{Dataplane, DataplaneError};
 use crate::{
@@ -47,19 +46,7 @@ impl Dataplane {
         let services = self.service_ranges.clone();
         let audit_all = self.flow_settings.audit_all;
         let in_service = |ip: &IpAddr| services.iter().any(|net: &IpNet| net.contains(ip));
-        let map = self
-            .ebpf
-            .map_mut(MAP_CONNTRACK)
-            .ok_or(DataplaneError::Missing {
-                kind: "map",
-                name: MAP_CONNTRACK,
-            })?;
-        let mut ct: HashMap<_, CtKey, CtValue> =
-            HashMap::try_from(map).map_err(|source| DataplaneError::Map {
-                map: MAP_CONNTRACK,
-                op: "open",
-                source,
-            })?;
+        let mut ct = self.conntrack_map()?;
         let keys: Vec<CtKey> = ct.keys().filter_map(Result::ok).collect();
         let mut cut = 0;
         for key in keys {
