@@ -9,7 +9,7 @@
 use aya_ebpf::programs::TcContext;
 use palisade_common::{
     Admission, AllowReason, DIR_EGRESS, DIR_INGRESS, DropReason, FLOW_ALLOWED, FLOW_AUDIT,
-    FLOW_DENIED, NO_CLASS, SCRATCH_MAIN, STAT_DROP_BASE, Stat,
+    FLOW_DENIED, NO_CLASS, PROTO_ICMP, PROTO_ICMPV6, SCRATCH_MAIN, STAT_DROP_BASE, Stat,
 };
 
 use crate::{
@@ -25,10 +25,11 @@ use crate::{
 
 #[inline(always)]
 pub(crate) fn judge(ctx: &TcContext, direction: u8) -> i32 {
-    if conntrack::related(ctx, direction) == CtState::Related {
+    let parsed = parse(ctx);
+    if parsed == PARSED_ICMP && conntrack::related(ctx, direction) == CtState::Related {
         return PASS;
     }
-    match try_judge(ctx, direction) {
+    match try_judge(ctx, direction, parsed) {
         QUIET => PASS,
         OWED => {
             flush();
@@ -39,6 +40,28 @@ pub(crate) fn judge(ctx: &TcContext, direction: u8) -> i32 {
             flush();
             DROP
         }
+    }
+}
+
+/// [`parse`]'s answers: not IP, IP (in the per-CPU packet slot), ICMP or ICMPv6 (which may be
+/// an error about a tracked flow, [`conntrack::related`]), or not parsable.
+const PARSED_NOT_IP: u32 = 0;
+const PARSED_IP: u32 = 1;
+const PARSED_ICMP: u32 = 2;
+const PARSED_MALFORMED: u32 = 3;
+
+/// Step 1: parses the packet into the per-CPU slot, once for everything after it. Not inlined:
+/// its frame is gone before [`try_judge`]'s is made.
+#[inline(never)]
+fn parse(ctx: &TcContext) -> u32 {
+    let Some(packet) = packet_slot() else {
+        return PARSED_MALFORMED;
+    };
+    match parse_into(ctx, packet) {
+        Ok(false) => PARSED_NOT_IP,
+        Ok(true) if matches!(packet.protocol, PROTO_ICMP | PROTO_ICMPV6) => PARSED_ICMP,
+        Ok(true) => PARSED_IP,
+        Err(_) => PARSED_MALFORMED,
     }
 }
 
@@ -55,8 +78,8 @@ const DROPPED: u32 = 0x100;
 /// The answer is a plain integer: LLVM once folded a `Result` built from a map lookup into
 /// shifts of the lookup's pointer, which the verifier refuses.
 #[inline(never)]
-fn try_judge(ctx: &TcContext, direction: u8) -> u32 {
-    match judge_new(ctx, direction) {
+fn try_judge(ctx: &TcContext, direction: u8, parsed: u32) -> u32 {
+    match judge_new(ctx, direction, parsed) {
         Ok(false) => QUIET,
         Ok(true) => OWED,
         Err(reason) => DROPPED | reason as u32,
@@ -65,15 +88,15 @@ fn try_judge(ctx: &TcContext, direction: u8) -> u32 {
 
 /// Steps 1-8 for one packet (conntrack's RELATED answer aside, see [`judge`]).
 #[inline(always)]
-fn judge_new(ctx: &TcContext, direction: u8) -> Result<bool, DropReason> {
-    // Step 1.
-    let Some(packet) = packet_slot() else {
-        return Err(DropReason::Malformed);
-    };
-    if !parse_into(ctx, packet)? {
+fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropReason> {
+    // Step 1, parsed by [`parse`].
+    if parsed == PARSED_NOT_IP {
         bump(Stat::NotIp as u32);
         return Ok(false);
     }
+    let Some(packet) = packet_slot().filter(|_| parsed != PARSED_MALFORMED) else {
+        return Err(DropReason::Malformed);
+    };
     let packet = &*packet;
     // SAFETY: `skb` is the context pointer the kernel handed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
