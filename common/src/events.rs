@@ -29,7 +29,7 @@ pub const FLOW_TRANSLATED: u8 = 1 << 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowEvent {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the verdict.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, coarse) at the verdict.
     pub time_ns: u64,
     /// The packet's source and destination as judged (after translation, for a Service flow).
     pub saddr: Addr,
@@ -81,7 +81,7 @@ pub struct FlowConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct EventLimit {
-    /// When the current window began (`bpf_ktime_get_ns()`).
+    /// When the current window began (`bpf_ktime_get_coarse_ns()`).
     pub window_ns: u64,
     /// Events sent in the current window.
     pub sent: u32,

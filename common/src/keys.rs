@@ -42,39 +42,80 @@ pub const EP_AUDIT: u32 = 1 << 2;
 /// A set of port-set classes of one endpoint and direction: bit `c` is class `c`.
 pub type ClassMask = u64;
 
-/// An address, IPv4 mapped into IPv6, network byte order.
+/// An address, IPv4 mapped into IPv6, network byte order: sixteen bytes held as four 32-bit
+/// words, so that the programs copy and compare it a word at a time (byte-aligned copies
+/// become a load and a store per byte in BPF). Ordered by its bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Addr {
-    pub bytes: [u8; 16],
+    /// The bytes in memory order (`u32::from_ne_bytes` of each four).
+    pub words: [u32; 4],
 }
+
+/// The third word of an IPv4-mapped address (`::ffff:0:0/96`).
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 impl Addr {
     pub const fn from_v4(octets: [u8; 4]) -> Self {
-        let [a, b, c, d] = octets;
         Self {
-            bytes: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d],
+            words: [0, 0, V4_MAPPED_WORD, u32::from_ne_bytes(octets)],
         }
     }
 
     pub const fn from_v6(bytes: [u8; 16]) -> Self {
-        Self { bytes }
+        let b = bytes;
+        Self {
+            words: [
+                u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+                u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+                u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+                u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+            ],
+        }
+    }
+
+    /// The sixteen bytes.
+    pub const fn bytes(&self) -> [u8; 16] {
+        let [a, b, c, d] = [
+            self.words[0].to_ne_bytes(),
+            self.words[1].to_ne_bytes(),
+            self.words[2].to_ne_bytes(),
+            self.words[3].to_ne_bytes(),
+        ];
+        [
+            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
+            d[2], d[3],
+        ]
+    }
+
+    /// The first two bytes (what scopes are told by).
+    pub const fn prefix16(&self) -> [u8; 2] {
+        let a = self.words[0].to_ne_bytes();
+        [a[0], a[1]]
     }
 
     pub const fn is_v4(&self) -> bool {
-        let b = &self.bytes;
-        b[0] == 0
-            && b[1] == 0
-            && b[2] == 0
-            && b[3] == 0
-            && b[4] == 0
-            && b[5] == 0
-            && b[6] == 0
-            && b[7] == 0
-            && b[8] == 0
-            && b[9] == 0
-            && b[10] == 0xff
-            && b[11] == 0xff
+        self.words[0] == 0 && self.words[1] == 0 && self.words[2] == V4_MAPPED_WORD
+    }
+}
+
+impl PartialOrd for Addr {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Addr {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        self.bytes().cmp(&other.bytes())
+    }
+}
+
+impl core::fmt::Debug for Addr {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Addr")
+            .field("bytes", &self.bytes())
+            .finish()
     }
 }
 
@@ -137,33 +178,88 @@ pub struct PortKey {
 /// Bits of [`PortKey`] before the port.
 pub const PORT_KEY_FIXED_BITS: u32 = 48;
 
-/// [`MAP_CONNTRACK`] key: a flow as seen at one hook. `direction` is the hook's policy direction,
-/// so the two hooks one pod-to-pod flow crosses on a node keep separate entries. `ifindex` is
-/// the endpoint's ([`MAP_ENDPOINTS`] key): the map is shared by every pod of the node, and
-/// without it a pod could send a packet matching the reply key of another pod's flow. Both hooks
-/// of one veth share the ifindex, so a reply is found where its request was admitted.
+/// [`MAP_CONNTRACK`] key: a flow at one endpoint, the same for its packets both ways. The
+/// endpoint's own side comes first (`local`: the destination of what it receives, the source of
+/// what it sends), so a packet and its reply, seen by the two hooks of one veth, build one key
+/// and one lookup finds either ([`CtKey::of`]); which way the flow was opened is in the value
+/// ([`CtValue::direction`]). `ifindex` is the endpoint's ([`MAP_ENDPOINTS`] key): the map is
+/// shared by every pod of the node, and without it a pod could send a packet matching the key
+/// of another pod's flow; the two endpoints one pod-to-pod flow crosses on a node keep separate
+/// entries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct CtKey {
-    pub saddr: Addr,
-    pub daddr: Addr,
-    pub sport: u16,
-    pub dport: u16,
+    pub local: Addr,
+    pub remote: Addr,
+    pub local_port: u16,
+    pub remote_port: u16,
     pub protocol: u8,
-    pub direction: u8,
-    /// What the ports mean for ICMP ([`CT_KIND_PLAIN`] for TCP, UDP and SCTP): an echo request
-    /// and its reply are keyed by their role, so a request is never found as the reply of one.
+    /// What the ports mean for ICMP ([`CT_KIND_PLAIN`] for TCP, UDP and SCTP), as the
+    /// endpoint's egress hook sees the message (what it receives, turned around:
+    /// [`ct_kind_turned`]). An echo request and its reply then build one key, and an echo
+    /// request the other way (same identifier) another.
     pub kind: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 2],
     pub ifindex: EndpointKey,
+}
+
+impl CtKey {
+    /// The key of a packet from `src`:`sport` to `dst`:`dport` of `protocol` and `kind`
+    /// (`CT_KIND_*`), seen by the hook of endpoint `ifindex` in `direction` (`DIR_*`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub const fn of(
+        src: Addr,
+        dst: Addr,
+        sport: u16,
+        dport: u16,
+        protocol: u8,
+        kind: u8,
+        direction: u8,
+        ifindex: EndpointKey,
+    ) -> Self {
+        if direction == crate::DIR_EGRESS {
+            Self {
+                local: src,
+                remote: dst,
+                local_port: sport,
+                remote_port: dport,
+                protocol,
+                kind,
+                _pad: [0; 2],
+                ifindex,
+            }
+        } else {
+            Self {
+                local: dst,
+                remote: src,
+                local_port: dport,
+                remote_port: sport,
+                protocol,
+                kind: ct_kind_turned(kind),
+                _pad: [0; 2],
+                ifindex,
+            }
+        }
+    }
+
+    /// The flow's first packet as `(src, dst, sport, dport)`, it having gone in `direction`
+    /// ([`CtValue::direction`]): the inverse of [`CtKey::of`].
+    pub const fn opening(&self, direction: u8) -> (Addr, Addr, u16, u16) {
+        if direction == crate::DIR_EGRESS {
+            (self.local, self.remote, self.local_port, self.remote_port)
+        } else {
+            (self.remote, self.local, self.remote_port, self.local_port)
+        }
+    }
 }
 
 /// [`CtKey::kind`]: ports are ports.
 pub const CT_KIND_PLAIN: u8 = 0;
 /// [`CtKey::kind`]: an ICMP echo request, `sport` its identifier, `dport` 0.
 pub const CT_KIND_ECHO_REQUEST: u8 = 1;
-/// [`CtKey::kind`]: an ICMP echo reply, `sport` 0, `dport` its identifier: the key of a reply
-/// turned around is the key of its request.
+/// [`CtKey::kind`]: an ICMP echo reply, `sport` 0, `dport` its identifier: turned around (the
+/// addresses, the ports and the kind) it is its request.
 pub const CT_KIND_ECHO_REPLY: u8 = 2;
 /// [`CtKey::kind`]: another ICMP message that is not an error, `sport` its type, `dport` its
 /// code. Turned around it becomes [`CT_KIND_ICMP_OTHER_TURNED`], which no packet carries: such
@@ -207,7 +303,7 @@ pub struct OriginalValue {
     pub contended: u8,
     /// [`MAP_ENDPOINTS`] key of the sending pod.
     pub ifindex: u32,
-    /// `bpf_ktime_get_ns()` when the packet was recorded.
+    /// `bpf_ktime_get_coarse_ns()` when the packet was recorded.
     pub recorded_ns: u64,
 }
 
@@ -215,16 +311,19 @@ pub struct OriginalValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns()` when the flow was admitted.
+    /// `bpf_ktime_get_coarse_ns()` when the flow was admitted.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns()` when a packet of the flow (either way) was last seen, to within
+    /// `bpf_ktime_get_coarse_ns()` when a packet of the flow (either way) was last seen, to within
     /// [`CT_SEEN_GRANULARITY_NS`]: the entry expires [`CtTimeouts`] after it.
     pub seen_ns: u64,
     /// The endpoint that admitted it.
     pub endpoint: u32,
     /// A `CT_TCP_*` state for TCP; [`CT_TCP_NONE`] for other protocols.
     pub tcp: u8,
-    pub _pad: [u8; 3],
+    /// The direction (`DIR_*`) of the packet that opened the flow: a packet going the same
+    /// way is the flow's, one going the other way its reply.
+    pub direction: u8,
+    pub _pad: [u8; 2],
 }
 
 /// [`CtValue::tcp`]: not TCP.
@@ -380,7 +479,7 @@ const _: () = {
     assert!(core::mem::size_of::<PortKey>() == 8);
     assert!(core::mem::offset_of!(PortKey, port_be) * 8 == PORT_KEY_FIXED_BITS as usize);
     assert!(core::mem::size_of::<CtKey>() == 44);
-    assert!(core::mem::offset_of!(CtKey, sport) == 32);
+    assert!(core::mem::offset_of!(CtKey, local_port) == 32);
     assert!(core::mem::offset_of!(CtKey, ifindex) == 40);
     assert!(core::mem::size_of::<CtValue>() == 24);
     assert!(core::mem::size_of::<CtTimeouts>() == 40);
@@ -390,3 +489,83 @@ const _: () = {
     assert!(core::mem::size_of::<OriginalValue>() == 32);
     assert!(crate::MAX_CLASSES == ClassMask::BITS as usize);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PROTO_ICMP, PROTO_TCP};
+
+    const POD: Addr = Addr::from_v4([10, 244, 0, 2]);
+    const PEER: Addr = Addr::from_v4([10, 244, 1, 2]);
+
+    #[test]
+    fn a_packet_and_its_reply_build_one_key() {
+        let sent = CtKey::of(
+            POD,
+            PEER,
+            40_000,
+            80,
+            PROTO_TCP,
+            CT_KIND_PLAIN,
+            DIR_EGRESS,
+            7,
+        );
+        let reply = CtKey::of(
+            PEER,
+            POD,
+            80,
+            40_000,
+            PROTO_TCP,
+            CT_KIND_PLAIN,
+            DIR_INGRESS,
+            7,
+        );
+        assert_eq!(sent, reply);
+        assert_eq!(sent.opening(DIR_EGRESS), (POD, PEER, 40_000, 80));
+        assert_eq!(reply.opening(DIR_INGRESS), (PEER, POD, 80, 40_000));
+        // Another endpoint, or the same ports the wrong way round, is another flow.
+        let elsewhere = CtKey::of(
+            PEER,
+            POD,
+            80,
+            40_000,
+            PROTO_TCP,
+            CT_KIND_PLAIN,
+            DIR_INGRESS,
+            8,
+        );
+        assert_ne!(sent, elsewhere);
+        let swapped = CtKey::of(
+            PEER,
+            POD,
+            40_000,
+            80,
+            PROTO_TCP,
+            CT_KIND_PLAIN,
+            DIR_INGRESS,
+            7,
+        );
+        assert_ne!(sent, swapped);
+    }
+
+    #[test]
+    fn an_echo_reply_finds_its_request_and_a_request_never_does() {
+        let (e, i) = (DIR_EGRESS, DIR_INGRESS);
+        // The pod pings the peer with identifier 7 (a request carries it as its source port).
+        let ping = CtKey::of(POD, PEER, 7, 0, PROTO_ICMP, CT_KIND_ECHO_REQUEST, e, 1);
+        let pong = CtKey::of(PEER, POD, 0, 7, PROTO_ICMP, CT_KIND_ECHO_REPLY, i, 1);
+        assert_eq!(ping, pong);
+        // The peer's own request with that identifier, or with identifier 0, is not the reply.
+        for id in [7, 0] {
+            let request = CtKey::of(PEER, POD, id, 0, PROTO_ICMP, CT_KIND_ECHO_REQUEST, i, 1);
+            assert_ne!(ping, request, "identifier {id}");
+        }
+        let zero = CtKey::of(POD, PEER, 0, 0, PROTO_ICMP, CT_KIND_ECHO_REQUEST, e, 1);
+        let back = CtKey::of(PEER, POD, 0, 0, PROTO_ICMP, CT_KIND_ECHO_REQUEST, i, 1);
+        assert_ne!(zero, back);
+        // Other ICMP is never found the other way, whatever its type and code.
+        let other = CtKey::of(POD, PEER, 3, 3, PROTO_ICMP, CT_KIND_ICMP_OTHER, e, 1);
+        let mirrored = CtKey::of(PEER, POD, 3, 3, PROTO_ICMP, CT_KIND_ICMP_OTHER, i, 1);
+        assert_ne!(other, mirrored);
+    }
+}

@@ -41,10 +41,9 @@ impl Addr {
     /// The address this holds, IPv4-mapped ones as IPv4 (the inverse of `From<IpAddr>`).
     pub fn to_ip(&self) -> IpAddr {
         if self.is_v4() {
-            let b = self.bytes;
-            IpAddr::from([b[12], b[13], b[14], b[15]])
+            IpAddr::from(self.words[3].to_ne_bytes())
         } else {
-            IpAddr::from(self.bytes)
+            IpAddr::from(self.bytes())
         }
     }
 }

@@ -4,18 +4,19 @@
 //! `bpf/lib/conntrack.h`, every question about a flow's state has one answer here, a
 //! [`CtState`]:
 //!
-//! - [`CtState::Established`]: the packet's own flow is tracked at this endpoint, in this
-//!   direction;
-//! - [`CtState::Reply`]: the reverse flow is tracked at this endpoint, in the other direction
-//!   (the hook of the same veth that admitted the request);
+//! - [`CtState::Established`]: the packet's flow is tracked at this endpoint, opened in the
+//!   packet's direction;
+//! - [`CtState::Reply`]: the packet's flow is tracked at this endpoint, opened the other way
+//!   (by the hook of the same veth that admitted the request);
 //! - [`CtState::Related`]: an ICMP error quoting a packet of a tracked flow ([`related`]; the
 //!   quote is parsed by `icmp.rs`);
 //! - [`CtState::New`]: none of these; the policy decides, and [`create`] remembers what it
 //!   admits.
 //!
 //! Entries are keyed by the endpoint's ifindex as well as the addresses, so a flow admitted at
-//! one pod's veth never admits a packet on another's. ICMP is keyed by role (`CtKey::kind`): an
-//! echo request is never the reply of one. Every packet found tracked counts as one
+//! one pod's veth never admits a packet on another's, and by the endpoint's side first
+//! (`CtKey::of`), so a packet and its reply find the same entry with one lookup. ICMP is keyed
+//! by role (`CtKey::kind`): an echo request is never the reply of one. Every packet found tracked counts as one
 //! [`Stat::CtHit`].
 //!
 //! An entry lives while its flow is active: it expires after the idle time of its state
@@ -26,14 +27,14 @@
 //! are ignored here and removed by the agent's sweep, or by LRU eviction; the agent also
 //! deletes those a new policy no longer admits (its `Established::Recheck` setting).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use palisade_common::{
     CT_SEEN_GRANULARITY_NS, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_NONE, CT_TCP_SYN_SENT,
-    CtKey, CtTimeouts, CtValue, PROTO_TCP, Stat, TCP_FIN, TCP_RST, ct_kind_turned, tcp_opens,
-    tcp_state_of_new,
+    CtKey, CtTimeouts, CtValue, PROTO_TCP, Stat, TCP_FIN, TCP_RST, tcp_opens, tcp_state_of_new,
 };
 
 use crate::{
+    clock::now_ns,
     maps::{CT, CT_CONFIG, bump},
     parse::Packet,
 };
@@ -47,48 +48,44 @@ pub(crate) enum CtState {
     Related,
 }
 
-/// The key of `packet`'s flow as the hook of endpoint `ifindex` in `direction` sees it.
+/// The key of `packet`'s flow at endpoint `ifindex`, seen by its hook of `direction`: the same
+/// for the packet and its reply ([`CtKey::of`]).
 #[inline(always)]
 pub(crate) fn flow_of(packet: &Packet, direction: u8, ifindex: u32) -> CtKey {
-    CtKey {
-        saddr: packet.src,
-        daddr: packet.dst,
-        sport: packet.sport,
-        dport: packet.dport,
-        protocol: packet.protocol,
+    CtKey::of(
+        packet.src,
+        packet.dst,
+        packet.sport,
+        packet.dport,
+        packet.protocol,
+        packet.kind,
         direction,
-        kind: packet.kind,
-        _pad: 0,
         ifindex,
-    }
+    )
 }
 
 /// [`CtState::Established`], [`CtState::Reply`] or [`CtState::New`] for the flow `flow` of a
-/// packet with TCP flags `tcp_flags`, refreshing the entry it finds (its last-seen time and
-/// TCP state) when `refresh` is set. A SYN opening a connection is always [`CtState::New`].
+/// packet going `direction` with TCP flags `tcp_flags`, refreshing the entry it finds (its
+/// last-seen time and TCP state) when `refresh` is set. A SYN opening a connection is always
+/// [`CtState::New`].
 ///
-/// One key, turned around for the reply and back (so the caller can still [`create`] it): two
-/// would not fit the verdict's 512-byte stack.
+/// One lookup whichever way the packet goes: the key is the flow's, not the packet's.
 #[inline(always)]
-pub(crate) fn lookup(flow: &mut CtKey, tcp_flags: u8, refresh: bool) -> CtState {
+pub(crate) fn lookup(flow: &CtKey, direction: u8, tcp_flags: u8, refresh: bool) -> CtState {
     if flow.protocol == PROTO_TCP && tcp_opens(tcp_flags) {
         return CtState::New;
     }
-    let mut state = CtState::Established;
-    let mut entry = CT.get_ptr_mut(&*flow);
-    if entry.is_none() {
-        turn_around(flow);
-        entry = CT.get_ptr_mut(&*flow);
-        turn_around(flow);
-        state = CtState::Reply;
-    }
-    let Some(entry) = entry else {
+    let Some(entry) = CT.get_ptr_mut(flow) else {
         return CtState::New;
     };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the map's value, plain data; a concurrent writer can only make a field stale.
     let value = unsafe { &mut *entry };
+    let state = if value.direction == direction {
+        CtState::Established
+    } else {
+        CtState::Reply
+    };
+    let now = now_ns();
     let lifetime = match CT_CONFIG.get(0) {
         Some(timeouts) => timeouts.lifetime_ns(flow.protocol, value.tcp),
         None => CtTimeouts::DEFAULT.lifetime_ns(flow.protocol, value.tcp),
@@ -129,30 +126,30 @@ fn next_tcp_state(state: u8, flags: u8, reply: bool) -> u8 {
 /// endpoint (see `icmp.rs` for which errors, and for the checks the quote must pass first),
 /// [`CtState::New`] otherwise: the verdict then judges the packet like any other.
 ///
-/// The quoted packet went the other way through this endpoint, so its flow is looked up in the
-/// other direction: as a tracked flow there, or as the reply of one tracked here.
+/// The quoted packet went the other way through this endpoint; its flow's key is the same
+/// whichever way the flow was opened.
 ///
-/// Not inlined, and called before the verdict: it has its own parse, and BPF-to-BPF calls made
-/// one after the other share no frame, where the verdict's is near the 512-byte limit.
+/// Not inlined, and called only for ICMP: it has its own parse of the quote, and BPF-to-BPF
+/// calls made one after the other share no frame, where the verdict's is near the 512-byte
+/// limit.
 #[inline(never)]
 pub(crate) fn related(ctx: &TcContext, direction: u8) -> CtState {
-    let Some(mut quoted) = crate::icmp::quoted_flow(ctx, direction) else {
+    let Some(quoted) = crate::icmp::quoted_flow(ctx, direction) else {
         return CtState::New;
     };
     // An error says nothing of the flow's state: the entry is read, not refreshed.
-    match lookup(&mut quoted, 0, false) {
+    match lookup(&quoted, direction ^ 1, 0, false) {
         CtState::New => CtState::New,
         _ => CtState::Related,
     }
 }
 
-/// Tracks `flow`, admitted by endpoint `endpoint` (its id) on a packet with TCP flags
-/// `tcp_flags`. A full map only costs the flow its replies, which are then judged as new flows
-/// ([`Stat::CtInsertFailed`]).
+/// Tracks `flow`, opened in `direction` and admitted by endpoint `endpoint` (its id) on a
+/// packet with TCP flags `tcp_flags`. A full map only costs the flow its replies, which are
+/// then judged as new flows ([`Stat::CtInsertFailed`]).
 #[inline(always)]
-pub(crate) fn create(flow: &CtKey, endpoint: u32, tcp_flags: u8) {
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+pub(crate) fn create(flow: &CtKey, direction: u8, endpoint: u32, tcp_flags: u8) {
+    let now = now_ns();
     let entry = CtValue {
         created_ns: now,
         seen_ns: now,
@@ -162,18 +159,10 @@ pub(crate) fn create(flow: &CtKey, endpoint: u32, tcp_flags: u8) {
         } else {
             CT_TCP_NONE
         },
-        _pad: [0; 3],
+        direction,
+        _pad: [0; 2],
     };
     if CT.insert(flow, &entry, 0).is_err() {
         bump(Stat::CtInsertFailed as u32);
     }
-}
-
-/// The key of the reply to `key`'s flow: the other direction, at the same endpoint.
-#[inline(always)]
-fn turn_around(key: &mut CtKey) {
-    core::mem::swap(&mut key.saddr, &mut key.daddr);
-    core::mem::swap(&mut key.sport, &mut key.dport);
-    key.direction ^= 1;
-    key.kind = ct_kind_turned(key.kind);
 }

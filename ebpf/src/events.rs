@@ -7,7 +7,6 @@
 //! counted and reported in that source's next event. Packets of tracked flows owe nothing and
 //! never reach this code.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use palisade_common::{
     Addr, CFG_AUDIT_ALL, CFG_EVENTS, DIR_EGRESS, EP_AUDIT, EVENT_WINDOW_NS, EndpointInfo,
     EventLimit, SCRATCH_MAIN, SCRATCH_TRANSLATED, Stat,
@@ -100,8 +99,7 @@ fn send(slot: u32) {
     if config.flags & CFG_EVENTS == 0 {
         return;
     }
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now_ns();
     event.time_ns = now;
     // The budget is per sender, so one flooding pod (or host) cannot use up another's: a local
     // pod's by its endpoint (the address it claims may be another's, which its spoofed packets

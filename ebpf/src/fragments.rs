@@ -13,7 +13,6 @@
 //!
 //! Not inlined: the verdict's frame is near the 512-byte stack limit, and the key is 44 bytes.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use palisade_common::{FRAGMENT_LIFETIME_NS, FragKey, FragValue, Stat};
 
 use crate::{
@@ -39,8 +38,7 @@ fn key_of(packet: &Packet, direction: u8, ifindex: u32) -> FragKey {
 pub(crate) fn remember(packet: &Packet, direction: u8, ifindex: u32) {
     let key = key_of(packet, direction, ifindex);
     let value = FragValue {
-        // SAFETY: a helper without arguments.
-        first_ns: unsafe { bpf_ktime_get_ns() },
+        first_ns: crate::clock::now_ns(),
     };
     // A full map only costs the datagram its later fragments: they are dropped.
     let _ = FRAGMENTS.insert(&key, &value, 0);
@@ -55,8 +53,7 @@ pub(crate) fn follows_first(packet: &Packet, direction: u8, ifindex: u32) -> boo
     let Some(first) = (unsafe { FRAGMENTS.get(&key) }).copied() else {
         return false;
     };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now_ns();
     let fresh = now >= first.first_ns && now - first.first_ns <= FRAGMENT_LIFETIME_NS;
     if fresh {
         bump(Stat::FragmentPassed as u32);

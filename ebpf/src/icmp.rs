@@ -26,8 +26,8 @@ use crate::{
 };
 
 /// For an ICMP error about a TCP, UDP or SCTP packet at a known endpoint (and, on egress, sent
-/// from the pod's own address): the quoted packet's flow as this endpoint's hook of the other
-/// direction saw it. `None` sends the packet on to the verdict, which judges it like any
+/// from the pod's own address): the key of the quoted packet's flow, the quoted packet having
+/// gone the other way through this endpoint. `None` sends the packet on to the verdict, which judges it like any
 /// packet - malformed, spoofed and unknown-endpoint cases included.
 #[inline(always)]
 pub(crate) fn quoted_flow(ctx: &TcContext, direction: u8) -> Option<CtKey> {
@@ -52,16 +52,32 @@ pub(crate) fn quoted_flow(ctx: &TcContext, direction: u8) -> Option<CtKey> {
             return None;
         }
     }
-    let mut flow = quote_of(ctx, quote, v6)?;
+    let quoted = quote_of(ctx, quote, v6)?;
     // An error goes back to whoever sent the quoted packet; sent by the pod, it is about a
     // packet the pod received (so from the pod's own address). Without this, quoting a tracked
     // flow would carry an error, and whatever follows its quote, to any address at all.
-    if outer_dst != flow.saddr || (direction == DIR_EGRESS && outer_src != flow.daddr) {
+    if outer_dst != quoted.src || (direction == DIR_EGRESS && outer_src != quoted.dst) {
         return None;
     }
-    flow.direction = direction ^ 1;
-    flow.ifindex = ifindex;
-    Some(flow)
+    Some(CtKey::of(
+        quoted.src,
+        quoted.dst,
+        quoted.sport,
+        quoted.dport,
+        quoted.protocol,
+        CT_KIND_PLAIN,
+        direction ^ 1,
+        ifindex,
+    ))
+}
+
+/// The quoted packet's addresses, ports and protocol.
+struct Quoted {
+    src: Addr,
+    dst: Addr,
+    sport: u16,
+    dport: u16,
+    protocol: u8,
 }
 
 /// For an ICMP error: its outer source and destination, where the quoted packet starts, and
@@ -102,9 +118,9 @@ fn icmp_error(ctx: &TcContext) -> Option<(Addr, Addr, usize, bool)> {
     }
 }
 
-/// The quoted packet's flow (direction and ifindex left to the caller), for TCP, UDP and SCTP.
+/// The quoted packet, for TCP, UDP and SCTP.
 #[inline(always)]
-fn quote_of(ctx: &TcContext, offset: usize, v6: bool) -> Option<CtKey> {
+fn quote_of(ctx: &TcContext, offset: usize, v6: bool) -> Option<Quoted> {
     let (header, protocol, saddr, daddr) = if v6 {
         let protocol = ctx.load::<u8>(offset + 6).ok()?;
         let src = Addr::from_v6(ctx.load::<[u8; 16]>(offset + 8).ok()?);
@@ -124,15 +140,11 @@ fn quote_of(ctx: &TcContext, offset: usize, v6: bool) -> Option<CtKey> {
         return None;
     }
     let ports = ctx.load::<[u8; 4]>(offset + header).ok()?;
-    Some(CtKey {
-        saddr,
-        daddr,
+    Some(Quoted {
+        src: saddr,
+        dst: daddr,
         sport: u16::from_be_bytes([ports[0], ports[1]]),
         dport: u16::from_be_bytes([ports[2], ports[3]]),
         protocol,
-        direction: 0,
-        kind: CT_KIND_PLAIN,
-        _pad: 0,
-        ifindex: 0,
     })
 }

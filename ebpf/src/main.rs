@@ -17,6 +17,8 @@
 #[cfg(target_arch = "bpf")]
 mod action;
 #[cfg(target_arch = "bpf")]
+mod clock;
+#[cfg(target_arch = "bpf")]
 mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod events;

@@ -78,7 +78,8 @@ pub(crate) fn judge_policy(
 /// routed off the veth).
 #[inline(always)]
 pub(crate) fn own_source(src: &Addr, ifindex: u32) -> bool {
-    let link_local = src.bytes[0] == 0xfe && src.bytes[1] & 0xc0 == 0x80;
+    let [b0, b1] = src.prefix16();
+    let link_local = b0 == 0xfe && b1 & 0xc0 == 0x80;
     // SAFETY: plain-data values.
     link_local || unsafe { LOCAL_ADDRS.get(src) }.is_some_and(|owner| *owner == ifindex)
 }

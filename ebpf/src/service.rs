@@ -20,7 +20,6 @@
 //! port sent to different Service addresses within the record's life cannot be told apart
 //! after translation, so both are dropped rather than one tracked under the other's address.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use palisade_common::{
     Addr, Admission, AllowReason, CT_KIND_PLAIN, CtKey, DIR_EGRESS, DropReason, FLOW_ALLOWED,
@@ -81,8 +80,7 @@ pub(crate) fn defer(ctx: &TcContext, packet: &Packet, ifindex: u32) -> Result<()
         protocol: packet.protocol,
         _pad: 0,
     };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now_ns();
     // Two packets of one source port on their way to different Service addresses at once:
     // whichever translation comes back first would be judged, and tracked, as the other's.
     // SAFETY: plain-data values, read in place.
@@ -153,8 +151,7 @@ pub(crate) fn judge_translated(ctx: &TcContext, packet: &Packet) -> Result<bool,
     // SAFETY: plain-data values.
     let original = (unsafe { ORIGINAL_DST.get(&key) }).copied();
     let _ = ORIGINAL_DST.remove(&key);
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now_ns();
     let Some(original) = original.filter(|o| {
         o.contended == 0 && now >= o.recorded_ns && now - o.recorded_ns <= ORIGINAL_DST_LIFETIME_NS
     }) else {
@@ -192,18 +189,17 @@ pub(crate) fn judge_translated(ctx: &TcContext, packet: &Packet) -> Result<bool,
             owe_translated(FLOW_ALLOWED, AllowReason::Policy as u8, class);
         }
     }
-    let flow = CtKey {
-        saddr: packet.src,
-        daddr: original.daddr,
-        sport: packet.sport,
-        dport: original.dport,
-        protocol: packet.protocol,
-        direction: DIR_EGRESS,
-        kind: CT_KIND_PLAIN,
-        _pad: 0,
+    let flow = CtKey::of(
+        packet.src,
+        original.daddr,
+        packet.sport,
+        original.dport,
+        packet.protocol,
+        CT_KIND_PLAIN,
+        DIR_EGRESS,
         // The client's endpoint, where its later packets and the replies are looked up.
-        ifindex: original.ifindex,
-    };
-    conntrack::create(&flow, source.id, original.tcp_flags);
+        original.ifindex,
+    );
+    conntrack::create(&flow, DIR_EGRESS, source.id, original.tcp_flags);
     Ok(true)
 }

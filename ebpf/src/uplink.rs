@@ -81,14 +81,12 @@ fn routed_back(ctx: &TcContext, src: &Addr, dst: &Addr, ifindex: u32) -> bool {
     params.ifindex = ifindex;
     if src.is_v4() {
         params.family = AF_INET;
-        let s = &src.bytes;
-        let d = &dst.bytes;
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([s[12], s[13], s[14], s[15]]);
-        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([d[12], d[13], d[14], d[15]]);
+        params.__bindgen_anon_4.ipv4_dst = src.words[3];
+        params.__bindgen_anon_3.ipv4_src = dst.words[3];
     } else {
         params.family = AF_INET6;
-        params.__bindgen_anon_4.ipv6_dst = words(&src.bytes);
-        params.__bindgen_anon_3.ipv6_src = words(&dst.bytes);
+        params.__bindgen_anon_4.ipv6_dst = src.words;
+        params.__bindgen_anon_3.ipv6_src = dst.words;
     }
     // SAFETY: `params` is a live, fully initialised struct of the size passed.
     let ret = unsafe {
@@ -100,10 +98,4 @@ fn routed_back(ctx: &TcContext, src: &Addr, dst: &Addr, ifindex: u32) -> bool {
         )
     };
     (ret == 0 || ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH)) && params.ifindex == ifindex
-}
-
-#[inline(always)]
-fn words(bytes: &[u8; 16]) -> [u32; 4] {
-    let w = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    [w(0), w(4), w(8), w(12)]
 }

@@ -145,8 +145,8 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
     }
 
     // Step 4.
-    let mut flow = conntrack::flow_of(packet, direction, ifindex);
-    if conntrack::lookup(&mut flow, packet.tcp_flags, true) != CtState::New {
+    let flow = conntrack::flow_of(packet, direction, ifindex);
+    if conntrack::lookup(&flow, direction, packet.tcp_flags, true) != CtState::New {
         if packet.first_fragment {
             fragments::remember(packet, direction, ifindex);
         }
@@ -202,7 +202,7 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
         owe_main(FLOW_ALLOWED, AllowReason::NotIsolated as u8, NO_CLASS);
     }
 
-    conntrack::create(&flow, endpoint.id, packet.tcp_flags);
+    conntrack::create(&flow, direction, endpoint.id, packet.tcp_flags);
     if packet.first_fragment {
         fragments::remember(packet, direction, ifindex);
     }

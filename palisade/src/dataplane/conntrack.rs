@@ -64,7 +64,7 @@ impl ConntrackSettings {
     }
 }
 
-/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
+/// `CLOCK_MONOTONIC`, the clock of the programs' `bpf_ktime_get_coarse_ns` (to within a tick).
 fn monotonic_ns() -> u64 {
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always there");
@@ -149,7 +149,8 @@ mod tests {
             seen_ns,
             endpoint: 1,
             tcp,
-            _pad: [0; 3],
+            direction: 0,
+            _pad: [0; 2],
         }
     }
 

@@ -16,7 +16,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
-use palisade_common::{CtKey, DIR_INGRESS, EP_AUDIT};
+use palisade_common::{CtKey, CtValue, DIR_INGRESS, EP_AUDIT};
 
 use super::{Dataplane, DataplaneError};
 use crate::{
@@ -47,11 +47,15 @@ impl Dataplane {
         let audit_all = self.flow_settings.audit_all;
         let in_service = |ip: &IpAddr| services.iter().any(|net: &IpNet| net.contains(ip));
         let mut ct = self.conntrack_map()?;
-        let keys: Vec<CtKey> = ct.keys().filter_map(Result::ok).collect();
+        let entries: Vec<(CtKey, CtValue)> = ct.iter().filter_map(Result::ok).collect();
         let mut cut = 0;
-        for key in keys {
-            let (src, dst) = (key.saddr.to_ip(), key.daddr.to_ip());
-            if in_service(&dst) {
+        for (key, value) in entries {
+            // The peer is the key's remote side whichever way the flow was opened; the port
+            // the policy judged is the destination port of the flow's first packet.
+            let direction = value.direction;
+            let (_, _, _, dport) = key.opening(direction);
+            let peer = key.remote.to_ip();
+            if direction != DIR_INGRESS && in_service(&peer) {
                 continue;
             }
             // An interface no pod has any more: its flows are gone with it.
@@ -64,20 +68,7 @@ impl Dataplane {
                 if audited || audit_all {
                     return true;
                 }
-                let peer = if key.direction == DIR_INGRESS {
-                    src
-                } else {
-                    dst
-                };
-                admits(
-                    state,
-                    endpoint,
-                    key.direction,
-                    peer,
-                    key.protocol,
-                    key.dport,
-                )
-                .unwrap_or(false)
+                admits(state, endpoint, direction, peer, key.protocol, dport).unwrap_or(false)
             });
             if !admitted && ct.remove(&key).is_ok() {
                 cut += 1;

@@ -396,7 +396,7 @@ impl Attribution {
     }
 }
 
-/// The wall-clock time of a `bpf_ktime_get_ns()` stamp, given CLOCK_MONOTONIC now.
+/// The wall-clock time of a programs' clock stamp (`bpf_ktime_get_coarse_ns()`), given CLOCK_MONOTONIC now.
 fn wall_time(stamp_ns: u64, monotonic_now: Duration) -> String {
     let age = monotonic_now.saturating_sub(Duration::from_nanos(stamp_ns));
     let at = SystemTime::now()
@@ -407,7 +407,7 @@ fn wall_time(stamp_ns: u64, monotonic_now: Duration) -> String {
         .unwrap_or_default()
 }
 
-/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns()`.
+/// CLOCK_MONOTONIC, the clock of the programs' `bpf_ktime_get_coarse_ns()` (to within a tick).
 pub fn monotonic_now() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))

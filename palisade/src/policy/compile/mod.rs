@@ -79,7 +79,10 @@ impl Prefix {
 }
 
 fn same_bits(a: &Addr, b: &Addr, bits: u32) -> bool {
-    let (a, b) = (u128::from_be_bytes(a.bytes), u128::from_be_bytes(b.bytes));
+    let (a, b) = (
+        u128::from_be_bytes(a.bytes()),
+        u128::from_be_bytes(b.bytes()),
+    );
     bits == 0 || (a ^ b) >> (128 - bits) == 0
 }
 
