@@ -323,8 +323,16 @@ pub struct CtValue {
     /// The direction (`DIR_*`) of the packet that opened the flow: a packet going the same
     /// way is the flow's, one going the other way its reply.
     pub direction: u8,
-    pub _pad: [u8; 2],
+    /// `CT_F_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
 }
+
+/// [`CtValue::flags`]: the key's local address is one of the endpoint's own
+/// (`MAP_LOCAL_ADDRS`), checked when the flow was admitted: the endpoint's packets of the flow
+/// need no source check of their own (step 3 of the precedence). Without it (a flow opened
+/// towards an address that is not the pod's), every packet the pod sends on it is checked.
+pub const CT_F_LOCAL_OWN: u8 = 1 << 0;
 
 /// [`CtValue::tcp`]: not TCP.
 pub const CT_TCP_NONE: u8 = 0;

@@ -29,14 +29,16 @@
 
 use aya_ebpf::programs::TcContext;
 use palisade_common::{
-    CT_SEEN_GRANULARITY_NS, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_NONE, CT_TCP_SYN_SENT,
-    CtKey, CtTimeouts, CtValue, PROTO_TCP, Stat, TCP_FIN, TCP_RST, tcp_opens, tcp_state_of_new,
+    CT_F_LOCAL_OWN, CT_SEEN_GRANULARITY_NS, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_NONE,
+    CT_TCP_SYN_SENT, CtKey, CtTimeouts, CtValue, DIR_EGRESS, PROTO_TCP, Stat, TCP_FIN, TCP_RST,
+    tcp_opens, tcp_state_of_new,
 };
 
 use crate::{
     clock::now_ns,
     maps::{CT, CT_CONFIG, bump},
-    parse::Packet,
+    parse::{Packet, copied, packet_slot},
+    policy::own_source,
 };
 
 /// What conntrack knows about a packet's flow.
@@ -53,8 +55,8 @@ pub(crate) enum CtState {
 #[inline(always)]
 pub(crate) fn flow_of(packet: &Packet, direction: u8, ifindex: u32) -> CtKey {
     CtKey::of(
-        packet.src,
-        packet.dst,
+        copied(&packet.src),
+        copied(&packet.dst),
         packet.sport,
         packet.dport,
         packet.protocol,
@@ -68,16 +70,32 @@ pub(crate) fn flow_of(packet: &Packet, direction: u8, ifindex: u32) -> CtKey {
 /// packet going `direction` with TCP flags `tcp_flags`, refreshing the entry it finds (its
 /// last-seen time and TCP state) when `refresh` is set. A SYN opening a connection is always
 /// [`CtState::New`].
-///
-/// One lookup whichever way the packet goes: the key is the flow's, not the packet's.
 #[inline(always)]
 pub(crate) fn lookup(flow: &CtKey, direction: u8, tcp_flags: u8, refresh: bool) -> CtState {
-    if flow.protocol == PROTO_TCP && tcp_opens(tcp_flags) {
-        return CtState::New;
+    match find(flow, direction, tcp_flags) {
+        Some((value, state, now)) => {
+            if refresh {
+                touch(value, state, tcp_flags, now);
+            }
+            state
+        }
+        None => CtState::New,
     }
-    let Some(entry) = CT.get_ptr_mut(flow) else {
-        return CtState::New;
-    };
+}
+
+/// The live entry of `flow` for a packet going `direction` with `tcp_flags`, how it relates to
+/// the packet, and the time it was judged at; `None` for a new flow. One lookup whichever way
+/// the packet goes: the key is the flow's, not the packet's.
+#[inline(always)]
+fn find(
+    flow: &CtKey,
+    direction: u8,
+    tcp_flags: u8,
+) -> Option<(&'static mut CtValue, CtState, u64)> {
+    if flow.protocol == PROTO_TCP && tcp_opens(tcp_flags) {
+        return None;
+    }
+    let entry = CT.get_ptr_mut(flow)?;
     // SAFETY: the map's value, plain data; a concurrent writer can only make a field stale.
     let value = unsafe { &mut *entry };
     let state = if value.direction == direction {
@@ -92,19 +110,79 @@ pub(crate) fn lookup(flow: &CtKey, direction: u8, tcp_flags: u8, refresh: bool) 
     };
     if value.idle_past(now, lifetime) {
         bump(Stat::CtExpired as u32);
-        return CtState::New;
+        return None;
     }
-    if refresh {
-        let tcp = next_tcp_state(value.tcp, tcp_flags, state == CtState::Reply);
-        if tcp != value.tcp {
-            value.tcp = tcp;
-            value.seen_ns = now;
-        } else if value.idle_past(now, CT_SEEN_GRANULARITY_NS) {
-            value.seen_ns = now;
-        }
+    Some((value, state, now))
+}
+
+/// Records a packet with `tcp_flags` of the flow of `value` (related to it as `state`) seen at
+/// `now`: its TCP state, and its last-seen time at most once a second.
+#[inline(always)]
+fn touch(value: &mut CtValue, state: CtState, tcp_flags: u8, now: u64) {
+    let tcp = next_tcp_state(value.tcp, tcp_flags, state == CtState::Reply);
+    if tcp != value.tcp {
+        value.tcp = tcp;
+        value.seen_ns = now;
+    } else if value.idle_past(now, CT_SEEN_GRANULARITY_NS) {
+        value.seen_ns = now;
     }
     bump(Stat::CtHit as u32);
-    state
+}
+
+/// [`tracked`]'s answers: the packet belongs to a tracked flow (pass it); conntrack looked and
+/// the flow is new (judge it, without looking again); or conntrack did not answer (the verdict
+/// looks itself, in its order).
+pub(crate) const TRACKED: u32 = 0;
+pub(crate) const UNTRACKED: u32 = 1;
+pub(crate) const UNANSWERED: u32 = 2;
+
+/// The fast path: whether the parsed packet (the per-CPU slot) belongs to a flow tracked at
+/// this endpoint, asked before anything else about it. Its budget, in the order it spends it:
+///
+/// 1. the packet, parsed once from the linear data (`parse::parse_into`, no helper calls);
+/// 2. one `PAL_CT` lookup: the key is the flow's, so a reply finds its request's entry;
+/// 3. the coarse clock and the state's timeout (an array read the verifier inlines);
+/// 4. for a packet the pod sends on a flow whose local address was not checked when it was
+///    admitted ([`CT_F_LOCAL_OWN`]), the source check of step 3 (`PAL_LOCAL_ADDRS`);
+/// 5. the TCP state and the last-seen time written (at most once a second), one per-CPU
+///    counter.
+///
+/// No fewer would do: the flow's entry is the only state a tracked packet needs. It needs no
+/// `PAL_ENDPOINTS` lookup: the entry was made by this endpoint's own verdict (its ifindex is
+/// in the key), policy changes keep established flows (or the agent deletes them, its
+/// `Established::Recheck`), and the agent deletes the flows of an endpoint it switches off.
+/// Nor a source check when the entry's local address was checked at admission: the key holds
+/// it, so a packet with another source finds another key.
+///
+/// Fragments, neighbour discovery and Service packets back from kube-proxy's translation (the
+/// mark) are the verdict's ([`UNANSWERED`]): each needs its own step first.
+#[inline(never)]
+pub(crate) fn tracked(ctx: &TcContext, direction: u8) -> u32 {
+    let Some(packet) = packet_slot() else {
+        return UNANSWERED;
+    };
+    let packet = &*packet;
+    if packet.fragment || packet.neighbour_discovery || crate::service::marked(ctx) {
+        return UNANSWERED;
+    }
+    // SAFETY: `skb` is the context pointer the kernel handed to this program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let flow = flow_of(packet, direction, ifindex);
+    let Some((value, state, now)) = find(&flow, direction, packet.tcp_flags) else {
+        return UNTRACKED;
+    };
+    if direction == DIR_EGRESS
+        && value.flags & CT_F_LOCAL_OWN == 0
+        && !own_source(&packet.src, ifindex)
+    {
+        // The verdict drops it, as spoofed.
+        return UNANSWERED;
+    }
+    touch(value, state, packet.tcp_flags, now);
+    if packet.first_fragment {
+        crate::fragments::remember(packet, direction, ifindex);
+    }
+    TRACKED
 }
 
 /// TCP's state after a packet with `flags` of a tracked flow (`reply` when it goes the other
@@ -145,10 +223,13 @@ pub(crate) fn related(ctx: &TcContext, direction: u8) -> CtState {
 }
 
 /// Tracks `flow`, opened in `direction` and admitted by endpoint `endpoint` (its id) on a
-/// packet with TCP flags `tcp_flags`. A full map only costs the flow its replies, which are
+/// packet with TCP flags `tcp_flags`; `local_own` when the key's local address is known to be
+/// the endpoint's ([`CT_F_LOCAL_OWN`]). A full map only costs the flow its replies, which are
 /// then judged as new flows ([`Stat::CtInsertFailed`]).
-#[inline(always)]
-pub(crate) fn create(flow: &CtKey, direction: u8, endpoint: u32, tcp_flags: u8) {
+///
+/// Not inlined: the value is built in a frame of its own, not the verdict's.
+#[inline(never)]
+pub(crate) fn create(flow: &CtKey, direction: u8, endpoint: u32, tcp_flags: u8, local_own: bool) {
     let now = now_ns();
     let entry = CtValue {
         created_ns: now,
@@ -160,7 +241,8 @@ pub(crate) fn create(flow: &CtKey, direction: u8, endpoint: u32, tcp_flags: u8) 
             CT_TCP_NONE
         },
         direction,
-        _pad: [0; 2],
+        flags: if local_own { CT_F_LOCAL_OWN } else { 0 },
+        _pad: 0,
     };
     if CT.insert(flow, &entry, 0).is_err() {
         bump(Stat::CtInsertFailed as u32);

@@ -14,7 +14,7 @@ use palisade_common::{
 
 use crate::{
     maps::{EVENT_LIMITS, EVENT_SCRATCH, EVENTS, FLOW_CONFIG, bump},
-    parse::Packet,
+    parse::{Packet, copied},
 };
 
 /// What an event says beyond the packet: who judged it and how.
@@ -51,8 +51,8 @@ pub(crate) fn owe(slot: u32, packet: &Packet, owed: Owed) {
     };
     // SAFETY: a per-CPU slot; only this program run on this CPU uses it until `flush`.
     let event = unsafe { &mut *event };
-    event.saddr = packet.src;
-    event.daddr = packet.dst;
+    event.saddr = copied(&packet.src);
+    event.daddr = copied(&packet.dst);
     event.sport = packet.sport;
     event.dport = packet.dport;
     event.protocol = packet.protocol;

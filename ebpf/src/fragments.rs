@@ -17,14 +17,14 @@ use palisade_common::{FRAGMENT_LIFETIME_NS, FragKey, FragValue, Stat};
 
 use crate::{
     maps::{FRAGMENTS, bump},
-    parse::Packet,
+    parse::{Packet, copied},
 };
 
 #[inline(always)]
 fn key_of(packet: &Packet, direction: u8, ifindex: u32) -> FragKey {
     FragKey {
-        saddr: packet.src,
-        daddr: packet.dst,
+        saddr: copied(&packet.src),
+        daddr: copied(&packet.dst),
         id: packet.frag_id,
         protocol: packet.protocol,
         direction,

@@ -32,7 +32,7 @@ use crate::{
     conntrack,
     events::{Owed, audited, flush, owe},
     maps::{ENDPOINTS, ORIGINAL_DST, SERVICES, bump},
-    parse::{Packet, packet_slot, parse_into},
+    parse::{Packet, copied, packet_slot, parse_into},
     policy::judge_policy,
 };
 
@@ -75,7 +75,7 @@ pub(crate) fn is_service(addr: &Addr) -> bool {
 #[inline(always)]
 pub(crate) fn defer(ctx: &TcContext, packet: &Packet, ifindex: u32) -> Result<(), DropReason> {
     let key = OriginalKey {
-        saddr: packet.src,
+        saddr: copied(&packet.src),
         sport: packet.sport,
         protocol: packet.protocol,
         _pad: 0,
@@ -90,7 +90,7 @@ pub(crate) fn defer(ctx: &TcContext, packet: &Packet, ifindex: u32) -> Result<()
             && (waiting.daddr != packet.dst || waiting.dport != packet.dport)
     });
     let value = OriginalValue {
-        daddr: packet.dst,
+        daddr: copied(&packet.dst),
         dport: packet.dport,
         tcp_flags: packet.tcp_flags,
         contended: u8::from(contended),
@@ -115,6 +115,13 @@ fn service_mark() -> u32 {
     // SAFETY: a read-only global; volatile, so the compiler keeps the load the loader's value
     // lands in rather than folding the default.
     unsafe { core::ptr::read_volatile(&PAL_SERVICE_MARK) }
+}
+
+/// Whether the packet carries the Service mark: a packet [`defer`] recorded, back from
+/// kube-proxy's translation.
+#[inline(always)]
+pub(crate) fn marked(ctx: &TcContext) -> bool {
+    mark(ctx) & service_mark() != 0
 }
 
 #[inline(always)]
@@ -143,7 +150,7 @@ pub(crate) fn judge_translated(ctx: &TcContext, packet: &Packet) -> Result<bool,
     // Judged once, here: the next hook (and the next node) sees an ordinary packet.
     set_mark(ctx, marked & !bit);
     let key = OriginalKey {
-        saddr: packet.src,
+        saddr: copied(&packet.src),
         sport: packet.sport,
         protocol: packet.protocol,
         _pad: 0,
@@ -190,8 +197,8 @@ pub(crate) fn judge_translated(ctx: &TcContext, packet: &Packet) -> Result<bool,
         }
     }
     let flow = CtKey::of(
-        packet.src,
-        original.daddr,
+        copied(&packet.src),
+        copied(&original.daddr),
         packet.sport,
         original.dport,
         packet.protocol,
@@ -200,6 +207,7 @@ pub(crate) fn judge_translated(ctx: &TcContext, packet: &Packet) -> Result<bool,
         // The client's endpoint, where its later packets and the replies are looked up.
         original.ifindex,
     );
-    conntrack::create(&flow, DIR_EGRESS, source.id, original.tcp_flags);
+    // The source passed the client's source check (step 3) before its hook recorded it.
+    conntrack::create(&flow, DIR_EGRESS, source.id, original.tcp_flags, true);
     Ok(true)
 }

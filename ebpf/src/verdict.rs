@@ -3,8 +3,9 @@
 //! `service.rs`, `events.rs`), answered as a TC action (`action.rs`).
 //!
 //! The frames matter more than the shape here: [`try_judge`]'s is near the 512-byte BPF stack
-//! limit, so what runs before it ([`conntrack::related`]) and after it ([`flush`]) runs in
-//! frames of its own, and each drop writes its event where it happens (see [`judge_new`]).
+//! limit, so what runs before it ([`parse`], [`conntrack::related`], the fast path
+//! [`conntrack::tracked`]) and after it ([`flush`]) runs in frames of its own, and each drop
+//! writes its event where it happens (see [`judge_new`]).
 
 use aya_ebpf::programs::TcContext;
 use palisade_common::{
@@ -18,7 +19,7 @@ use crate::{
     events::{Owed, audited, flush, owe},
     fragments,
     maps::{ENDPOINTS, bump},
-    parse::{packet_slot, parse_into},
+    parse::{copied, packet_slot, parse_into},
     policy::{judge_policy, own_source},
     service,
 };
@@ -29,7 +30,16 @@ pub(crate) fn judge(ctx: &TcContext, direction: u8) -> i32 {
     if parsed == PARSED_ICMP && conntrack::related(ctx, direction) == CtState::Related {
         return PASS;
     }
-    match try_judge(ctx, direction, parsed) {
+    // A tracked flow's packet passes here, its budget spent (see `conntrack::tracked`).
+    let mut looked = false;
+    if parsed == PARSED_IP || parsed == PARSED_ICMP {
+        match conntrack::tracked(ctx, direction) {
+            conntrack::TRACKED => return PASS,
+            conntrack::UNTRACKED => looked = true,
+            _ => {}
+        }
+    }
+    match try_judge(ctx, direction, parsed, looked) {
         QUIET => PASS,
         OWED => {
             flush();
@@ -78,8 +88,8 @@ const DROPPED: u32 = 0x100;
 /// The answer is a plain integer: LLVM once folded a `Result` built from a map lookup into
 /// shifts of the lookup's pointer, which the verifier refuses.
 #[inline(never)]
-fn try_judge(ctx: &TcContext, direction: u8, parsed: u32) -> u32 {
-    match judge_new(ctx, direction, parsed) {
+fn try_judge(ctx: &TcContext, direction: u8, parsed: u32, looked: bool) -> u32 {
+    match judge_new(ctx, direction, parsed, looked) {
         Ok(false) => QUIET,
         Ok(true) => OWED,
         Err(reason) => DROPPED | reason as u32,
@@ -88,7 +98,12 @@ fn try_judge(ctx: &TcContext, direction: u8, parsed: u32) -> u32 {
 
 /// Steps 1-8 for one packet (conntrack's RELATED answer aside, see [`judge`]).
 #[inline(always)]
-fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropReason> {
+fn judge_new(
+    ctx: &TcContext,
+    direction: u8,
+    parsed: u32,
+    looked: bool,
+) -> Result<bool, DropReason> {
     // Step 1, parsed by [`parse`].
     if parsed == PARSED_NOT_IP {
         bump(Stat::NotIp as u32);
@@ -146,7 +161,8 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
 
     // Step 4.
     let flow = conntrack::flow_of(packet, direction, ifindex);
-    if conntrack::lookup(&flow, direction, packet.tcp_flags, true) != CtState::New {
+    // Unless `conntrack::tracked` looked already and found nothing.
+    if !looked && conntrack::lookup(&flow, direction, packet.tcp_flags, true) != CtState::New {
         if packet.first_fragment {
             fragments::remember(packet, direction, ifindex);
         }
@@ -155,9 +171,9 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
 
     // Step 5.
     let (policy_drop, peer) = if direction == DIR_INGRESS {
-        (DropReason::PolicyIngress, packet.src)
+        (DropReason::PolicyIngress, copied(&packet.src))
     } else {
-        (DropReason::PolicyEgress, packet.dst)
+        (DropReason::PolicyEgress, copied(&packet.dst))
     };
     let owe_main = |verdict: u8, reason: u8, class: u8| {
         owe(
@@ -202,7 +218,10 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
         owe_main(FLOW_ALLOWED, AllowReason::NotIsolated as u8, NO_CLASS);
     }
 
-    conntrack::create(&flow, direction, endpoint.id, packet.tcp_flags);
+    // The local address of what the pod sends passed step 3; of what it receives, checked now,
+    // so its packets on the flow skip step 3 only when they would pass it.
+    let local_own = direction == DIR_EGRESS || own_source(&packet.dst, ifindex);
+    conntrack::create(&flow, direction, endpoint.id, packet.tcp_flags, local_own);
     if packet.first_fragment {
         fragments::remember(packet, direction, ifindex);
     }

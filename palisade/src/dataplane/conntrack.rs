@@ -4,11 +4,18 @@
 //! admits nothing, whether or not it is still in the map. The agent writes the timeouts
 //! ([`ConntrackSettings`], into `PAL_CT_CONFIG`) and sweeps expired entries out
 //! ([`Dataplane::sweep_conntrack`]) so the map holds live flows, not LRU pressure.
+//!
+//! The programs pass a tracked flow's packets without reading its endpoint (the fast path,
+//! `ebpf/src/conntrack.rs`), so the flows of an endpoint the agent switches off are deleted
+//! with it ([`Dataplane::forget_flows`], after each sync), and the sweep deletes any left at an
+//! interface the endpoint map no longer names (an agent that stopped between the two).
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use aya::maps::{Array, HashMap, MapData};
-use palisade_common::{CtKey, CtTimeouts, CtValue, MAP_CONNTRACK, MAP_CT_CONFIG};
+use palisade_common::{
+    CtKey, CtTimeouts, CtValue, EndpointInfo, MAP_CONNTRACK, MAP_CT_CONFIG, MAP_ENDPOINTS,
+};
 
 use super::{Dataplane, DataplaneError};
 
@@ -99,6 +106,43 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Deletes the tracked flows at the interfaces `ifindexes` (endpoints a sync switched off);
+    /// returns how many. O(entries), and nothing to do for a sync that switched none off.
+    pub(super) fn forget_flows(&mut self, ifindexes: &[u32]) -> Result<usize, DataplaneError> {
+        if ifindexes.is_empty() {
+            return Ok(0);
+        }
+        let mut ct = self.conntrack_map()?;
+        let gone: Vec<CtKey> = ct
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| ifindexes.contains(&key.ifindex))
+            .collect();
+        let removed = gone.iter().filter(|k| ct.remove(k).is_ok()).count();
+        if removed > 0 {
+            tracing::debug!(removed, "flows of switched-off endpoints deleted");
+        }
+        Ok(removed)
+    }
+
+    /// The interfaces the kernel's endpoint map names.
+    fn endpoint_interfaces(&self) -> Result<BTreeSet<u32>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_ENDPOINTS)
+            .ok_or(DataplaneError::Missing {
+                kind: "map",
+                name: MAP_ENDPOINTS,
+            })?;
+        let endpoints: HashMap<_, u32, EndpointInfo> =
+            HashMap::try_from(map).map_err(|source| DataplaneError::Map {
+                map: MAP_ENDPOINTS,
+                op: "open",
+                source,
+            })?;
+        Ok(endpoints.keys().filter_map(Result::ok).collect())
+    }
+
     /// The conntrack map, for the sweep and the re-check of established flows.
     pub(super) fn conntrack_map(
         &mut self,
@@ -117,15 +161,19 @@ impl Dataplane {
         })
     }
 
-    /// Deletes the conntrack entries idle past their timeout; returns how many. O(entries).
+    /// Deletes the conntrack entries idle past their timeout, and those of interfaces without
+    /// an endpoint; returns how many. O(entries).
     pub fn sweep_conntrack(&mut self) -> Result<usize, DataplaneError> {
         let timeouts = self.conntrack.to_kernel();
+        let endpoints = self.endpoint_interfaces()?;
         let mut ct = self.conntrack_map()?;
         let now = monotonic_ns();
         let expired: Vec<CtKey> = ct
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, value)| value.expired(key.protocol, now, &timeouts))
+            .filter(|(key, value)| {
+                value.expired(key.protocol, now, &timeouts) || !endpoints.contains(&key.ifindex)
+            })
             .map(|(key, _)| key)
             .collect();
         let removed = expired.iter().filter(|k| ct.remove(k).is_ok()).count();
@@ -150,7 +198,8 @@ mod tests {
             endpoint: 1,
             tcp,
             direction: 0,
-            _pad: [0; 2],
+            flags: 0,
+            _pad: 0,
         }
     }
 

@@ -429,6 +429,7 @@ impl Dataplane {
         // Addresses before the endpoints that send from them, removed after.
         let added = self.local_addrs.add(&mut self.ebpf, state, ifindex)?;
         let mut report = self.written.apply(&mut self.ebpf, state, ifindex)?;
+        report.deletes += self.forget_flows(&report.switched_off)?;
         let removed = self
             .local_addrs
             .remove_stale(&mut self.ebpf, state, ifindex)?;

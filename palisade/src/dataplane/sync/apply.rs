@@ -78,6 +78,7 @@ impl Written {
         for key in stale {
             if let Some(ep) = self.endpoints.remove(&key) {
                 let _ = maps.endpoints.remove(&ep.ifindex);
+                report.switched_off.push(ep.ifindex);
                 report.deletes += 1;
                 maps.delete_rules(ep.id(), &ep.rules, report);
             }
@@ -93,6 +94,7 @@ impl Written {
         for key in stale {
             if let Some(index) = self.quarantined.remove(&key) {
                 let _ = maps.endpoints.remove(&index);
+                report.switched_off.push(index);
                 report.deletes += 1;
             }
         }

@@ -45,6 +45,9 @@ pub struct SyncReport {
     pub swaps: usize,
     /// Writes that failed, each naming the pod (now isolated) or the map.
     pub failures: Vec<String>,
+    /// Interfaces whose endpoint was switched off: their tracked flows are deleted after the
+    /// write (the programs pass a tracked flow's packets without reading the endpoint).
+    pub switched_off: Vec<u32>,
 }
 
 /// One endpoint's entries, without its id: (direction, peer) and (prefix length, direction,
