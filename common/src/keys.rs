@@ -218,28 +218,21 @@ impl CtKey {
         direction: u8,
         ifindex: EndpointKey,
     ) -> Self {
-        if direction == crate::DIR_EGRESS {
-            Self {
-                local: src,
-                remote: dst,
-                local_port: sport,
-                remote_port: dport,
-                protocol,
-                kind,
-                _pad: [0; 2],
-                ifindex,
-            }
+        let (local, remote) = if direction == crate::DIR_EGRESS {
+            (src, dst)
         } else {
-            Self {
-                local: dst,
-                remote: src,
-                local_port: dport,
-                remote_port: sport,
-                protocol,
-                kind: ct_kind_turned(kind),
-                _pad: [0; 2],
-                ifindex,
-            }
+            (dst, src)
+        };
+        let (local_port, remote_port, kind) = ct_sides(sport, dport, kind, direction);
+        Self {
+            local,
+            remote,
+            local_port,
+            remote_port,
+            protocol,
+            kind,
+            _pad: [0; 2],
+            ifindex,
         }
     }
 
@@ -266,6 +259,18 @@ pub const CT_KIND_ECHO_REPLY: u8 = 2;
 /// messages are tracked in their own direction only and never answer for each other.
 pub const CT_KIND_ICMP_OTHER: u8 = 3;
 pub const CT_KIND_ICMP_OTHER_TURNED: u8 = 4;
+
+/// The endpoint's side of a packet's ports and kind, as [`CtKey::of`] keys them:
+/// `(local_port, remote_port, kind)` for a packet from port `sport` to port `dport` of `kind`
+/// seen going `direction` (`DIR_*`).
+#[inline(always)]
+pub const fn ct_sides(sport: u16, dport: u16, kind: u8, direction: u8) -> (u16, u16, u8) {
+    if direction == crate::DIR_EGRESS {
+        (sport, dport, kind)
+    } else {
+        (dport, sport, ct_kind_turned(kind))
+    }
+}
 
 /// The kind of the reply to a flow of kind `kind` ([`CtKey::kind`]).
 pub const fn ct_kind_turned(kind: u8) -> u8 {

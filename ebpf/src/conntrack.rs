@@ -31,13 +31,13 @@ use aya_ebpf::programs::TcContext;
 use palisade_common::{
     CT_F_LOCAL_OWN, CT_SEEN_GRANULARITY_NS, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_NONE,
     CT_TCP_SYN_SENT, CtKey, CtTimeouts, CtValue, DIR_EGRESS, PROTO_TCP, Stat, TCP_FIN, TCP_RST,
-    tcp_opens, tcp_state_of_new,
+    ct_sides, tcp_opens, tcp_state_of_new,
 };
 
 use crate::{
     clock::now_ns,
     maps::{CT, CT_CONFIG, bump},
-    parse::{Packet, copied, packet_slot},
+    parse::Packet,
     policy::own_source,
 };
 
@@ -51,19 +51,22 @@ pub(crate) enum CtState {
 }
 
 /// The key of `packet`'s flow at endpoint `ifindex`, seen by its hook of `direction`: the same
-/// for the packet and its reply ([`CtKey::of`]).
+/// for the packet and its reply. [`CtKey::of`], from the sides the parse set apart
+/// (`Packet::local`, `Packet::remote`) so that no address is chosen by a branch here.
 #[inline(always)]
 pub(crate) fn flow_of(packet: &Packet, direction: u8, ifindex: u32) -> CtKey {
-    CtKey::of(
-        copied(&packet.src),
-        copied(&packet.dst),
-        packet.sport,
-        packet.dport,
-        packet.protocol,
-        packet.kind,
-        direction,
+    let (local_port, remote_port, kind) =
+        ct_sides(packet.sport, packet.dport, packet.kind, direction);
+    CtKey {
+        local: packet.local,
+        remote: packet.remote,
+        local_port,
+        remote_port,
+        protocol: packet.protocol,
+        kind,
+        _pad: [0; 2],
         ifindex,
-    )
+    }
 }
 
 /// [`CtState::Established`], [`CtState::Reply`] or [`CtState::New`] for the flow `flow` of a
@@ -156,12 +159,8 @@ pub(crate) const UNANSWERED: u32 = 2;
 ///
 /// Fragments, neighbour discovery and Service packets back from kube-proxy's translation (the
 /// mark) are the verdict's ([`UNANSWERED`]): each needs its own step first.
-#[inline(never)]
-pub(crate) fn tracked(ctx: &TcContext, direction: u8) -> u32 {
-    let Some(packet) = packet_slot() else {
-        return UNANSWERED;
-    };
-    let packet = &*packet;
+#[inline(always)]
+pub(crate) fn tracked(ctx: &TcContext, packet: &Packet, direction: u8) -> u32 {
     if packet.fragment || packet.neighbour_discovery || crate::service::marked(ctx) {
         return UNANSWERED;
     }

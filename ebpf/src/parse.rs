@@ -4,8 +4,8 @@
 
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TcContext};
 use palisade_common::{
-    Addr, CT_KIND_ECHO_REPLY, CT_KIND_ECHO_REQUEST, CT_KIND_ICMP_OTHER, CT_KIND_PLAIN, DropReason,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, V4_MAPPED_WORD,
+    Addr, CT_KIND_ECHO_REPLY, CT_KIND_ECHO_REQUEST, CT_KIND_ICMP_OTHER, CT_KIND_PLAIN, DIR_EGRESS,
+    DropReason, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, V4_MAPPED_WORD,
 };
 
 pub(crate) const ETH_HLEN: usize = 14;
@@ -21,6 +21,10 @@ const IPV6_FRAGMENT_HLEN: usize = 8;
 pub(crate) struct Packet {
     pub src: Addr,
     pub dst: Addr,
+    /// The endpoint's side and the other side: the destination and the source of what the pod
+    /// receives, the source and the destination of what it sends (conntrack's key, `CtKey`).
+    pub local: Addr,
+    pub remote: Addr,
     pub protocol: u8,
     /// Host byte order; 0 for protocols without ports. For ICMP what conntrack keys the message
     /// by (see `kind`).
@@ -61,18 +65,39 @@ pub(crate) fn packet_slot() -> Option<&'static mut Packet> {
 /// Parses the packet into `out`: `Ok(false)` for packets that are not IP (ARP and friends pass
 /// untouched). A plain answer, not the packet: LLVM folds a `Result` holding a map pointer into
 /// shifts of the pointer, which the verifier refuses.
+///
+/// `direction` is the hook's (`DIR_*`): which address is the endpoint's ([`Packet::local`]).
 #[inline(always)]
-pub(crate) fn parse_into(ctx: &TcContext, out: &mut Packet) -> Result<bool, DropReason> {
-    if parse_direct(ctx, out) {
-        return Ok(true);
+pub(crate) fn parse_into(
+    ctx: &TcContext,
+    out: &mut Packet,
+    direction: u8,
+) -> Result<bool, DropReason> {
+    if !parse_direct(ctx, out) {
+        let ethertype = u16::from_be(load::<u16>(ctx, 12)?);
+        match ethertype {
+            ETH_P_IP => *out = parse_v4(ctx)?,
+            ETH_P_IPV6 => *out = parse_v6(ctx)?,
+            _ => return Ok(false),
+        }
     }
-    let ethertype = u16::from_be(load::<u16>(ctx, 12)?);
-    match ethertype {
-        ETH_P_IP => *out = parse_v4(ctx)?,
-        ETH_P_IPV6 => *out = parse_v6(ctx)?,
-        _ => return Ok(false),
-    }
+    set_sides(out, direction == DIR_EGRESS);
     Ok(true)
+}
+
+/// [`Packet::local`] and [`Packet::remote`], a word at a time (a copy of a whole address chosen
+/// by a branch became `memmove`, a byte loop in BPF).
+#[inline(always)]
+fn set_sides(out: &mut Packet, egress: bool) {
+    for i in 0..4 {
+        let (local, remote) = if egress {
+            (out.src.words[i], out.dst.words[i])
+        } else {
+            (out.dst.words[i], out.src.words[i])
+        };
+        out.local.words[i] = local;
+        out.remote.words[i] = remote;
+    }
 }
 
 /// The common case read straight from the packet's linear data, without a helper call per
@@ -215,6 +240,8 @@ fn parse_v4(ctx: &TcContext) -> Result<Packet, DropReason> {
     let mut packet = Packet {
         src,
         dst,
+        local: src,
+        remote: dst,
         protocol,
         sport: 0,
         dport: 0,
@@ -250,6 +277,8 @@ fn parse_v6(ctx: &TcContext) -> Result<Packet, DropReason> {
     let mut packet = Packet {
         src,
         dst,
+        local: src,
+        remote: dst,
         protocol: next,
         sport: 0,
         dport: 0,

@@ -40,7 +40,7 @@ pub(crate) fn from_uplink(ctx: &TcContext) -> i32 {
     let Some(packet) = packet_slot() else {
         return PASS;
     };
-    if parse_into(ctx, packet) != Ok(true) {
+    if parse_into(ctx, packet, DIR_INGRESS) != Ok(true) {
         return PASS;
     }
     let packet = &*packet;

@@ -26,20 +26,20 @@ use crate::{
 
 #[inline(always)]
 pub(crate) fn judge(ctx: &TcContext, direction: u8) -> i32 {
-    let parsed = parse(ctx);
-    if parsed == PARSED_ICMP && conntrack::related(ctx, direction) == CtState::Related {
+    let mut parsed = parse(ctx, direction);
+    if parsed == PARSED_TRACKED {
         return PASS;
     }
-    // A tracked flow's packet passes here, its budget spent (see `conntrack::tracked`).
-    let mut looked = false;
-    if parsed == PARSED_IP || parsed == PARSED_ICMP {
-        match conntrack::tracked(ctx, direction) {
-            conntrack::TRACKED => return PASS,
-            conntrack::UNTRACKED => looked = true,
-            _ => {}
+    if parsed == PARSED_ICMP {
+        if conntrack::related(ctx, direction) == CtState::Related {
+            return PASS;
+        }
+        parsed = track_icmp(ctx, direction);
+        if parsed == PARSED_TRACKED {
+            return PASS;
         }
     }
-    match try_judge(ctx, direction, parsed, looked) {
+    match try_judge(ctx, direction, parsed) {
         QUIET => PASS,
         OWED => {
             flush();
@@ -53,25 +53,49 @@ pub(crate) fn judge(ctx: &TcContext, direction: u8) -> i32 {
     }
 }
 
-/// [`parse`]'s answers: not IP, IP (in the per-CPU packet slot), ICMP or ICMPv6 (which may be
-/// an error about a tracked flow, [`conntrack::related`]), or not parsable.
+/// [`parse`]'s answers: not IP; IP (in the per-CPU packet slot) of a tracked flow, which
+/// passes; IP conntrack looked up and found new, which the verdict judges without looking
+/// again; IP conntrack left to the verdict (`conntrack::UNANSWERED`); ICMP or ICMPv6, which
+/// may be an error about a tracked flow ([`conntrack::related`]) and is looked up after that;
+/// not parsable.
 const PARSED_NOT_IP: u32 = 0;
-const PARSED_IP: u32 = 1;
-const PARSED_ICMP: u32 = 2;
-const PARSED_MALFORMED: u32 = 3;
+const PARSED_TRACKED: u32 = 1;
+const PARSED_NEW: u32 = 2;
+const PARSED_IP: u32 = 3;
+const PARSED_ICMP: u32 = 4;
+const PARSED_MALFORMED: u32 = 5;
 
-/// Step 1: parses the packet into the per-CPU slot, once for everything after it. Not inlined:
-/// its frame is gone before [`try_judge`]'s is made.
+/// Step 1, and step 4 for the packets of tracked flows (the fast path, `conntrack::tracked`):
+/// parses the packet into the per-CPU slot, once for everything after it, and looks its flow
+/// up. Not inlined: its frame is gone before [`try_judge`]'s is made.
 #[inline(never)]
-fn parse(ctx: &TcContext) -> u32 {
+fn parse(ctx: &TcContext, direction: u8) -> u32 {
     let Some(packet) = packet_slot() else {
         return PARSED_MALFORMED;
     };
-    match parse_into(ctx, packet) {
+    match parse_into(ctx, packet, direction) {
         Ok(false) => PARSED_NOT_IP,
         Ok(true) if matches!(packet.protocol, PROTO_ICMP | PROTO_ICMPV6) => PARSED_ICMP,
-        Ok(true) => PARSED_IP,
+        Ok(true) => tracked_answer(conntrack::tracked(ctx, packet, direction)),
         Err(_) => PARSED_MALFORMED,
+    }
+}
+
+/// The fast path for ICMP, after [`conntrack::related`] (an error is about another flow).
+#[inline(never)]
+fn track_icmp(ctx: &TcContext, direction: u8) -> u32 {
+    match packet_slot() {
+        Some(packet) => tracked_answer(conntrack::tracked(ctx, packet, direction)),
+        None => PARSED_MALFORMED,
+    }
+}
+
+#[inline(always)]
+fn tracked_answer(answer: u32) -> u32 {
+    match answer {
+        conntrack::TRACKED => PARSED_TRACKED,
+        conntrack::UNTRACKED => PARSED_NEW,
+        _ => PARSED_IP,
     }
 }
 
@@ -88,8 +112,8 @@ const DROPPED: u32 = 0x100;
 /// The answer is a plain integer: LLVM once folded a `Result` built from a map lookup into
 /// shifts of the lookup's pointer, which the verifier refuses.
 #[inline(never)]
-fn try_judge(ctx: &TcContext, direction: u8, parsed: u32, looked: bool) -> u32 {
-    match judge_new(ctx, direction, parsed, looked) {
+fn try_judge(ctx: &TcContext, direction: u8, parsed: u32) -> u32 {
+    match judge_new(ctx, direction, parsed) {
         Ok(false) => QUIET,
         Ok(true) => OWED,
         Err(reason) => DROPPED | reason as u32,
@@ -98,12 +122,7 @@ fn try_judge(ctx: &TcContext, direction: u8, parsed: u32, looked: bool) -> u32 {
 
 /// Steps 1-8 for one packet (conntrack's RELATED answer aside, see [`judge`]).
 #[inline(always)]
-fn judge_new(
-    ctx: &TcContext,
-    direction: u8,
-    parsed: u32,
-    looked: bool,
-) -> Result<bool, DropReason> {
+fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropReason> {
     // Step 1, parsed by [`parse`].
     if parsed == PARSED_NOT_IP {
         bump(Stat::NotIp as u32);
@@ -162,6 +181,7 @@ fn judge_new(
     // Step 4.
     let flow = conntrack::flow_of(packet, direction, ifindex);
     // Unless `conntrack::tracked` looked already and found nothing.
+    let looked = parsed == PARSED_NEW;
     if !looked && conntrack::lookup(&flow, direction, packet.tcp_flags, true) != CtState::New {
         if packet.first_fragment {
             fragments::remember(packet, direction, ifindex);
