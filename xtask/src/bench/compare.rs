@@ -55,7 +55,10 @@ fn per_packet(md: &mut String, before: &Value, after: &Value) {
         }
     }
     if rows.is_empty() {
-        let _ = writeln!(md, "No per-packet row at a policy count both runs measured.\n");
+        let _ = writeln!(
+            md,
+            "No per-packet row at a policy count both runs measured.\n"
+        );
         return;
     }
     let _ = writeln!(
@@ -67,9 +70,8 @@ fn per_packet(md: &mut String, before: &Value, after: &Value) {
 }
 
 fn netperf(md: &mut String, before: &Value, after: &Value) {
-    let mut configs: Vec<(&str, Option<u64>, String)> = vec![
-        ("allow-all", None, "Palisade, allow-all".to_owned()),
-    ];
+    let mut configs: Vec<(&str, Option<u64>, String)> =
+        vec![("allow-all", None, "Palisade, allow-all".to_owned())];
     for n in stats::counts(after) {
         for family in FAMILIES {
             configs.push((*family, Some(n), format!("{family}, {n} policies")));

@@ -18,10 +18,6 @@ pub(super) fn fmt_value(x: f64) -> String {
     }
 }
 
-pub(super) fn pct(ratio: f64) -> String {
-    format!("{:+.1}%", (ratio - 1.0) * 100.0)
-}
-
 /// A 95% interval and the number of pairs it is from.
 pub(super) fn interval(i: &Interval) -> String {
     if i.lo.is_finite() && i.hi.is_finite() {
@@ -31,9 +27,16 @@ pub(super) fn interval(i: &Interval) -> String {
     }
 }
 
-/// A netperf row: the median and range of the measured runs, and the ratio to the floor (the
-/// paired geometric mean and its interval, or the ratio of medians for figures without pairs).
-pub(super) fn netperf_row(md: &mut String, name: &str, s: &Summary, ratio: Option<FloorRatio>) {
+/// A netperf row: the median and range of the measured runs, the ratio to the floor (the
+/// paired geometric mean and its interval, or the ratio of medians for figures without pairs),
+/// and the floor node's median while this configuration was installed.
+pub(super) fn netperf_row(
+    md: &mut String,
+    name: &str,
+    s: &Summary,
+    ratio: Option<FloorRatio>,
+    floor: Option<&Summary>,
+) {
     let failed = if s.failed > 0 {
         format!(" ({} failed)", s.failed)
     } else {
@@ -46,11 +49,12 @@ pub(super) fn netperf_row(md: &mut String, name: &str, s: &Summary, ratio: Optio
     };
     let _ = writeln!(
         md,
-        "| {name} | {} | {} .. {} | {:.1}% | {estimate} | {ci} | {}{failed} |",
+        "| {name} | {} | {} .. {} | {:.1}% | {estimate} | {ci} | {} | {}{failed} |",
         fmt_value(s.median),
         fmt_value(s.min),
         fmt_value(s.max),
         s.spread_pct(),
+        floor.map_or(String::new(), |fl| fmt_value(fl.median)),
         s.n
     );
 }

@@ -171,7 +171,10 @@ fn render(out: &Path, quick: bool, runtime: Option<Duration>) -> Result<()> {
         Ok(text) => match serde_json::from_str(&text) {
             Ok(v) => Some(v),
             Err(e) => {
-                eprintln!("[bench] warning: {}: {e}; no before-and-after", before_file.display());
+                eprintln!(
+                    "[bench] warning: {}: {e}; no before-and-after",
+                    before_file.display()
+                );
                 None
             }
         },

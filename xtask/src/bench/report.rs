@@ -172,35 +172,46 @@ fn netperf(md: &mut String, f: &Value, inputs: &Inputs<'_>) {
          + ipset rules in kube-router's shape and as nftables sets and chains, in the measured \
          node's namespace (`filters.rs`). Every configuration is set up, measured and removed, \
          in turn, for {} rounds, the order reversed every other round; within each install, \
-         each test runs {} pairs of {} s runs (TCP_CRR: {} transactions, about as long), one \
-         through the measured node and one through the floor node, alternating which goes \
+         each test runs {} pairs of {} s runs (TCP_CRR, whose timed runs netperf ends four \
+         seconds late: {} transactions on the floor, about as long, and on the measured node as \
+         many as take as long there, probed first with 200), one through the measured node and one through the floor node, alternating which goes \
          first (ABBA). Figures: the median of the measured runs and their min .. max and \
          spread (max - min over the median), and the ratio to the floor: the geometric mean of \
          the pairs' ratios, with the 95% t-interval of their logarithms. \"floor, nothing \
-         installed\" runs the measured node bare: its ratio is the method's own check.\n",
-        f["peers"],
-        f["rounds"],
-        f["pairs"],
-        f["seconds_per_test"],
-        f["crr_transactions"]
+         installed\" runs the measured node bare: its ratio is the method's own check. The \
+         floor node's median while each configuration was installed is beside it: a pair \
+         cancels what slows both nodes alike, so a configuration that slows the floor node too \
+         (seen with iptables and nftables rules in the measured node: nothing of theirs is on \
+         the floor's path, yet its TCP_CRR halved in the quick run of 2026-12-02) has a ratio \
+         nearer 1 than its cost; compare the medians there.\n",
+        f["peers"], f["rounds"], f["pairs"], f["seconds_per_test"], f["crr_transactions"]
     );
     for test in TESTS {
         let floor = stats::netperf(f, "floor", None, test);
         let unit = floor.as_ref().map(|s| s.unit.clone()).unwrap_or_default();
         let _ = writeln!(
             md,
-            "### {test} ({unit})\n\n| configuration | median | min .. max | spread | ratio to floor | 95% CI | runs |\n|---|---|---|---|---|---|---|"
+            "### {test} ({unit})\n\n| configuration | median | min .. max | spread | ratio to floor | 95% CI | floor node meanwhile (median) | runs |\n|---|---|---|---|---|---|---|---|"
         );
-        if let Some(node) = stats::floor_node(f, test) {
-            netperf_row(md, "floor node (the pairs' other members)", &node, None);
+        if let Some(node) = stats::floor_node(f, test, None) {
+            netperf_row(
+                md,
+                "floor node (the pairs' other members)",
+                &node,
+                None,
+                None,
+            );
         }
+        let meanwhile = |family, n| stats::floor_node(f, test, Some((family, n)));
         if let Some(floor) = &floor {
             let ratio = stats::floor_ratio(f, "floor", None, test);
-            netperf_row(md, "floor, nothing installed", floor, ratio);
+            let node = meanwhile("floor", None);
+            netperf_row(md, "floor, nothing installed", floor, ratio, node.as_ref());
         }
         if let Some(s) = stats::netperf(f, "allow-all", None, test) {
             let ratio = stats::floor_ratio(f, "allow-all", None, test);
-            netperf_row(md, "Palisade, allow-all", &s, ratio);
+            let node = meanwhile("allow-all", None);
+            netperf_row(md, "Palisade, allow-all", &s, ratio, node.as_ref());
         }
         for &n in &counts {
             for family in FAMILIES {
@@ -211,7 +222,9 @@ fn netperf(md: &mut String, f: &Value, inputs: &Inputs<'_>) {
                         _ => "nftables",
                     };
                     let ratio = stats::floor_ratio(f, family, Some(n), test);
-                    netperf_row(md, &format!("{name}, {n} policies"), &s, ratio);
+                    let node = meanwhile(family, Some(n));
+                    let name = format!("{name}, {n} policies");
+                    netperf_row(md, &name, &s, ratio, node.as_ref());
                 }
             }
         }
@@ -296,7 +309,8 @@ fn per_packet(md: &mut String, f: &Value, plot_prefix: &str) {
     for path in stats::per_packet_paths(f) {
         let _ = write!(md, "| {path} |");
         for &n in &counts {
-            let ns = stats::per_packet(f, n, &path).map_or(String::new(), |ns| format!("{ns:.1} ns"));
+            let ns =
+                stats::per_packet(f, n, &path).map_or(String::new(), |ns| format!("{ns:.1} ns"));
             let ratio = stats::per_packet_ratio(f, n, &path).map_or(String::new(), |r| {
                 format!(", {:.2}x ({:.2} .. {:.2})", r.median, r.min, r.max)
             });
@@ -304,7 +318,10 @@ fn per_packet(md: &mut String, f: &Value, plot_prefix: &str) {
         }
         md.push('\n');
     }
-    let _ = writeln!(md, "\n![per-packet cost against the empty program]({plot_prefix}per_packet.svg)\n");
+    let _ = writeln!(
+        md,
+        "\n![per-packet cost against the empty program]({plot_prefix}per_packet.svg)\n"
+    );
 }
 
 /// The programs' own time per packet under netperf, from the kernel's BPF statistics.
@@ -335,9 +352,10 @@ fn program_stats(md: &mut String, f: &Value) {
         let name = n.map_or(family.clone(), |n| format!("{family}, {n} policies"));
         for test in TESTS {
             let cell = |program: &str| {
-                stats::program_ns(f, &family, n, test, program).map_or(String::new(), |(m, lo, hi)| {
-                    format!("{m:.0} ({lo:.0} .. {hi:.0})")
-                })
+                stats::program_ns(f, &family, n, test, program)
+                    .map_or(String::new(), |(m, lo, hi)| {
+                        format!("{m:.0} ({lo:.0} .. {hi:.0})")
+                    })
             };
             let _ = writeln!(
                 md,
@@ -479,7 +497,9 @@ mod tests {
         let md = render_with(&run(&[1_000], 0.5), None);
         assert!(md.contains("(the issue's 1 and 10,000 not measured in this run)"));
         assert!(md.contains("not measured: this run has [1000]"));
-        assert!(md.contains("Palisade 1000 policies (the issue's 10,000 not measured in this run)"));
+        assert!(
+            md.contains("Palisade 1000 policies (the issue's 10,000 not measured in this run)")
+        );
         assert!(md.contains("| missed |"));
         assert!(!md.contains("## Before and after"));
     }
@@ -495,7 +515,11 @@ mod tests {
         ]});
         let md = render_with(&run(&[1_000], 0.99), Some(&before));
         assert!(md.contains("## Before and after"));
-        assert!(md.contains("| conntrack hit, TCP forward | 1000 | 15.00x | 4.00x (3.00 .. 4.25) |"));
-        assert!(md.contains("| TCP_RR | Palisade, allow-all | 0.840 | 0.990 (0.990 .. 0.990 (2 pairs)) |"));
+        assert!(
+            md.contains("| conntrack hit, TCP forward | 1000 | 15.00x | 4.00x (3.00 .. 4.25) |")
+        );
+        assert!(md.contains(
+            "| TCP_RR | Palisade, allow-all | 0.840 | 0.990 (0.990 .. 0.990 (2 pairs)) |"
+        ));
     }
 }

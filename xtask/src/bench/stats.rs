@@ -26,12 +26,6 @@ impl Summary {
     pub fn spread_pct(&self) -> f64 {
         100.0 * (self.max - self.min) / self.median
     }
-
-    /// Whether the two min..max ranges overlap: the difference is within what this machine's
-    /// noise produced.
-    pub fn overlaps(&self, other: &Summary) -> bool {
-        self.min <= other.max && other.min <= self.max
-    }
 }
 
 /// The summary of `family` (with `policies`, if any) on `test`.
@@ -133,9 +127,9 @@ pub fn per_packet_counts(figures: &Value) -> Vec<u64> {
 /// the value of the next tabulated `df` below, which errs on the wide side.
 pub fn t975(df: usize) -> f64 {
     const TABLE: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060,
-        2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
     ];
     match df {
         0 => f64::NAN,
@@ -208,12 +202,7 @@ impl FloorRatio {
 }
 
 /// The ratios measured / floor of each complete pair of `family` (with `policies`) on `test`.
-pub fn paired_ratios(
-    figures: &Value,
-    family: &str,
-    policies: Option<u64>,
-    test: &str,
-) -> Vec<f64> {
+pub fn paired_ratios(figures: &Value, family: &str, policies: Option<u64>, test: &str) -> Vec<f64> {
     figures["netperf"]
         .as_array()
         .into_iter()
@@ -241,12 +230,22 @@ pub fn floor_ratio(
     Some(FloorRatio::Medians(measured.median / floor.median))
 }
 
-/// The floor node's members of every pair on `test`, summarized.
-pub fn floor_node(figures: &Value, test: &str) -> Option<Summary> {
+/// The floor node's members of the pairs on `test`, summarized: of every pair, or of those of
+/// one configuration (`family`, `policies`).
+pub fn floor_node(
+    figures: &Value,
+    test: &str,
+    config: Option<(&str, Option<u64>)>,
+) -> Option<Summary> {
     let samples: Vec<&Value> = figures["netperf"]
         .as_array()?
         .iter()
         .filter(|s| s["test"] == test && s.get("floor").is_some())
+        .filter(|s| {
+            config.is_none_or(|(family, policies)| {
+                s["family"] == family && s["policies"].as_u64() == policies
+            })
+        })
         .collect();
     let mut values: Vec<f64> = samples.iter().filter_map(|s| s["floor"].as_f64()).collect();
     if values.is_empty() {
@@ -433,7 +432,14 @@ mod tests {
         };
         assert!(close(i.estimate, 0.9) && close(i.lo, 0.9) && close(i.hi, 0.9));
         assert_eq!(i.n, 2);
-        assert_eq!(floor_node(&f, "TCP_RR").unwrap().n, 3);
+        assert_eq!(floor_node(&f, "TCP_RR", None).unwrap().n, 3);
+        assert_eq!(
+            floor_node(&f, "TCP_RR", Some(("palisade", Some(1))))
+                .unwrap()
+                .n,
+            3
+        );
+        assert!(floor_node(&f, "TCP_RR", Some(("palisade", Some(2)))).is_none());
     }
 
     #[test]

@@ -73,8 +73,7 @@ fn attached(netns: &Arc<NetNs>, ifnames: &[String]) -> Result<Vec<Attached>> {
                         id: p.id(),
                         name: p.name_as_str().unwrap_or_default().to_owned(),
                         counts: Counts {
-                            run_time_ns: u64::try_from(p.run_time().as_nanos())
-                                .unwrap_or(u64::MAX),
+                            run_time_ns: u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX),
                             run_cnt: p.run_count(),
                         },
                     }));
@@ -94,10 +93,7 @@ pub fn attached_names(netns: &Arc<NetNs>, ifnames: &[String]) -> Result<Vec<Stri
 }
 
 /// The counts of each of [`PROGRAMS`] attached to `ifnames`, each program once.
-pub fn snapshot(
-    netns: &Arc<NetNs>,
-    ifnames: &[String],
-) -> Result<BTreeMap<&'static str, Counts>> {
+pub fn snapshot(netns: &Arc<NetNs>, ifnames: &[String]) -> Result<BTreeMap<&'static str, Counts>> {
     let mut seen = Vec::new();
     let mut out = BTreeMap::new();
     for program in attached(netns, ifnames)? {

@@ -196,7 +196,12 @@ pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Resu
     let fragment_call = per_call.min(20_000);
     let mut pairs = Vec::new();
     for _ in 0..ALTERNATIONS {
-        expect("an allowed first fragment", PROG_TO_POD, &first_fragment, true)?;
+        expect(
+            "an allowed first fragment",
+            PROG_TO_POD,
+            &first_fragment,
+            true,
+        )?;
         let e = nanos(run(PROG_EMPTY, &later, fragment_call)?);
         let fragment = run(PROG_TO_POD, &later, fragment_call)?;
         if fragment.action == DROP {
@@ -233,7 +238,12 @@ pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Resu
         all_empty.extend_from_slice(&empty);
         pairs.push([median(&mut empty), median(&mut allowed)]);
     }
-    out.push(baseline(policies, EMPTY_SINGLE, u64::from(block), &mut all_empty));
+    out.push(baseline(
+        policies,
+        EMPTY_SINGLE,
+        u64::from(block),
+        &mut all_empty,
+    ));
     out.push(row(
         policies,
         "new connection, allowed (single runs)",
@@ -262,7 +272,12 @@ fn row(
     }
 }
 
-fn baseline(policies: usize, path: &'static str, runs: impl Into<u64>, ns: &mut [f64]) -> PerPacket {
+fn baseline(
+    policies: usize,
+    path: &'static str,
+    runs: impl Into<u64>,
+    ns: &mut [f64],
+) -> PerPacket {
     PerPacket {
         policies,
         path,

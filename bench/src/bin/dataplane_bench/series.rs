@@ -42,9 +42,7 @@ use crate::{
     events::EventReader,
     filters::{self, Filter},
     netperf::{self, Length, Netserver},
-    synth::{
-        self, CLIENT, FLOOR_CLIENT, FLOOR_NODE, FLOOR_SERVER, NAMESPACE, NODE, SERVER, Scale,
-    },
+    synth::{self, CLIENT, FLOOR_CLIENT, FLOOR_NODE, FLOOR_SERVER, NAMESPACE, NODE, SERVER, Scale},
 };
 
 /// One pair's member through the measured node, with its floor member.
@@ -102,7 +100,7 @@ pub struct Series {
     pub setups: Vec<Setup>,
     pub events: Vec<Events>,
     pub programs: Vec<ProgramRun>,
-    /// Transactions of each TCP_CRR run (calibrated on the floor to last about a run's time).
+    /// Transactions of each TCP_CRR run on the floor (calibrated to last about a run's time).
     pub crr_transactions: u64,
 }
 
@@ -142,8 +140,10 @@ pub fn run(plan: &Plan, configs: &[Config], bar: &ProgressBar) -> Result<Series>
     let floor_node = topology.add_node(FLOOR_NODE, 2)?;
     let server = topology.add_pod(&node, &format!("{NAMESPACE}/server"), &[IpAddr::V4(SERVER)])?;
     let client = topology.add_pod(&node, &format!("{NAMESPACE}/client"), &[IpAddr::V4(CLIENT)])?;
-    let floor_server = topology.add_pod(&floor_node, "floor/server", &[IpAddr::V4(FLOOR_SERVER)])?;
-    let floor_client = topology.add_pod(&floor_node, "floor/client", &[IpAddr::V4(FLOOR_CLIENT)])?;
+    let floor_server =
+        topology.add_pod(&floor_node, "floor/server", &[IpAddr::V4(FLOOR_SERVER)])?;
+    let floor_client =
+        topology.add_pod(&floor_node, "floor/client", &[IpAddr::V4(FLOOR_CLIENT)])?;
     let interfaces: BTreeMap<ObjectKey, Interface> = [("server", &server), ("client", &client)]
         .into_iter()
         .map(|(name, pod): (&str, &PodHandle)| {
@@ -268,18 +268,22 @@ pub fn run(plan: &Plan, configs: &[Config], bar: &ProgressBar) -> Result<Series>
             }
             let agent = matches!(installed, Installed::Agent(..));
             for &(test, port) in netperf::TESTS {
-                let length = if test == "TCP_CRR" {
-                    Length::Transactions(crr_transactions)
+                let (length, floor_length) = if test == "TCP_CRR" {
+                    let measured_count = crr_count(&measured, plan.seconds, crr_transactions);
+                    (
+                        Length::Transactions(measured_count),
+                        Length::Transactions(crr_transactions),
+                    )
                 } else {
-                    Length::Seconds(plan.seconds)
+                    (Length::Seconds(plan.seconds), Length::Seconds(plan.seconds))
                 };
                 for pair in 0..plan.pairs {
                     let config_first = (pair + round) % 2 == 0;
                     let (value, floor_value) = if config_first {
                         let value = measured.run(test, port, length);
-                        (value, floor.run(test, port, length))
+                        (value, floor.run(test, port, floor_length))
                     } else {
-                        let floor_value = floor.run(test, port, length);
+                        let floor_value = floor.run(test, port, floor_length);
                         (measured.run(test, port, length), floor_value)
                     };
                     series.samples.push(Sample::of_pair(
@@ -374,6 +378,19 @@ fn calibrate_crr(floor: &Pods, seconds: u32) -> Result<u64> {
         .run("TCP_CRR", synth::TCP_DATA_PORT, Length::Transactions(2_000))
         .context("calibrating TCP_CRR on the floor")?;
     Ok(((rate * f64::from(seconds)).round() as u64).max(500))
+}
+
+/// TCP_CRR transactions that take about `seconds` through the measured node as installed now:
+/// as many as on the floor, fewer where connections are slow (iptables with 10,000 policies
+/// opens under a hundred a second), probed with a short run. A rate is a rate whatever the
+/// count, so the pair's members need not run the same number.
+fn crr_count(measured: &Pods, seconds: u32, floor_count: u64) -> u64 {
+    const PROBE: u64 = 200;
+    match measured.run("TCP_CRR", synth::TCP_DATA_PORT, Length::Transactions(PROBE)) {
+        Ok((rate, _)) => ((rate * f64::from(seconds)).round() as u64).clamp(PROBE, floor_count),
+        // The pairs will fail and say why.
+        Err(_) => floor_count,
+    }
 }
 
 /// One more run of the measured pair (`measure`) with run-time statistics on, and what each
