@@ -180,10 +180,9 @@ fn netperf(md: &mut String, f: &Value, inputs: &Inputs<'_>) {
          the pairs' ratios, with the 95% t-interval of their logarithms. \"floor, nothing \
          installed\" runs the measured node bare: its ratio is the method's own check. The \
          floor node's median while each configuration was installed is beside it: a pair \
-         cancels what slows both nodes alike, so a configuration that slows the floor node too \
-         (seen with iptables and nftables rules in the measured node: nothing of theirs is on \
-         the floor's path, yet its TCP_CRR halved in the quick run of 2026-12-02) has a ratio \
-         nearer 1 than its cost; compare the medians there.\n",
+         cancels what slows both nodes alike, and a configuration that slowed the floor node \
+         too (nothing of it is on the floor's path, but the kernel and the two cores are \
+         shared) would show a ratio nearer 1 than its cost: this column is there to see it.\n",
         f["peers"], f["rounds"], f["pairs"], f["seconds_per_test"], f["crr_transactions"]
     );
     for test in TESTS {
@@ -502,6 +501,19 @@ mod tests {
         );
         assert!(md.contains("| missed |"));
         assert!(!md.contains("## Before and after"));
+    }
+
+    #[test]
+    fn the_previous_run_renders_with_ratios_of_medians() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../bench/figures-2026-11-30.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let before: Value = serde_json::from_str(&text).unwrap();
+        let md = render_with(&before, Some(&before));
+        assert!(md.contains("| medians, no pairs | "));
+        assert!(md.contains("## Before and after"));
     }
 
     #[test]

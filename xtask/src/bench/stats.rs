@@ -163,7 +163,11 @@ impl Interval {
 /// logarithm makes it additive and symmetric (1.05 and 1/1.05 weigh alike). None when empty
 /// or when a ratio is not positive.
 pub fn geometric_interval(ratios: &[f64]) -> Option<Interval> {
-    if ratios.is_empty() || ratios.iter().any(|r| !(*r > 0.0) || !r.is_finite()) {
+    if ratios.is_empty()
+        || ratios
+            .iter()
+            .any(|r| r.is_nan() || *r <= 0.0 || r.is_infinite())
+    {
         return None;
     }
     let n = ratios.len();

@@ -220,8 +220,8 @@ fn netperf_targets(md: &mut String, f: &Value) {
             else {
                 continue;
             };
-            // The floor node slows down while netfilter rules are installed (see the netperf
-            // section), which flatters their ratios: Palisade must be ahead on the medians too.
+            // A configuration that slowed the floor node too would be flattered by its ratio
+            // (see the netperf section): Palisade must be ahead on the medians too.
             let medians = stats::netperf(f, "palisade", Some(n), "TCP_CRR")
                 .zip(stats::netperf(f, other, Some(n), "TCP_CRR"))
                 .map(|(p, o)| (p.median, o.median));

@@ -77,7 +77,7 @@ const QUICK: Plan = Plan {
     counts: &[1_000],
     peers: 10_000,
     rounds: 1,
-    pairs: 2,
+    pairs: 3,
     seconds: 1,
     flow_events: false,
     repeat: 1_000_000,

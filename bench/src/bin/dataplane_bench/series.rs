@@ -267,6 +267,11 @@ pub fn run(plan: &Plan, configs: &[Config], bar: &ProgressBar) -> Result<Series>
                 bail!("{label}: programs attached on the floor node's veths: {on_floor:?}");
             }
             let agent = matches!(installed, Installed::Agent(..));
+            // And nothing of an earlier install is left on the measured node's veths.
+            let on_measured = bpf_stats::attached_names(&node.netns, &measured_ifnames)?;
+            if !agent && !on_measured.is_empty() {
+                bail!("{label}: programs still attached on the measured veths: {on_measured:?}");
+            }
             for &(test, port) in netperf::TESTS {
                 let (length, floor_length) = if test == "TCP_CRR" {
                     let measured_count = crr_count(&measured, plan.seconds, crr_transactions);
