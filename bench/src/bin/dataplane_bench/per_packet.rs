@@ -22,8 +22,9 @@
 //!   program (a single run's time includes the kernel's clock reads, which the comparison
 //!   cancels); each alternation is the median of a block of such runs.
 //!
-//! Every state check bails when a verdict is not the one its row claims: a hit must pass, a
-//! denied SYN must be dropped.
+//! Every state check bails when a verdict is not the one its row claims: a hit must pass and
+//! move the conntrack-hit counter by one (so the SYN-ACK of the handshake, too), a denied SYN
+//! must be dropped.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -33,7 +34,7 @@ use palisade::{
     k8s::cluster::ObjectKey,
     policy::{Compiler, NodeView},
 };
-use palisade_common::{PROG_EMPTY, PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD};
+use palisade_common::{PROG_EMPTY, PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD, Stat};
 use serde::Serialize;
 
 use crate::synth::{self, CLIENT, NAMESPACE, NODE, SERVER, Scale, TCP_DATA_PORT, UDP_DATA_PORT};
@@ -65,8 +66,16 @@ struct Path {
     name: &'static str,
     program: &'static str,
     frame: Vec<u8>,
-    /// Whether the row claims the packet passes (or is dropped).
-    passes: bool,
+    claim: Claim,
+}
+
+/// What a row claims of its packet, checked before every alternation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// It passes as a packet of a tracked flow (the conntrack-hit counter moves by one).
+    Hit,
+    Passes,
+    Dropped,
 }
 
 pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Result<Vec<PerPacket>> {
@@ -97,11 +106,18 @@ pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Resu
     dataplane.sync(&state, &ifindex)?;
 
     let run = |name, frame: &[u8], n| dataplane.test_run_repeat(name, frame, LOOPBACK_IFINDEX, n);
-    let expect = |name: &str, program, frame: &[u8], passes: bool| -> Result<()> {
+    let hits = || -> Result<u64> { Ok(dataplane.counters()?[Stat::CtHit as usize]) };
+    let expect = |name: &str, program, frame: &[u8], claim: Claim| -> Result<()> {
+        let before = hits()?;
         let dropped = run(program, frame, 1)?.action == DROP;
-        if dropped == passes {
-            let verdict = if dropped { "dropped" } else { "passed" };
-            bail!("{name}: {verdict} with {policies} policies: the synthetic state is wrong");
+        let fault = match claim {
+            Claim::Dropped if !dropped => Some("passed"),
+            Claim::Passes | Claim::Hit if dropped => Some("dropped"),
+            Claim::Hit if hits()? != before + 1 => Some("passed but not as a conntrack hit"),
+            _ => None,
+        };
+        if let Some(fault) = fault {
+            bail!("{name}: {fault} with {policies} policies: the synthetic state is wrong");
         }
         Ok(())
     };
@@ -113,50 +129,50 @@ pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Resu
         "the probed connection's SYN",
         PROG_TO_POD,
         &tcp(CLIENT, SERVER, tcp_client, TCP_DATA_PORT, SYN, 0),
-        true,
+        Claim::Passes,
     )?;
     expect(
         "the probed connection's SYN-ACK",
         PROG_FROM_POD,
         &tcp(SERVER, CLIENT, TCP_DATA_PORT, tcp_client, SYN | ACK, 0),
-        true,
+        Claim::Hit,
     )?;
     expect(
         "the probed flow's first datagram",
         PROG_TO_POD,
         &udp(CLIENT, SERVER, udp_client, UDP_DATA_PORT),
-        true,
+        Claim::Passes,
     )?;
     let repeated = [
         Path {
             name: "conntrack hit, TCP forward",
             program: PROG_TO_POD,
             frame: tcp(CLIENT, SERVER, tcp_client, TCP_DATA_PORT, ACK, 0),
-            passes: true,
+            claim: Claim::Hit,
         },
         Path {
             name: "conntrack hit, TCP reply",
             program: PROG_FROM_POD,
             frame: tcp(SERVER, CLIENT, TCP_DATA_PORT, tcp_client, ACK, 0),
-            passes: true,
+            claim: Claim::Hit,
         },
         Path {
             name: "conntrack hit, UDP forward",
             program: PROG_TO_POD,
             frame: udp(CLIENT, SERVER, udp_client, UDP_DATA_PORT),
-            passes: true,
+            claim: Claim::Hit,
         },
         Path {
             name: "conntrack hit, UDP reply",
             program: PROG_FROM_POD,
             frame: udp(SERVER, CLIENT, UDP_DATA_PORT, udp_client),
-            passes: true,
+            claim: Claim::Hit,
         },
         Path {
             name: "new connection, denied",
             program: PROG_TO_POD,
             frame: tcp(CLIENT, SERVER, 40_001, 9, SYN, 0),
-            passes: false,
+            claim: Claim::Dropped,
         },
         // The checks #14 added beside the verdict: every packet entering the node from
         // outside (its source is neither a local pod's nor the node's).
@@ -164,7 +180,7 @@ pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Resu
             name: "uplink ingress, from outside",
             program: PROG_FROM_UPLINK,
             frame: tcp(OUTSIDE, SERVER, 40_002, TCP_DATA_PORT, ACK, 0),
-            passes: true,
+            claim: Claim::Passes,
         },
     ];
 
@@ -174,7 +190,7 @@ pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Resu
     for path in &repeated {
         let mut pairs = Vec::new();
         for i in 0..ALTERNATIONS {
-            expect(path.name, path.program, &path.frame, path.passes)?;
+            expect(path.name, path.program, &path.frame, path.claim)?;
             let empty = || -> Result<f64> { Ok(nanos(run(PROG_EMPTY, &path.frame, per_call)?)) };
             let pair = if i % 2 == 0 {
                 let e = empty()?;
@@ -200,7 +216,7 @@ pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Resu
             "an allowed first fragment",
             PROG_TO_POD,
             &first_fragment,
-            true,
+            Claim::Passes,
         )?;
         let e = nanos(run(PROG_EMPTY, &later, fragment_call)?);
         let fragment = run(PROG_TO_POD, &later, fragment_call)?;
