@@ -8,6 +8,7 @@
 //! in the lab, BPF_PROG_TEST_RUN, the control plane against the kernel, map memory; raw figures
 //! as JSON). This module renders them ([`report`], [`plot`]).
 
+mod compare;
 mod format;
 mod plot;
 mod report;
@@ -164,6 +165,21 @@ fn render(out: &Path, quick: bool, runtime: Option<Duration>) -> Result<()> {
     } else {
         "cargo xtask bench"
     };
+    // The previous run's figures, when kept (a before that cannot be read is left out, said).
+    let before_file = root().join("bench").join(compare::BEFORE_FILE);
+    let before: Option<serde_json::Value> = match fs::read_to_string(&before_file) {
+        Ok(text) => match serde_json::from_str(&text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!(
+                    "[bench] warning: {}: {e}; no before-and-after",
+                    before_file.display()
+                );
+                None
+            }
+        },
+        Err(_) => None,
+    };
     let plots = plot::all(&figures, out)?;
     let markdown = report::render(&report::Inputs {
         figures: &figures,
@@ -173,6 +189,7 @@ fn render(out: &Path, quick: bool, runtime: Option<Duration>) -> Result<()> {
         command,
         runtime,
         analysis: fs::read_to_string(root().join("bench/ANALYSIS.md")).ok(),
+        before: before.as_ref(),
     });
     let md = if quick {
         out.join("BENCHMARKS.md")

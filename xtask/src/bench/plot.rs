@@ -1,6 +1,7 @@
 //! SVG plots, rendered with plotters (no fonts needed): each netperf figure against the policy
 //! count for Palisade, iptables and nftables, the floor as a line, medians joined and min..max
-//! as bars; and the programs' per-packet nanoseconds against the policy count.
+//! as bars; and the programs' per-packet cost (times the empty program) against the policy
+//! count.
 
 use std::path::{Path, PathBuf};
 
@@ -10,12 +11,17 @@ use serde_json::Value;
 
 use super::stats::{self, FAMILIES, TESTS};
 
-const COLORS: [RGBColor; 5] = [
+const COLORS: [RGBColor; 10] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xd6, 0x27, 0x28),
     RGBColor(0x2c, 0xa0, 0x2c),
     RGBColor(0x94, 0x67, 0xbd),
     RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x17, 0xbe, 0xcf),
 ];
 
 /// Renders every plot into `dir`; returns the files written.
@@ -160,21 +166,26 @@ fn netperf(figures: &Value, test: &str, counts: &[u64], path: &Path) -> Result<(
 }
 
 fn per_packet(figures: &Value, counts: &[u64], path: &Path) -> Result<()> {
-    let paths = stats::per_packet_paths(figures);
-    let top = paths
-        .iter()
-        .flat_map(|p| {
+    // The baselines themselves (ratio 1) are not drawn.
+    let paths: Vec<String> = stats::per_packet_paths(figures)
+        .into_iter()
+        .filter(|p| {
             counts
                 .iter()
-                .filter_map(|&n| stats::per_packet(figures, n, p))
+                .any(|&n| stats::per_packet_ratio(figures, n, p).is_some())
         })
+        .collect();
+    let ratio = |n: u64, p: &str| stats::per_packet_ratio(figures, n, p).map(|r| r.median);
+    let top = paths
+        .iter()
+        .flat_map(|p| counts.iter().filter_map(|&n| ratio(n, p)))
         .fold(0.0, f64::max)
         * 1.15;
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Per-packet cost, BPF_PROG_TEST_RUN (to-pod program)",
+            "Per-packet cost against the empty program, BPF_PROG_TEST_RUN",
             ("sans-serif", 22),
         )
         .margin(15)
@@ -185,7 +196,7 @@ fn per_packet(figures: &Value, counts: &[u64], path: &Path) -> Result<()> {
     chart
         .configure_mesh()
         .x_desc("NetworkPolicies (log scale)")
-        .y_desc("ns per packet")
+        .y_desc("times the empty program (median)")
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
         .map_err(err)?;
@@ -193,7 +204,7 @@ fn per_packet(figures: &Value, counts: &[u64], path: &Path) -> Result<()> {
         let color = COLORS[i % COLORS.len()];
         let points: Vec<(f64, f64)> = counts
             .iter()
-            .filter_map(|&n| stats::per_packet(figures, n, name).map(|ns| (n as f64, ns)))
+            .filter_map(|&n| ratio(n, name).map(|r| (n as f64, r)))
             .collect();
         let dashed = name.contains("single");
         let width = if dashed { 1 } else { 2 };

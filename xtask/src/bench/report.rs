@@ -8,7 +8,7 @@ use std::{fmt::Write as _, path::PathBuf, time::Duration};
 use serde_json::Value;
 
 use super::{
-    format::{row, s},
+    format::{netperf_row, row, s},
     stats::{self, FAMILIES, TESTS},
 };
 
@@ -22,6 +22,8 @@ pub struct Inputs<'a> {
     pub command: &'a str,
     pub runtime: Duration,
     pub analysis: Option<String>,
+    /// The previous run's figures, for the before-and-after section.
+    pub before: Option<&'a Value>,
 }
 
 pub fn render(inputs: &Inputs<'_>) -> String {
@@ -56,7 +58,11 @@ pub fn render(inputs: &Inputs<'_>) -> String {
     super::targets::targets(&mut md, f);
     netperf(&mut md, f, inputs);
     flow_events(&mut md, f);
+    program_stats(&mut md, f);
     per_packet(&mut md, f, inputs.plot_prefix);
+    if let Some(before) = inputs.before {
+        super::compare::before_and_after(&mut md, before, f);
+    }
     control(&mut md, f);
     let _ = writeln!(
         md,
@@ -154,32 +160,57 @@ fn netperf(md: &mut String, f: &Value, inputs: &Inputs<'_>) {
     let counts = stats::counts(f);
     let _ = writeln!(
         md,
-        "## netperf between two lab pods\n\nTwo pods on one lab node (network namespaces, a veth \
-         each, routed through the node as Calico does), netserver in one pinned to CPU 0, netperf \
-         in the other pinned to CPU 1. The realistic state: {} peer pods known in 100 namespaces, \
-         1,000 CIDRs in ipBlocks, N NetworkPolicies all selecting the server (a mix of pod, \
-         namespace and namespace + pod selectors, ports, port ranges and ipBlocks; \
-         `bench/src/bin/dataplane_bench/synth.rs`), the probed flows allowed by the last rule \
-         only. The same policies as iptables (legacy) + ipset rules in kube-router's shape and as \
-         nftables sets and chains, in the node's namespace (`filters.rs`). Every configuration is \
-         set up, measured on all four tests ({} s each) and removed, in turn, for {} rounds, the \
-         order reversed every other round. Figures: the median over rounds, min .. max, the \
-         interquartile range, the spread (max - min over the median) and the ratio of the median \
-         to the floor's median of this run.\n",
-        f["peers"], f["seconds_per_test"], f["rounds"]
+        "## netperf between two lab pods, paired with the floor\n\nTwo pods on one lab node \
+         (network namespaces, a veth each, routed through the node as Calico does), netserver in \
+         one pinned to CPU 0, netperf in the other pinned to CPU 1; and a second pair wired the \
+         same way on a second lab node nothing is ever installed on (the floor node; the \
+         benchmark checks that no program is attached to its veths), pinned to the same CPUs. \
+         The realistic state: {} peer pods known in 100 namespaces, 1,000 CIDRs in ipBlocks, N \
+         NetworkPolicies all selecting the server (a mix of pod, namespace and namespace + pod \
+         selectors, ports, port ranges and ipBlocks; `bench/src/bin/dataplane_bench/synth.rs`), \
+         the probed flows allowed by the last rule only. The same policies as iptables (legacy) \
+         + ipset rules in kube-router's shape and as nftables sets and chains, in the measured \
+         node's namespace (`filters.rs`). Every configuration is set up, measured and removed, \
+         in turn, for {} rounds, the order reversed every other round; within each install, \
+         each test runs {} pairs of {} s runs (TCP_CRR, whose timed runs netperf ends four \
+         seconds late: {} transactions on the floor, about as long, and on the measured node as \
+         many as take as long there, probed first with 200), one through the measured node and one through the floor node, alternating which goes \
+         first (ABBA). Figures: the median of the measured runs and their min .. max and \
+         spread (max - min over the median), and the ratio to the floor: the geometric mean of \
+         the pairs' ratios, with the 95% t-interval of their logarithms. \"floor, nothing \
+         installed\" runs the measured node bare: its ratio is the method's own check. The \
+         floor node's median while each configuration was installed is beside it: a pair \
+         cancels what slows both nodes alike, and a configuration that slowed the floor node \
+         too (nothing of it is on the floor's path, but the kernel and the two cores are \
+         shared) would show a ratio nearer 1 than its cost: this column is there to see it.\n",
+        f["peers"], f["rounds"], f["pairs"], f["seconds_per_test"], f["crr_transactions"]
     );
     for test in TESTS {
         let floor = stats::netperf(f, "floor", None, test);
         let unit = floor.as_ref().map(|s| s.unit.clone()).unwrap_or_default();
         let _ = writeln!(
             md,
-            "### {test} ({unit})\n\n| configuration | median | min .. max | IQR | spread | ratio to floor | rounds |\n|---|---|---|---|---|---|---|"
+            "### {test} ({unit})\n\n| configuration | median | min .. max | spread | ratio to floor | 95% CI | floor node meanwhile (median) | runs |\n|---|---|---|---|---|---|---|---|"
         );
+        if let Some(node) = stats::floor_node(f, test, None) {
+            netperf_row(
+                md,
+                "floor node (the pairs' other members)",
+                &node,
+                None,
+                None,
+            );
+        }
+        let meanwhile = |family, n| stats::floor_node(f, test, Some((family, n)));
         if let Some(floor) = &floor {
-            row(md, "floor: no programs", floor, Some(floor));
+            let ratio = stats::floor_ratio(f, "floor", None, test);
+            let node = meanwhile("floor", None);
+            netperf_row(md, "floor, nothing installed", floor, ratio, node.as_ref());
         }
         if let Some(s) = stats::netperf(f, "allow-all", None, test) {
-            row(md, "Palisade, allow-all", &s, floor.as_ref());
+            let ratio = stats::floor_ratio(f, "allow-all", None, test);
+            let node = meanwhile("allow-all", None);
+            netperf_row(md, "Palisade, allow-all", &s, ratio, node.as_ref());
         }
         for &n in &counts {
             for family in FAMILIES {
@@ -189,7 +220,10 @@ fn netperf(md: &mut String, f: &Value, inputs: &Inputs<'_>) {
                         "iptables" => "iptables + ipset",
                         _ => "nftables",
                     };
-                    row(md, &format!("{name}, {n} policies"), &s, floor.as_ref());
+                    let ratio = stats::floor_ratio(f, family, Some(n), test);
+                    let node = meanwhile(family, Some(n));
+                    let name = format!("{name}, {n} policies");
+                    netperf_row(md, &name, &s, ratio, node.as_ref());
                 }
             }
         }
@@ -206,8 +240,8 @@ fn netperf(md: &mut String, f: &Value, inputs: &Inputs<'_>) {
         .filter_map(|s| {
             let e = s["error"].as_str()?;
             Some(format!(
-                "- {} {} {} round {}: {e}",
-                s["family"], s["policies"], s["test"], s["round"]
+                "- {} {} {} round {} pair {}: {e}",
+                s["family"], s["policies"], s["test"], s["round"], s["pair"]
             ))
         })
         .collect();
@@ -249,12 +283,17 @@ fn per_packet(md: &mut String, f: &Value, plot_prefix: &str) {
     }
     let _ = writeln!(
         md,
-        "## Per-packet cost (BPF_PROG_TEST_RUN)\n\nThe to-pod program (the server's ingress \
-         policy) on an IPv4 TCP frame, with the same state as the netperf runs, against a \
-         classifier that does nothing (`palisade_empty`). Repeated runs: the kernel's mean over \
-         {} runs in one call; a new allowed flow is tracked by its first run, so that path is the \
-         median of single runs of distinct flows, beside the empty program run the same way (a \
-         single run's time includes the kernel's clock reads). ns per packet:\n",
+        "## Per-packet cost (BPF_PROG_TEST_RUN)\n\nThe pod programs with the same state as the \
+         netperf runs, the server's endpoint at loopback (`palisade_to_pod` as its ingress hook, \
+         `palisade_from_pod` as its egress hook, so a reply is the server's packet to the \
+         client), against a classifier that does nothing (`palisade_empty`) in the same mode. \
+         Repeated runs: the kernel's mean over {} runs in one call, in alternations with the \
+         empty program (empty, path, path, empty, ...). A new allowed flow is tracked by its \
+         first run, so that path is single runs of distinct flows, each beside a single run of \
+         the empty program (a single run's time includes the kernel's clock reads), the \
+         alternation a block's medians. Each cell: the median ns per packet over the \
+         alternations, then the median ratio to the empty program with the ratios' min .. max. \
+         Absolute nanoseconds differ between machines; the ratios are what compare.\n",
         f["per_packet"][0]["runs"]
     );
     let _ = write!(md, "| path |");
@@ -269,12 +308,63 @@ fn per_packet(md: &mut String, f: &Value, plot_prefix: &str) {
     for path in stats::per_packet_paths(f) {
         let _ = write!(md, "| {path} |");
         for &n in &counts {
-            let cell = stats::per_packet(f, n, &path).map_or("".into(), |ns| format!("{ns:.1}"));
-            let _ = write!(md, " {cell} |");
+            let ns =
+                stats::per_packet(f, n, &path).map_or(String::new(), |ns| format!("{ns:.1} ns"));
+            let ratio = stats::per_packet_ratio(f, n, &path).map_or(String::new(), |r| {
+                format!(", {:.2}x ({:.2} .. {:.2})", r.median, r.min, r.max)
+            });
+            let _ = write!(md, " {ns}{ratio} |");
         }
         md.push('\n');
     }
-    let _ = writeln!(md, "\n![per-packet cost]({plot_prefix}per_packet.svg)\n");
+    let _ = writeln!(
+        md,
+        "\n![per-packet cost against the empty program]({plot_prefix}per_packet.svg)\n"
+    );
+}
+
+/// The programs' own time per packet under netperf, from the kernel's BPF statistics.
+fn program_stats(md: &mut String, f: &Value) {
+    if f["bpf_stats"].as_array().is_none_or(Vec::is_empty) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## The programs under netperf (BPF run-time statistics)\n\nAfter the pairs of each \
+         test, each Palisade configuration runs the test once more with the kernel's run-time \
+         statistics on (`BPF_ENABLE_STATS`, held only for that run; the pairs never pay for \
+         its clock reads): the time each program attached to the measured pods' veths spent \
+         over the run, divided by its runs. Every packet of a flow crosses both: \
+         `palisade_from_pod` at the sender's veth, `palisade_to_pod` at the receiver's. ns per \
+         run, median over rounds (min .. max):\n\n| configuration | test | palisade_from_pod | \
+         palisade_to_pod |\n|---|---|---|---|"
+    );
+    let mut configs: Vec<(String, Option<u64>)> = Vec::new();
+    for r in f["bpf_stats"].as_array().into_iter().flatten() {
+        let key = (s(&r["family"]), r["policies"].as_u64());
+        if !configs.contains(&key) {
+            configs.push(key);
+        }
+    }
+    configs.sort_by_key(|(family, n)| (family != "allow-all", *n, family.clone()));
+    for (family, n) in configs {
+        let name = n.map_or(family.clone(), |n| format!("{family}, {n} policies"));
+        for test in TESTS {
+            let cell = |program: &str| {
+                stats::program_ns(f, &family, n, test, program)
+                    .map_or(String::new(), |(m, lo, hi)| {
+                        format!("{m:.0} ({lo:.0} .. {hi:.0})")
+                    })
+            };
+            let _ = writeln!(
+                md,
+                "| {name} | {test} | {} | {} |",
+                cell("palisade_from_pod"),
+                cell("palisade_to_pod")
+            );
+        }
+    }
+    md.push('\n');
 }
 
 fn control(md: &mut String, f: &Value) {
@@ -331,4 +421,117 @@ fn control(md: &mut String, f: &Value) {
         }
     }
     md.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// A run at `counts` with two pairs per test: the floor node at 100, the measured node at
+    /// `ratio` of it for every Palisade configuration, iptables and nftables at 0.8.
+    fn run(counts: &[u64], ratio: f64) -> Value {
+        let mut netperf = Vec::new();
+        let mut configs = vec![("floor", None, 1.0), ("allow-all", None, ratio)];
+        for &n in counts {
+            configs.push(("palisade", Some(n), ratio));
+            configs.push(("iptables", Some(n), 0.8));
+            configs.push(("nftables", Some(n), 0.8));
+        }
+        for test in TESTS {
+            for (family, policies, r) in &configs {
+                for (pair, floor) in [100.0, 102.0].into_iter().enumerate() {
+                    netperf.push(json!({"family": family, "policies": policies, "test": test,
+                        "round": 0, "pair": pair, "value": floor * r, "floor": floor,
+                        "unit": "Trans/s", "error": null}));
+                }
+            }
+        }
+        let mut per_packet = Vec::new();
+        for &n in counts {
+            per_packet.push(json!({"policies": n, "path": "empty program", "ns": 40.0}));
+            per_packet.push(json!({"policies": n, "path": "conntrack hit, TCP forward",
+                "ns": 120.0, "baseline": "empty program", "pairs": [[40.0, 120.0], [40.0, 160.0], [40.0, 170.0]]}));
+        }
+        json!({"machine": {"cpu": "test", "cpus": 2, "kernel": "6.1"}, "peers": 10,
+            "rounds": 1, "pairs": 2, "seconds_per_test": 1, "crr_transactions": 1000,
+            "netperf": netperf, "per_packet": per_packet,
+            "bpf_stats": [{"family": "allow-all", "policies": null, "test": "TCP_RR",
+                "program": "palisade_to_pod", "run_time_ns": 5000, "run_cnt": 100}]})
+    }
+
+    fn render_with(figures: &Value, before: Option<&Value>) -> String {
+        render(&Inputs {
+            figures,
+            compile: &[],
+            plots: &[],
+            plot_prefix: "",
+            command: "test",
+            runtime: Duration::from_secs(1),
+            analysis: None,
+            before,
+        })
+    }
+
+    #[test]
+    fn a_full_run_judges_every_target() {
+        let md = render_with(&run(&[1, 100, 10_000], 0.99), None);
+        assert!(md.contains("| TCP_RR >= 0.95 of the floor, Palisade allow-all | 0.990 |"));
+        assert!(md.contains("| TCP_CRR >= 0.90 of the floor, Palisade 10000 policies | 0.990 |"));
+        assert!(
+            md.contains("conntrack hit, TCP forward <= 4x empty program, 10000 policies | 4.00x | 3.00 .. 4.25 (3 alternations) | met on the median, not in every alternation |")
+        );
+        assert!(md.contains("per-packet unchanged from 1 to 10,000 policies"));
+        assert!(md.contains("conntrack hit, TCP forward 1.00"));
+        assert!(md.contains("on TCP_CRR at every count >= 100 | 100: 0.990 vs iptables 0.800"));
+        assert!(md.contains("| palisade_from_pod | palisade_to_pod |"));
+        assert!(md.contains("| allow-all | TCP_RR |  | 50 (50 .. 50) |"));
+        // Pairs with one ratio throughout: the intervals are points, and met.
+        assert!(md.contains("0.990 .. 0.990 (2 pairs) | met |"));
+    }
+
+    #[test]
+    fn a_quick_run_renders_without_the_issue_counts() {
+        let md = render_with(&run(&[1_000], 0.5), None);
+        assert!(md.contains("(the issue's 1 and 10,000 not measured in this run)"));
+        assert!(md.contains("not measured: this run has [1000]"));
+        assert!(
+            md.contains("Palisade 1000 policies (the issue's 10,000 not measured in this run)")
+        );
+        assert!(md.contains("| missed |"));
+        assert!(!md.contains("## Before and after"));
+    }
+
+    #[test]
+    fn the_previous_run_renders_with_ratios_of_medians() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../bench/figures-2026-11-30.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let before: Value = serde_json::from_str(&text).unwrap();
+        let md = render_with(&before, Some(&before));
+        assert!(md.contains("| medians, no pairs | "));
+        assert!(md.contains("## Before and after"));
+    }
+
+    #[test]
+    fn before_and_after_compares_the_rows_both_have() {
+        let before = json!({"netperf": [
+            {"family": "floor", "policies": null, "test": "TCP_RR", "value": 100.0},
+            {"family": "allow-all", "policies": null, "test": "TCP_RR", "value": 84.0},
+        ], "per_packet": [
+            {"policies": 1000, "path": "empty program", "ns": 40.0},
+            {"policies": 1000, "path": "conntrack hit", "ns": 600.0},
+        ]});
+        let md = render_with(&run(&[1_000], 0.99), Some(&before));
+        assert!(md.contains("## Before and after"));
+        assert!(
+            md.contains("| conntrack hit, TCP forward | 1000 | 15.00x | 4.00x (3.00 .. 4.25) |")
+        );
+        assert!(md.contains(
+            "| TCP_RR | Palisade, allow-all | 0.840 | 0.990 (0.990 .. 0.990 (2 pairs)) |"
+        ));
+    }
 }

@@ -1,7 +1,13 @@
 //! netperf and netserver from Debian, each in its pod's namespace (`nsenter --net`) and pinned
-//! to its own core (`taskset`): the server on CPU 0, the client on CPU 1.
+//! to its own core (`taskset`): every server on CPU 0, every client on CPU 1, so the measured
+//! pair and the floor pair run on the same cores.
+//!
+//! TCP_CRR runs a number of transactions rather than a time: a timed TCP_CRR run returns about
+//! four seconds after its timer (5.0 s of wall time for `-l 1`, on loopback as between pods),
+//! which would make every short run five times as long as what it measures.
 
 use std::{
+    net::Ipv4Addr,
     path::Path,
     process::{Child, Command, Stdio},
     thread,
@@ -10,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::synth::{CONTROL_PORT, SERVER, TCP_DATA_PORT, UDP_DATA_PORT};
+use crate::synth::{CONTROL_PORT, TCP_DATA_PORT, UDP_DATA_PORT};
 
 /// The tests, with the data port each uses.
 pub const TESTS: &[(&str, u16)] = &[
@@ -20,17 +26,42 @@ pub const TESTS: &[(&str, u16)] = &[
     ("UDP_RR", UDP_DATA_PORT),
 ];
 
-/// netserver in the server pod; killed when dropped.
+/// How long one run lasts.
+#[derive(Clone, Copy, Debug)]
+pub enum Length {
+    Seconds(u32),
+    Transactions(u64),
+}
+
+impl Length {
+    /// netperf's `-l`: a time, or (negative) a number of transactions.
+    fn arg(self) -> String {
+        match self {
+            Self::Seconds(s) => s.to_string(),
+            Self::Transactions(n) => format!("-{n}"),
+        }
+    }
+
+    /// An upper bound of the run's wall time, past which the path is taken as blocked.
+    fn deadline(self) -> Duration {
+        match self {
+            Self::Seconds(s) => Duration::from_secs(u64::from(s) + 15),
+            Self::Transactions(_) => Duration::from_secs(30),
+        }
+    }
+}
+
+/// netserver in a server pod, listening on `addr`; killed when dropped.
 pub struct Netserver {
     child: Child,
 }
 
 impl Netserver {
-    pub fn start(netns: &Path) -> Result<Self> {
+    pub fn start(netns: &Path, addr: Ipv4Addr) -> Result<Self> {
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns.display()))
             .args(["taskset", "-c", "0", "netserver", "-D", "-f", "-4", "-L"])
-            .arg(SERVER.to_string())
+            .arg(addr.to_string())
             .args(["-p", &CONTROL_PORT.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -49,12 +80,19 @@ impl Drop for Netserver {
     }
 }
 
-/// One netperf run of `seconds` from the client pod; the figure netperf reports (transactions
-/// per second, or 10^6 bits per second for TCP_STREAM) and its unit.
-pub fn run(netns: &Path, test: &str, port: u16, seconds: u32) -> Result<(f64, String)> {
+/// One netperf run from a client pod (namespace `netns`) to the netserver at `server`; the
+/// figure netperf reports (transactions per second, or 10^6 bits per second for TCP_STREAM)
+/// and its unit.
+pub fn run(
+    netns: &Path,
+    server: Ipv4Addr,
+    test: &str,
+    port: u16,
+    length: Length,
+) -> Result<(f64, String)> {
     let mut last = None;
     for _attempt in 0..3 {
-        match run_once(netns, test, port, seconds) {
+        match run_once(netns, server, test, port, length) {
             Ok(result) => return Ok(result),
             Err(e) => {
                 last = Some(e);
@@ -65,13 +103,19 @@ pub fn run(netns: &Path, test: &str, port: u16, seconds: u32) -> Result<(f64, St
     Err(last.unwrap_or_else(|| anyhow::anyhow!("netperf {test}: no attempt made")))
 }
 
-fn run_once(netns: &Path, test: &str, port: u16, seconds: u32) -> Result<(f64, String)> {
+fn run_once(
+    netns: &Path,
+    server: Ipv4Addr,
+    test: &str,
+    port: u16,
+    length: Length,
+) -> Result<(f64, String)> {
     let mut child = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
         .args(["taskset", "-c", "1", "netperf", "-H"])
-        .arg(SERVER.to_string())
+        .arg(server.to_string())
         .args(["-p", &CONTROL_PORT.to_string(), "-t", test, "-l"])
-        .arg(seconds.to_string())
+        .arg(length.arg())
         .args(["-P", "0", "--", "-P"])
         .arg(format!(",{port}"))
         .args(["-o", "THROUGHPUT,THROUGHPUT_UNITS"])
@@ -80,7 +124,7 @@ fn run_once(netns: &Path, test: &str, port: u16, seconds: u32) -> Result<(f64, S
         .spawn()
         .context("starting netperf")?;
     // A blocked path would leave netperf waiting for ever.
-    let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) + 15);
+    let deadline = Instant::now() + length.deadline();
     loop {
         if child.try_wait()?.is_some() {
             break;

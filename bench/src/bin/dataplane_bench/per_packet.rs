@@ -1,19 +1,30 @@
 //! Per-packet cost of the pod programs with BPF_PROG_TEST_RUN, against the empty classifier,
 //! on the same synthetic node as the netperf runs (the server's endpoint at loopback, where a
-//! test run's skb sits). The kernel reports the mean time per run over `repeat` runs.
+//! test run's skb sits, so `palisade_to_pod` runs as the server's ingress hook and
+//! `palisade_from_pod` as its egress hook). The kernel reports the mean time per run.
 //!
-//! - conntrack hit: a packet (an ACK) of a flow already tracked (`repeat` runs in one
-//!   syscall): the lookup, the expiry check and at most one last-seen write a second;
+//! Every path is measured in [`ALTERNATIONS`] alternations with the empty program in the same
+//! mode (empty, path, path, empty, ...), so each ratio path / empty compares two measurements
+//! taken a moment apart; a row keeps every alternation's pair. The rows:
+//!
+//! - conntrack hit, TCP forward: an ACK client -> server of a connection whose handshake (SYN,
+//!   SYN-ACK) the programs saw; TCP reply: an ACK server -> client of it, at the server's
+//!   egress hook; UDP forward and reply: the same for a datagram flow opened by one
+//!   client -> server datagram to netperf's UDP data port;
 //! - new connection, denied: a SYN no rule allows, so every lookup is made and nothing is
-//!   tracked (`repeat` runs);
+//!   tracked;
 //! - uplink ingress, from outside: the uplink's ingress program on a packet whose source is
 //!   neither a local pod's nor the node's (two hash lookups and the strict-mode flag);
 //! - later fragment, admitted datagram: a non-first fragment after its first was admitted (the
 //!   fragment map's lookup);
 //! - new connection, allowed: a SYN of a new flow, judged and tracked. Its second run would hit
-//!   conntrack, so each flow (its own source port) runs once, and the figure is the median of
-//!   `singles` such runs, beside the empty program measured the same way (a single run's time
-//!   includes the kernel's clock reads, which the comparison cancels).
+//!   conntrack, so each flow (its own source port) runs once, beside a single run of the empty
+//!   program (a single run's time includes the kernel's clock reads, which the comparison
+//!   cancels); each alternation is the median of a block of such runs.
+//!
+//! Every state check bails when a verdict is not the one its row claims: a hit must pass and
+//! move the conntrack-hit counter by one (so the SYN-ACK of the handshake, too), a denied SYN
+//! must be dropped.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -23,19 +34,48 @@ use palisade::{
     k8s::cluster::ObjectKey,
     policy::{Compiler, NodeView},
 };
-use palisade_common::{PROG_EMPTY, PROG_FROM_UPLINK, PROG_TO_POD};
+use palisade_common::{PROG_EMPTY, PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD, Stat};
 use serde::Serialize;
 
-use crate::synth::{self, CLIENT, NAMESPACE, NODE, SERVER, Scale, TCP_DATA_PORT};
+use crate::synth::{self, CLIENT, NAMESPACE, NODE, SERVER, Scale, TCP_DATA_PORT, UDP_DATA_PORT};
 
 const DROP: i32 = 2;
+/// Alternations of the empty program and each path.
+const ALTERNATIONS: u32 = 5;
+/// The baselines rows are compared with.
+const EMPTY: &str = "empty program";
+const EMPTY_SINGLE: &str = "empty program, single runs";
 
+/// One path at one policy count.
 #[derive(Serialize)]
 pub struct PerPacket {
     pub policies: usize,
     pub path: &'static str,
+    /// The median over the alternations, ns per run.
     pub ns: f64,
+    /// Runs per measurement (per alternation, or per block of single runs).
     pub runs: u64,
+    /// The row it is compared with (absent for the baselines themselves).
+    pub baseline: Option<&'static str>,
+    /// Each alternation's (baseline ns, path ns), in the order measured.
+    pub pairs: Vec<[f64; 2]>,
+}
+
+/// How a path is judged in the kernel's test run.
+struct Path {
+    name: &'static str,
+    program: &'static str,
+    frame: Vec<u8>,
+    claim: Claim,
+}
+
+/// What a row claims of its packet, checked before every alternation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// It passes as a packet of a tracked flow (the conntrack-hit counter moves by one).
+    Hit,
+    Passes,
+    Dropped,
 }
 
 pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Result<Vec<PerPacket>> {
@@ -66,89 +106,206 @@ pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Resu
     dataplane.sync(&state, &ifindex)?;
 
     let run = |name, frame: &[u8], n| dataplane.test_run_repeat(name, frame, LOOPBACK_IFINDEX, n);
-    let mut out = Vec::new();
-    let mut row = |path, ns: f64, runs: u64| {
-        out.push(PerPacket {
-            policies,
-            path,
-            ns,
-            runs,
-        });
+    let hits = || -> Result<u64> { Ok(dataplane.counters()?[Stat::CtHit as usize]) };
+    let expect = |name: &str, program, frame: &[u8], claim: Claim| -> Result<()> {
+        let before = hits()?;
+        let dropped = run(program, frame, 1)?.action == DROP;
+        let fault = match claim {
+            Claim::Dropped if !dropped => Some("passed"),
+            Claim::Passes | Claim::Hit if dropped => Some("dropped"),
+            Claim::Hit if hits()? != before + 1 => Some("passed but not as a conntrack hit"),
+            _ => None,
+        };
+        if let Some(fault) = fault {
+            bail!("{name}: {fault} with {policies} policies: the synthetic state is wrong");
+        }
+        Ok(())
     };
 
-    let opening = syn(40_000, TCP_DATA_PORT);
-    let first = run(PROG_TO_POD, &opening, 1)?;
-    let tracked = ack(40_000, TCP_DATA_PORT);
-    if first.action == DROP {
-        bail!("the probed flow is dropped with {policies} policies: the synthetic state is wrong");
-    }
-    let empty = run(PROG_EMPTY, &tracked, repeat)?;
-    row("empty program", nanos(empty.duration), u64::from(repeat));
-    let hit = run(PROG_TO_POD, &tracked, repeat)?;
-    row("conntrack hit", nanos(hit.duration), u64::from(repeat));
-    let denied = run(PROG_TO_POD, &syn(40_001, 9), repeat)?;
-    if denied.action != DROP {
-        bail!("a SYN to port 9 passed with {policies} policies: the synthetic state is wrong");
-    }
-    row(
-        "new connection, denied",
-        nanos(denied.duration),
-        u64::from(repeat),
-    );
+    // The tracked flows: a TCP handshake and one UDP datagram, each through the hooks it
+    // crosses.
+    let (tcp_client, udp_client) = (40_000, 40_010);
+    expect(
+        "the probed connection's SYN",
+        PROG_TO_POD,
+        &tcp(CLIENT, SERVER, tcp_client, TCP_DATA_PORT, SYN, 0),
+        Claim::Passes,
+    )?;
+    expect(
+        "the probed connection's SYN-ACK",
+        PROG_FROM_POD,
+        &tcp(SERVER, CLIENT, TCP_DATA_PORT, tcp_client, SYN | ACK, 0),
+        Claim::Hit,
+    )?;
+    expect(
+        "the probed flow's first datagram",
+        PROG_TO_POD,
+        &udp(CLIENT, SERVER, udp_client, UDP_DATA_PORT),
+        Claim::Passes,
+    )?;
+    let repeated = [
+        Path {
+            name: "conntrack hit, TCP forward",
+            program: PROG_TO_POD,
+            frame: tcp(CLIENT, SERVER, tcp_client, TCP_DATA_PORT, ACK, 0),
+            claim: Claim::Hit,
+        },
+        Path {
+            name: "conntrack hit, TCP reply",
+            program: PROG_FROM_POD,
+            frame: tcp(SERVER, CLIENT, TCP_DATA_PORT, tcp_client, ACK, 0),
+            claim: Claim::Hit,
+        },
+        Path {
+            name: "conntrack hit, UDP forward",
+            program: PROG_TO_POD,
+            frame: udp(CLIENT, SERVER, udp_client, UDP_DATA_PORT),
+            claim: Claim::Hit,
+        },
+        Path {
+            name: "conntrack hit, UDP reply",
+            program: PROG_FROM_POD,
+            frame: udp(SERVER, CLIENT, UDP_DATA_PORT, udp_client),
+            claim: Claim::Hit,
+        },
+        Path {
+            name: "new connection, denied",
+            program: PROG_TO_POD,
+            frame: tcp(CLIENT, SERVER, 40_001, 9, SYN, 0),
+            claim: Claim::Dropped,
+        },
+        // The checks #14 added beside the verdict: every packet entering the node from
+        // outside (its source is neither a local pod's nor the node's).
+        Path {
+            name: "uplink ingress, from outside",
+            program: PROG_FROM_UPLINK,
+            frame: tcp(OUTSIDE, SERVER, 40_002, TCP_DATA_PORT, ACK, 0),
+            claim: Claim::Passes,
+        },
+    ];
 
-    // The checks #14 added beside the verdict: every packet entering the node from outside
-    // (its source is neither a local pod's nor the node's), and a later fragment of a datagram
-    // whose first fragment was admitted.
-    let outside = segment_from(OUTSIDE, 40_002, TCP_DATA_PORT, 0x10, 0);
-    let uplink = run(PROG_FROM_UPLINK, &outside, repeat)?;
-    row(
-        "uplink ingress, from outside",
-        nanos(uplink.duration),
-        u64::from(repeat),
-    );
-    let first_fragment = segment_from(CLIENT, 40_003, TCP_DATA_PORT, 0x02, MORE_FRAGMENTS);
-    if run(PROG_TO_POD, &first_fragment, 1)?.action == DROP {
-        bail!("an allowed first fragment was dropped with {policies} policies");
-    }
-    let later = later_fragment(CLIENT, 185);
-    // Within the first fragment's lifetime (1 s) from the first run to the last.
-    let fragment_repeat = repeat.min(100_000);
-    let fragment = run(PROG_TO_POD, &later, fragment_repeat)?;
-    if fragment.action == DROP {
-        bail!("a later fragment of an admitted datagram was dropped");
-    }
-    row(
-        "later fragment, admitted datagram",
-        nanos(fragment.duration),
-        u64::from(fragment_repeat),
-    );
-
-    let mut empty_single = Vec::new();
-    let mut allowed = Vec::new();
-    for i in 0..singles {
-        let frame = syn(1_024 + i, TCP_DATA_PORT);
-        empty_single.push(nanos(run(PROG_EMPTY, &frame, 1)?.duration));
-        let outcome = run(PROG_TO_POD, &frame, 1)?;
-        if outcome.action == DROP {
-            bail!("a new allowed flow was dropped with {policies} policies");
+    let per_call = (repeat / ALTERNATIONS).max(1);
+    let mut out = Vec::new();
+    let mut empties = Vec::new();
+    for path in &repeated {
+        let mut pairs = Vec::new();
+        for i in 0..ALTERNATIONS {
+            expect(path.name, path.program, &path.frame, path.claim)?;
+            let empty = || -> Result<f64> { Ok(nanos(run(PROG_EMPTY, &path.frame, per_call)?)) };
+            let pair = if i % 2 == 0 {
+                let e = empty()?;
+                [e, nanos(run(path.program, &path.frame, per_call)?)]
+            } else {
+                let p = nanos(run(path.program, &path.frame, per_call)?);
+                [empty()?, p]
+            };
+            empties.push(pair[0]);
+            pairs.push(pair);
         }
-        allowed.push(nanos(outcome.duration));
+        out.push(row(policies, path.name, per_call, EMPTY, pairs));
     }
-    row(
-        "empty program, single runs",
-        median(&mut empty_single),
-        u64::from(singles),
-    );
-    row(
+
+    // A later fragment of a datagram whose first fragment was admitted, within the first
+    // fragment's lifetime (1 s) from its run to the last: each alternation re-admits it.
+    let first_fragment = tcp(CLIENT, SERVER, 40_003, TCP_DATA_PORT, SYN, MORE_FRAGMENTS);
+    let later = later_fragment(CLIENT, 185);
+    let fragment_call = per_call.min(20_000);
+    let mut pairs = Vec::new();
+    for _ in 0..ALTERNATIONS {
+        expect(
+            "an allowed first fragment",
+            PROG_TO_POD,
+            &first_fragment,
+            Claim::Passes,
+        )?;
+        let e = nanos(run(PROG_EMPTY, &later, fragment_call)?);
+        let fragment = run(PROG_TO_POD, &later, fragment_call)?;
+        if fragment.action == DROP {
+            bail!("a later fragment of an admitted datagram was dropped");
+        }
+        pairs.push([e, nanos(fragment)]);
+    }
+    out.push(row(
+        policies,
+        "later fragment, admitted datagram",
+        fragment_call,
+        EMPTY,
+        pairs,
+    ));
+    out.insert(0, baseline(policies, EMPTY, per_call, &mut empties));
+
+    // New allowed flows, one run each, in blocks beside as many single runs of the empty
+    // program.
+    let block = (singles / ALTERNATIONS as u16).max(1);
+    let mut all_empty = Vec::new();
+    let mut pairs = Vec::new();
+    for b in 0..ALTERNATIONS as u16 {
+        let mut empty = Vec::new();
+        let mut allowed = Vec::new();
+        for i in 0..block {
+            let frame = tcp(CLIENT, SERVER, 1_024 + b * block + i, TCP_DATA_PORT, SYN, 0);
+            empty.push(nanos(run(PROG_EMPTY, &frame, 1)?));
+            let outcome = run(PROG_TO_POD, &frame, 1)?;
+            if outcome.action == DROP {
+                bail!("a new allowed flow was dropped with {policies} policies");
+            }
+            allowed.push(nanos(outcome));
+        }
+        all_empty.extend_from_slice(&empty);
+        pairs.push([median(&mut empty), median(&mut allowed)]);
+    }
+    out.push(baseline(
+        policies,
+        EMPTY_SINGLE,
+        u64::from(block),
+        &mut all_empty,
+    ));
+    out.push(row(
+        policies,
         "new connection, allowed (single runs)",
-        median(&mut allowed),
-        u64::from(singles),
-    );
+        u32::from(block),
+        EMPTY_SINGLE,
+        pairs,
+    ));
     Ok(out)
 }
 
-fn nanos(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1e9
+fn row(
+    policies: usize,
+    path: &'static str,
+    runs: u32,
+    baseline: &'static str,
+    pairs: Vec<[f64; 2]>,
+) -> PerPacket {
+    let mut ns: Vec<f64> = pairs.iter().map(|p| p[1]).collect();
+    PerPacket {
+        policies,
+        path,
+        ns: median(&mut ns),
+        runs: u64::from(runs),
+        baseline: Some(baseline),
+        pairs,
+    }
+}
+
+fn baseline(
+    policies: usize,
+    path: &'static str,
+    runs: impl Into<u64>,
+    ns: &mut [f64],
+) -> PerPacket {
+    PerPacket {
+        policies,
+        path,
+        ns: median(ns),
+        runs: runs.into(),
+        baseline: None,
+        pairs: Vec::new(),
+    }
+}
+
+fn nanos(outcome: palisade::dataplane::TestRunOutcome) -> f64 {
+    outcome.duration.as_secs_f64() * 1e9
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -156,51 +313,52 @@ fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// An Ethernet + IPv4 + TCP SYN frame from the client to the server (checksums zero: the
-/// programs never read them).
-fn syn(sport: u16, dport: u16) -> Vec<u8> {
-    segment(sport, dport, 0x02)
-}
-
-/// A segment of an open connection (ACK): a SYN is judged by policy every time, whatever
-/// conntrack holds, so the tracked path is measured with what follows it.
-fn ack(sport: u16, dport: u16) -> Vec<u8> {
-    segment(sport, dport, 0x10)
-}
-
-fn segment(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    segment_from(CLIENT, sport, dport, flags, 0)
-}
-
+/// TCP flags.
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
 /// A host outside the cluster (TEST-NET-1).
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// IPv4 flags: more fragments.
 const MORE_FRAGMENTS: u16 = 0x2000;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
 
-/// A non-first fragment (offset `offset` eight-byte units) of datagram 0x1234 from `from`.
-fn later_fragment(from: Ipv4Addr, offset: u16) -> Vec<u8> {
+/// Ethernet + IPv4 headers (checksums zero: the programs never read them) for a `payload`.
+fn ipv4(from: Ipv4Addr, to: Ipv4Addr, protocol: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
-    f.extend([0x45, 0, 0, 28, 0x12, 0x34]);
-    f.extend(offset.to_be_bytes());
-    f.extend([64, 6, 0, 0]);
+    let total = u16::try_from(20 + payload.len()).unwrap_or(u16::MAX);
+    f.extend([0x45, 0]);
+    f.extend(total.to_be_bytes());
+    f.extend([0x12, 0x34]);
+    f.extend(frag.to_be_bytes());
+    f.extend([64, protocol, 0, 0]);
     f.extend(from.octets());
-    f.extend(SERVER.octets());
-    f.extend([0u8; 8]);
+    f.extend(to.octets());
+    f.extend(payload);
     f
 }
 
-fn segment_from(from: Ipv4Addr, sport: u16, dport: u16, flags: u8, frag: u16) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
-    f.extend([0x45, 0, 0, 40, 0x12, 0x34]);
-    f.extend(frag.to_be_bytes());
-    f.extend([64, 6, 0, 0]);
-    f.extend(from.octets());
-    f.extend(SERVER.octets());
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = flags;
-    f.extend(tcp);
-    f
+/// A TCP segment with `flags` (a SYN is judged by policy every time, whatever conntrack holds,
+/// so the tracked path is measured with the ACKs that follow it).
+fn tcp(from: Ipv4Addr, to: Ipv4Addr, sport: u16, dport: u16, flags: u8, frag: u16) -> Vec<u8> {
+    let mut segment = [0u8; 20];
+    segment[0..2].copy_from_slice(&sport.to_be_bytes());
+    segment[2..4].copy_from_slice(&dport.to_be_bytes());
+    segment[12] = 5 << 4;
+    segment[13] = flags;
+    ipv4(from, to, TCP, frag, &segment)
+}
+
+/// A UDP datagram with a 4-byte payload.
+fn udp(from: Ipv4Addr, to: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let mut datagram = [0u8; 12];
+    datagram[0..2].copy_from_slice(&sport.to_be_bytes());
+    datagram[2..4].copy_from_slice(&dport.to_be_bytes());
+    datagram[4..6].copy_from_slice(&12u16.to_be_bytes());
+    ipv4(from, to, UDP, 0, &datagram)
+}
+
+/// A non-first fragment (offset `offset` eight-byte units) of datagram 0x1234 from `from`.
+fn later_fragment(from: Ipv4Addr, offset: u16) -> Vec<u8> {
+    ipv4(from, SERVER, TCP, offset, &[0u8; 8])
 }

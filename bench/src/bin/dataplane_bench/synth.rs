@@ -5,6 +5,7 @@
 //!
 //! - Peers: `peers` pods in 100 namespaces (`ns-<n>`, label `team: team-<n % 10>`), labels
 //!   `app: app-<p % 40>`, `tier: t<p % 3>`, on other nodes, at `10.244.<1 + p / 250>.<1 + p % 250>`.
+//! - The floor pair (`FLOOR_SERVER`, `FLOOR_CLIENT`) on a second lab node no agent runs on.
 //! - Local pods in namespace `bench` on node `bench`: `server` (`app: web, role: server`),
 //!   `client` (`app: client`), and `extra` more (`app: web, role: api`).
 //! - N policies, all in `bench` and all selecting the server (the worst case for evaluators that
@@ -33,6 +34,12 @@ pub const NODE: &str = "bench";
 pub const NAMESPACE: &str = "bench";
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 244, 250, 2);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 250, 3);
+/// The floor's node, where no agent runs, and its pair of pods (outside every range above:
+/// peers end at `10.244.201.x` with 50,000 of them, local pods are `10.244.250.x`). The cluster
+/// Palisade compiles knows nothing of them.
+pub const FLOOR_NODE: &str = "floor";
+pub const FLOOR_SERVER: Ipv4Addr = Ipv4Addr::new(10, 244, 251, 2);
+pub const FLOOR_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 251, 3);
 /// netserver's control connection.
 pub const CONTROL_PORT: u16 = 12865;
 /// netperf's data connections, fixed so that a rule can allow them.
