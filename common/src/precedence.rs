@@ -18,6 +18,13 @@
 //! Lookup precedence for a packet at endpoint E, direction D, peer address A, protocol P, port N:
 //!
 //! 1. not IP (ARP, ...): pass; malformed or truncated IP: drop ([`DropReason::Malformed`]).
+//!    Then, before anything else, the fast path: [`MAP_CONNTRACK`] holds the packet's flow at
+//!    E, and 4 below passes it. Only a packet of a tracked flow passes here, so nothing the
+//!    steps between would check is skipped: the entry was made by E's own verdict (2 and 3
+//!    held then; its key holds E's ifindex and the local address 3 checked, or
+//!    [`CT_F_LOCAL_OWN`] is clear and 3 is checked here too), and the agent deletes the
+//!    entries of an endpoint it switches off. Fragments, neighbour discovery and packets
+//!    carrying the Service mark (5) are not answered here.
 //! 2. [`MAP_ENDPOINTS`]\[ifindex\] missing: drop ([`DropReason::NoEndpoint`]) - a program is never
 //!    attached before its endpoint is written, so a missing entry means we lost track: fail closed.
 //!    IPv6 neighbour discovery then passes, uncounted (it must work for every pod).
@@ -31,13 +38,14 @@
 //!    A non-first fragment (no ports) passes when its datagram's first fragment passed this
 //!    endpoint in this direction within [`FRAGMENT_LIFETIME_NS`] ([`MAP_FRAGMENTS`]), or the
 //!    endpoint is not isolated; otherwise it is dropped ([`DropReason::Fragment`]).
-//! 4. [`MAP_CONNTRACK`] holds the packet's flow at this endpoint (ifindex) in this direction, or
-//!    the reverse flow at this endpoint in the other direction (a reply), and the entry has not
-//!    been idle past its state's timeout ([`MAP_CT_CONFIG`]): pass. A TCP SYN without ACK is
-//!    never found here: it opens a connection, and is judged by 5-8 every time. Established
-//!    flows are kept across policy changes. Entries are per endpoint, so a flow admitted at one
-//!    pod's veth never admits a packet on another pod's veth, whatever addresses it carries.
-//!    ICMP is keyed by role ([`CtKey::kind`]): an echo request is never the reply of one.
+//! 4. [`MAP_CONNTRACK`] holds the packet's flow at this endpoint (ifindex), opened in either
+//!    direction (one key for a packet and its reply, the endpoint's side first: [`CtKey::of`]),
+//!    and the entry has not been idle past its state's timeout ([`MAP_CT_CONFIG`]): pass. A
+//!    TCP SYN without ACK is never found here: it opens a connection, and is judged by 5-8
+//!    every time. Established flows are kept across policy changes. Entries are per endpoint,
+//!    so a flow admitted at one pod's veth never admits a packet on another pod's veth,
+//!    whatever addresses it carries. ICMP is keyed by role ([`CtKey::kind`]): an echo request
+//!    is never the reply of one.
 //! 5. E not isolated for D: pass (and track the flow). Otherwise, when D is egress and A is in
 //!    [`MAP_SERVICES`], the verdict waits for kube-proxy's translation ([`MAP_ORIGINAL_DST`]):
 //!    the hook that sees the translated packet applies 6-8 to the real destination and tracks
@@ -74,7 +82,7 @@ use crate::{
 };
 #[cfg(doc)]
 use crate::{
-    CFG_AUDIT_ALL, CtKey, DropReason, EP_AUDIT, FRAGMENT_LIFETIME_NS, FlowEvent, MAP_CIDRS,
+    CFG_AUDIT_ALL, CT_F_LOCAL_OWN, CtKey, DropReason, EP_AUDIT, FRAGMENT_LIFETIME_NS, FlowEvent, MAP_CIDRS,
     MAP_CONNTRACK, MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_EVENTS, MAP_FRAGMENTS, MAP_LOCAL_ADDRS,
     MAP_ORIGINAL_DST, MAP_PEERS, MAP_POD_IDENTITIES, MAP_PORTS, MAP_SERVICES, MAX_CLASSES,
     PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD,

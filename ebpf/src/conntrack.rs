@@ -79,6 +79,8 @@ pub(crate) fn lookup(flow: &CtKey, direction: u8, tcp_flags: u8, refresh: bool) 
         Some((value, state, now)) => {
             if refresh {
                 touch(value, state, tcp_flags, now);
+            } else {
+                bump(Stat::CtHit as u32);
             }
             state
         }

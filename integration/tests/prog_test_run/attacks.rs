@@ -77,6 +77,25 @@ fn a_syn_on_a_tracked_tuple_is_judged_again_and_a_closed_flow_keeps_only_its_tai
 }
 
 #[test]
+fn a_flow_opened_towards_an_address_the_pod_does_not_own_gives_it_no_way_to_send_from_it() {
+    // Tracked packets skip the source check only when the flow's local address was checked
+    // when it was admitted: a flow opened towards another address (the ingress policy judges
+    // the peer and the port, not the destination) must not let the pod answer as that address.
+    let node = Node::with_server();
+    let elsewhere = OTHER;
+    node.passes(PROG_TO_POD, &syn4(CLIENT, elsewhere, 40300, 80), Stat::NewFlowAllowed);
+    node.drops(
+        PROG_FROM_POD,
+        &ack4(elsewhere, CLIENT, 80, 40300),
+        DropReason::SpoofedSource,
+    );
+    // The control: the same exchange to the pod's own address, whose replies are tracked.
+    node.passes(PROG_TO_POD, &syn4(CLIENT, SERVER, 40301, 80), Stat::NewFlowAllowed);
+    node.passes(PROG_FROM_POD, &ack4(SERVER, CLIENT, 80, 40301), Stat::CtHit);
+    node.passes(PROG_TO_POD, &ack4(CLIENT, SERVER, 40301, 80), Stat::CtHit);
+}
+
+#[test]
 fn ipv6_packets_with_ipv4_mapped_addresses_are_malformed() {
     let node = Node::with_server();
     // ::ffff:10.0.0.20 is the client's IPv4 address in the maps: never a sender of IPv6.

@@ -62,6 +62,10 @@ pub struct PerPacket {
 }
 
 /// How a path is judged in the kernel's test run.
+/// Names a repeated row to run alone, for `PROFILE_SECONDS`, under a profiler.
+const PROFILE_ENV: &str = "PALISADE_BENCH_PROFILE";
+const PROFILE_SECONDS: u64 = 10;
+
 struct Path {
     name: &'static str,
     program: &'static str,
@@ -183,6 +187,27 @@ pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Resu
             claim: Claim::Passes,
         },
     ];
+
+    // For a profiler (see `bench/ANALYSIS.md`): one row's path, run for `PROFILE_SECONDS`.
+    if let Ok(name) = std::env::var(PROFILE_ENV) {
+        let Some(path) = repeated.iter().find(|p| p.name == name) else {
+            let names: Vec<_> = repeated.iter().map(|p| p.name).collect();
+            bail!("{PROFILE_ENV}={name:?}: not a repeated row; one of {names:?}");
+        };
+        expect(path.name, path.program, &path.frame, path.claim)?;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(PROFILE_SECONDS);
+        let mut runs = 0_u64;
+        let mut total_ns = 0.0;
+        while std::time::Instant::now() < until {
+            total_ns += nanos(run(path.program, &path.frame, 1_000_000)?) * 1e6;
+            runs += 1_000_000;
+        }
+        eprintln!(
+            "[bench] profiled {name:?} at {policies} policies: {:.1} ns per run over {runs} runs",
+            total_ns / runs as f64
+        );
+        std::process::exit(0);
+    }
 
     let per_call = (repeat / ALTERNATIONS).max(1);
     let mut out = Vec::new();
