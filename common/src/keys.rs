@@ -206,7 +206,10 @@ pub struct CtKey {
 impl CtKey {
     /// The key of a packet from `src`:`sport` to `dst`:`dport` of `protocol` and `kind`
     /// (`CT_KIND_*`), seen by the hook of endpoint `ifindex` in `direction` (`DIR_*`).
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of a packet, as the callers hold them"
+    )]
     #[inline(always)]
     pub const fn of(
         src: Addr,

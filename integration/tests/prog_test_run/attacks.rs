@@ -83,14 +83,22 @@ fn a_flow_opened_towards_an_address_the_pod_does_not_own_gives_it_no_way_to_send
     // the peer and the port, not the destination) must not let the pod answer as that address.
     let node = Node::with_server();
     let elsewhere = OTHER;
-    node.passes(PROG_TO_POD, &syn4(CLIENT, elsewhere, 40300, 80), Stat::NewFlowAllowed);
+    node.passes(
+        PROG_TO_POD,
+        &syn4(CLIENT, elsewhere, 40300, 80),
+        Stat::NewFlowAllowed,
+    );
     node.drops(
         PROG_FROM_POD,
         &ack4(elsewhere, CLIENT, 80, 40300),
         DropReason::SpoofedSource,
     );
     // The control: the same exchange to the pod's own address, whose replies are tracked.
-    node.passes(PROG_TO_POD, &syn4(CLIENT, SERVER, 40301, 80), Stat::NewFlowAllowed);
+    node.passes(
+        PROG_TO_POD,
+        &syn4(CLIENT, SERVER, 40301, 80),
+        Stat::NewFlowAllowed,
+    );
     node.passes(PROG_FROM_POD, &ack4(SERVER, CLIENT, 80, 40301), Stat::CtHit);
     node.passes(PROG_TO_POD, &ack4(CLIENT, SERVER, 40301, 80), Stat::CtHit);
 }
