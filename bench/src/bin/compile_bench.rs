@@ -18,7 +18,7 @@ use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
 use palisade::{
     k8s::cluster::{Cluster, ObjectKey},
     k8s::manifest::{self, Object},
-    policy::{Compiler, NodeState, NodeView, PodUpdate},
+    policy::{Compiler, NodeState, NodeView, Update},
 };
 
 fn main() -> anyhow::Result<()> {
@@ -150,7 +150,7 @@ impl Changes {
         let start = Instant::now();
         let update = compiler.apply_pod_change(state, cluster, view, key);
         self.times.push(start.elapsed());
-        self.recompiled += usize::from(update == PodUpdate::Recompiled);
+        self.recompiled += usize::from(update == Update::Recompiled);
         if let Some(before) = before {
             let writes = &mut self.max_writes[kind as usize];
             *writes = (*writes).max(entries_written(&before, state));

@@ -10,7 +10,7 @@ pub mod model;
 pub mod ports;
 pub mod selector;
 
-pub use compile::{Compiler, NodeState, NodeView, PodUpdate};
+pub use compile::{ClusterChange, Compiler, NodeState, NodeView, Update};
 
 #[cfg(test)]
 mod proptests;

@@ -11,7 +11,7 @@ use palisade_common::{DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_SCTP, PROTO_TCP
 
 mod classes;
 
-use super::{Compiler, NodeView, PodUpdate, compile::NodeState, lookup::admits};
+use super::{Compiler, NodeView, Update, compile::NodeState, lookup::admits};
 use crate::k8s::cluster::{Cluster, NAMESPACE_NAME_LABEL, ObjectKey};
 
 const NODE_ADDR: &str = "10.244.0.1";
@@ -395,7 +395,7 @@ fn a_pod_of_an_existing_identity_is_added_and_deleted_in_place_as_its_address_al
     }
     let mut state = before.clone();
     let update = compiler.apply_pod_change(&mut state, &grown.cluster, &view, &c);
-    assert_eq!(update, PodUpdate::Incremental);
+    assert_eq!(update, Update::Incremental);
     let mut expected = before.clone();
     let ip: IpAddr = "10.244.2.12".parse().expect("addr");
     let y_a = before.identities
@@ -407,6 +407,6 @@ fn a_pod_of_an_existing_identity_is_added_and_deleted_in_place_as_its_address_al
     assert!(allowed(&state, &grown, "10.244.2.12", "x/a", PROTO_TCP, 80));
 
     let update = compiler.apply_pod_change(&mut state, &xy().policy(policy).cluster, &view, &c);
-    assert_eq!(update, PodUpdate::Incremental);
+    assert_eq!(update, Update::Incremental);
     assert_eq!(state, before, "deleted: back to where it was");
 }

@@ -36,7 +36,7 @@ use palisade_common::{
     Addr, ClassMask, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, MAX_CLASSES,
 };
 
-use super::{Block, Class, EndpointState, IdentityKey, Prefix, RuleRef};
+use super::{Block, Class, EndpointState, IdentityKey, Live, Prefix, RuleRef};
 use crate::{
     k8s::cluster::{Cluster, ObjectKey, container_ports},
     policy::{
@@ -48,7 +48,7 @@ use crate::{
 
 pub(super) struct Context<'a> {
     pub cluster: &'a Cluster,
-    pub identities: &'a BTreeMap<u32, IdentityKey>,
+    pub identities: &'a Live,
     pub cidrs: &'a BTreeMap<Prefix, u32>,
     /// Pod (and node) addresses and their identities.
     pub addrs: &'a BTreeMap<Addr, u32>,
@@ -323,9 +323,9 @@ impl Context<'_> {
         for peer in peers {
             match peer {
                 Peer::Pods { namespaces, pods } => {
-                    for (id, ident) in self.identities {
+                    for (id, ident) in self.candidates(rule, namespaces.as_ref()) {
                         if self.selects(rule, namespaces.as_ref(), pods.as_ref(), ident) {
-                            *ep.peers.entry((direction, *id)).or_insert(0) |= b;
+                            *ep.peers.entry((direction, id)).or_insert(0) |= b;
                         }
                     }
                 }
@@ -369,7 +369,7 @@ impl Context<'_> {
                 if let Some(b) = bit(&fixed) {
                     ep.any_peer[d] |= b;
                 }
-                for (id, ident) in self.identities {
+                for (id, ident) in self.identities.iter() {
                     if let Some(b) = bit(&ports.resolve(&ident.named_ports)) {
                         *ep.peers.entry((direction, *id)).or_insert(0) |= b;
                     }
@@ -379,7 +379,7 @@ impl Context<'_> {
                 for peer in peers {
                     match peer {
                         Peer::Pods { namespaces, pods } => {
-                            for (id, ident) in self.identities {
+                            for (id, ident) in self.candidates(rule_ref, namespaces.as_ref()) {
                                 if !self.selects(
                                     rule_ref,
                                     namespaces.as_ref(),
@@ -389,7 +389,7 @@ impl Context<'_> {
                                     continue;
                                 }
                                 if let Some(b) = bit(&ports.resolve(&ident.named_ports)) {
-                                    *ep.peers.entry((direction, *id)).or_insert(0) |= b;
+                                    *ep.peers.entry((direction, id)).or_insert(0) |= b;
                                 }
                             }
                         }
@@ -407,7 +407,7 @@ impl Context<'_> {
                             for (addr, id) in self.addrs {
                                 let host = Prefix::host(*addr);
                                 let (Some(ident), Some(cidr_id)) =
-                                    (self.identities.get(id), self.cidrs.get(&host))
+                                    (self.identities.get(*id), self.cidrs.get(&host))
                                 else {
                                     continue;
                                 };
@@ -474,6 +474,49 @@ impl Context<'_> {
         Some(masks)
     }
 
+    /// The identities a peer with namespace selector `namespaces` (absent: the namespace of
+    /// `rule`'s policy) can select, in id order: only those of the namespaces it matches.
+    fn candidates(
+        &self,
+        rule: &RuleRef,
+        namespaces: Option<&LabelSelector>,
+    ) -> Vec<(u32, &IdentityKey)> {
+        let mut ids: Vec<u32> = match namespaces {
+            None => self.identities.in_namespace(&rule.policy.namespace).collect(),
+            Some(sel) => self
+                .identities
+                .namespaces()
+                .filter(|(ns, _)| self.namespace_selected(sel, ns))
+                .flat_map(|(_, ids)| ids.iter().copied())
+                .collect(),
+        };
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| Some((id, self.identities.get(id)?)))
+            .collect()
+    }
+
+    /// Whether a namespace selector matches `namespace` (one not in the cluster has no labels).
+    fn namespace_selected(&self, sel: &LabelSelector, namespace: &str) -> bool {
+        match self.cluster.namespace_labels(namespace) {
+            Some(labels) => matches(sel, labels),
+            None => matches(sel, &BTreeMap::new()),
+        }
+    }
+
+    /// Whether an egress rule with named ports among `policies` reads namespace labels: its
+    /// classes follow the identities it selects, so a namespace relabel can add or remove one.
+    pub fn per_peer_reads_namespaces(policies: &[&Policy]) -> bool {
+        policies.iter().any(|policy| {
+            rules_of(policy, DIR_EGRESS).into_iter().flatten().any(|rule| {
+                RulePorts::new(rule).per_peer(DIR_EGRESS)
+                    && rule.peers.iter().flatten().any(
+                        |peer| matches!(peer, Peer::Pods { namespaces: Some(_), .. }),
+                    )
+            })
+        })
+    }
+
     fn selects(
         &self,
         rule: &RuleRef,
@@ -483,10 +526,7 @@ impl Context<'_> {
     ) -> bool {
         let ns_ok = match namespaces {
             None => ident.namespace == rule.policy.namespace,
-            Some(sel) => match self.cluster.namespace_labels(&ident.namespace) {
-                Some(labels) => matches(sel, labels),
-                None => matches(sel, &BTreeMap::new()),
-            },
+            Some(sel) => self.namespace_selected(sel, &ident.namespace),
         };
         ns_ok && pods.is_none_or(|sel| matches(sel, &ident.labels))
     }

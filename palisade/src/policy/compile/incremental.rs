@@ -1,5 +1,6 @@
-//! Pod changes applied to the last compiled state in place, with the same result as a full
-//! [`Compiler::compile`] of the changed cluster.
+//! Changes applied to the last compiled state in place, with the same result as a full
+//! [`Compiler::compile`] of the changed cluster: pods ([`Compiler::apply_pod_change`]),
+//! policies and namespaces, one object at a time ([`Compiler::apply_change`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -7,18 +8,29 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::Pod;
 use palisade_common::{Addr, DIR_EGRESS, DIR_INGRESS};
 
+use palisade_common::{IDENTITY_CIDR_FLAG, IDENTITY_HOST};
+
 use super::{
-    Block, Compiler, IdentityKey, NodeState, NodeView, PeerPod, Prefix, as_peer, endpoint::Context,
-    selecting_policies,
+    Block, Compiler, IdentityKey, Live, NodeState, NodeView, PeerPod, Prefix, V4_ROOT, as_peer,
+    block_prefixes, endpoint::Context, host_blocks, selecting_policies, selects_pod,
 };
 use crate::{
-    k8s::cluster::{Cluster, ObjectKey, pod_addrs, pod_node},
-    policy::model::Policy,
+    k8s::cluster::{Cluster, ObjectKey, namespace_audited, pod_addrs, pod_labels, pod_node},
+    policy::model::{Policy, PolicyError},
 };
 
-/// How [`Compiler::apply_pod_change`] brought the state up to date.
+/// One object of the cluster that was added, changed or deleted: the cluster given with it
+/// holds its new version, or lacks it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClusterChange {
+    Namespace(String),
+    Pod(ObjectKey),
+    Policy(ObjectKey),
+}
+
+/// How [`Compiler::apply_change`] brought the state up to date.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PodUpdate {
+pub enum Update {
     /// In place, touching only the entries the change concerns.
     Incremental,
     /// By a full compile: the change was one the in-place path does not handle exactly.
@@ -30,9 +42,13 @@ pub enum PodUpdate {
 pub(super) struct Snapshot {
     pub node: String,
     pub node_addrs: Vec<IpAddr>,
-    pub policies: Vec<Policy>,
-    /// The policies (indices into `policies`) selecting each local endpoint.
-    pub selecting: HashMap<ObjectKey, Vec<usize>>,
+    pub policies: BTreeMap<ObjectKey, Policy>,
+    /// What reading each policy reported, for the policies that reported something.
+    pub policy_errors: BTreeMap<ObjectKey, Vec<PolicyError>>,
+    /// How many policies name each ipBlock prefix (a prefix leaves the CIDR trie with the last).
+    pub prefix_uses: BTreeMap<Prefix, usize>,
+    /// The policies selecting each local endpoint, in key order.
+    pub selecting: HashMap<ObjectKey, Vec<ObjectKey>>,
     /// Addresses claimed by more than one pod, or by a pod and the node.
     pub contested: HashSet<Addr>,
     /// See [`super::host_blocks`]: a pod address inside one has a CIDR entry of its own.
@@ -47,12 +63,45 @@ impl Snapshot {
         self.host_blocks.iter().any(|b| b.holds(&host))
     }
 
-    fn policies_of(&self, indices: &[usize]) -> Vec<&Policy> {
-        indices.iter().map(|i| &self.policies[*i]).collect()
+    fn policies_of(&self, keys: &[ObjectKey]) -> Vec<&Policy> {
+        keys.iter().filter_map(|k| self.policies.get(k)).collect()
+    }
+
+    /// The policies selecting local endpoint `key`.
+    fn selecting_of(&self, key: &ObjectKey) -> Vec<&Policy> {
+        self.selecting
+            .get(key)
+            .map_or_else(Vec::new, |keys| self.policies_of(keys))
     }
 }
 
 impl Compiler {
+    /// Brings `state`, the last state this compiler made for `node`, up to date after `change`;
+    /// `cluster` is the cluster after it. Everything else must be as this compiler last saw it:
+    /// apply several changes one at a time, in any order, each with the cluster after all of
+    /// them or after it alone. The result equals a full [`Compiler::compile`] of `cluster`.
+    pub fn apply_change(
+        &mut self,
+        state: &mut NodeState,
+        cluster: &Cluster,
+        node: &NodeView<'_>,
+        change: &ClusterChange,
+    ) -> Update {
+        let applied = match change {
+            ClusterChange::Pod(key) => return self.apply_pod_change(state, cluster, node, key),
+            ClusterChange::Policy(key) => self.try_apply_policy(state, cluster, node, key),
+            ClusterChange::Namespace(name) => self.try_apply_namespace(state, cluster, node, name),
+        };
+        match applied {
+            Ok(()) => Update::Incremental,
+            Err(reason) => {
+                tracing::debug!(?change, reason, "change: full compile");
+                *state = self.compile(cluster, node);
+                Update::Recompiled
+            }
+        }
+    }
+
     /// Brings `state`, the last state this compiler made for `node`, up to date after pod `key`
     /// was added, changed or deleted: `cluster` holds its new version, or lacks it. Everything
     /// else (namespaces, policies, other pods, the node) must be as this compiler last saw it;
@@ -79,13 +128,13 @@ impl Compiler {
         cluster: &Cluster,
         node: &NodeView<'_>,
         key: &ObjectKey,
-    ) -> PodUpdate {
+    ) -> Update {
         match self.try_apply(state, cluster, node, key) {
-            Ok(()) => PodUpdate::Incremental,
+            Ok(()) => Update::Incremental,
             Err(reason) => {
                 tracing::debug!(pod = %key, reason, "pod change: full compile");
                 *state = self.compile(cluster, node);
-                PodUpdate::Recompiled
+                Update::Recompiled
             }
         }
     }
@@ -155,7 +204,7 @@ impl Compiler {
             *members = members.saturating_sub(1);
             if *members == 0 {
                 self.members.remove(&old.id);
-                if let Some(ident) = self.live.remove(&old.id) {
+                if let Some(ident) = self.live.remove(old.id) {
                     self.identities.remove(&ident);
                     update_endpoints(&self.live, &last, cluster, state, old.id, &ident, false)?;
                 }
@@ -174,7 +223,7 @@ impl Compiler {
 
 /// Identity `id` joined (`joined`) or left: its peer entries at every local endpoint.
 fn update_endpoints(
-    live: &BTreeMap<u32, IdentityKey>,
+    live: &Live,
     last: &Snapshot,
     cluster: &Cluster,
     state: &mut NodeState,
@@ -190,8 +239,7 @@ fn update_endpoints(
     };
     let mut recompute = Vec::new();
     for (key, ep) in &mut state.endpoints {
-        let chosen = last.selecting.get(key).map_or(&[][..], Vec::as_slice);
-        let Some(masks) = ctx.identity_masks(ep, &last.policies_of(chosen), ident) else {
+        let Some(masks) = ctx.identity_masks(ep, &last.selecting_of(key), ident) else {
             recompute.push(key.clone());
             continue;
         };
@@ -217,13 +265,13 @@ fn update_endpoints(
 
 /// Computes one local endpoint whole, as a full compile does.
 fn endpoint_afresh(
-    live: &BTreeMap<u32, IdentityKey>,
+    live: &Live,
     last: &Snapshot,
     cluster: &Cluster,
     state: &mut NodeState,
     key: &ObjectKey,
     pod: &Pod,
-    chosen: &[usize],
+    chosen: &[ObjectKey],
 ) -> Result<(), &'static str> {
     let ctx = Context {
         cluster,
@@ -237,4 +285,231 @@ fn endpoint_afresh(
     }
     state.endpoints.insert(key.clone(), endpoint);
     Ok(())
+}
+
+impl Compiler {
+    /// Policy `key` was added, changed or deleted (`cluster` holds its new version, or lacks
+    /// it). In place:
+    /// - the endpoints it selected before or selects now are computed afresh (their classes
+    ///   are numbered in the order their policies are read, so one policy more or less can
+    ///   renumber all of them);
+    /// - a prefix no policy names any more leaves the CIDR trie and every endpoint's peers; a
+    ///   new one gets the next class id (in prefix order, as a full compile allocates them) and,
+    ///   at every other endpoint, the classes of the longest prefix that was there and holds
+    ///   it. That is exact: every ipBlock of an endpoint's policies is a cidr or except in the
+    ///   trie, so a cidr or except holds the new prefix exactly when it holds that parent (two
+    ///   prefixes that both contain a third are nested), and the parent is of the new prefix's
+    ///   family since the IPv4 root is always in the trie.
+    ///
+    /// Falls back to a full compile when the old or the new version has an ipBlock in an egress
+    /// rule with named ports (pod addresses inside it get CIDR entries of their own), or an
+    /// endpoint it concerns has more classes than class bits.
+    fn try_apply_policy(
+        &mut self,
+        state: &mut NodeState,
+        cluster: &Cluster,
+        node: &NodeView<'_>,
+        key: &ObjectKey,
+    ) -> Result<(), &'static str> {
+        let mut last = self.last.take().ok_or("nothing compiled yet")?;
+        if last.node != node.name || last.node_addrs != node.addrs {
+            return Err("another node");
+        }
+        let new = cluster.policies.get(key).map(Policy::from_api);
+        let old = last.policies.get(key);
+        let old_new = old.into_iter().chain(new.as_ref().map(|(p, _)| p));
+        if !host_blocks(old_new).is_empty() {
+            return Err("an ipBlock in an egress rule with named ports");
+        }
+        // The endpoints it concerns, before the first write.
+        let mut affected = Vec::new();
+        for ep_key in state.endpoints.keys() {
+            let before = last.selecting.get(ep_key).is_some_and(|k| k.contains(key));
+            let now = new.as_ref().is_some_and(|(policy, _)| {
+                cluster
+                    .pods
+                    .get(ep_key)
+                    .is_some_and(|pod| selects_pod(policy, ep_key, pod_labels(pod)))
+            });
+            if before || now {
+                if last.overflowed.contains(ep_key) {
+                    return Err("an endpoint it selects has more classes than class bits");
+                }
+                affected.push((ep_key.clone(), now));
+            }
+        }
+
+        // Prefixes: the old version's uses go, the new version's come.
+        let old_prefixes = old.map(block_prefixes).unwrap_or_default();
+        let new_prefixes = new
+            .as_ref()
+            .map(|(p, _)| block_prefixes(p))
+            .unwrap_or_default();
+        let mut gone = Vec::new();
+        for p in &old_prefixes {
+            if let Some(uses) = last.prefix_uses.get_mut(p) {
+                *uses -= 1;
+                if *uses == 0 {
+                    last.prefix_uses.remove(p);
+                    gone.push(*p);
+                }
+            }
+        }
+        let mut added = Vec::new();
+        for p in &new_prefixes {
+            let uses = last.prefix_uses.entry(*p).or_default();
+            *uses += 1;
+            if *uses == 1 && !state.cidrs.contains_key(p) {
+                added.push(*p);
+            }
+        }
+        // A prefix that stays for another reason: the IPv4 root, a pod's host prefix.
+        let host_prefix = |p: &Prefix| {
+            p.len == 128
+                && last.in_host_block(&p.addr)
+                && state
+                    .identities
+                    .get(&p.addr)
+                    .is_some_and(|id| *id != IDENTITY_HOST)
+        };
+        let gone: Vec<(Prefix, u32)> = gone
+            .into_iter()
+            .filter(|p| *p != V4_ROOT && !last.prefix_uses.contains_key(p) && !host_prefix(p))
+            .filter_map(|p| Some((p, state.cidrs.get(&p).copied()?)))
+            .collect();
+        for (p, id) in &gone {
+            state.cidrs.remove(p);
+            self.cidrs.remove(p);
+            for ep in state.endpoints.values_mut() {
+                ep.peers.remove(&(DIR_INGRESS, *id));
+                ep.peers.remove(&(DIR_EGRESS, *id));
+            }
+        }
+        // `added` is in prefix order (a set's), the order a full compile allocates in.
+        let mut parents = Vec::new();
+        for p in &added {
+            let parent = state
+                .cidrs
+                .iter()
+                .filter(|(q, _)| q.contains(p))
+                .max_by_key(|(q, _)| q.len)
+                .map(|(_, id)| *id);
+            parents.push(parent);
+        }
+        for (p, parent) in added.iter().zip(parents) {
+            self.next_cidr += 1;
+            let id = IDENTITY_CIDR_FLAG | self.next_cidr;
+            self.cidrs.insert(*p, id);
+            state.cidrs.insert(*p, id);
+            let Some(parent) = parent else { continue };
+            for ep in state.endpoints.values_mut() {
+                for direction in [DIR_INGRESS, DIR_EGRESS] {
+                    if let Some(mask) = ep.peers.get(&(direction, parent)).copied() {
+                        ep.peers.insert((direction, id), mask);
+                    }
+                }
+            }
+        }
+
+        // The policy itself, then the endpoints it concerns.
+        last.policies.remove(key);
+        last.policy_errors.remove(key);
+        if let Some((policy, errors)) = new {
+            if !errors.is_empty() {
+                last.policy_errors.insert(key.clone(), errors);
+            }
+            last.policies.insert(key.clone(), policy);
+        }
+        for (ep_key, now) in affected {
+            let pod = cluster
+                .pods
+                .get(&ep_key)
+                .ok_or("a local endpoint's pod is gone")?;
+            let mut chosen = last.selecting.remove(&ep_key).unwrap_or_default();
+            chosen.retain(|k| k != key);
+            if now {
+                let at = chosen.partition_point(|k| k < key);
+                chosen.insert(at, key.clone());
+            }
+            endpoint_afresh(&self.live, &last, cluster, state, &ep_key, pod, &chosen)?;
+            last.selecting.insert(ep_key, chosen);
+        }
+        state.errors = last.errors(state);
+        self.last = Some(last);
+        Ok(())
+    }
+
+    /// Namespace `name` was added, changed or deleted: the peer entries of its identities at
+    /// every endpoint (namespace selectors read its labels) and the audit flag of its own
+    /// endpoints. Nothing else reads a namespace.
+    fn try_apply_namespace(
+        &mut self,
+        state: &mut NodeState,
+        cluster: &Cluster,
+        node: &NodeView<'_>,
+        name: &str,
+    ) -> Result<(), &'static str> {
+        let last = self.last.take().ok_or("nothing compiled yet")?;
+        if last.node != node.name || last.node_addrs != node.addrs {
+            return Err("another node");
+        }
+        let ids: Vec<u32> = self.live.in_namespace(name).collect();
+        let audited = namespace_audited(cluster, name);
+        let ctx = Context {
+            cluster,
+            identities: &self.live,
+            cidrs: &state.cidrs,
+            addrs: &state.identities,
+        };
+        let mut recompute = Vec::new();
+        for (key, ep) in &mut state.endpoints {
+            if key.namespace == name {
+                ep.flags &= !palisade_common::EP_AUDIT;
+                if audited {
+                    ep.flags |= palisade_common::EP_AUDIT;
+                }
+            }
+            let policies = last.selecting_of(key);
+            if !ids.is_empty() && Context::per_peer_reads_namespaces(&policies) {
+                recompute.push(key.clone());
+                continue;
+            }
+            for id in &ids {
+                let ident = self.live.get(*id).ok_or("an identity of the namespace is gone")?;
+                let Some(masks) = ctx.identity_masks(ep, &policies, ident) else {
+                    recompute.push(key.clone());
+                    break;
+                };
+                for direction in [DIR_INGRESS, DIR_EGRESS] {
+                    match masks[usize::from(direction)] {
+                        0 => ep.peers.remove(&(direction, *id)),
+                        mask => ep.peers.insert((direction, *id), mask),
+                    };
+                }
+            }
+        }
+        for key in recompute {
+            if last.overflowed.contains(&key) {
+                return Err("an endpoint to recompute has more classes than class bits");
+            }
+            let pod = cluster
+                .pods
+                .get(&key)
+                .ok_or("a local endpoint's pod is gone")?;
+            let chosen = last.selecting.get(&key).cloned().unwrap_or_default();
+            endpoint_afresh(&self.live, &last, cluster, state, &key, pod, &chosen)?;
+        }
+        self.last = Some(last);
+        Ok(())
+    }
+}
+
+impl Snapshot {
+    /// `NodeState::errors` as a full compile lists them: the policies' own, in key order, then
+    /// the endpoints' (rules that got no class), in key order.
+    fn errors(&self, state: &NodeState) -> Vec<PolicyError> {
+        let own = self.policy_errors.values().flatten();
+        let degraded = state.endpoints.values().flat_map(|ep| ep.degraded.iter().flatten());
+        own.chain(degraded).cloned().collect()
+    }
 }

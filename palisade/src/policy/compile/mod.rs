@@ -31,7 +31,7 @@ use palisade_common::{
     Addr, ClassMask, IDENTITY_CIDR_FLAG, IDENTITY_FIRST_POD, IDENTITY_HOST, V4_MAPPED_PREFIX_BITS,
 };
 
-pub use self::incremental::PodUpdate;
+pub use self::incremental::{ClusterChange, Update};
 use self::{endpoint::Context, incremental::Snapshot};
 use super::{
     model::{Peer, Policy, PolicyError, Port, Rule},
@@ -161,13 +161,65 @@ pub struct Compiler {
     cidrs: HashMap<Prefix, u32>,
     next_identity: u32,
     next_cidr: u32,
-    /// The live identities by id (what the peer loops walk).
-    live: BTreeMap<u32, IdentityKey>,
+    /// The live identities by id and by namespace (what the peer loops walk).
+    live: Live,
     /// Pods per live identity: the identity goes when the count reaches zero.
     members: HashMap<u32, usize>,
     /// Every pod that is a peer (not hostNetwork, with an address), as last compiled.
     peers: HashMap<ObjectKey, PeerPod>,
     last: Option<Snapshot>,
+}
+
+/// The live identities, by id (in id order, which is the order class bits of egress named
+/// ports are handed out in) and by namespace, so that a selector visits only the identities
+/// of the namespaces it can match.
+#[derive(Clone, Debug, Default)]
+struct Live {
+    by_id: BTreeMap<u32, IdentityKey>,
+    by_namespace: HashMap<String, BTreeSet<u32>>,
+}
+
+impl Live {
+    fn insert(&mut self, id: u32, ident: IdentityKey) {
+        self.by_namespace
+            .entry(ident.namespace.clone())
+            .or_default()
+            .insert(id);
+        self.by_id.insert(id, ident);
+    }
+
+    fn remove(&mut self, id: u32) -> Option<IdentityKey> {
+        let ident = self.by_id.remove(&id)?;
+        if let Some(ids) = self.by_namespace.get_mut(&ident.namespace) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_namespace.remove(&ident.namespace);
+            }
+        }
+        Some(ident)
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    fn get(&self, id: u32) -> Option<&IdentityKey> {
+        self.by_id.get(&id)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&u32, &IdentityKey)> {
+        self.by_id.iter()
+    }
+
+    /// The ids of namespace `namespace`, in id order.
+    fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = u32> + '_ {
+        self.by_namespace.get(namespace).into_iter().flatten().copied()
+    }
+
+    /// The namespaces that have identities, each with its ids (in no particular order).
+    fn namespaces(&self) -> impl Iterator<Item = (&String, &BTreeSet<u32>)> {
+        self.by_namespace.iter()
+    }
 }
 
 /// A pod as a peer: its identity and the addresses that map to it.
@@ -202,16 +254,20 @@ impl Compiler {
 
     pub fn compile(&mut self, cluster: &Cluster, node: &NodeView<'_>) -> NodeState {
         let mut state = NodeState::default();
-        let mut policies = Vec::new();
-        for policy in cluster.policies.values() {
+        let mut policies = BTreeMap::new();
+        let mut policy_errors = BTreeMap::new();
+        for (key, policy) in &cluster.policies {
             let (policy, errors) = Policy::from_api(policy);
-            state.errors.extend(errors);
-            policies.push(policy);
+            state.errors.extend(errors.iter().cloned());
+            if !errors.is_empty() {
+                policy_errors.insert(key.clone(), errors);
+            }
+            policies.insert(key.clone(), policy);
         }
 
         // Identities of every pod that can be a peer. An address two pods claim (or a pod and
         // the node) goes to the later one; `contested` keeps it for the incremental path.
-        let mut live = BTreeMap::<u32, IdentityKey>::new();
+        let mut live = Live::default();
         self.members.clear();
         self.peers.clear();
         let mut contested = HashSet::new();
@@ -229,7 +285,7 @@ impl Compiler {
             live.insert(id, ident);
             self.peers.insert(key.clone(), PeerPod { id, addrs });
         }
-        self.identities.retain(|_, id| live.contains_key(id));
+        self.identities.retain(|_, id| live.contains(*id));
         for a in node.addrs {
             if state
                 .identities
@@ -241,20 +297,17 @@ impl Compiler {
         }
 
         // CIDR classes: every cidr and except of every ipBlock, plus the IPv4 root.
-        let mut prefixes = BTreeSet::from([V4_ROOT]);
-        for policy in &policies {
-            for rule in policy.ingress.iter().chain(policy.egress.iter()).flatten() {
-                for peer in rule.peers.iter().flatten() {
-                    if let Peer::Block { cidr, except } = peer {
-                        prefixes.insert(Prefix::from_net(cidr));
-                        prefixes.extend(except.iter().map(Prefix::from_net));
-                    }
-                }
+        let mut prefix_uses = BTreeMap::<Prefix, usize>::new();
+        for policy in policies.values() {
+            for p in block_prefixes(policy) {
+                *prefix_uses.entry(p).or_default() += 1;
             }
         }
+        let mut prefixes: BTreeSet<Prefix> = prefix_uses.keys().copied().collect();
+        prefixes.insert(V4_ROOT);
         // Egress named ports towards pod addresses inside an ipBlock resolve per destination pod:
         // each such address gets a host prefix of its own, which the longest match then finds.
-        let host_blocks = host_blocks(&policies);
+        let host_blocks = host_blocks(policies.values());
         for block in &host_blocks {
             let hosts = state
                 .identities
@@ -285,7 +338,7 @@ impl Compiler {
                 continue;
             }
             let chosen = selecting_policies(&policies, key, pod);
-            let chosen_refs: Vec<&Policy> = chosen.iter().map(|i| &policies[*i]).collect();
+            let chosen_refs: Vec<&Policy> = chosen.iter().map(|k| &policies[k]).collect();
             let endpoint = ctx.endpoint(key, pod, pod_addrs(pod), &chosen_refs);
             if endpoint.degraded.iter().any(|e| !e.is_empty()) {
                 overflowed.insert(key.clone());
@@ -301,6 +354,8 @@ impl Compiler {
             node: node.name.to_owned(),
             node_addrs: node.addrs.to_vec(),
             policies,
+            policy_errors,
+            prefix_uses,
             selecting,
             contested,
             host_blocks,
@@ -321,19 +376,46 @@ impl Compiler {
     }
 }
 
-/// The policies (indices into `policies`) that select a pod.
-fn selecting_policies(policies: &[Policy], key: &ObjectKey, pod: &Pod) -> Vec<usize> {
+/// The policies that select a pod, in key order: those of its namespace (a contiguous range of
+/// keys) whose pod selector matches.
+fn selecting_policies(
+    policies: &BTreeMap<ObjectKey, Policy>,
+    key: &ObjectKey,
+    pod: &Pod,
+) -> Vec<ObjectKey> {
     let labels = pod_labels(pod);
-    let selects = |p: &Policy| p.key.namespace == key.namespace && matches(&p.pod_selector, labels);
-    (0..policies.len())
-        .filter(|i| selects(&policies[*i]))
+    let from = ObjectKey::new(key.namespace.clone(), String::new());
+    policies
+        .range(from..)
+        .take_while(|(k, _)| k.namespace == key.namespace)
+        .filter(|(_, p)| selects_pod(p, key, labels))
+        .map(|(k, _)| k.clone())
         .collect()
 }
 
+/// Whether `policy` selects pod `key` with `labels`.
+fn selects_pod(policy: &Policy, key: &ObjectKey, labels: &BTreeMap<String, String>) -> bool {
+    policy.key.namespace == key.namespace && matches(&policy.pod_selector, labels)
+}
+
+/// The prefixes a policy's ipBlocks name (each cidr and except), each once.
+fn block_prefixes(policy: &Policy) -> BTreeSet<Prefix> {
+    let mut prefixes = BTreeSet::new();
+    for rule in policy.ingress.iter().chain(policy.egress.iter()).flatten() {
+        for peer in rule.peers.iter().flatten() {
+            if let Peer::Block { cidr, except } = peer {
+                prefixes.insert(Prefix::from_net(cidr));
+                prefixes.extend(except.iter().map(Prefix::from_net));
+            }
+        }
+    }
+    prefixes
+}
+
 /// The ipBlocks of egress rules with named ports: a pod address inside one gets a host prefix.
-fn host_blocks(policies: &[Policy]) -> Vec<Block> {
+fn host_blocks<'p>(policies: impl IntoIterator<Item = &'p Policy>) -> Vec<Block> {
     let named = |rule: &&Rule| rule.ports.iter().any(|p| matches!(p, Port::Named { .. }));
-    let rules = policies.iter().flat_map(|p| p.egress.iter().flatten());
+    let rules = policies.into_iter().flat_map(|p| p.egress.iter().flatten());
     let peers = rules
         .filter(named)
         .flat_map(|rule| rule.peers.iter().flatten());

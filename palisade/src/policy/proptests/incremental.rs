@@ -1,7 +1,8 @@
-//! Pod changes applied in place ([`Compiler::apply_pod_change`]) give exactly the state a full
-//! compile of the changed cluster gives: random clusters, then random pod adds, deletes and
-//! label changes, each checked against a full compile by a copy of the same compiler (so that
-//! ids match).
+//! Changes applied in place ([`Compiler::apply_change`]) give exactly the state a full compile
+//! of the changed cluster gives: random clusters, then random sequences of pod adds, deletes,
+//! label changes and renames of named ports, policy adds, rewrites and deletes, and namespace
+//! label and audit-mode changes, each checked against a full compile by a copy of the same
+//! compiler (so that ids match).
 
 use std::collections::BTreeMap;
 
@@ -12,11 +13,19 @@ use proptest::{
     strategy::ValueTree,
 };
 
-use super::{Builder, NAMESPACES, NODE, POD_KEYS, POD_VALUES, PodGen, Scenario, node_addrs};
-use super::{pod_gen, scenario};
+use std::net::IpAddr;
+
+use super::{
+    Builder, EXTERNALS, NAMESPACES, NODE, NS_KEYS, NS_VALUES, POD_KEYS, POD_VALUES, PORT_NAMES,
+    PodGen, PolicyGen, Scenario, node_addrs,
+};
+use super::{pod_gen, policy_gen, scenario};
 use crate::{
-    k8s::cluster::{Cluster, ObjectKey},
-    policy::{Compiler, NodeView, compile::PodUpdate},
+    k8s::cluster::{
+        Cluster, NAMESPACE_NAME_LABEL, ObjectKey, POLICY_MODE_ANNOTATION, is_host_network,
+        pod_addrs,
+    },
+    policy::{ClusterChange, Compiler, NodeView, compile::Update},
 };
 
 #[derive(Clone, Debug)]
@@ -30,6 +39,13 @@ enum Op {
     },
     Delete(Index),
     Relabel(Index, Vec<(&'static str, &'static str)>),
+    /// New names for a pod's container ports (by position; `None` unnames one).
+    RenamePorts(Index, Vec<Option<&'static str>>),
+    /// A new policy, or (`Some`) a new version of an existing one.
+    Policy(PolicyGen, Option<Index>),
+    DeletePolicy(Index),
+    /// New labels for a namespace, and whether it is in audit mode.
+    Namespace(Index, Vec<(&'static str, &'static str)>, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -38,13 +54,32 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (pod_gen(), proptest::option::weighted(0.1, any::<Index>()), prop::bool::weighted(0.3))
             .prop_map(|(pod, reuse, local)| Op::Add { pod, reuse, local }),
         3 => any::<Index>().prop_map(Op::Delete),
-        3 => (any::<Index>(), labels).prop_map(|(i, l)| Op::Relabel(i, l)),
+        3 => (any::<Index>(), labels.clone()).prop_map(|(i, l)| Op::Relabel(i, l)),
+        1 => (any::<Index>(), vec(proptest::option::weighted(0.8, select(PORT_NAMES)), 1..=3))
+            .prop_map(|(i, n)| Op::RenamePorts(i, n)),
+        3 => (policy_gen(), proptest::option::weighted(0.5, any::<Index>()))
+            .prop_map(|(p, i)| Op::Policy(p, i)),
+        2 => any::<Index>().prop_map(Op::DeletePolicy),
+        2 => (any::<Index>(), vec((select(NS_KEYS), select(NS_VALUES)), 0..=2), prop::bool::weighted(0.2))
+            .prop_map(|(i, l, audit)| Op::Namespace(i, l, audit)),
     ]
 }
 
-/// Applies `op` to the cluster; the key of the pod it changed, if any.
-fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ObjectKey> {
+/// A builder that knows the cluster's addresses (what ipBlocks are built around).
+fn builder_for(cluster: &Cluster) -> Builder {
+    let mut b = Builder::default();
+    for pod in cluster.pods.values().filter(|p| !is_host_network(p)) {
+        b.addrs.extend(pod_addrs(pod));
+    }
+    b.addrs
+        .extend(EXTERNALS.iter().map(|a| a.parse::<IpAddr>().expect("address")));
+    b
+}
+
+/// Applies `op` to the cluster; the object it changed, if any.
+fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
     let keys: Vec<ObjectKey> = cluster.pods.keys().cloned().collect();
+    let policies: Vec<ObjectKey> = cluster.policies.keys().cloned().collect();
     match op {
         Op::Add { pod, reuse, local } => {
             let i = reuse.map_or(100 + step, |r| r.index(6));
@@ -58,12 +93,12 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ObjectKey> {
                 spec.node_name = Some("node-2".into());
             }
             cluster.pods.insert(key.clone(), pod);
-            Some(key)
+            Some(ClusterChange::Pod(key))
         }
         Op::Delete(i) if !keys.is_empty() => {
             let key = keys[i.index(keys.len())].clone();
             cluster.pods.remove(&key);
-            Some(key)
+            Some(ClusterChange::Pod(key))
         }
         Op::Relabel(i, labels) if !keys.is_empty() => {
             let key = keys[i.index(keys.len())].clone();
@@ -73,13 +108,65 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ObjectKey> {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect();
             pod.metadata.labels = Some(labels);
-            Some(key)
+            Some(ClusterChange::Pod(key))
         }
-        Op::Delete(_) | Op::Relabel(..) => None,
+        Op::RenamePorts(i, names) if !keys.is_empty() => {
+            let key = keys[i.index(keys.len())].clone();
+            let pod = cluster.pods.get_mut(&key)?;
+            let ports = pod.spec.as_mut()?.containers.first_mut()?.ports.as_mut()?;
+            let mut used = Vec::new();
+            for (port, name) in ports.iter_mut().zip(names.iter().cycle()) {
+                // Names stay unique within the pod.
+                port.name = name.filter(|n| !used.contains(n)).map(str::to_owned);
+                used.extend(*name);
+            }
+            Some(ClusterChange::Pod(key))
+        }
+        Op::Policy(policy, replace) => {
+            let ns = NAMESPACES[policy.ns.index(cluster.namespaces.len())];
+            let mut b = builder_for(cluster);
+            b.policy(100 + step, ns, policy);
+            let (_, mut new) = b.cluster.policies.pop_first()?;
+            let key = match replace {
+                Some(i) if !policies.is_empty() => policies[i.index(policies.len())].clone(),
+                _ => ObjectKey::new(ns, format!("new{step}")),
+            };
+            new.metadata.namespace = Some(key.namespace.clone());
+            new.metadata.name = Some(key.name.clone());
+            cluster.policies.insert(key.clone(), new);
+            Some(ClusterChange::Policy(key))
+        }
+        Op::DeletePolicy(i) if !policies.is_empty() => {
+            let key = policies[i.index(policies.len())].clone();
+            cluster.policies.remove(&key);
+            Some(ClusterChange::Policy(key))
+        }
+        Op::Namespace(i, labels, audit) => {
+            let names: Vec<String> = cluster.namespaces.keys().cloned().collect();
+            let name = names.get(i.index(names.len().max(1)))?.clone();
+            let ns = cluster.namespaces.get_mut(&name)?;
+            let mut labels: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.clone());
+            ns.metadata.labels = Some(labels);
+            let annotations = ns.metadata.annotations.get_or_insert_default();
+            if *audit {
+                annotations.insert(POLICY_MODE_ANNOTATION.to_owned(), "audit".to_owned());
+            } else {
+                annotations.remove(POLICY_MODE_ANNOTATION);
+            }
+            Some(ClusterChange::Namespace(name))
+        }
+        Op::Delete(_) | Op::Relabel(..) | Op::RenamePorts(..) | Op::DeletePolicy(_) => None,
     }
 }
 
-fn check_changes(s: &Scenario, ops: &[Op]) -> Result<usize, TestCaseError> {
+/// Changes applied, and of those in place, by kind (pods, policies, namespaces).
+type Counts = [(usize, usize); 3];
+
+fn check_changes(s: &Scenario, ops: &[Op]) -> Result<Counts, TestCaseError> {
     let addrs = node_addrs();
     let view = NodeView {
         name: NODE,
@@ -88,35 +175,41 @@ fn check_changes(s: &Scenario, ops: &[Op]) -> Result<usize, TestCaseError> {
     let mut compiler = Compiler::new();
     let mut cluster = s.cluster.clone();
     let mut state = compiler.compile(&cluster, &view);
-    let mut in_place = 0;
+    let mut counts = Counts::default();
     for (step, op) in ops.iter().enumerate() {
         let Some(key) = apply(&mut cluster, step, op) else {
             continue;
         };
-        if compiler.apply_pod_change(&mut state, &cluster, &view, &key) == PodUpdate::Incremental {
-            in_place += 1;
+        let kind = match key {
+            ClusterChange::Pod(_) => 0,
+            ClusterChange::Policy(_) => 1,
+            ClusterChange::Namespace(_) => 2,
+        };
+        counts[kind].0 += 1;
+        if compiler.apply_change(&mut state, &cluster, &view, &key) == Update::Incremental {
+            counts[kind].1 += 1;
         }
         let full = compiler.clone().compile(&cluster, &view);
         prop_assert!(
             state == full,
-            "step {step} ({op:?} on {key}): the state updated in place differs from a full \
+            "step {step} ({op:?} on {key:?}): the state updated in place differs from a full \
              compile\nin place: {state:#?}\nfull: {full:#?}"
         );
     }
-    Ok(in_place)
+    Ok(counts)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 256,
+        cases: 512,
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
 
     #[test]
-    fn pod_changes_applied_in_place_equal_a_full_compile(
+    fn changes_applied_in_place_equal_a_full_compile(
         s in scenario(),
-        ops in vec(op(), 1..=12),
+        ops in vec(op(), 1..=16),
     ) {
         check_changes(&s, &ops)?;
     }
@@ -125,20 +218,25 @@ proptest! {
 /// Most random changes take the in-place path (the property above would hold trivially if
 /// everything fell back to a full compile).
 #[test]
-fn most_pod_changes_are_applied_in_place() {
+fn most_changes_are_applied_in_place() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let (mut changes, mut in_place) = (0, 0);
-    for _ in 0..64 {
+    let mut total = Counts::default();
+    for _ in 0..128 {
         let s = scenario()
             .new_tree(&mut runner)
             .expect("scenario")
             .current();
         let ops = vec(op(), 8).new_tree(&mut runner).expect("ops").current();
-        changes += ops.len();
-        in_place += check_changes(&s, &ops).expect("in place equals full");
+        let counts = check_changes(&s, &ops).expect("in place equals full");
+        for (t, c) in total.iter_mut().zip(counts) {
+            t.0 += c.0;
+            t.1 += c.1;
+        }
     }
-    assert!(
-        in_place * 2 > changes,
-        "{in_place} of {changes} changes in place"
-    );
+    for ((changes, in_place), kind) in total.into_iter().zip(["pod", "policy", "namespace"]) {
+        assert!(
+            changes > 50 && in_place * 4 > changes * 3,
+            "{in_place} of {changes} {kind} changes in place"
+        );
+    }
 }
