@@ -166,7 +166,10 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
 /// Changes applied, and of those in place, by kind (pods, policies, namespaces).
 type Counts = [(usize, usize); 3];
 
-fn check_changes(s: &Scenario, ops: &[Op]) -> Result<Counts, TestCaseError> {
+/// Applies `ops` to the cluster `batch` at a time (a watcher can deliver several changes
+/// before a sync reads the caches), then each change of the batch in place with the cluster
+/// after all of them, and compares with a full compile after every batch.
+fn check_changes(s: &Scenario, ops: &[Op], batch: usize) -> Result<Counts, TestCaseError> {
     let addrs = node_addrs();
     let view = NodeView {
         name: NODE,
@@ -176,24 +179,29 @@ fn check_changes(s: &Scenario, ops: &[Op]) -> Result<Counts, TestCaseError> {
     let mut cluster = s.cluster.clone();
     let mut state = compiler.compile(&cluster, &view);
     let mut counts = Counts::default();
-    for (step, op) in ops.iter().enumerate() {
-        let Some(key) = apply(&mut cluster, step, op) else {
-            continue;
-        };
-        let kind = match key {
-            ClusterChange::Pod(_) => 0,
-            ClusterChange::Policy(_) => 1,
-            ClusterChange::Namespace(_) => 2,
-        };
-        counts[kind].0 += 1;
-        if compiler.apply_change(&mut state, &cluster, &view, &key) == Update::Incremental {
-            counts[kind].1 += 1;
+    for (first, group) in ops.chunks(batch.max(1)).enumerate() {
+        let mut changes = Vec::new();
+        for (i, op) in group.iter().enumerate() {
+            if let Some(change) = apply(&mut cluster, first * batch + i, op) {
+                changes.push(change);
+            }
+        }
+        for change in &changes {
+            let kind = match change {
+                ClusterChange::Pod(_) => 0,
+                ClusterChange::Policy(_) => 1,
+                ClusterChange::Namespace(_) => 2,
+            };
+            counts[kind].0 += 1;
+            if compiler.apply_change(&mut state, &cluster, &view, change) == Update::Incremental {
+                counts[kind].1 += 1;
+            }
         }
         let full = compiler.clone().compile(&cluster, &view);
         prop_assert!(
             state == full,
-            "step {step} ({op:?} on {key:?}): the state updated in place differs from a full \
-             compile\nin place: {state:#?}\nfull: {full:#?}"
+            "batch {first} ({group:?}: {changes:?}): the state updated in place differs from a \
+             full compile\nin place: {state:#?}\nfull: {full:#?}"
         );
     }
     Ok(counts)
@@ -210,8 +218,9 @@ proptest! {
     fn changes_applied_in_place_equal_a_full_compile(
         s in scenario(),
         ops in vec(op(), 1..=16),
+        batch in prop_oneof![3 => Just(1usize), 1 => 2usize..=4],
     ) {
-        check_changes(&s, &ops)?;
+        check_changes(&s, &ops, batch)?;
     }
 }
 
@@ -227,7 +236,7 @@ fn most_changes_are_applied_in_place() {
             .expect("scenario")
             .current();
         let ops = vec(op(), 8).new_tree(&mut runner).expect("ops").current();
-        let counts = check_changes(&s, &ops).expect("in place equals full");
+        let counts = check_changes(&s, &ops, 1).expect("in place equals full");
         for (t, c) in total.iter_mut().zip(counts) {
             t.0 += c.0;
             t.1 += c.1;
