@@ -27,7 +27,7 @@ use crate::{
         socket::{ExplainAnswer, ExplainRequest},
     },
     k8s::cluster::{Cluster, ObjectKey},
-    policy::{Compiler, NodeView, model::PolicyError},
+    policy::{ClusterChange, Compiler, NodeState, NodeView, Update, model::PolicyError},
 };
 
 /// A local pod's host-side interface in the node namespace.
@@ -47,6 +47,19 @@ pub struct SyncOutcome {
     pub endpoints: usize,
     /// Entries and capacity of each map the agent writes, after the sync.
     pub maps: Vec<MapUsage>,
+    /// How the compiler brought its state up to date.
+    pub compiled: Compiled,
+}
+
+/// How one sync compiled: object changes applied in place, or a full compile (and why).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// Changes applied in place.
+    pub in_place: usize,
+    /// Changes the in-place path handed to a full compile (the first such one recompiles all).
+    pub fell_back: usize,
+    /// A full compile: asked for (no change list), the first sync, or a fallback.
+    pub full: bool,
 }
 
 pub use crate::dataplane::MapUsage;
@@ -142,7 +155,9 @@ impl Failure {
 
 enum Command {
     Sync {
-        cluster: Box<Cluster>,
+        cluster: Arc<Cluster>,
+        /// What changed since the last sync; `None`: anything may have (compile it all).
+        changes: Option<Vec<ClusterChange>>,
         interfaces: BTreeMap<ObjectKey, Interface>,
         pending: Vec<String>,
         uplinks: Vec<String>,
@@ -266,9 +281,31 @@ impl NodeWorker {
         pending: Vec<String>,
         uplinks: Vec<String>,
     ) -> Result<SyncOutcome, WorkerError> {
+        self.sync_changes(
+            Arc::new(cluster.clone()),
+            None,
+            interfaces,
+            pending,
+            uplinks,
+        )
+    }
+
+    /// [`Self::sync_with_pending`] of a cluster that differs from the last one synced only in
+    /// `changes` (`None`: in anything): the compiler applies them in place (see
+    /// [`Compiler::apply_change`]) and the dataplane writes what differs. The cluster is
+    /// shared, not copied: the worker keeps it for naming flows and for `palisade explain`.
+    pub fn sync_changes(
+        &self,
+        cluster: Arc<Cluster>,
+        changes: Option<Vec<ClusterChange>>,
+        interfaces: BTreeMap<ObjectKey, Interface>,
+        pending: Vec<String>,
+        uplinks: Vec<String>,
+    ) -> Result<SyncOutcome, WorkerError> {
         let (reply, rx) = mpsc::channel();
         self.send(Command::Sync {
-            cluster: Box::new(cluster.clone()),
+            cluster,
+            changes,
             interfaces,
             pending,
             uplinks,
@@ -392,6 +429,8 @@ impl Worker<'_> {
             Ok((identity, cidr)) => compiler.reserve_ids(identity, cidr),
             Err(e) => tracing::warn!(node, error = %e, "could not read the ids left in the maps"),
         }
+        // The last compiled state, while it is what the maps hold (a failed sync forgets it).
+        let mut last: Option<NodeState> = None;
         // Interfaces with a program, by name.
         let mut attached: BTreeSet<String> = BTreeSet::new();
         let mut attached_uplinks: Vec<String> = Vec::new();
@@ -415,6 +454,7 @@ impl Worker<'_> {
             match command {
                 Command::Sync {
                     cluster,
+                    changes,
                     interfaces,
                     pending,
                     uplinks,
@@ -422,8 +462,16 @@ impl Worker<'_> {
                 } => {
                     let _span = tracing::info_span!("sync", node).entered();
                     let view = NodeView { name: node, addrs };
-                    let state = tracing::info_span!("compile", pods = cluster.pods.len())
-                        .in_scope(|| compiler.compile(&cluster, &view));
+                    let (state, compiled) =
+                        tracing::info_span!("compile", pods = cluster.pods.len()).in_scope(|| {
+                            compile(
+                                &mut compiler,
+                                last.take(),
+                                &cluster,
+                                &view,
+                                changes.as_deref(),
+                            )
+                        });
                     let ifindex = interfaces
                         .iter()
                         .map(|(k, i)| (k.clone(), i.ifindex))
@@ -473,16 +521,18 @@ impl Worker<'_> {
                                 errors: state.errors.clone(),
                                 endpoints: state.endpoints.len(),
                                 maps: dataplane.map_usage(),
+                                compiled,
                             })
                         });
                     if result.is_ok() {
                         let attribution =
-                            Attribution::new(node, addrs, *cluster, &state.endpoints, &ifindex);
+                            Attribution::new(node, addrs, cluster, &state.endpoints, &ifindex);
                         let mut shared = self
                             .attribution
                             .write()
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
                         *shared = Arc::new(attribution);
+                        last = Some(state);
                     }
                     let _ = reply.send(result);
                 }
@@ -506,4 +556,34 @@ impl Worker<'_> {
             dataplane.detach(ifname);
         }
     }
+}
+
+/// The state for `cluster`: `last` with `changes` applied in place, or a full compile when
+/// there is no list of changes or no last state.
+fn compile(
+    compiler: &mut Compiler,
+    last: Option<NodeState>,
+    cluster: &Cluster,
+    view: &NodeView<'_>,
+    changes: Option<&[ClusterChange]>,
+) -> (NodeState, Compiled) {
+    let mut compiled = Compiled::default();
+    let (Some(mut state), Some(changes)) = (last, changes) else {
+        compiled.full = true;
+        return (compiler.compile(cluster, view), compiled);
+    };
+    for change in changes {
+        if compiled.full {
+            // A full compile already saw every change.
+            break;
+        }
+        match compiler.apply_change(&mut state, cluster, view, change) {
+            Update::Incremental => compiled.in_place += 1,
+            Update::Recompiled => {
+                compiled.fell_back += 1;
+                compiled.full = true;
+            }
+        }
+    }
+    (state, compiled)
 }

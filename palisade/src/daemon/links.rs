@@ -109,6 +109,7 @@ impl Links {
                 let change = Change {
                     at: Instant::now(),
                     api: false,
+                    object: None,
                 };
                 if changes.send(change).is_err() {
                     return;

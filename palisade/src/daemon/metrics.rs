@@ -15,6 +15,8 @@ pub struct Metrics {
     pub implementation_delay: Histogram,
     pub sync_duration: Histogram,
     pub syncs: Family<Labels, Counter>,
+    /// Object changes by how the compiler applied them (in_place, full).
+    pub changes_applied: Family<Labels, Counter>,
     pub map_entries: Family<Labels, Gauge>,
     pub map_capacity: Family<Labels, Gauge>,
     pub map_pressure: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -57,6 +59,14 @@ impl Metrics {
             "syncs",
             "Syncs by result (ok, error) and, for errors, what failed (namespace, map, attach, ...)",
             syncs.clone(),
+        );
+        let changes_applied = Family::<Labels, Counter>::default();
+        registry.register(
+            "changes_applied",
+            "Object changes (Pod, Namespace, NetworkPolicy) by how the compiler applied them: \
+             in_place, or by a full compile (a relist, a periodic resync, or a change the \
+             in-place path does not handle exactly)",
+            changes_applied.clone(),
         );
         let map_entries = Family::<Labels, Gauge>::default();
         registry.register(
@@ -137,6 +147,7 @@ impl Metrics {
             implementation_delay,
             sync_duration,
             syncs,
+            changes_applied,
             map_entries,
             map_capacity,
             map_pressure,

@@ -20,7 +20,7 @@ pub mod status;
 mod watch;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     os::fd::OwnedFd,
     sync::{Arc, Mutex, atomic::AtomicU64},
@@ -44,6 +44,7 @@ use self::{
 use crate::{
     k8s::cluster::{ObjectKey, pod_addrs, pod_node},
     node::{NodeConfig, NodeWorker, SyncOutcome},
+    policy::ClusterChange,
 };
 
 /// Runs the agent until `shutdown` resolves.
@@ -115,6 +116,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         retry: Backoff::new(),
     };
     let mut pending: Vec<Instant> = Vec::new();
+    // The objects changed since the last sync; `None`: compile everything (the first sync, a
+    // relist, the periodic resync, after a failed sync).
+    let mut changed: Option<BTreeSet<ClusterChange>> = None;
     let mut last_sync = Instant::now() - config.min_sync_interval();
     let mut resync = tokio::time::interval(config.resync_period());
     resync.tick().await;
@@ -131,12 +135,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
                 }
             };
             tokio::select! {
-                Some(change) = changes.recv() => {
-                    if change.api {
-                        pending.push(change.at);
-                    }
+                Some(change) = changes.recv() => note(change, &mut pending, &mut changed),
+                _ = resync.tick() => {
+                    tracing::debug!("periodic resync");
+                    changed = None;
                 }
-                _ = resync.tick() => tracing::debug!("periodic resync"),
                 () = retry => tracing::debug!("retrying pods without an interface"),
                 _ = heartbeat.tick() => {
                     sync_loop.export_counters();
@@ -153,12 +156,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         // Coalesce: whatever arrives until the least interval is over goes into this sync.
         tokio::time::sleep_until((last_sync + config.min_sync_interval()).into()).await;
         while let Ok(change) = changes.try_recv() {
-            if change.api {
-                pending.push(change.at);
-            }
+            note(change, &mut pending, &mut changed);
         }
         last_sync = Instant::now();
-        match sync_loop.sync().await {
+        let objects = changed
+            .replace(BTreeSet::new())
+            .map(|c| c.into_iter().collect());
+        match sync_loop.sync(objects).await {
             Ok(missing) => {
                 let written = Instant::now();
                 for at in pending.drain(..) {
@@ -182,6 +186,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
                 labels.push(("error", kind.to_owned()));
                 shared.metrics.syncs.get_or_create(&labels).inc();
                 tracing::error!(error = %format!("{e:#}"), "sync failed; retrying");
+                changed = None;
                 retry_at = Some((Instant::now() + sync_loop.retry.next()).into());
             }
         }
@@ -190,6 +195,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     // As a crash would: links and maps stay pinned and keep enforcing.
     worker.kill();
     Ok(())
+}
+
+/// Records a change for the next sync: its arrival (for the implementation delay) and the
+/// object it names (a relist names none: everything is compiled again).
+fn note(change: Change, pending: &mut Vec<Instant>, changed: &mut Option<BTreeSet<ClusterChange>>) {
+    if !change.api {
+        return;
+    }
+    pending.push(change.at);
+    match (change.object, changed.as_mut()) {
+        (Some(object), Some(set)) => {
+            set.insert(object);
+        }
+        (None, _) => *changed = None,
+        (Some(_), None) => {}
+    }
 }
 
 async fn client(config: &Config) -> Result<kube::Client> {
@@ -244,10 +265,12 @@ struct SyncLoop<'a> {
 }
 
 impl SyncLoop<'_> {
-    /// One sync; true when some local pod's interface was not found (to retry).
-    async fn sync(&mut self) -> Result<bool> {
+    /// One sync of the objects in `changes` (`None`: of everything); true when some local
+    /// pod's interface was not found (to retry).
+    async fn sync(&mut self, changes: Option<Vec<ClusterChange>>) -> Result<bool> {
         let started = Instant::now();
         let (cluster, digest) = self.caches.snapshot();
+        let cluster = Arc::new(cluster);
         let node = self.config.node_name.as_str();
         let local: Vec<(ObjectKey, Vec<std::net::IpAddr>)> = cluster
             .pods
@@ -262,8 +285,9 @@ impl SyncLoop<'_> {
             FailMode::Open => Vec::new(),
         };
         let outcome = tokio::task::block_in_place(|| {
-            self.worker.sync_with_pending(
-                &cluster,
+            self.worker.sync_changes(
+                Arc::clone(&cluster),
+                changes,
                 discovery.interfaces.clone(),
                 pending.clone(),
                 discovery.uplinks.clone(),
@@ -281,6 +305,8 @@ impl SyncLoop<'_> {
             writes = outcome.report.writes,
             deletes = outcome.report.deletes,
             swaps = outcome.report.swaps,
+            in_place = outcome.compiled.in_place,
+            full_compile = outcome.compiled.full,
             missing = discovery.missing.len(),
             pending = pending.len(),
             took_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -299,6 +325,10 @@ impl SyncLoop<'_> {
     ) {
         let metrics = &self.shared.metrics;
         metrics.syncs.get_or_create(&label("result", "ok")).inc();
+        let compiled = outcome.compiled;
+        let applied = |how: &str| metrics.changes_applied.get_or_create(&label("how", how));
+        applied("in_place").inc_by(compiled.in_place as u64);
+        applied("full").inc_by(compiled.fell_back as u64);
         metrics.endpoints.set(outcome.endpoints as i64);
         metrics.pending_interfaces.set(pending.len() as i64);
         metrics

@@ -27,14 +27,20 @@ use super::{
     metrics::{Metrics, label},
     status::Digest,
 };
-use crate::k8s::cluster::{Cluster, ObjectKey, is_host_network};
+use crate::{
+    k8s::cluster::{Cluster, ObjectKey, is_host_network},
+    policy::ClusterChange,
+};
 
-/// A change seen by a watch: when it arrived, for the implementation delay.
-#[derive(Clone, Copy, Debug)]
+/// A change seen by a watch: when it arrived, for the implementation delay, and what changed.
+#[derive(Clone, Debug)]
 pub struct Change {
     pub at: Instant,
     /// False for changes the API server did not make (network events, timers).
     pub api: bool,
+    /// The object the API server changed; `None` for a relist (anything may have changed)
+    /// and for changes that are not the API server's.
+    pub object: Option<ClusterChange>,
 }
 
 /// The three caches.
@@ -53,16 +59,24 @@ impl Caches {
         metrics: &Arc<Metrics>,
     ) -> Self {
         Self {
-            pods: spawn(Api::all(client.clone()), "pods", changes.clone(), metrics),
+            pods: spawn(
+                Api::all(client.clone()),
+                "pods",
+                |pod: &Pod| ClusterChange::Pod(key_of(pod)),
+                changes.clone(),
+                metrics,
+            ),
             namespaces: spawn(
                 Api::all(client.clone()),
                 "namespaces",
+                |ns: &Namespace| ClusterChange::Namespace(ns.name_any()),
                 changes.clone(),
                 metrics,
             ),
             policies: spawn(
                 Api::all(client.clone()),
                 "networkpolicies",
+                |policy: &NetworkPolicy| ClusterChange::Policy(key_of(policy)),
                 changes,
                 metrics,
             ),
@@ -90,22 +104,26 @@ impl Caches {
         for pod in self.pods.state() {
             digest.add_object(&*pod);
             if !is_host_network(&pod) {
-                let key = ObjectKey::new(pod.namespace().unwrap_or_default(), pod.name_any());
-                cluster.pods.insert(key, (*pod).clone());
+                cluster.pods.insert(key_of(&*pod), (*pod).clone());
             }
         }
         for policy in self.policies.state() {
             digest.add_object(&*policy);
-            let key = ObjectKey::new(policy.namespace().unwrap_or_default(), policy.name_any());
-            cluster.policies.insert(key, (*policy).clone());
+            cluster.policies.insert(key_of(&*policy), (*policy).clone());
         }
         (cluster, digest.finish())
     }
 }
 
+/// The key of a namespaced object, as [`Caches::snapshot`] files it.
+fn key_of<K: Resource>(object: &K) -> ObjectKey {
+    ObjectKey::new(object.namespace().unwrap_or_default(), object.name_any())
+}
+
 fn spawn<K>(
     api: Api<K>,
     resource: &'static str,
+    changed: fn(&K) -> ClusterChange,
     changes: mpsc::UnboundedSender<Change>,
     metrics: &Arc<Metrics>,
 ) -> Store<K>
@@ -143,15 +161,20 @@ where
                 // A relist's objects are applied to the cache at InitDone, all at once.
                 Ok(watcher::Event::InitApply(_)) => {}
                 Ok(
-                    watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
+                    event @ (watcher::Event::InitDone
+                    | watcher::Event::Apply(_)
+                    | watcher::Event::Delete(_)),
                 ) => {
-                    if changes
-                        .send(Change {
-                            at: Instant::now(),
-                            api: true,
-                        })
-                        .is_err()
-                    {
+                    let object = match &event {
+                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(changed(o)),
+                        _ => None,
+                    };
+                    let change = Change {
+                        at: Instant::now(),
+                        api: true,
+                        object,
+                    };
+                    if changes.send(change).is_err() {
                         return;
                     }
                 }

@@ -233,7 +233,8 @@ pub struct LocalPod {
 pub struct Attribution {
     pub node: String,
     pub node_addrs: Vec<IpAddr>,
-    pub cluster: Cluster,
+    /// Shared with the node worker that compiled it, never copied.
+    pub cluster: std::sync::Arc<Cluster>,
     /// Local pods by the ifindex of their host-side interface.
     pub local: HashMap<u32, LocalPod>,
     /// Pods by address.
@@ -244,7 +245,7 @@ impl Attribution {
     pub fn new(
         node: &str,
         node_addrs: &[IpAddr],
-        cluster: Cluster,
+        cluster: std::sync::Arc<Cluster>,
         endpoints: &std::collections::BTreeMap<ObjectKey, EndpointState>,
         ifindex: &std::collections::BTreeMap<ObjectKey, u32>,
     ) -> Self {

@@ -65,7 +65,7 @@ fn attribution() -> Attribution {
         (ObjectKey::new("x", "a"), 11),
         (ObjectKey::new("y", "b"), 12),
     ]);
-    Attribution::new("node-1", &[], cluster, &state.endpoints, &ifindex)
+    Attribution::new("node-1", &[], cluster.into(), &state.endpoints, &ifindex)
 }
 
 fn event(src: [u8; 4], dst: [u8; 4], ifindex: u32, direction: u8) -> FlowEvent {

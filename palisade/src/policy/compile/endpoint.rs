@@ -482,7 +482,10 @@ impl Context<'_> {
         namespaces: Option<&LabelSelector>,
     ) -> Vec<(u32, &IdentityKey)> {
         let mut ids: Vec<u32> = match namespaces {
-            None => self.identities.in_namespace(&rule.policy.namespace).collect(),
+            None => self
+                .identities
+                .in_namespace(&rule.policy.namespace)
+                .collect(),
             Some(sel) => self
                 .identities
                 .namespaces()
@@ -508,12 +511,21 @@ impl Context<'_> {
     /// classes follow the identities it selects, so a namespace relabel can add or remove one.
     pub fn per_peer_reads_namespaces(policies: &[&Policy]) -> bool {
         policies.iter().any(|policy| {
-            rules_of(policy, DIR_EGRESS).into_iter().flatten().any(|rule| {
-                RulePorts::new(rule).per_peer(DIR_EGRESS)
-                    && rule.peers.iter().flatten().any(
-                        |peer| matches!(peer, Peer::Pods { namespaces: Some(_), .. }),
-                    )
-            })
+            rules_of(policy, DIR_EGRESS)
+                .into_iter()
+                .flatten()
+                .any(|rule| {
+                    RulePorts::new(rule).per_peer(DIR_EGRESS)
+                        && rule.peers.iter().flatten().any(|peer| {
+                            matches!(
+                                peer,
+                                Peer::Pods {
+                                    namespaces: Some(_),
+                                    ..
+                                }
+                            )
+                        })
+                })
         })
     }
 

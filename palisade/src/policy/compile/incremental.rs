@@ -475,7 +475,10 @@ impl Compiler {
                 continue;
             }
             for id in &ids {
-                let ident = self.live.get(*id).ok_or("an identity of the namespace is gone")?;
+                let ident = self
+                    .live
+                    .get(*id)
+                    .ok_or("an identity of the namespace is gone")?;
                 let Some(masks) = ctx.identity_masks(ep, &policies, ident) else {
                     recompute.push(key.clone());
                     break;
@@ -509,7 +512,10 @@ impl Snapshot {
     /// the endpoints' (rules that got no class), in key order.
     fn errors(&self, state: &NodeState) -> Vec<PolicyError> {
         let own = self.policy_errors.values().flatten();
-        let degraded = state.endpoints.values().flat_map(|ep| ep.degraded.iter().flatten());
+        let degraded = state
+            .endpoints
+            .values()
+            .flat_map(|ep| ep.degraded.iter().flatten());
         own.chain(degraded).cloned().collect()
     }
 }

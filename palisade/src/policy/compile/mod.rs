@@ -213,7 +213,11 @@ impl Live {
 
     /// The ids of namespace `namespace`, in id order.
     fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = u32> + '_ {
-        self.by_namespace.get(namespace).into_iter().flatten().copied()
+        self.by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .copied()
     }
 
     /// The namespaces that have identities, each with its ids (in no particular order).

@@ -71,8 +71,11 @@ fn builder_for(cluster: &Cluster) -> Builder {
     for pod in cluster.pods.values().filter(|p| !is_host_network(p)) {
         b.addrs.extend(pod_addrs(pod));
     }
-    b.addrs
-        .extend(EXTERNALS.iter().map(|a| a.parse::<IpAddr>().expect("address")));
+    b.addrs.extend(
+        EXTERNALS
+            .iter()
+            .map(|a| a.parse::<IpAddr>().expect("address")),
+    );
     b
 }
 
