@@ -1,11 +1,16 @@
 //! Control-plane benchmark (run by `cargo xtask bench`): compile time and peak memory of the
-//! policy compiler for one node of a synthetic cluster, and the cost of pod changes applied in
-//! place ([`Compiler::apply_pod_change`]).
+//! policy compiler for one node of a synthetic cluster, the cost of pod changes applied in
+//! place ([`Compiler::apply_pod_change`]), and the time from a policy or namespace change to
+//! its last write in the kernel maps ([`Compiler::apply_change`], then [`Dataplane::sync`];
+//! needs root).
 //!
 //! Usage: `compile_bench [PODS NAMESPACES POLICIES NODES [CHANGES]]` (default 10000 100 1000
 //! 100 200). The changes: CHANGES new pods added one by one, then deleted one by one; every
 //! tenth has a label set no other pod has (a new identity), and they are spread over the
-//! nodes like the others (so about one in NODES is local).
+//! nodes like the others (so about one in NODES is local). Then CHANGES / 4 policies added,
+//! as many existing ones rewritten and the added ones deleted, and CHANGES / 10 namespaces
+//! relabelled (each relabel reverted by the next change of the same namespace), each written
+//! to the maps before the next.
 
 use std::{
     collections::BTreeMap,
@@ -14,11 +19,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
 use palisade::{
+    dataplane::Dataplane,
     k8s::cluster::{Cluster, ObjectKey},
     k8s::manifest::{self, Object},
-    policy::{Compiler, NodeState, NodeView, Update},
+    policy::{ClusterChange, Compiler, NodeState, NodeView, Update},
 };
 
 fn main() -> anyhow::Result<()> {
@@ -87,6 +94,112 @@ fn main() -> anyhow::Result<()> {
     }
     let equal = equal && state == compiler.clone().compile(&cluster, &view);
 
+    // Policy and namespace changes, each applied in place and written to the kernel maps.
+    let mut dataplane = Dataplane::load().context(
+        "loading the programs for the map-write timings (needs root and a kernel with BPF)",
+    )?;
+    let ifindex: BTreeMap<ObjectKey, u32> = state
+        .endpoints
+        .keys()
+        .zip(1_000..)
+        .map(|(k, i)| (k.clone(), i))
+        .collect();
+    let start = Instant::now();
+    let full_state = compiler.compile(&cluster, &view);
+    dataplane.sync(&full_state, &ifindex)?;
+    let full_write = start.elapsed();
+    state = full_state;
+    // A sync with nothing to write: what every change pays before its own writes.
+    let mut noop = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        let report = dataplane.sync(&state, &ifindex)?;
+        noop.push(start.elapsed());
+        if report.writes + report.deletes > 0 {
+            anyhow::bail!("a sync of the state just written wrote again");
+        }
+    }
+    let policy_changes = (changes / 4).max(1);
+    let mut written = Written::default();
+    let mut kinds: [Written; 4] = Default::default();
+    for k in 0..policy_changes {
+        // Every fifth in the namespace of the local pods (ns-0), selecting some of them.
+        let ns = format!("ns-{}", if k % 5 == 0 { 0 } else { (k * 7) % namespaces });
+        let key = ObjectKey::new(&ns, format!("new-{k}"));
+        cluster
+            .policies
+            .insert(key.clone(), own_port(&key, k % 40, 20_000 + k)?);
+        kinds[0].apply(
+            &mut compiler,
+            &mut state,
+            &mut dataplane,
+            (&cluster, &view, &ifindex),
+            &ClusterChange::Policy(key),
+        )?;
+    }
+    for k in 0..policy_changes.min(policies) {
+        // Every fifth one of ns-0 (whose policies select local pods).
+        let i = if k % 5 == 0 {
+            (k / 5 * namespaces) % policies
+        } else {
+            (k * 37) % policies
+        };
+        let ns = format!("ns-{}", i % namespaces);
+        let key = ObjectKey::new(&ns, format!("p-{i}"));
+        // Its selector, a port of its own.
+        cluster
+            .policies
+            .insert(key.clone(), own_port(&key, i % 20, 30_000 + k)?);
+        kinds[1].apply(
+            &mut compiler,
+            &mut state,
+            &mut dataplane,
+            (&cluster, &view, &ifindex),
+            &ClusterChange::Policy(key),
+        )?;
+    }
+    for k in 0..policy_changes {
+        let ns = format!("ns-{}", if k % 5 == 0 { 0 } else { (k * 7) % namespaces });
+        let key = ObjectKey::new(&ns, format!("new-{k}"));
+        cluster.policies.remove(&key);
+        kinds[2].apply(
+            &mut compiler,
+            &mut state,
+            &mut dataplane,
+            (&cluster, &view, &ifindex),
+            &ClusterChange::Policy(key),
+        )?;
+    }
+    for k in 0..(changes / 10).max(2) {
+        // ns-0, ns-10, ...: team-0, whose pods 1 in 20 policies' namespace selectors name
+        // (and every policy's egress `namespaceSelector: {}`).
+        let name = format!("ns-{}", (k / 2 * 10) % namespaces);
+        let ns = cluster.namespaces.get_mut(&name).context("namespace")?;
+        let labels = ns.metadata.labels.get_or_insert_default();
+        let team = if k % 2 == 0 {
+            "moved".to_owned()
+        } else {
+            format!("team-{}", (k / 2 * 10) % namespaces % 10)
+        };
+        labels.insert("team".into(), team);
+        kinds[3].apply(
+            &mut compiler,
+            &mut state,
+            &mut dataplane,
+            (&cluster, &view, &ifindex),
+            &ClusterChange::Namespace(name),
+        )?;
+    }
+    for kind in &kinds {
+        written.merge(kind);
+    }
+    let equal = equal && state == compiler.clone().compile(&cluster, &view);
+    let selecting_team0 = cluster
+        .policies
+        .values()
+        .filter(|p| serde_json::to_string(p).is_ok_and(|t| t.contains("\"team-0\"")))
+        .count();
+
     println!(
         "compile: {pods} pods, {namespaces} namespaces, {policies} policies, {nodes} nodes; compiled for one node"
     );
@@ -101,6 +214,23 @@ fn main() -> anyhow::Result<()> {
     );
     adds.print("pod add   ");
     deletes.print("pod delete");
+    println!("  full compile + map write     {:.1} ms", ms(full_write));
+    println!(
+        "  map sync, nothing to write   median {:.2} ms of 20",
+        ms(median(&mut noop))
+    );
+    for (kind, what) in kinds.iter_mut().zip([
+        "policy add   ",
+        "policy change",
+        "policy delete",
+        "ns relabel   ",
+    ]) {
+        kind.print(what, full[full.len() / 2]);
+    }
+    println!(
+        "  ns relabel: the namespace's team is named by {selecting_team0} policies' namespace selectors; every policy's egress selects all namespaces"
+    );
+    let _ = written;
     println!(
         "  in place equals full compile {}",
         if equal { "yes" } else { "NO" }
@@ -114,6 +244,91 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("the state updated in place differs from a full compile");
     }
     Ok(())
+}
+
+/// A policy `key` that opens a port of its own on pods `app-{app}` to pods of the same app.
+fn own_port(key: &ObjectKey, app: usize, port: usize) -> anyhow::Result<NetworkPolicy> {
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {}, namespace: {}}}\nspec:\n  podSelector: {{matchLabels: {{app: app-{app}}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: app-{app}}}}}}}], ports: [{{port: {port}}}]}}]\n",
+        key.name, key.namespace
+    );
+    match manifest::parse_str(&yaml, "synthetic")?.pop() {
+        Some(Object::NetworkPolicy(p)) => Ok(p),
+        _ => anyhow::bail!("synthetic policy did not parse as a NetworkPolicy"),
+    }
+}
+
+/// Changes applied in place and written to the kernel maps: the time of each, the change
+/// alone and to the last map write.
+#[derive(Default)]
+struct Written {
+    apply: Vec<Duration>,
+    total: Vec<Duration>,
+    recompiled: usize,
+    writes: usize,
+    written_total: usize,
+}
+
+impl Written {
+    fn apply(
+        &mut self,
+        compiler: &mut Compiler,
+        state: &mut NodeState,
+        dataplane: &mut Dataplane,
+        (cluster, view, ifindex): (&Cluster, &NodeView<'_>, &BTreeMap<ObjectKey, u32>),
+        change: &ClusterChange,
+    ) -> anyhow::Result<()> {
+        let before = std::env::var_os("DEBUG_WRITES").map(|_| state.clone());
+        let start = Instant::now();
+        let update = compiler.apply_change(state, cluster, view, change);
+        let applied = start.elapsed();
+        if let Some(before) = before {
+            eprintln!(
+                "{change:?}: {} entries differ, {} endpoints",
+                entries_written(&before, state),
+                state.endpoints.len()
+            );
+        }
+        let report = dataplane.sync(state, ifindex)?;
+        self.total.push(start.elapsed());
+        self.apply.push(applied);
+        self.recompiled += usize::from(update == Update::Recompiled);
+        self.writes = self.writes.max(report.writes + report.deletes);
+        self.written_total += report.writes + report.deletes;
+        if !report.failures.is_empty() {
+            anyhow::bail!("map writes failed: {:?}", report.failures);
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.apply.extend(&other.apply);
+        self.total.extend(&other.total);
+        self.recompiled += other.recompiled;
+        self.writes = self.writes.max(other.writes);
+        self.written_total += other.written_total;
+    }
+
+    fn print(&mut self, what: &str, full: Duration) {
+        let n = self.total.len();
+        if n == 0 {
+            return;
+        }
+        self.apply.sort();
+        self.total.sort();
+        let p99 = |v: &[Duration]| v[(n * 99 / 100).min(n - 1)];
+        println!(
+            "  {what} to map write  median {:.2} ms, p99 {:.2} ms ({:.2}% of a full compile) over {n}; compile alone median {:.2} ms, p99 {:.2} ms; entries written: {} in all, at most {} by one; {} fell back to a full compile",
+            ms(self.total[n / 2]),
+            ms(p99(&self.total)),
+            100.0 * p99(&self.total).as_secs_f64() / full.as_secs_f64(),
+            ms(self.apply[n / 2]),
+            ms(p99(&self.apply)),
+            self.written_total,
+            self.writes,
+            self.recompiled
+        );
+    }
 }
 
 /// What a changed pod is to the compiled node.

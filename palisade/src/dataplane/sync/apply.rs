@@ -111,6 +111,14 @@ impl Written {
     ) -> Vec<Staged> {
         let mut staged = Vec::new();
         for (key, &index) in ifindex {
+            let unchanged = state.endpoints.get(key).is_some_and(|ep| {
+                self.endpoints
+                    .get(key)
+                    .is_some_and(|w| w.idle.is_none() && w.rules.equal_to(ep))
+            });
+            if unchanged {
+                continue;
+            }
             let Some(rules) = rules_of(state, key) else {
                 continue;
             };
@@ -176,7 +184,10 @@ impl Written {
     /// Identities and CIDR classes the new rules may name. A missing identity or class makes
     /// its addresses unknown peers: less access, never more.
     fn write_shared(&mut self, maps: &mut Maps<'_>, state: &NodeState, report: &mut SyncReport) {
-        for (addr, id) in &state.identities {
+        // Two ordered walks of the same length: most syncs change no address.
+        let same = self.identities.len() == state.identities.len()
+            && self.identities.iter().eq(state.identities.iter());
+        for (addr, id) in state.identities.iter().filter(|_| !same) {
             if self.identities.get(addr) != Some(id) {
                 match maps
                     .identities
@@ -270,10 +281,12 @@ impl Written {
 
     /// Shared entries nobody names any more.
     fn delete_unnamed(&mut self, maps: &mut Maps<'_>, state: &NodeState, report: &mut SyncReport) {
+        // An ordered walk first: most syncs remove no address.
+        let same = self.identities.keys().eq(state.identities.keys());
         let gone: Vec<Addr> = self
             .identities
             .keys()
-            .filter(|a| !state.identities.contains_key(*a))
+            .filter(|a| !same && !state.identities.contains_key(*a))
             .copied()
             .collect();
         for addr in gone {

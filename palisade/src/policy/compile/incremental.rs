@@ -11,8 +11,9 @@ use palisade_common::{Addr, DIR_EGRESS, DIR_INGRESS};
 use palisade_common::{IDENTITY_CIDR_FLAG, IDENTITY_HOST};
 
 use super::{
-    Block, Compiler, IdentityKey, Live, NodeState, NodeView, PeerPod, Prefix, V4_ROOT, as_peer,
-    block_prefixes, endpoint::Context, host_blocks, selecting_policies, selects_pod,
+    Block, Compiler, EndpointMemo, IdentityKey, Live, NodeState, NodeView, PeerPod, Prefix,
+    V4_ROOT, as_peer, block_prefixes, endpoint::Context, host_blocks, selecting_policies,
+    selects_pod,
 };
 use crate::{
     k8s::cluster::{Cluster, ObjectKey, namespace_audited, pod_addrs, pod_labels, pod_node},
@@ -420,6 +421,7 @@ impl Compiler {
             }
             last.policies.insert(key.clone(), policy);
         }
+        let mut memo = EndpointMemo::default();
         for (ep_key, now) in affected {
             let pod = cluster
                 .pods
@@ -431,7 +433,17 @@ impl Compiler {
                 let at = chosen.partition_point(|k| k < key);
                 chosen.insert(at, key.clone());
             }
-            endpoint_afresh(&self.live, &last, cluster, state, &ep_key, pod, &chosen)?;
+            let ctx = Context {
+                cluster,
+                identities: &self.live,
+                cidrs: &state.cidrs,
+                addrs: &state.identities,
+            };
+            let endpoint = memo.endpoint(&ctx, &ep_key, pod, &chosen, &last.policies_of(&chosen));
+            if endpoint.degraded.iter().any(|e| !e.is_empty()) {
+                return Err("an endpoint would have more classes than class bits");
+            }
+            state.endpoints.insert(ep_key.clone(), endpoint);
             last.selecting.insert(ep_key, chosen);
         }
         state.errors = last.errors(state);

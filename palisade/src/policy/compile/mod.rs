@@ -337,13 +337,14 @@ impl Compiler {
         };
         let mut selecting = HashMap::new();
         let mut overflowed = HashSet::new();
+        let mut memo = EndpointMemo::default();
         for (key, pod) in &cluster.pods {
             if as_peer(key, pod).is_none() || pod_node(pod) != node.name {
                 continue;
             }
             let chosen = selecting_policies(&policies, key, pod);
             let chosen_refs: Vec<&Policy> = chosen.iter().map(|k| &policies[k]).collect();
-            let endpoint = ctx.endpoint(key, pod, pod_addrs(pod), &chosen_refs);
+            let endpoint = memo.endpoint(&ctx, key, pod, &chosen, &chosen_refs);
             if endpoint.degraded.iter().any(|e| !e.is_empty()) {
                 overflowed.insert(key.clone());
             }
@@ -377,6 +378,44 @@ impl Compiler {
         self.next_identity += 1;
         self.identities.insert(ident.clone(), id);
         id
+    }
+}
+
+/// Endpoints computed once per kind of pod: two local pods of the same namespace, labels and
+/// container ports, selected by the same policies, have the same entries but for their
+/// addresses (replicas of one workload, the common case), so the second is a copy.
+#[derive(Default)]
+struct EndpointMemo {
+    done: HashMap<(IdentityKey, Vec<(String, u8, u16)>, Vec<ObjectKey>), EndpointState>,
+}
+
+impl EndpointMemo {
+    fn endpoint(
+        &mut self,
+        ctx: &Context<'_>,
+        key: &ObjectKey,
+        pod: &Pod,
+        chosen: &[ObjectKey],
+        policies: &[&Policy],
+    ) -> EndpointState {
+        let ident = IdentityKey {
+            namespace: key.namespace.clone(),
+            labels: pod_labels(pod).clone(),
+            named_ports: Vec::new(),
+        };
+        let memo_key = (ident, container_ports(pod), chosen.to_vec());
+        if let Some(done) = self.done.get(&memo_key) {
+            return EndpointState {
+                addrs: pod_addrs(pod),
+                ..done.clone()
+            };
+        }
+        let endpoint = ctx.endpoint(key, pod, pod_addrs(pod), policies);
+        // A degraded endpoint's errors name the pod: never shared.
+        if endpoint.degraded.iter().all(Vec::is_empty) {
+            self.done.insert(memo_key, endpoint.clone());
+        }
+        endpoint
     }
 }
 
