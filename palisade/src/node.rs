@@ -476,8 +476,9 @@ impl Worker<'_> {
                         .iter()
                         .map(|(k, i)| (k.clone(), i.ifindex))
                         .collect();
+                    let journal = compiler.take_journal();
                     let result = dataplane
-                        .sync(&state, &ifindex)
+                        .sync_journaled(&state, &ifindex, Some(&journal))
                         .map_err(Failure::from)
                         .and_then(|report| {
                             // Only pods whose endpoint entry was just written, and interfaces of

@@ -39,7 +39,10 @@ pub use self::{
     events::{FlowSettings, LiveDecision},
     sync::SyncReport,
 };
-use crate::{k8s::cluster::ObjectKey, policy::NodeState};
+use crate::{
+    k8s::cluster::ObjectKey,
+    policy::{Journal, NodeState},
+};
 
 /// The programs, built by `build.rs` from the `palisade-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade"));
@@ -134,6 +137,8 @@ pub struct Dataplane {
     pins: Option<pin::PinDir>,
     /// The first sync reads back what an earlier agent left in pinned maps.
     adopted: bool,
+    /// A write of the last sync failed: the next compares everything, whatever its journal.
+    compare_all: bool,
     local_addrs: local_addrs::LocalAddrs,
     /// The Service ranges last written (see [`Self::set_service_ranges`]).
     service_ranges: Vec<IpNet>,
@@ -223,6 +228,7 @@ impl Dataplane {
             written: sync::Written::default(),
             pins,
             adopted: false,
+            compare_all: true,
             local_addrs: local_addrs::LocalAddrs::default(),
             service_ranges: Vec::new(),
             flow_settings: FlowSettings {
@@ -420,6 +426,21 @@ impl Dataplane {
         state: &NodeState,
         ifindex: &BTreeMap<ObjectKey, u32>,
     ) -> Result<SyncReport, DataplaneError> {
+        self.sync_journaled(state, ifindex, None)
+    }
+
+    /// [`Self::sync`] of a state that differs from the one this dataplane last synced at most
+    /// where `journal` says ([`crate::policy::Compiler::take_journal`]; `None`: anywhere): only
+    /// those entries (and endpoints whose interface changed) are compared with what was
+    /// written, so a sync after one change costs what the change touches, not what the node
+    /// holds. After a sync with failed writes the next one compares everything.
+    pub fn sync_journaled(
+        &mut self,
+        state: &NodeState,
+        ifindex: &BTreeMap<ObjectKey, u32>,
+        journal: Option<&Journal>,
+    ) -> Result<SyncReport, DataplaneError> {
+        let journal = journal.filter(|j| !j.all && !self.compare_all);
         let mut adopted = SyncReport::default();
         if !self.adopted {
             adopted = self.written.adopt(&mut self.ebpf, ifindex)?;
@@ -428,13 +449,17 @@ impl Dataplane {
         }
         // Addresses before the endpoints that send from them, removed after.
         let added = self.local_addrs.add(&mut self.ebpf, state, ifindex)?;
-        let mut report = self.written.apply(&mut self.ebpf, state, ifindex)?;
+        self.compare_all = true;
+        let mut report = self
+            .written
+            .apply(&mut self.ebpf, state, ifindex, journal)?;
         report.deletes += self.forget_flows(&report.switched_off)?;
         let removed = self
             .local_addrs
             .remove_stale(&mut self.ebpf, state, ifindex)?;
         report.writes += adopted.writes + added;
         report.deletes += adopted.deletes + removed;
+        self.compare_all = !report.failures.is_empty();
         Ok(report)
     }
 

@@ -10,7 +10,7 @@ pub mod model;
 pub mod ports;
 pub mod selector;
 
-pub use compile::{ClusterChange, Compiler, NodeState, NodeView, Update};
+pub use compile::{ClusterChange, Compiler, Journal, NodeState, NodeView, Update};
 
 #[cfg(test)]
 mod proptests;

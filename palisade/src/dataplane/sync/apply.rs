@@ -9,7 +9,11 @@ use aya::{Ebpf, maps::lpm_trie::Key};
 use palisade_common::{Addr, IdentityValue, MAP_CIDRS, MAP_POD_IDENTITIES};
 
 use super::{Endpoint, Rules, SyncReport, Written, maps::Maps, rules_of};
-use crate::{dataplane::DataplaneError, k8s::cluster::ObjectKey, policy::NodeState};
+use crate::{
+    dataplane::DataplaneError,
+    k8s::cluster::ObjectKey,
+    policy::{Journal, NodeState},
+};
 
 /// What [`Written::stage`] left to switch on.
 enum Staged {
@@ -41,14 +45,15 @@ impl Written {
         ebpf: &mut Ebpf,
         state: &NodeState,
         ifindex: &BTreeMap<ObjectKey, u32>,
+        journal: Option<&Journal>,
     ) -> Result<SyncReport, DataplaneError> {
         let mut maps = Maps::open(ebpf)?;
         let mut report = SyncReport::default();
         self.switch_off_stale(&mut maps, state, ifindex, &mut report);
-        let staged = self.stage(&mut maps, state, ifindex, &mut report);
-        self.write_shared(&mut maps, state, &mut report);
+        let staged = self.stage(&mut maps, state, ifindex, journal, &mut report);
+        self.write_shared(&mut maps, state, journal, &mut report);
         self.switch(&mut maps, staged, &mut report);
-        self.delete_unnamed(&mut maps, state, &mut report);
+        self.delete_unnamed(&mut maps, state, journal, &mut report);
         for failure in &report.failures {
             tracing::error!(
                 failure = %failure,
@@ -107,14 +112,20 @@ impl Written {
         maps: &mut Maps<'_>,
         state: &NodeState,
         ifindex: &BTreeMap<ObjectKey, u32>,
+        journal: Option<&Journal>,
         report: &mut SyncReport,
     ) -> Vec<Staged> {
         let mut staged = Vec::new();
         for (key, &index) in ifindex {
+            // Written, on this interface, not mid-swap, and either not in the journal or
+            // equal to what was written.
             let unchanged = state.endpoints.get(key).is_some_and(|ep| {
-                self.endpoints
-                    .get(key)
-                    .is_some_and(|w| w.idle.is_none() && w.rules.equal_to(ep))
+                self.endpoints.get(key).is_some_and(|w| {
+                    w.ifindex == index
+                        && w.idle.is_none()
+                        && (journal.is_some_and(|j| !j.endpoints.contains(key))
+                            || w.rules.equal_to(ep))
+                })
             });
             if unchanged {
                 continue;
@@ -183,11 +194,24 @@ impl Written {
 
     /// Identities and CIDR classes the new rules may name. A missing identity or class makes
     /// its addresses unknown peers: less access, never more.
-    fn write_shared(&mut self, maps: &mut Maps<'_>, state: &NodeState, report: &mut SyncReport) {
-        // Two ordered walks of the same length: most syncs change no address.
-        let same = self.identities.len() == state.identities.len()
-            && self.identities.iter().eq(state.identities.iter());
-        for (addr, id) in state.identities.iter().filter(|_| !same) {
+    fn write_shared(
+        &mut self,
+        maps: &mut Maps<'_>,
+        state: &NodeState,
+        journal: Option<&Journal>,
+        report: &mut SyncReport,
+    ) {
+        // The journal's addresses, or an ordered walk of all (most syncs change none).
+        let candidates: Vec<(&Addr, &u32)> = match journal {
+            Some(j) => j
+                .identities
+                .iter()
+                .filter_map(|a| state.identities.get_key_value(a))
+                .collect(),
+            None if self.identities.iter().eq(state.identities.iter()) => Vec::new(),
+            None => state.identities.iter().collect(),
+        };
+        for (addr, id) in candidates {
             if self.identities.get(addr) != Some(id) {
                 match maps
                     .identities
@@ -206,7 +230,8 @@ impl Written {
                 }
             }
         }
-        for (prefix, id) in &state.cidrs {
+        let cidrs = journal.is_none_or(|j| j.cidrs);
+        for (prefix, id) in state.cidrs.iter().filter(|_| cidrs) {
             let k = (prefix.len, prefix.addr);
             if self.cidrs.get(&k) != Some(id) {
                 let key = Key::new(prefix.len, prefix.addr);
@@ -280,15 +305,29 @@ impl Written {
     }
 
     /// Shared entries nobody names any more.
-    fn delete_unnamed(&mut self, maps: &mut Maps<'_>, state: &NodeState, report: &mut SyncReport) {
-        // An ordered walk first: most syncs remove no address.
-        let same = self.identities.keys().eq(state.identities.keys());
-        let gone: Vec<Addr> = self
-            .identities
-            .keys()
-            .filter(|a| !same && !state.identities.contains_key(*a))
-            .copied()
-            .collect();
+    fn delete_unnamed(
+        &mut self,
+        maps: &mut Maps<'_>,
+        state: &NodeState,
+        journal: Option<&Journal>,
+        report: &mut SyncReport,
+    ) {
+        let gone: Vec<Addr> = match journal {
+            Some(j) => j
+                .identities
+                .iter()
+                .filter(|a| self.identities.contains_key(*a) && !state.identities.contains_key(*a))
+                .copied()
+                .collect(),
+            // An ordered walk first: most syncs remove no address.
+            None if self.identities.keys().eq(state.identities.keys()) => Vec::new(),
+            None => self
+                .identities
+                .keys()
+                .filter(|a| !state.identities.contains_key(*a))
+                .copied()
+                .collect(),
+        };
         for addr in gone {
             let _ = maps.identities.remove(&addr);
             self.identities.remove(&addr);

@@ -11,8 +11,8 @@ use palisade_common::{Addr, DIR_EGRESS, DIR_INGRESS};
 use palisade_common::{IDENTITY_CIDR_FLAG, IDENTITY_HOST};
 
 use super::{
-    Block, Compiler, EndpointMemo, IdentityKey, Live, NodeState, NodeView, PeerPod, Prefix,
-    V4_ROOT, as_peer, block_prefixes, endpoint::Context, host_blocks, selecting_policies,
+    Block, Compiler, EndpointMemo, IdentityKey, Journal, Live, NodeState, NodeView, PeerPod,
+    Prefix, V4_ROOT, as_peer, block_prefixes, endpoint::Context, host_blocks, selecting_policies,
     selects_pod,
 };
 use crate::{
@@ -179,11 +179,14 @@ impl Compiler {
         }
 
         // The old version leaves: its endpoint and its addresses.
-        state.endpoints.remove(key);
+        if state.endpoints.remove(key).is_some() {
+            self.journal.endpoint(key);
+        }
         last.selecting.remove(key);
         let old = self.peers.remove(key);
         for a in old.iter().flat_map(|o| &o.addrs) {
             state.identities.remove(a);
+            self.journal.identity(*a);
         }
         // The new version joins as a peer before the old one's identity loses a member, so
         // that an update keeping the identity keeps it (and its id).
@@ -192,12 +195,22 @@ impl Compiler {
             let id = self.identity_id(&ident);
             for a in &addrs {
                 state.identities.insert(*a, id);
+                self.journal.identity(*a);
             }
             *self.members.entry(id).or_default() += 1;
             self.peers.insert(key.clone(), PeerPod { id, addrs });
             if joined {
                 self.live.insert(id, ident.clone());
-                update_endpoints(&self.live, &last, cluster, state, id, &ident, true)?;
+                let journal = &mut self.journal;
+                update_endpoints(
+                    &self.live,
+                    &last,
+                    cluster,
+                    state,
+                    journal,
+                    (id, &ident),
+                    true,
+                )?;
             }
         }
         if let Some(old) = old {
@@ -207,7 +220,9 @@ impl Compiler {
                 self.members.remove(&old.id);
                 if let Some(ident) = self.live.remove(old.id) {
                     self.identities.remove(&ident);
-                    update_endpoints(&self.live, &last, cluster, state, old.id, &ident, false)?;
+                    let journal = &mut self.journal;
+                    let (live, id) = (&self.live, old.id);
+                    update_endpoints(live, &last, cluster, state, journal, (id, &ident), false)?;
                 }
             }
         }
@@ -215,6 +230,7 @@ impl Compiler {
         if let Some(pod) = local {
             let chosen = selecting_policies(&last.policies, key, pod);
             endpoint_afresh(&self.live, &last, cluster, state, key, pod, &chosen)?;
+            self.journal.endpoint(key);
             last.selecting.insert(key.clone(), chosen);
         }
         self.last = Some(last);
@@ -228,8 +244,8 @@ fn update_endpoints(
     last: &Snapshot,
     cluster: &Cluster,
     state: &mut NodeState,
-    id: u32,
-    ident: &IdentityKey,
+    journal: &mut Journal,
+    (id, ident): (u32, &IdentityKey),
     joined: bool,
 ) -> Result<(), &'static str> {
     let ctx = Context {
@@ -246,10 +262,13 @@ fn update_endpoints(
         };
         for direction in [DIR_INGRESS, DIR_EGRESS] {
             let mask = masks[usize::from(direction)];
-            if joined && mask != 0 {
-                ep.peers.insert((direction, id), mask);
-            } else if !joined {
-                ep.peers.remove(&(direction, id));
+            let changed = if joined && mask != 0 {
+                ep.peers.insert((direction, id), mask) != Some(mask)
+            } else {
+                !joined && ep.peers.remove(&(direction, id)).is_some()
+            };
+            if changed {
+                journal.endpoint(key);
             }
         }
     }
@@ -260,6 +279,7 @@ fn update_endpoints(
             .ok_or("a local endpoint's pod is gone")?;
         let chosen = last.selecting.get(&key).cloned().unwrap_or_default();
         endpoint_afresh(live, last, cluster, state, &key, pod, &chosen)?;
+        journal.endpoint(&key);
     }
     Ok(())
 }
@@ -381,9 +401,13 @@ impl Compiler {
         for (p, id) in &gone {
             state.cidrs.remove(p);
             self.cidrs.remove(p);
-            for ep in state.endpoints.values_mut() {
-                ep.peers.remove(&(DIR_INGRESS, *id));
-                ep.peers.remove(&(DIR_EGRESS, *id));
+            self.journal.cidrs = true;
+            for (key, ep) in &mut state.endpoints {
+                let a = ep.peers.remove(&(DIR_INGRESS, *id)).is_some();
+                let b = ep.peers.remove(&(DIR_EGRESS, *id)).is_some();
+                if a || b {
+                    self.journal.endpoint(key);
+                }
             }
         }
         // `added` is in prefix order (a set's), the order a full compile allocates in.
@@ -402,11 +426,13 @@ impl Compiler {
             let id = IDENTITY_CIDR_FLAG | self.next_cidr;
             self.cidrs.insert(*p, id);
             state.cidrs.insert(*p, id);
+            self.journal.cidrs = true;
             let Some(parent) = parent else { continue };
-            for ep in state.endpoints.values_mut() {
+            for (key, ep) in &mut state.endpoints {
                 for direction in [DIR_INGRESS, DIR_EGRESS] {
                     if let Some(mask) = ep.peers.get(&(direction, parent)).copied() {
                         ep.peers.insert((direction, id), mask);
+                        self.journal.endpoint(key);
                     }
                 }
             }
@@ -443,7 +469,10 @@ impl Compiler {
             if endpoint.degraded.iter().any(|e| !e.is_empty()) {
                 return Err("an endpoint would have more classes than class bits");
             }
-            state.endpoints.insert(ep_key.clone(), endpoint);
+            if state.endpoints.get(&ep_key) != Some(&endpoint) {
+                self.journal.endpoint(&ep_key);
+                state.endpoints.insert(ep_key.clone(), endpoint);
+            }
             last.selecting.insert(ep_key, chosen);
         }
         state.errors = last.errors(state);
@@ -476,9 +505,13 @@ impl Compiler {
         let mut recompute = Vec::new();
         for (key, ep) in &mut state.endpoints {
             if key.namespace == name {
+                let flags = ep.flags;
                 ep.flags &= !palisade_common::EP_AUDIT;
                 if audited {
                     ep.flags |= palisade_common::EP_AUDIT;
+                }
+                if ep.flags != flags {
+                    self.journal.endpoint(key);
                 }
             }
             let policies = last.selecting_of(key);
@@ -496,10 +529,14 @@ impl Compiler {
                     break;
                 };
                 for direction in [DIR_INGRESS, DIR_EGRESS] {
-                    match masks[usize::from(direction)] {
+                    let mask = masks[usize::from(direction)];
+                    let old = match mask {
                         0 => ep.peers.remove(&(direction, *id)),
                         mask => ep.peers.insert((direction, *id), mask),
                     };
+                    if old.unwrap_or(0) != mask {
+                        self.journal.endpoint(key);
+                    }
                 }
             }
         }
@@ -513,6 +550,7 @@ impl Compiler {
                 .ok_or("a local endpoint's pod is gone")?;
             let chosen = last.selecting.get(&key).cloned().unwrap_or_default();
             endpoint_afresh(&self.live, &last, cluster, state, &key, pod, &chosen)?;
+            self.journal.endpoint(&key);
         }
         self.last = Some(last);
         Ok(())

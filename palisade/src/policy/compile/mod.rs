@@ -168,6 +168,37 @@ pub struct Compiler {
     /// Every pod that is a peer (not hostNetwork, with an address), as last compiled.
     peers: HashMap<ObjectKey, PeerPod>,
     last: Option<Snapshot>,
+    /// What changed in the states this compiler made since [`Compiler::take_journal`].
+    journal: Journal,
+}
+
+/// Which entries of the state may have changed since the last [`Compiler::take_journal`]: a
+/// superset of what differs (the property tests check it), so that the dataplane compares
+/// only those with what it wrote, not every entry of the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Journal {
+    /// Anything may have (a full compile): compare everything.
+    pub all: bool,
+    /// Pod (and node) addresses in [`NodeState::identities`].
+    pub identities: BTreeSet<Addr>,
+    /// Any entry of [`NodeState::cidrs`] (a few hundred at most: compared whole).
+    pub cidrs: bool,
+    /// Endpoints added, removed or changed in any field.
+    pub endpoints: BTreeSet<ObjectKey>,
+}
+
+impl Journal {
+    fn endpoint(&mut self, key: &ObjectKey) {
+        if !self.all && !self.endpoints.contains(key) {
+            self.endpoints.insert(key.clone());
+        }
+    }
+
+    fn identity(&mut self, addr: Addr) {
+        if !self.all {
+            self.identities.insert(addr);
+        }
+    }
 }
 
 /// The live identities, by id (in id order, which is the order class bits of egress named
@@ -256,7 +287,20 @@ impl Compiler {
         self.next_cidr = self.next_cidr.max(cidr & !IDENTITY_CIDR_FLAG);
     }
 
+    /// What changed since the last call (see [`Journal`]); a compiler that has made no state
+    /// yet says everything did.
+    pub fn take_journal(&mut self) -> Journal {
+        let all = self.last.is_none();
+        let mut journal = std::mem::take(&mut self.journal);
+        journal.all |= all;
+        journal
+    }
+
     pub fn compile(&mut self, cluster: &Cluster, node: &NodeView<'_>) -> NodeState {
+        self.journal = Journal {
+            all: true,
+            ..Journal::default()
+        };
         let mut state = NodeState::default();
         let mut policies = BTreeMap::new();
         let mut policy_errors = BTreeMap::new();
@@ -386,8 +430,12 @@ impl Compiler {
 /// addresses (replicas of one workload, the common case), so the second is a copy.
 #[derive(Default)]
 struct EndpointMemo {
-    done: HashMap<(IdentityKey, Vec<(String, u8, u16)>, Vec<ObjectKey>), EndpointState>,
+    done: HashMap<EndpointKind, EndpointState>,
 }
+
+/// What an endpoint's entries depend on besides its addresses: namespace and labels (as an
+/// identity without named ports), every container port, and the selecting policies.
+type EndpointKind = (IdentityKey, Vec<(String, u8, u16)>, Vec<ObjectKey>);
 
 impl EndpointMemo {
     fn endpoint(

@@ -4,7 +4,7 @@
 //! label and audit-mode changes, each checked against a full compile by a copy of the same
 //! compiler (so that ids match).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::{
     collection::vec,
@@ -25,7 +25,7 @@ use crate::{
         Cluster, NAMESPACE_NAME_LABEL, ObjectKey, POLICY_MODE_ANNOTATION, is_host_network,
         pod_addrs,
     },
-    policy::{ClusterChange, Compiler, NodeView, compile::Update},
+    policy::{ClusterChange, Compiler, Journal, NodeState, NodeView, compile::Update},
 };
 
 #[derive(Clone, Debug)]
@@ -182,7 +182,9 @@ fn check_changes(s: &Scenario, ops: &[Op], batch: usize) -> Result<Counts, TestC
     let mut cluster = s.cluster.clone();
     let mut state = compiler.compile(&cluster, &view);
     let mut counts = Counts::default();
+    compiler.take_journal();
     for (first, group) in ops.chunks(batch.max(1)).enumerate() {
+        let before = state.clone();
         let mut changes = Vec::new();
         for (i, op) in group.iter().enumerate() {
             if let Some(change) = apply(&mut cluster, first * batch + i, op) {
@@ -200,6 +202,12 @@ fn check_changes(s: &Scenario, ops: &[Op], batch: usize) -> Result<Counts, TestC
                 counts[kind].1 += 1;
             }
         }
+        let journal = compiler.take_journal();
+        let missed = unjournaled(&before, &state, &journal);
+        prop_assert!(
+            missed.is_empty(),
+            "batch {first} ({group:?}: {changes:?}): changed but not in the journal: {missed:?}"
+        );
         let full = compiler.clone().compile(&cluster, &view);
         prop_assert!(
             state == full,
@@ -208,6 +216,30 @@ fn check_changes(s: &Scenario, ops: &[Op], batch: usize) -> Result<Counts, TestC
         );
     }
     Ok(counts)
+}
+
+/// What differs between two states and the journal does not name (with `all`, nothing).
+fn unjournaled(a: &NodeState, b: &NodeState, journal: &Journal) -> Vec<String> {
+    if journal.all {
+        return Vec::new();
+    }
+    let mut missed = Vec::new();
+    let addrs = a.identities.keys().chain(b.identities.keys());
+    for addr in addrs.collect::<BTreeSet<_>>() {
+        if a.identities.get(addr) != b.identities.get(addr) && !journal.identities.contains(addr) {
+            missed.push(format!("identity of {addr:?}"));
+        }
+    }
+    if a.cidrs != b.cidrs && !journal.cidrs {
+        missed.push("cidrs".to_owned());
+    }
+    let keys = a.endpoints.keys().chain(b.endpoints.keys());
+    for key in keys.collect::<BTreeSet<_>>() {
+        if a.endpoints.get(key) != b.endpoints.get(key) && !journal.endpoints.contains(key) {
+            missed.push(format!("endpoint {key}"));
+        }
+    }
+    missed
 }
 
 proptest! {
