@@ -97,7 +97,7 @@ impl ApiLab {
         let mut servers = Vec::new();
         for key in &keys {
             let pod = cluster.pods.get_mut(key).unwrap();
-            let addrs = book.addresses(key, pod);
+            let addrs = book.addresses(key, std::sync::Arc::make_mut(pod));
             let handle = topology
                 .add_pod(&node, &key.to_string(), &addrs)
                 .expect("pod");

@@ -329,7 +329,7 @@ async fn flows_name_the_policy_floods_are_held_to_a_budget_and_audit_reports_wit
 
     // Audit mode for namespace x: x/c reaches x/b, reported as what policy would have dropped.
     let annotate = |cluster: &mut Cluster, mode: Option<&str>| {
-        let ns = cluster.namespaces.get_mut("x").unwrap();
+        let ns = std::sync::Arc::make_mut(cluster.namespaces.get_mut("x").unwrap());
         let annotations = ns.metadata.annotations.get_or_insert_default();
         match mode {
             Some(mode) => annotations.insert(POLICY_MODE_ANNOTATION.into(), mode.into()),

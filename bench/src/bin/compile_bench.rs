@@ -16,6 +16,7 @@ use std::{
     collections::BTreeMap,
     env,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -82,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let mut adds = Changes::default();
     for (key, pod, kind) in &extra {
-        cluster.pods.insert(key.clone(), pod.clone());
+        cluster.pods.insert(key.clone(), Arc::new(pod.clone()));
         adds.apply(&mut compiler, &mut state, (&cluster, &view), key, *kind);
     }
     // Checked once, outside the timings: in place equals a full compile (same ids).
@@ -132,7 +133,7 @@ fn main() -> anyhow::Result<()> {
         let key = ObjectKey::new(&ns, format!("new-{k}"));
         cluster
             .policies
-            .insert(key.clone(), own_port(&key, k % 40, 20_000 + k)?);
+            .insert(key.clone(), Arc::new(own_port(&key, k % 40, 20_000 + k)?));
         kinds[0].apply(
             &mut compiler,
             &mut state,
@@ -153,7 +154,7 @@ fn main() -> anyhow::Result<()> {
         // Its selector, a port of its own.
         cluster
             .policies
-            .insert(key.clone(), own_port(&key, i % 20, 30_000 + k)?);
+            .insert(key.clone(), Arc::new(own_port(&key, i % 20, 30_000 + k)?));
         kinds[1].apply(
             &mut compiler,
             &mut state,
@@ -178,7 +179,7 @@ fn main() -> anyhow::Result<()> {
         // ns-0, ns-10, ...: team-0, whose pods 1 in 20 policies' namespace selectors name
         // (and every policy's egress `namespaceSelector: {}`).
         let name = format!("ns-{}", (k / 2 * 10) % namespaces);
-        let ns = cluster.namespaces.get_mut(&name).context("namespace")?;
+        let ns = Arc::make_mut(cluster.namespaces.get_mut(&name).context("namespace")?);
         let labels = ns.metadata.labels.get_or_insert_default();
         let team = if k % 2 == 0 {
             "moved".to_owned()
@@ -198,7 +199,7 @@ fn main() -> anyhow::Result<()> {
     let selecting_team0 = cluster
         .policies
         .values()
-        .filter(|p| serde_json::to_string(p).is_ok_and(|t| t.contains("\"team-0\"")))
+        .filter(|p| serde_json::to_string(&***p).is_ok_and(|t| t.contains("\"team-0\"")))
         .count();
 
     println!(
@@ -498,14 +499,14 @@ fn synthetic(
         let node = format!("node-{}", p % nodes);
         cluster.pods.insert(
             ObjectKey::new(format!("ns-{ns}"), &name),
-            pod(&format!("ns-{ns}"), &name, p % 40, &node, p)?,
+            Arc::new(pod(&format!("ns-{ns}"), &name, p % 40, &node, p)?),
         );
     }
     for i in 0..policies {
         let ns = format!("ns-{}", i % namespaces);
         cluster.policies.insert(
             ObjectKey::new(&ns, format!("p-{i}")),
-            policy(&ns, i, namespaces)?,
+            Arc::new(policy(&ns, i, namespaces)?),
         );
     }
     Ok(cluster)

@@ -51,7 +51,7 @@ pub fn run_case(case: &Case, options: &RunOptions) -> Result<bool> {
                 .with_context(|| format!("step {}: label", i + 1))?;
         }
         for (key, pod) in cluster.pods.iter_mut() {
-            book.addresses(key, pod);
+            book.addresses(key, std::sync::Arc::make_mut(pod));
         }
         for probe in &step.probes {
             ok &= probe_table(&cluster, case, i + 1, probe, options)?;

@@ -338,7 +338,7 @@ impl Lab {
         let Some(pod) = self.cluster.pods.get_mut(key) else {
             bail!("no pod {key}")
         };
-        Ok(self.addresses.addresses(key, pod))
+        Ok(self.addresses.addresses(key, std::sync::Arc::make_mut(pod)))
     }
 
     async fn probe_table(

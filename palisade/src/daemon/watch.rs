@@ -99,17 +99,17 @@ impl Caches {
         let mut digest = Digest::default();
         for ns in self.namespaces.state() {
             digest.add_object(&*ns);
-            cluster.namespaces.insert(ns.name_any(), (*ns).clone());
+            cluster.namespaces.insert(ns.name_any(), ns);
         }
         for pod in self.pods.state() {
             digest.add_object(&*pod);
             if !is_host_network(&pod) {
-                cluster.pods.insert(key_of(&*pod), (*pod).clone());
+                cluster.pods.insert(key_of(&*pod), pod);
             }
         }
         for policy in self.policies.state() {
             digest.add_object(&*policy);
-            cluster.policies.insert(key_of(&*policy), (*policy).clone());
+            cluster.policies.insert(key_of(&*policy), policy);
         }
         (cluster, digest.finish())
     }

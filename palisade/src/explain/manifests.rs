@@ -34,7 +34,7 @@ pub fn explain(files: &[PathBuf], from: &str, to: &str, flow: &str) -> Result<Ex
     // Pods without an address get one, as the lab would give them.
     let mut book = AddressBook::default();
     for (key, pod) in cluster.pods.iter_mut() {
-        book.addresses(key, pod);
+        book.addresses(key, std::sync::Arc::make_mut(pod));
     }
     let Question {
         from_key,
@@ -68,7 +68,7 @@ pub fn explain(files: &[PathBuf], from: &str, to: &str, flow: &str) -> Result<Ex
         let node = cluster
             .pods
             .get(key)
-            .map(pod_node)
+            .map(|pod| pod_node(pod))
             .unwrap_or(DEFAULT_NODE)
             .to_string();
         let state = Compiler::new().compile(

@@ -36,7 +36,9 @@ impl World {
             .collect();
         l.insert(NAMESPACE_NAME_LABEL.into(), name.into());
         ns.metadata.labels = Some(l);
-        self.cluster.namespaces.insert(name.into(), ns);
+        self.cluster
+            .namespaces
+            .insert(name.into(), std::sync::Arc::new(ns));
         self
     }
 
@@ -63,7 +65,9 @@ impl World {
             "metadata:\n  name: {name}\n  namespace: \"{ns}\"\n  labels:\n{labels_yaml}    _: \"\"\nspec:\n  containers:\n    - name: c\n      ports:\n{ports_yaml}        - {{containerPort: 1}}\nstatus:\n  podIPs:\n    - ip: {ip}\n"
         );
         let pod: Pod = serde_yaml_ng::from_str(&yaml).expect("test pod");
-        self.cluster.pods.insert(ObjectKey::new(ns, name), pod);
+        self.cluster
+            .pods
+            .insert(ObjectKey::new(ns, name), std::sync::Arc::new(pod));
         self
     }
 
@@ -73,7 +77,9 @@ impl World {
             policy.metadata.namespace.clone().unwrap_or_default(),
             policy.metadata.name.clone().unwrap_or_default(),
         );
-        self.cluster.policies.insert(key, policy);
+        self.cluster
+            .policies
+            .insert(key, std::sync::Arc::new(policy));
         self
     }
 
@@ -390,7 +396,12 @@ fn a_pod_of_an_existing_identity_is_added_and_deleted_in_place_as_its_address_al
         &[("serve-80-tcp", "TCP", 80)],
     );
     let c = ObjectKey::new("y", "c");
-    if let Some(spec) = grown.cluster.pods.get_mut(&c).and_then(|p| p.spec.as_mut()) {
+    if let Some(spec) = grown
+        .cluster
+        .pods
+        .get_mut(&c)
+        .and_then(|p| std::sync::Arc::make_mut(p).spec.as_mut())
+    {
         spec.node_name = Some("node-2".into());
     }
     let mut state = before.clone();

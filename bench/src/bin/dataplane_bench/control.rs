@@ -11,7 +11,7 @@ use aya::maps::MapInfo;
 use palisade::{
     dataplane::Dataplane,
     k8s::cluster::ObjectKey,
-    policy::{Compiler, NodeView},
+    policy::{ClusterChange, Compiler, NodeView, Update},
 };
 use serde::Serialize;
 
@@ -27,6 +27,10 @@ pub struct ControlPlane {
     /// A port added to the last policy: compiled again and written.
     pub change_compile_ms: f64,
     pub change_sync_ms: f64,
+    /// The same change applied in place ([`Compiler::apply_change`]) and written with the
+    /// compiler's journal, from the state before it (a second compiler and dataplane).
+    pub change_in_place_compile_ms: f64,
+    pub change_in_place_sync_ms: f64,
     pub entries: BTreeMap<&'static str, usize>,
     /// Per map: bytes the kernel charges (memlock).
     pub memlock: BTreeMap<String, u64>,
@@ -52,6 +56,7 @@ pub fn measure(pods: usize, policies: usize, extra: usize) -> Result<ControlPlan
     }
     let mut dataplane = Dataplane::load()?;
     let mut compiler = Compiler::new();
+    let mut in_place = InPlace::new(&cluster, &view, &ifindex)?;
 
     let start = Instant::now();
     let state = compiler.compile(&cluster, &view);
@@ -89,7 +94,16 @@ pub fn measure(pods: usize, policies: usize, extra: usize) -> Result<ControlPlan
         });
     }
     let changed = synth::cluster(&Scale { peers: 0, ..scale }, &specs)?;
+    let changed_key = changed
+        .policies
+        .keys()
+        .find(|k| changed.policies.get(*k) != cluster.policies.get(*k))
+        .cloned();
     cluster.policies = changed.policies;
+    let (change_in_place_compile_ms, change_in_place_sync_ms) = match changed_key {
+        Some(key) => in_place.change(&cluster, &view, &ifindex, &ClusterChange::Policy(key))?,
+        None => bail!("the policy change changed no policy"),
+    };
     let start = Instant::now();
     let state = compiler.compile(&cluster, &view);
     let change_compile_ms = ms(start);
@@ -107,9 +121,69 @@ pub fn measure(pods: usize, policies: usize, extra: usize) -> Result<ControlPlan
         sync_ms,
         change_compile_ms,
         change_sync_ms,
+        change_in_place_compile_ms,
+        change_in_place_sync_ms,
         entries,
         memlock,
     })
+}
+
+/// A second compiler and dataplane for the in-place change (the first one's maps are left
+/// for the full recompile).
+struct InPlace {
+    compiler: Compiler,
+    dataplane: Dataplane,
+    state: palisade::policy::NodeState,
+}
+
+impl InPlace {
+    fn new(
+        cluster: &palisade::k8s::cluster::Cluster,
+        view: &NodeView<'_>,
+        ifindex: &BTreeMap<ObjectKey, u32>,
+    ) -> Result<Self> {
+        let mut compiler = Compiler::new();
+        let mut dataplane = Dataplane::load()?;
+        let state = compiler.compile(cluster, view);
+        dataplane.sync(&state, ifindex)?;
+        compiler.take_journal();
+        Ok(Self {
+            compiler,
+            dataplane,
+            state,
+        })
+    }
+
+    /// (compile, write) milliseconds of `change`, checked against a full compile.
+    fn change(
+        &mut self,
+        cluster: &palisade::k8s::cluster::Cluster,
+        view: &NodeView<'_>,
+        ifindex: &BTreeMap<ObjectKey, u32>,
+        change: &ClusterChange,
+    ) -> Result<(f64, f64)> {
+        let start = Instant::now();
+        let update = self
+            .compiler
+            .apply_change(&mut self.state, cluster, view, change);
+        let compile_ms = ms(start);
+        let journal = self.compiler.take_journal();
+        let start = Instant::now();
+        let report = self
+            .dataplane
+            .sync_journaled(&self.state, ifindex, Some(&journal))?;
+        let sync_ms = ms(start);
+        if update != Update::Incremental {
+            bail!("the policy change was not applied in place");
+        }
+        if report.writes == 0 {
+            bail!("the policy change applied in place wrote nothing");
+        }
+        if self.state != self.compiler.clone().compile(cluster, view) {
+            bail!("the policy change applied in place differs from a full compile");
+        }
+        Ok((compile_ms, sync_ms))
+    }
 }
 
 fn ms(start: Instant) -> f64 {

@@ -241,7 +241,7 @@ pub fn cluster(scale: &Scale, specs: &[PolicySpec]) -> anyhow::Result<Cluster> {
         let ns: Namespace = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"team": team, "kubernetes.io/metadata.name": name}}
         }))?;
-        cluster.namespaces.insert(name, ns);
+        cluster.namespaces.insert(name, std::sync::Arc::new(ns));
         Ok(())
     };
     namespace(NAMESPACE.into(), NAMESPACE.into())?;
@@ -254,7 +254,9 @@ pub fn cluster(scale: &Scale, specs: &[PolicySpec]) -> anyhow::Result<Cluster> {
             "spec": {"nodeName": node, "containers": [{"name": "c"}]},
             "status": {"podIPs": [{"ip": ip.to_string()}]},
         }))?;
-        cluster.pods.insert(ObjectKey::new(ns, name), pod);
+        cluster
+            .pods
+            .insert(ObjectKey::new(ns, name), std::sync::Arc::new(pod));
         anyhow::Ok(())
     };
     add_pod(
@@ -295,7 +297,7 @@ pub fn cluster(scale: &Scale, specs: &[PolicySpec]) -> anyhow::Result<Cluster> {
         let policy: NetworkPolicy = serde_json::from_value(policy_json(spec))?;
         cluster.policies.insert(
             ObjectKey::new(NAMESPACE, format!("p-{}", spec.index)),
-            policy,
+            std::sync::Arc::new(policy),
         );
     }
     Ok(cluster)

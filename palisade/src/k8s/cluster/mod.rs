@@ -9,7 +9,7 @@ mod reference;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::{
     api::{
@@ -26,12 +26,14 @@ pub use self::{
 pub use super::keys::{DEFAULT_NAMESPACE, DEFAULT_NODE, NAMESPACE_NAME_LABEL, ObjectKey};
 use super::manifest::Object;
 
-/// A consistent view of the cluster.
+/// A consistent view of the cluster. The objects are shared, not owned: the agent's snapshot
+/// points at its watch caches' copies (one copy of each object, however many snapshots), and a
+/// clone copies pointers. Change one with [`Arc::make_mut`] (which copies it if it is shared).
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
-    pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: BTreeMap<ObjectKey, Pod>,
-    pub policies: BTreeMap<ObjectKey, NetworkPolicy>,
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    pub pods: BTreeMap<ObjectKey, Arc<Pod>>,
+    pub policies: BTreeMap<ObjectKey, Arc<NetworkPolicy>>,
 }
 
 /// A Namespace annotation: `audit` puts every pod of the namespace in audit mode (policy is
@@ -98,15 +100,15 @@ impl Cluster {
                 let name = namespace.metadata.name.clone().unwrap_or_default();
                 let labels = namespace.metadata.labels.get_or_insert_default();
                 labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.clone());
-                self.namespaces.insert(name, namespace);
+                self.namespaces.insert(name, Arc::new(namespace));
             }
             Object::Pod(mut pod) => {
                 let key = self.key_for(&mut pod.metadata);
-                self.pods.insert(key, pod);
+                self.pods.insert(key, Arc::new(pod));
             }
             Object::NetworkPolicy(mut policy) => {
                 let key = self.key_for(&mut policy.metadata);
-                self.policies.insert(key, policy);
+                self.policies.insert(key, Arc::new(policy));
             }
             Object::Ignored { kind, name } => {
                 tracing::debug!(
@@ -151,9 +153,18 @@ impl Cluster {
     pub fn apply_labels(&mut self, change: &LabelChange) -> Result<(), ClusterError> {
         let target = &change.target;
         let metadata = match target {
-            ObjectRef::Namespace(name) => self.namespaces.get_mut(name).map(|ns| &mut ns.metadata),
-            ObjectRef::Pod(key) => self.pods.get_mut(key).map(|pod| &mut pod.metadata),
-            ObjectRef::NetworkPolicy(key) => self.policies.get_mut(key).map(|p| &mut p.metadata),
+            ObjectRef::Namespace(name) => self
+                .namespaces
+                .get_mut(name)
+                .map(|ns| &mut Arc::make_mut(ns).metadata),
+            ObjectRef::Pod(key) => self
+                .pods
+                .get_mut(key)
+                .map(|pod| &mut Arc::make_mut(pod).metadata),
+            ObjectRef::NetworkPolicy(key) => self
+                .policies
+                .get_mut(key)
+                .map(|p| &mut Arc::make_mut(p).metadata),
         };
         let metadata = metadata.ok_or_else(|| ClusterError::NotFound {
             target: target.clone(),

@@ -336,7 +336,7 @@ impl Compiler {
         if last.node != node.name || last.node_addrs != node.addrs {
             return Err("another node");
         }
-        let new = cluster.policies.get(key).map(Policy::from_api);
+        let new = cluster.policies.get(key).map(|p| Policy::from_api(p));
         let old = last.policies.get(key);
         let old_new = old.into_iter().chain(new.as_ref().map(|(p, _)| p));
         if !host_blocks(old_new).is_empty() {

@@ -16,6 +16,15 @@
 //!   evaluating that endpoint's rules against that one identity. Nothing there is O(pods) or
 //!   O(identities) but computing a local pod's own endpoint (or one whose egress named ports
 //!   select the new or departed identity).
+//! - Policy and namespace changes are applied in place too ([`Compiler::apply_change`], see
+//!   `incremental.rs`): a policy recomputes only the local endpoints it selects before or
+//!   after (class bits are numbered in policy order, so those are computed whole), and a new
+//!   or departed ipBlock prefix adds or removes one CIDR entry per endpoint; a namespace
+//!   relabel re-evaluates its own identities at each endpoint. Local pods of one kind (same
+//!   namespace, labels, ports and policies: replicas) are computed once and copied.
+//! - Selectors visit only the identities of the namespaces they can match ([`Live`]).
+//! - Every in-place change records what it touched in a [`Journal`], so the dataplane
+//!   compares and writes only those entries, not the node's whole state.
 
 mod endpoint;
 mod incremental;

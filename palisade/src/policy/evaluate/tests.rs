@@ -29,7 +29,10 @@ impl World {
                 ("ns".into(), name.into()),
                 (NAMESPACE_NAME_LABEL.into(), name.into()),
             ]));
-            world.cluster.namespaces.insert(name.into(), ns);
+            world
+                .cluster
+                .namespaces
+                .insert(name.into(), std::sync::Arc::new(ns));
         }
         world
     }
@@ -71,7 +74,9 @@ impl World {
             "metadata: {{name: {name}, namespace: \"{ns}\", labels: {{{labels}}}}}\nspec:\n{extra}  containers: [{{name: c, ports: [{ports}]}}]\nstatus: {{podIPs: [{ips}]}}\n"
         );
         let pod: Pod = serde_yaml_ng::from_str(&yaml).expect("test pod");
-        self.cluster.pods.insert(ObjectKey::new(ns, name), pod);
+        self.cluster
+            .pods
+            .insert(ObjectKey::new(ns, name), std::sync::Arc::new(pod));
         self
     }
 
@@ -81,7 +86,9 @@ impl World {
             policy.metadata.namespace.clone().unwrap_or_default(),
             policy.metadata.name.clone().unwrap_or_default(),
         );
-        self.cluster.policies.insert(key, policy);
+        self.cluster
+            .policies
+            .insert(key, std::sync::Arc::new(policy));
         self
     }
 

@@ -13,7 +13,7 @@ use proptest::{
     strategy::ValueTree,
 };
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use super::{
     Builder, EXTERNALS, NAMESPACES, NODE, NS_KEYS, NS_VALUES, POD_KEYS, POD_VALUES, PORT_NAMES,
@@ -91,8 +91,8 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
             b.pod(i, ns, pod);
             let (key, mut pod) = b.cluster.pods.pop_first()?;
             let key = ObjectKey::new(key.namespace, format!("new{step}"));
-            pod.metadata.name = Some(key.name.clone());
-            if !local && let Some(spec) = &mut pod.spec {
+            Arc::make_mut(&mut pod).metadata.name = Some(key.name.clone());
+            if !local && let Some(spec) = &mut Arc::make_mut(&mut pod).spec {
                 spec.node_name = Some("node-2".into());
             }
             cluster.pods.insert(key.clone(), pod);
@@ -105,7 +105,7 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
         }
         Op::Relabel(i, labels) if !keys.is_empty() => {
             let key = keys[i.index(keys.len())].clone();
-            let pod = cluster.pods.get_mut(&key)?;
+            let pod = Arc::make_mut(cluster.pods.get_mut(&key)?);
             let labels: BTreeMap<String, String> = labels
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -115,7 +115,7 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
         }
         Op::RenamePorts(i, names) if !keys.is_empty() => {
             let key = keys[i.index(keys.len())].clone();
-            let pod = cluster.pods.get_mut(&key)?;
+            let pod = Arc::make_mut(cluster.pods.get_mut(&key)?);
             let ports = pod.spec.as_mut()?.containers.first_mut()?.ports.as_mut()?;
             let mut used = Vec::new();
             for (port, name) in ports.iter_mut().zip(names.iter().cycle()) {
@@ -134,8 +134,8 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
                 Some(i) if !policies.is_empty() => policies[i.index(policies.len())].clone(),
                 _ => ObjectKey::new(ns, format!("new{step}")),
             };
-            new.metadata.namespace = Some(key.namespace.clone());
-            new.metadata.name = Some(key.name.clone());
+            Arc::make_mut(&mut new).metadata.namespace = Some(key.namespace.clone());
+            Arc::make_mut(&mut new).metadata.name = Some(key.name.clone());
             cluster.policies.insert(key.clone(), new);
             Some(ClusterChange::Policy(key))
         }
@@ -147,7 +147,7 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
         Op::Namespace(i, labels, audit) => {
             let names: Vec<String> = cluster.namespaces.keys().cloned().collect();
             let name = names.get(i.index(names.len().max(1)))?.clone();
-            let ns = cluster.namespaces.get_mut(&name)?;
+            let ns = Arc::make_mut(cluster.namespaces.get_mut(&name)?);
             let mut labels: BTreeMap<String, String> = labels
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -326,7 +326,9 @@ impl Scenario {
                 map(&labels)
             );
             let ns: Namespace = parse(&doc);
-            b.cluster.namespaces.insert((*name).to_owned(), ns);
+            b.cluster
+                .namespaces
+                .insert((*name).to_owned(), std::sync::Arc::new(ns));
             b.doc(&doc);
         }
         for (i, pod) in pods.iter().enumerate() {
@@ -363,7 +365,7 @@ impl Scenario {
                         .labels
                         .get_or_insert_default()
                         .insert(NAMESPACE_NAME_LABEL.into(), name.clone());
-                    b.cluster.namespaces.insert(name, ns);
+                    b.cluster.namespaces.insert(name, std::sync::Arc::new(ns));
                 }
                 Some("Pod") => {
                     let pod: Pod = parse(doc);
@@ -374,7 +376,7 @@ impl Scenario {
                         pod.metadata.namespace.clone().unwrap_or_default(),
                         pod.metadata.name.clone().unwrap_or_default(),
                     );
-                    b.cluster.pods.insert(key, pod);
+                    b.cluster.pods.insert(key, std::sync::Arc::new(pod));
                 }
                 Some("NetworkPolicy") => {
                     let policy: NetworkPolicy = parse(doc);
@@ -390,7 +392,7 @@ impl Scenario {
                         policy.metadata.namespace.clone().unwrap_or_default(),
                         policy.metadata.name.clone().unwrap_or_default(),
                     );
-                    b.cluster.policies.insert(key, policy);
+                    b.cluster.policies.insert(key, std::sync::Arc::new(policy));
                 }
                 other => panic!("unexpected kind {other:?} in\n{doc}"),
             }
@@ -473,9 +475,10 @@ impl Builder {
         if !pod.host_network {
             self.addrs.extend(pod_addrs(&parsed));
         }
-        self.cluster
-            .pods
-            .insert(ObjectKey::new(ns, format!("p{i}")), parsed);
+        self.cluster.pods.insert(
+            ObjectKey::new(ns, format!("p{i}")),
+            std::sync::Arc::new(parsed),
+        );
         self.doc(&doc);
     }
 
@@ -521,9 +524,10 @@ impl Builder {
             }
         }
         let parsed: NetworkPolicy = parse(&doc);
-        self.cluster
-            .policies
-            .insert(ObjectKey::new(ns, format!("pol{i}")), parsed);
+        self.cluster.policies.insert(
+            ObjectKey::new(ns, format!("pol{i}")),
+            std::sync::Arc::new(parsed),
+        );
         self.doc(&doc);
     }
 
