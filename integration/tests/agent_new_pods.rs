@@ -109,6 +109,16 @@ async fn new_pods(mode: &str) -> (bool, bool, bool, bool) {
             "{family} missing from:\n{metrics}"
         );
     }
+    // The pods' status updates came after the first sync: applied in place, not by compiling
+    // everything again.
+    let in_place = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("palisade_changes_applied_total{how=\"in_place\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(
+        in_place.is_some_and(|n| n > 0),
+        "pod changes should be applied in place:\n{metrics}"
+    );
     if mode == "closed" {
         assert!(
             metrics
