@@ -221,10 +221,15 @@ struct Live {
 
 impl Live {
     fn insert(&mut self, id: u32, ident: IdentityKey) {
-        self.by_namespace
-            .entry(ident.namespace.clone())
-            .or_default()
-            .insert(id);
+        match self.by_namespace.get_mut(&ident.namespace) {
+            Some(ids) => {
+                ids.insert(id);
+            }
+            None => {
+                self.by_namespace
+                    .insert(ident.namespace.clone(), BTreeSet::from([id]));
+            }
+        }
         self.by_id.insert(id, ident);
     }
 
@@ -339,7 +344,9 @@ impl Compiler {
                 }
             }
             *self.members.entry(id).or_default() += 1;
-            live.insert(id, ident);
+            if !live.contains(id) {
+                live.insert(id, ident);
+            }
             self.peers.insert(key.clone(), PeerPod { id, addrs });
         }
         self.identities.retain(|_, id| live.contains(*id));
