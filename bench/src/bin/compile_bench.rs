@@ -126,11 +126,19 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let policy_changes = (changes / 4).max(1);
+    // The added policies: every fifth in the namespace of the local pods (ns-0), selecting
+    // some of them.
+    let added = |k: usize| {
+        let ns = if k.is_multiple_of(5) {
+            0
+        } else {
+            (k * 7) % namespaces
+        };
+        ObjectKey::new(format!("ns-{ns}"), format!("new-{k}"))
+    };
     let mut kinds: [Written; 4] = Default::default();
     for k in 0..policy_changes {
-        // Every fifth in the namespace of the local pods (ns-0), selecting some of them.
-        let ns = format!("ns-{}", if k % 5 == 0 { 0 } else { (k * 7) % namespaces });
-        let key = ObjectKey::new(&ns, format!("new-{k}"));
+        let key = added(k);
         cluster
             .policies
             .insert(key.clone(), Arc::new(own_port(&key, k % 40, 20_000 + k)?));
@@ -164,8 +172,7 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
     for k in 0..policy_changes {
-        let ns = format!("ns-{}", if k % 5 == 0 { 0 } else { (k * 7) % namespaces });
-        let key = ObjectKey::new(&ns, format!("new-{k}"));
+        let key = added(k);
         cluster.policies.remove(&key);
         kinds[2].apply(
             &mut compiler,

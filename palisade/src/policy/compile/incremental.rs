@@ -89,7 +89,7 @@ impl Compiler {
         change: &ClusterChange,
     ) -> Update {
         let applied = match change {
-            ClusterChange::Pod(key) => return self.apply_pod_change(state, cluster, node, key),
+            ClusterChange::Pod(key) => self.try_apply(state, cluster, node, key),
             ClusterChange::Policy(key) => self.try_apply_policy(state, cluster, node, key),
             ClusterChange::Namespace(name) => self.try_apply_namespace(state, cluster, node, name),
         };
@@ -130,14 +130,17 @@ impl Compiler {
         node: &NodeView<'_>,
         key: &ObjectKey,
     ) -> Update {
-        match self.try_apply(state, cluster, node, key) {
-            Ok(()) => Update::Incremental,
-            Err(reason) => {
-                tracing::debug!(pod = %key, reason, "pod change: full compile");
-                *state = self.compile(cluster, node);
-                Update::Recompiled
-            }
+        self.apply_change(state, cluster, node, &ClusterChange::Pod(key.clone()))
+    }
+
+    /// The last full compile's snapshot, taken out for an in-place change (a full compile
+    /// puts it back after an `Err`), if it was made for this node.
+    fn take_last(&mut self, node: &NodeView<'_>) -> Result<Snapshot, &'static str> {
+        let last = self.last.take().ok_or("nothing compiled yet")?;
+        if last.node != node.name || last.node_addrs != node.addrs {
+            return Err("another node");
         }
+        Ok(last)
     }
 
     /// The in-place path; `Err` says why it cannot be used. The snapshot is taken out while
@@ -149,10 +152,7 @@ impl Compiler {
         node: &NodeView<'_>,
         key: &ObjectKey,
     ) -> Result<(), &'static str> {
-        let mut last = self.last.take().ok_or("nothing compiled yet")?;
-        if last.node != node.name || last.node_addrs != node.addrs {
-            return Err("another node");
-        }
+        let mut last = self.take_last(node)?;
         let pod = cluster.pods.get(key);
         let new = pod.and_then(|pod| as_peer(key, pod));
         let local = pod.filter(|pod| new.is_some() && pod_node(pod) == node.name);
@@ -332,10 +332,7 @@ impl Compiler {
         node: &NodeView<'_>,
         key: &ObjectKey,
     ) -> Result<(), &'static str> {
-        let mut last = self.last.take().ok_or("nothing compiled yet")?;
-        if last.node != node.name || last.node_addrs != node.addrs {
-            return Err("another node");
-        }
+        let mut last = self.take_last(node)?;
         let new = cluster.policies.get(key).map(|p| Policy::from_api(p));
         let old = last.policies.get(key);
         let old_new = old.into_iter().chain(new.as_ref().map(|(p, _)| p));
@@ -490,10 +487,7 @@ impl Compiler {
         node: &NodeView<'_>,
         name: &str,
     ) -> Result<(), &'static str> {
-        let last = self.last.take().ok_or("nothing compiled yet")?;
-        if last.node != node.name || last.node_addrs != node.addrs {
-            return Err("another node");
-        }
+        let last = self.take_last(node)?;
         let ids: Vec<u32> = self.live.in_namespace(name).collect();
         let audited = namespace_audited(cluster, name);
         let ctx = Context {

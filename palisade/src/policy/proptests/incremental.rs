@@ -65,6 +65,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+fn owned(labels: &[(&str, &str)]) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 /// A builder that knows the cluster's addresses (what ipBlocks are built around).
 fn builder_for(cluster: &Cluster) -> Builder {
     let mut b = Builder::default();
@@ -106,11 +113,7 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
         Op::Relabel(i, labels) if !keys.is_empty() => {
             let key = keys[i.index(keys.len())].clone();
             let pod = Arc::make_mut(cluster.pods.get_mut(&key)?);
-            let labels: BTreeMap<String, String> = labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect();
-            pod.metadata.labels = Some(labels);
+            pod.metadata.labels = Some(owned(labels));
             Some(ClusterChange::Pod(key))
         }
         Op::RenamePorts(i, names) if !keys.is_empty() => {
@@ -148,10 +151,7 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
             let names: Vec<String> = cluster.namespaces.keys().cloned().collect();
             let name = names.get(i.index(names.len().max(1)))?.clone();
             let ns = Arc::make_mut(cluster.namespaces.get_mut(&name)?);
-            let mut labels: BTreeMap<String, String> = labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect();
+            let mut labels = owned(labels);
             labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.clone());
             ns.metadata.labels = Some(labels);
             let annotations = ns.metadata.annotations.get_or_insert_default();
