@@ -16,6 +16,7 @@ pub mod apiserver;
 pub mod case;
 pub mod cleanup;
 pub mod control;
+pub mod load;
 pub mod netns;
 pub mod node;
 pub mod pins;

@@ -8,7 +8,7 @@ use palisade::{
     daemon::{LogFormat, process},
     dataplane::Established,
 };
-use palisade_lab::{cleanup, control::Faults, run};
+use palisade_lab::{cleanup, control::Faults, load, run};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +62,41 @@ enum Command {
         #[arg(long, requires = "apiserver")]
         hold: bool,
     },
+    /// The control plane under load through a real kube-apiserver: fill it with namespaces,
+    /// policies and pods of other nodes, start an agent per lab node, then write policy
+    /// updates and pod creations and deletions at fixed rates and time each write to every
+    /// node's map write. Fails if a write never reached a node, or if a full resync afterwards
+    /// finds the maps differ from a full compile.
+    Load {
+        /// Lab nodes, each with its agent.
+        #[arg(long, default_value_t = 2)]
+        nodes: u8,
+        /// Real pods per lab node.
+        #[arg(long, default_value_t = 10)]
+        local_pods: usize,
+        /// Pods of other nodes (API objects only).
+        #[arg(long, default_value_t = 50_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 500)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 10_000)]
+        policies: usize,
+        /// Seconds of changes.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Policy updates per second.
+        #[arg(long, default_value_t = 20)]
+        policy_updates: u32,
+        /// Pod creations and deletions per second.
+        #[arg(long, default_value_t = 50)]
+        pod_changes: u32,
+        /// The `palisade` binary the agents run. Default: the one beside this binary.
+        #[arg(long, env = "PALISADE_BIN")]
+        agent_binary: Option<PathBuf>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Remove what ended lab runs left behind (namespaces and pins of runs whose process is
     /// gone); a live run's are never touched.
     Clean,
@@ -111,6 +146,44 @@ fn main() -> ExitCode {
                         Err(anyhow::anyhow!("interrupted by {s}; lab namespaces removed"))
                     },
                 }
+            }
+            Command::Load {
+                nodes,
+                local_pods,
+                pods,
+                namespaces,
+                policies,
+                seconds,
+                policy_updates,
+                pod_changes,
+                agent_binary,
+                json,
+            } => {
+                let options = load::LoadOptions {
+                    nodes,
+                    local_pods,
+                    pods,
+                    namespaces,
+                    policies,
+                    duration: std::time::Duration::from_secs(seconds),
+                    policy_updates,
+                    pod_changes,
+                    agent_binary: match agent_binary {
+                        Some(path) => path,
+                        None => run::agent_binary()?,
+                    },
+                };
+                let shutdown = process::shutdown_signal()?;
+                let report = tokio::select! {
+                    r = load::run(options) => r?,
+                    s = shutdown => anyhow::bail!("interrupted by {s}; lab namespaces removed"),
+                };
+                print!("{}", report.render());
+                if let Some(path) = json {
+                    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+                }
+                Ok(report.lost == 0 && report.check_corrections == 0)
             }
             Command::Clean => cleanup::clean_stale()
                 .map(|n| {

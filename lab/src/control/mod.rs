@@ -166,8 +166,46 @@ impl ApiControl {
         serde_json::from_str(&self.agent_get(node, "/status").await?).context("parsing /status")
     }
 
+    /// `(node, address of its /status)` of every agent.
+    pub fn status_endpoints(&self) -> Vec<(String, std::net::SocketAddr)> {
+        self.agents
+            .values()
+            .map(|a| (a.node.clone(), a.status_addr))
+            .collect()
+    }
+
     fn wrote(&mut self) {
         self.last_write = Some(SystemTime::now());
+    }
+
+    /// A client of the API server.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// `(node, pid)` of every agent process.
+    pub fn agent_pids(&self) -> Vec<(String, u32)> {
+        self.agents
+            .values()
+            .map(|a| (a.node.clone(), a.child.id()))
+            .collect()
+    }
+
+    /// Kills every agent now (SIGKILL: the pinned state stays); [`Self::restart_agents`]
+    /// starts new ones.
+    pub fn kill_agents(&mut self) {
+        for agent in self.agents.values_mut() {
+            agent.kill();
+        }
+    }
+
+    /// Sends `signal` to every agent (SIGHUP: a full resync).
+    pub fn signal_agents(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        for agent in self.agents.values() {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.child.id() as i32), signal)
+                .with_context(|| format!("signalling the agent of {}", agent.node))?;
+        }
+        Ok(())
     }
 
     /// Kills every agent now, if asked to ([`Faults::restart_agents`]).
@@ -272,6 +310,11 @@ impl ApiControl {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// The `/status` an agent serves at `addr`.
+pub async fn status_at(addr: std::net::SocketAddr) -> Result<Status> {
+    serde_json::from_str(&http_get(addr, "/status").await?).context("parsing /status")
 }
 
 /// p50 and p99 of `samples` (nearest rank).

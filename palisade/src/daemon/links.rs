@@ -110,6 +110,7 @@ impl Links {
                     at: Instant::now(),
                     api: false,
                     object: None,
+                    version: None,
                 };
                 if changes.send(change).is_err() {
                     return;

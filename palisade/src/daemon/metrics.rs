@@ -17,6 +17,7 @@ pub struct Metrics {
     pub syncs: Family<Labels, Counter>,
     /// Object changes by how the compiler applied them (in_place, full).
     pub changes_applied: Family<Labels, Counter>,
+    pub check_corrections: Counter,
     pub map_entries: Family<Labels, Gauge>,
     pub map_capacity: Family<Labels, Gauge>,
     pub map_pressure: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -67,6 +68,14 @@ impl Metrics {
              in_place, or by a full compile (a relist, a periodic resync, or a change the \
              in-place path does not handle exactly)",
             changes_applied.clone(),
+        );
+        let check_corrections = Counter::default();
+        registry.register(
+            "check_corrections",
+            "Map entries a full resync found different from what in-place application had \
+             left, when nothing had changed since the sync before (0 unless the incremental \
+             compiler has a bug; each is corrected by that resync)",
+            check_corrections.clone(),
         );
         let map_entries = Family::<Labels, Gauge>::default();
         registry.register(
@@ -148,6 +157,7 @@ impl Metrics {
             sync_duration,
             syncs,
             changes_applied,
+            check_corrections,
             map_entries,
             map_capacity,
             map_pressure,

@@ -114,11 +114,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         worker: &worker,
         counters_seen: BTreeMap::new(),
         retry: Backoff::new(),
+        last_interfaces: None,
     };
-    let mut pending: Vec<Instant> = Vec::new();
-    // The objects changed since the last sync; `None`: compile everything (the first sync, a
-    // relist, the periodic resync, after a failed sync).
-    let mut changed: Option<BTreeSet<ClusterChange>> = None;
+    let mut pending = Pending::default();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let mut last_sync = Instant::now() - config.min_sync_interval();
     let mut resync = tokio::time::interval(config.resync_period());
     resync.tick().await;
@@ -135,10 +135,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
                 }
             };
             tokio::select! {
-                Some(change) = changes.recv() => note(change, &mut pending, &mut changed),
+                Some(change) = changes.recv() => pending.note(change),
                 _ = resync.tick() => {
                     tracing::debug!("periodic resync");
-                    changed = None;
+                    pending.changed = None;
+                }
+                Some(()) = hangup.recv() => {
+                    tracing::info!("SIGHUP: a full resync");
+                    pending.changed = None;
                 }
                 () = retry => tracing::debug!("retrying pods without an interface"),
                 _ = heartbeat.tick() => {
@@ -156,16 +160,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         // Coalesce: whatever arrives until the least interval is over goes into this sync.
         tokio::time::sleep_until((last_sync + config.min_sync_interval()).into()).await;
         while let Ok(change) = changes.try_recv() {
-            note(change, &mut pending, &mut changed);
+            pending.note(change);
         }
         last_sync = Instant::now();
-        let objects = changed
+        let objects = pending
+            .changed
             .replace(BTreeSet::new())
             .map(|c| c.into_iter().collect());
-        match sync_loop.sync(objects).await {
+        match sync_loop.sync(objects, &pending.versions).await {
             Ok(missing) => {
                 let written = Instant::now();
-                for at in pending.drain(..) {
+                for at in pending.arrivals.drain(..) {
                     shared
                         .metrics
                         .implementation_delay
@@ -186,7 +191,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
                 labels.push(("error", kind.to_owned()));
                 shared.metrics.syncs.get_or_create(&labels).inc();
                 tracing::error!(error = %format!("{e:#}"), "sync failed; retrying");
-                changed = None;
+                pending.changed = None;
                 retry_at = Some((Instant::now() + sync_loop.retry.next()).into());
             }
         }
@@ -197,19 +202,45 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     Ok(())
 }
 
-/// Records a change for the next sync: its arrival (for the implementation delay) and the
-/// object it names (a relist names none: everything is compiled again).
-fn note(change: Change, pending: &mut Vec<Instant>, changed: &mut Option<BTreeSet<ClusterChange>>) {
-    if !change.api {
-        return;
-    }
-    pending.push(change.at);
-    match (change.object, changed.as_mut()) {
-        (Some(object), Some(set)) => {
-            set.insert(object);
+/// What a successful sync saw, for `/status`.
+struct Synced<'a> {
+    digest: String,
+    at: SystemTime,
+    versions: &'a BTreeMap<String, String>,
+    /// A full resync of what the sync before had (see [`Status::checks`]).
+    check: bool,
+}
+
+/// What the next sync is to include.
+#[derive(Default)]
+struct Pending {
+    /// When each API change since the last sync arrived (for the implementation delay).
+    arrivals: Vec<Instant>,
+    /// The objects changed since the last sync; `None`: compile everything (the first sync, a
+    /// relist, the periodic resync, SIGHUP, after a failed sync).
+    changed: Option<BTreeSet<ClusterChange>>,
+    /// Per watch, the resourceVersion of the last change seen (the next sync includes it).
+    versions: BTreeMap<String, String>,
+}
+
+impl Pending {
+    /// Records a change: its arrival, its version, and the object it names (a relist names
+    /// none: everything is compiled again).
+    fn note(&mut self, change: Change) {
+        if !change.api {
+            return;
         }
-        (None, _) => *changed = None,
-        (Some(_), None) => {}
+        self.arrivals.push(change.at);
+        if let Some((resource, version)) = change.version {
+            self.versions.insert(resource.to_owned(), version);
+        }
+        match (change.object, self.changed.as_mut()) {
+            (Some(object), Some(set)) => {
+                set.insert(object);
+            }
+            (None, _) => self.changed = None,
+            (Some(_), None) => {}
+        }
     }
 }
 
@@ -262,12 +293,19 @@ struct SyncLoop<'a> {
     /// Kernel counters as last exported, by (label, value).
     counters_seen: BTreeMap<(&'static str, &'static str), u64>,
     retry: Backoff,
+    /// The local interfaces of the last successful sync (a full resync that finds the same
+    /// objects and interfaces checks the maps).
+    last_interfaces: Option<Vec<(ObjectKey, u32)>>,
 }
 
 impl SyncLoop<'_> {
-    /// One sync of the objects in `changes` (`None`: of everything); true when some local
-    /// pod's interface was not found (to retry).
-    async fn sync(&mut self, changes: Option<Vec<ClusterChange>>) -> Result<bool> {
+    /// One sync of the objects in `changes` (`None`: of everything) that includes the API
+    /// changes up to `versions`; true when some local pod's interface was not found (to retry).
+    async fn sync(
+        &mut self,
+        changes: Option<Vec<ClusterChange>>,
+        versions: &BTreeMap<String, String>,
+    ) -> Result<bool> {
         let started = Instant::now();
         let (cluster, digest) = self.caches.snapshot();
         let cluster = Arc::new(cluster);
@@ -284,6 +322,20 @@ impl SyncLoop<'_> {
             FailMode::Closed => discovery.unknown.clone(),
             FailMode::Open => Vec::new(),
         };
+        // A full compile of exactly the objects and interfaces the last sync had: what it
+        // writes, in-place application got wrong.
+        let interfaces: Vec<(ObjectKey, u32)> = discovery
+            .interfaces
+            .iter()
+            .map(|(k, i)| (k.clone(), i.ifindex))
+            .collect();
+        let check = changes.is_none()
+            && self.last_interfaces.as_ref() == Some(&interfaces)
+            && self
+                .shared
+                .status
+                .lock()
+                .is_ok_and(|s| s.synced_digest.as_deref() == Some(digest.as_str()));
         let outcome = tokio::task::block_in_place(|| {
             self.worker.sync_changes(
                 Arc::clone(&cluster),
@@ -298,7 +350,14 @@ impl SyncLoop<'_> {
             .metrics
             .sync_duration
             .observe(started.elapsed().as_secs_f64());
-        self.record(&outcome, &discovery, &pending, digest, synced_at);
+        self.last_interfaces = outcome.report.failures.is_empty().then_some(interfaces);
+        let synced = Synced {
+            digest,
+            at: synced_at,
+            versions,
+            check,
+        };
+        self.record(&outcome, &discovery, &pending, synced);
         self.export_counters();
         tracing::debug!(
             endpoints = outcome.endpoints,
@@ -320,10 +379,26 @@ impl SyncLoop<'_> {
         outcome: &SyncOutcome,
         discovery: &links::Discovery,
         pending: &[String],
-        digest: String,
-        synced_at: SystemTime,
+        synced: Synced<'_>,
     ) {
+        let Synced {
+            digest,
+            at: synced_at,
+            versions,
+            check,
+        } = synced;
         let metrics = &self.shared.metrics;
+        let corrections = outcome.report.writes + outcome.report.deletes;
+        if check {
+            metrics.check_corrections.inc_by(corrections as u64);
+            if corrections > 0 {
+                tracing::error!(
+                    corrections,
+                    "a full resync of unchanged objects wrote entries: in-place application \
+                     had left the maps different from a full compile (now corrected)"
+                );
+            }
+        }
         metrics.syncs.get_or_create(&label("result", "ok")).inc();
         let compiled = outcome.compiled;
         let applied = |how: &str| metrics.changes_applied.get_or_create(&label("how", how));
@@ -367,6 +442,23 @@ impl SyncLoop<'_> {
             status.synced_at_unix_nanos = Some(status::unix_nanos(synced_at));
         }
         status.syncs += 1;
+        if check {
+            status.checks += 1;
+            status.check_corrections += corrections as u64;
+        }
+        if status.recent_syncs.len() == status::RECENT_SYNCS {
+            status.recent_syncs.pop_front();
+        }
+        let sync = status.syncs;
+        status.recent_syncs.push_back(status::SyncRecord {
+            sync,
+            at_unix_nanos: status::unix_nanos(synced_at),
+            versions: versions.clone(),
+            in_place: compiled.in_place,
+            full: compiled.full,
+            writes: outcome.report.writes,
+            deletes: outcome.report.deletes,
+        });
         status.endpoints = outcome.endpoints;
         status.pods_without_interface = discovery.missing.iter().map(ToString::to_string).collect();
         status.pending_interfaces = pending.to_vec();

@@ -2,7 +2,7 @@
 //! operator) tell whether the agent has written exactly the objects it sees itself.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -30,6 +30,38 @@ pub struct Status {
     pub errors: Vec<String>,
     /// Entries and capacity per map.
     pub maps: BTreeMap<String, (usize, usize)>,
+    /// The last [`RECENT_SYNCS`] syncs, oldest first: when each finished and which API
+    /// changes it included, so that a caller can tell when a write of its own reached the maps.
+    pub recent_syncs: VecDeque<SyncRecord>,
+    /// Full resyncs run when nothing had changed since the sync before (a periodic resync,
+    /// SIGHUP): each compiles everything afresh and compares it with what the changes applied
+    /// in place left in the maps.
+    pub checks: u64,
+    /// Map entries such checks found different and corrected (0 unless in-place application
+    /// has a bug).
+    pub check_corrections: u64,
+}
+
+/// How many syncs `/status` remembers.
+pub const RECENT_SYNCS: usize = 256;
+
+/// One sync, as `/status` reports it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyncRecord {
+    /// Syncs completed since start, this one included.
+    pub sync: u64,
+    /// When its map writes finished (Unix time, nanoseconds).
+    pub at_unix_nanos: u128,
+    /// Per watch (`pods`, `namespaces`, `networkpolicies`), the resourceVersion of the last
+    /// change it included; the Kubernetes API treats versions as opaque, so only a caller that
+    /// knows its server orders them (one etcd: they are its revisions) may compare them.
+    pub versions: BTreeMap<String, String>,
+    /// Changes applied in place, and whether everything was compiled afresh.
+    pub in_place: usize,
+    pub full: bool,
+    /// Map entries written and deleted.
+    pub writes: usize,
+    pub deletes: usize,
 }
 
 pub fn unix_nanos(t: SystemTime) -> u128 {

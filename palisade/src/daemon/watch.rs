@@ -41,6 +41,10 @@ pub struct Change {
     /// The object the API server changed; `None` for a relist (anything may have changed)
     /// and for changes that are not the API server's.
     pub object: Option<ClusterChange>,
+    /// The watch it came from (`pods`, `namespaces`, `networkpolicies`) and the object's
+    /// resourceVersion after the change: a sync that includes the change has seen the
+    /// resource up to this version (reported on `/status`).
+    pub version: Option<(&'static str, String)>,
 }
 
 /// The three caches.
@@ -165,14 +169,18 @@ where
                     | watcher::Event::Apply(_)
                     | watcher::Event::Delete(_)),
                 ) => {
-                    let object = match &event {
-                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(changed(o)),
-                        _ => None,
+                    let (object, version) = match &event {
+                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => (
+                            Some(changed(o)),
+                            o.resource_version().map(|v| (resource, v)),
+                        ),
+                        _ => (None, None),
                     };
                     let change = Change {
                         at: Instant::now(),
                         api: true,
                         object,
+                        version,
                     };
                     if changes.send(change).is_err() {
                         return;
