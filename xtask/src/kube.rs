@@ -25,9 +25,9 @@ pub fn bin_dir() -> PathBuf {
         })
 }
 
-fn missing_binaries() -> Vec<&'static str> {
+fn missing_binaries<'a>(wanted: &[&'a str]) -> Vec<&'a str> {
     let dir = bin_dir();
-    BINARIES
+    wanted
         .iter()
         .copied()
         .filter(|b| !dir.join(b).is_file())
@@ -42,8 +42,14 @@ fn etcd_present() -> bool {
 
 /// Builds whatever is missing (about 10 minutes for the servers on 2 cores) or says "cached".
 pub fn ensure() -> Result<()> {
+    ensure_binaries(BINARIES)
+}
+
+/// Builds those of `wanted` that are missing (the real node's: kubelet, kube-proxy,
+/// kube-scheduler, e2e.test, ginkgo, agnhost, pause; see `kube/build-kube.sh`).
+pub fn ensure_binaries(wanted: &[&str]) -> Result<()> {
     let dir = bin_dir();
-    let missing = missing_binaries();
+    let missing = missing_binaries(wanted);
     if missing.is_empty() {
         eprintln!("[kube] cached: {}", dir.display());
     } else {
@@ -61,7 +67,8 @@ pub fn ensure() -> Result<()> {
         );
         run(Command::new("bash")
             .arg(root().join("xtask/kube/build-kube.sh"))
-            .arg(&dir))
+            .arg(&dir)
+            .args(&missing))
         .context("building Kubernetes from Debian's source package")?;
     }
     if !etcd_present() {

@@ -7,8 +7,12 @@
 //! - `kube`: build (or find cached) the Kubernetes v1.20.2 binaries the API-server tests use.
 //! - `lab ARGS...`: `palisade-lab ARGS...` with a fresh build.
 //! - `bench [--quick | --render]`: Palisade against the floor, iptables and nftables (see `bench/`).
+//! - `cluster up [--nodes N] | down | exec CMD...`: a real Kubernetes node per network
+//!   namespace (kubelet, containerd, kube-proxy), Palisade deployed from `manifests/`.
+//! - `e2e [--nodes 1,2]`: the upstream NetworkPolicy e2e suite on it, without and with Palisade.
 
 mod bench;
+mod cluster;
 mod kube;
 mod toolchain;
 
@@ -55,9 +59,12 @@ fn real_main() -> Result<()> {
             run(Command::new(lab).args(rest))
         }
         "bench" => bench::bench(rest),
+        "cluster" => cluster::cluster(rest),
+        "e2e" => cluster::e2e(rest),
         "help" | "-h" | "--help" => {
             println!(
-                "usage: cargo xtask <setup|build|demo|test|kube|lab ARGS...|bench [--quick|--render]>"
+                "usage: cargo xtask <setup|build|demo|test|kube|lab ARGS...|bench [--quick|--render]|\
+                 cluster up|down|exec|deploy|undeploy|e2e>"
             );
             Ok(())
         }

@@ -78,13 +78,16 @@ fn missing_packages() -> Vec<&'static str> {
         .iter()
         .chain(NON_FREE)
         .copied()
-        .filter(|p| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
+        .filter(|p| !dpkg_installed(p))
         .collect()
+}
+
+/// Whether Debian's package `name` is installed.
+pub fn dpkg_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
 fn bpf_linker_ok() -> bool {
