@@ -22,7 +22,11 @@ pub struct Metrics {
     pub map_capacity: Family<Labels, Gauge>,
     pub map_pressure: Family<Labels, Gauge<f64, AtomicU64>>,
     pub drops: Family<Labels, Counter>,
+    /// Per resource: list requests started (first lists, relists and their retries).
+    pub watch_list_attempts: Family<Labels, Counter>,
+    /// Per resource: relists after a complete list, once each however many attempts it took.
     pub watch_restarts: Family<Labels, Counter>,
+    /// Per resource and error kind (`list`, `watch_start`, ...): each followed by a backoff.
     pub watch_errors: Family<Labels, Counter>,
     pub endpoints: Gauge,
     pub pending_interfaces: Gauge,
@@ -102,16 +106,28 @@ impl Metrics {
              restarts)",
             drops.clone(),
         );
+        let watch_list_attempts = Family::<Labels, Counter>::default();
+        registry.register(
+            "watch_list_attempts",
+            "List requests each watch started: its first list, relists, and the retries of \
+             failed lists (each after a backoff)",
+            watch_list_attempts.clone(),
+        );
         let watch_restarts = Family::<Labels, Counter>::default();
         registry.register(
             "watch_restarts",
-            "Watches that had to list again (expired resource version, API server restart)",
+            "Times a watch had to list again after a complete list (an expired resource \
+             version, an API server restart), counted once however many attempts the relist \
+             took",
             watch_restarts.clone(),
         );
         let watch_errors = Family::<Labels, Counter>::default();
         registry.register(
             "watch_errors",
-            "Watch errors, each retried with backoff",
+            "Watch errors by resource and kind: list (a list request failed), watch_start, \
+             watch_event (an error the API server sent on the watch), watch_stream (the \
+             connection broke), no_resource_version; each followed by a backoff (0.8 s \
+             doubling to 30 s, jittered; reset by data from the API server)",
             watch_errors.clone(),
         );
         let endpoints = Gauge::default();
@@ -162,6 +178,7 @@ impl Metrics {
             map_capacity,
             map_pressure,
             drops,
+            watch_list_attempts,
             watch_restarts,
             watch_errors,
             endpoints,

@@ -10,6 +10,7 @@
 //! stop (upgrade, crash) without a packet going unjudged: it leaves them as they are on exit,
 //! and the next agent adopts them.
 
+mod backoff;
 pub mod config;
 mod flow_log;
 mod http;
@@ -31,15 +32,16 @@ use anyhow::{Context as _, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::mpsc;
 
-pub use self::{
-    config::{Config, FailMode, FlowLog, LogFormat},
-    status::Status,
-};
 use self::{
+    backoff::Backoff,
     http::Shared,
     links::Links,
     metrics::{Metrics, label},
     watch::{Caches, Change},
+};
+pub use self::{
+    config::{Config, FailMode, FlowLog, LogFormat},
+    status::Status,
 };
 use crate::{
     k8s::cluster::{ObjectKey, pod_addrs, pod_node},
@@ -113,7 +115,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         links: &links,
         worker: &worker,
         counters_seen: BTreeMap::new(),
-        retry: Backoff::new(),
+        retry: Backoff::exact(Duration::from_millis(250), Duration::from_secs(30)),
         last_interfaces: None,
     };
     let mut pending = Pending::default();
@@ -260,38 +262,16 @@ async fn client(config: &Config) -> Result<kube::Client> {
     kube::Client::try_from(kube_config).context("building the API client")
 }
 
-/// Exponential backoff for retries: 250 ms doubling to 30 s.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self {
-            next: Duration::from_millis(250),
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(30));
-        now
-    }
-
-    fn reset(&mut self) {
-        *self = Self::new();
-    }
-}
-
 struct SyncLoop<'a> {
     config: &'a Config,
     shared: &'a Shared,
     caches: &'a Caches,
     links: &'a Links,
     worker: &'a NodeWorker,
-    /// Kernel drop counters as last exported, by reason.
     /// Kernel counters as last exported, by (label, value).
     counters_seen: BTreeMap<(&'static str, &'static str), u64>,
+    /// Retries of pods whose interface was not found, and of failed syncs: 250 ms doubling to
+    /// 30 s (the node's own state; nothing to spread across nodes).
     retry: Backoff,
     /// The local interfaces of the last successful sync (a full resync that finds the same
     /// objects and interfaces checks the maps).

@@ -1,7 +1,9 @@
 //! Reflectors on Pods, Namespaces and NetworkPolicies: one cache each, kept by kube-rs
 //! watchers that list, watch, and list again after an expired resource version or a broken
-//! connection (with backoff). Every change is reported on one channel, for the sync loop to
-//! coalesce.
+//! connection, each error followed by a backoff ([`retry`]). Every change is reported on one
+//! channel, for the sync loop to coalesce.
+
+mod retry;
 
 use std::{sync::Arc, time::Instant};
 
@@ -23,10 +25,8 @@ use kube::{
 };
 use tokio::sync::mpsc;
 
-use super::{
-    metrics::{Metrics, label},
-    status::Digest,
-};
+use self::retry::Retry;
+use super::{metrics::Metrics, status::Digest};
 use crate::{
     k8s::cluster::{Cluster, ObjectKey, is_host_network},
     policy::ClusterChange,
@@ -141,58 +141,38 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let metrics = Arc::clone(metrics);
+    let mut retry = Retry::new(resource, Arc::clone(metrics));
+    // No `default_backoff()`: it resets on the `Init` that starts every list attempt (see
+    // `retry`). The watcher retries when polled again, so waiting before the next poll is
+    // the backoff.
     let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
         // Nobody reads them, and they are most of an object's size.
         .modify(|object: &mut K| object.managed_fields_mut().clear())
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let mut lists = 0u64;
         while let Some(item) = stream.next().await {
-            match item {
-                Ok(watcher::Event::Init) => {
-                    lists += 1;
-                    if lists > 1 {
-                        metrics
-                            .watch_restarts
-                            .get_or_create(&label("resource", resource))
-                            .inc();
-                        tracing::info!(resource, "listing again");
-                    }
-                }
-                // A relist's objects are applied to the cache at InitDone, all at once.
-                Ok(watcher::Event::InitApply(_)) => {}
-                Ok(
-                    event @ (watcher::Event::InitDone
-                    | watcher::Event::Apply(_)
-                    | watcher::Event::Delete(_)),
-                ) => {
-                    let (object, version) = match &event {
-                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => (
-                            Some(changed(o)),
-                            o.resource_version().map(|v| (resource, v)),
-                        ),
-                        _ => (None, None),
-                    };
-                    let change = Change {
-                        at: Instant::now(),
-                        api: true,
-                        object,
-                        version,
-                    };
-                    if changes.send(change).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    metrics
-                        .watch_errors
-                        .get_or_create(&label("resource", resource))
-                        .inc();
-                    tracing::warn!(resource, error = %e, "watch failed; retrying with backoff");
-                }
+            if let Some(delay) = retry.observe(&item) {
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            let (object, version) = match &item {
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => (
+                    Some(changed(o)),
+                    o.resource_version().map(|v| (resource, v)),
+                ),
+                // A (re)list's objects are applied to the cache at InitDone, all at once.
+                Ok(watcher::Event::InitDone) => (None, None),
+                _ => continue,
+            };
+            let change = Change {
+                at: Instant::now(),
+                api: true,
+                object,
+                version,
+            };
+            if changes.send(change).is_err() {
+                return;
             }
         }
     });
