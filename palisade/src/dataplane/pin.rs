@@ -18,6 +18,10 @@
 //! left attached would go on judging by maps nobody updates ([`PinDir::pin_link`]); and an
 //! old version whose last link is gone has its maps unpinned
 //! ([`PinDir::release_other_versions`]).
+//!
+//! Only `v<N>` directories under the root are the agent's: whatever else is there (another
+//! tool's pins, a lab run's on an old layout) is never released or removed, here or by
+//! `palisade uninstall` ([`super::uninstall`]).
 
 use std::{
     fs, io,
@@ -36,13 +40,45 @@ use super::DataplaneError;
 
 /// Where bpffs is mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
+/// The agent's pin root (`palisade agent --pin-root`, `palisade uninstall --pin-root`). The lab
+/// pins elsewhere (`palisade_lab::pins::lab_root`), so neither ever removes the other's pins.
+pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/palisade";
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 
+/// Whether `path` is on bpffs (where pins live; a plain directory never holds any).
+pub fn on_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// The ABI version of an agent's pin directory `v<N>`, or `None` for any other name.
+pub fn abi_version_of(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix('v')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// `root/v<N>` of every ABI version pinned under `root`, in version order.
+pub fn version_dirs(root: &Path) -> Vec<(u32, PathBuf)> {
+    let mut dirs: Vec<(u32, PathBuf)> = fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let version = abi_version_of(e.file_name().to_str()?)?;
+            Some((version, e.path()))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
 /// Mounts bpffs on [`BPFFS`] unless it is there already.
 pub fn ensure_bpffs() -> Result<(), DataplaneError> {
-    let mounted = statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
-    if mounted {
+    if on_bpffs(Path::new(BPFFS)) {
         return Ok(());
     }
     let io = |what: String, source: io::Error| DataplaneError::Pin { what, source };
@@ -83,21 +119,12 @@ impl PinDir {
         })
     }
 
-    /// `root/v<N>` of every other ABI version found.
+    /// `root/v<N>` of every other ABI version found; nothing else under the root.
     fn other_versions(&self) -> Vec<PathBuf> {
-        fs::read_dir(&self.root)
+        version_dirs(&self.root)
             .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|path| {
-                *path != self.dir
-                    && path
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .and_then(|n| n.strip_prefix('v'))
-                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            })
+            .map(|(_, path)| path)
+            .filter(|path| *path != self.dir)
             .collect()
     }
 
@@ -241,5 +268,78 @@ pub fn remove_tree(root: &Path) -> io::Result<()> {
     match fs::remove_dir_all(root) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system's temporary directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("palisade-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).expect("scratch directory");
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn touch(path: &Path) {
+        fs::create_dir_all(path.parent().expect("a parent")).expect("parent");
+        fs::write(path, b"").expect("file");
+    }
+
+    #[test]
+    fn only_v_and_digits_name_an_abi_version() {
+        assert_eq!(abi_version_of("v6"), Some(6));
+        assert_eq!(abi_version_of("v12"), Some(12));
+        for other in [
+            "v",
+            "v6a",
+            "vlan",
+            "6",
+            "pal123-node-1",
+            "V6",
+            "v-1",
+            "v99999999999",
+        ] {
+            assert_eq!(abi_version_of(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn an_upgrade_releases_old_abi_versions_and_nothing_else_under_the_root() {
+        let scratch = Scratch::new("pin-upgrade");
+        let root = &scratch.0;
+        let old = root.join("v1");
+        touch(&old.join("maps/PAL_ENDPOINTS"));
+        fs::create_dir_all(old.join("links")).expect("links");
+        // A lab run's pins on the old layout (`<root>/<netns>/v<ABI>`), a file and a directory
+        // whose names only look like versions: none of them is an agent's.
+        let lab = root.join("pal4242-node-1");
+        touch(&lab.join(format!("v{ABI_VERSION}/maps/PAL_ENDPOINTS")));
+        touch(&root.join("v2"));
+        touch(&root.join("vlan/maps/x"));
+
+        let pins = PinDir::new(root).expect("pin dir");
+        pins.release_other_versions(|_| true);
+
+        assert!(!old.exists(), "the old version's maps are unpinned");
+        assert!(
+            lab.join(format!("v{ABI_VERSION}/maps/PAL_ENDPOINTS"))
+                .exists()
+        );
+        assert!(root.join("v2").is_file());
+        assert!(root.join("vlan/maps/x").exists());
+        assert!(root.join(format!("v{ABI_VERSION}/maps")).is_dir());
     }
 }
