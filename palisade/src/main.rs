@@ -1,7 +1,11 @@
-//! `palisade`: the agent (what the DaemonSet runs) and its tools, `explain` and `flows`. The lab
-//! is its own binary, `palisade-lab` (crate `palisade-lab`).
+//! `palisade`: the agent (what the DaemonSet runs) and its tools, `explain`, `flows` and
+//! `uninstall`. The lab is its own binary, `palisade-lab` (crate `palisade-lab`).
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use clap::{Parser, Subcommand};
 use palisade::daemon::{LogFormat, process};
@@ -71,6 +75,56 @@ enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Take Palisade off this node, after its DaemonSet is deleted (`manifests/uninstall/` runs
+    /// it on every node): detaches every program the agents pinned under the pin root (every
+    /// ABI version), unpins their links and maps, removes the directories, and says what it
+    /// removed. Refuses while an agent answers on its socket. Running it again is harmless.
+    Uninstall {
+        /// The agents' pin root (`palisade agent --pin-root`).
+        #[arg(long, env = "PALISADE_PIN_ROOT", default_value = palisade::dataplane::pin::DEFAULT_ROOT)]
+        pin_root: PathBuf,
+        /// The agent's socket: while an agent answers there, nothing is removed, as that agent
+        /// would pin again what it attaches next.
+        #[arg(long, env = "PALISADE_SOCKET", default_value = palisade::flows::socket::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Wait up to this long for a running agent to stop (a pod still terminating) before
+        /// refusing.
+        #[arg(long, default_value_t = 0)]
+        wait_seconds: u64,
+        /// Remove everything even while an agent answers: its programs are detached under it,
+        /// and it enforces nothing until it restarts.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Whether an agent answers on `socket` (a file a killed agent left refuses connections).
+fn agent_answers(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+/// `palisade uninstall`: see [`Command::Uninstall`].
+async fn uninstall(
+    pin_root: &Path,
+    socket: &Path,
+    wait: Duration,
+    force: bool,
+) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + wait;
+    while agent_answers(socket) && !force {
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "an agent is running: it answers on {} (stop it first: `kubectl delete -k \
+                 manifests/`, or --wait-seconds for one that is stopping; --force detaches its \
+                 programs under it); nothing removed",
+                socket.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let done = palisade::dataplane::uninstall::uninstall(pin_root)?;
+    println!("{done}");
+    Ok(done.failures.is_empty())
 }
 
 fn main() -> ExitCode {
@@ -139,6 +193,37 @@ fn main() -> ExitCode {
                     .await
                     .map(|()| true)
             }
+            Command::Uninstall {
+                pin_root,
+                socket,
+                wait_seconds,
+                force,
+            } => uninstall(&pin_root, &socket, Duration::from_secs(wait_seconds), force).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One pin root for the agent and `uninstall` (daemon/config.rs spells its default as a
+    /// literal: this holds the two equal).
+    #[test]
+    fn uninstall_looks_where_the_agent_pins() {
+        let agent = Cli::try_parse_from(["palisade", "agent", "--node-name", "n"]).expect("agent");
+        let uninstall = Cli::try_parse_from(["palisade", "uninstall"]).expect("uninstall");
+        let (
+            Command::Agent(config),
+            Command::Uninstall {
+                pin_root, socket, ..
+            },
+        ) = (agent.command, uninstall.command)
+        else {
+            panic!("parsed as other commands");
+        };
+        assert_eq!(config.pin_root, pin_root);
+        assert_eq!(config.socket, socket);
+        assert_eq!(pin_root, Path::new(palisade::dataplane::pin::DEFAULT_ROOT));
+    }
 }

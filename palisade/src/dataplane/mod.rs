@@ -11,6 +11,7 @@ pub mod pin;
 mod sync;
 #[cfg(feature = "test-run")]
 mod test_run;
+pub mod uninstall;
 
 use std::collections::BTreeMap;
 
