@@ -9,16 +9,21 @@
 # (a slave of the host's: nothing propagates back), with its own /run, /var/lib, /var/log,
 # bpffs and copies of the sysctls the kubelet writes; all state lives under $W/node-<i>.
 set -euo pipefail
-W=${PALISADE_CLUSTER_DIR:-/tmp/palisade-cluster}
+# A cluster's name prefixes its namespaces and cgroups, so two (a developer's and the test
+# suite's) never touch each other's.
+C=${PALISADE_CLUSTER_NAME:-palk}
+W=${PALISADE_CLUSTER_DIR:-/tmp/palisade-cluster-$C}
 K=${PALISADE_KUBE_BIN:-$HOME/.cache/palisade-kube}   # kubelet, kube-proxy, ..., e2e.test, agnhost, pause
 H=$(dirname "$(realpath "${BASH_SOURCE[0]}")")
-FABRIC=palk-fabric
+FABRIC=$C-fabric
 API_PORT=6443
 # The API server as seen from the host's loopback (a socat forward into node 1's namespace).
 HOST_API_PORT=${PALISADE_CLUSTER_API_PORT:-36443}
 SERVICE_CIDR=10.96.0.0/12
 CLUSTER_CIDR=10.244.0.0/16
-netns_of() { echo "palk-node-$1"; }
+netns_of() { echo "$C-node-$1"; }
+# The cgroup every container of node $1 lives under (kubelet cgroupRoot), in every hierarchy.
+cgroup_of() { echo "/$C-node-$1"; }
 node_name() { echo "node-$1"; }
 node_ip() { echo "10.200.$1.1"; }
 fabric_ip() { echo "10.200.$1.254"; }
@@ -35,5 +40,5 @@ node_exec() {
   local N=$W/node-$i
   node_running "$i" || { echo "node $i is not running (cargo xtask cluster up)" >&2; return 1; }
   KUBECONFIG=$W/admin.kubeconfig PATH=$K:$PATH CONTAINERD_ADDRESS=$N/containerd.sock CONTAINERD_NAMESPACE=k8s.io \
-    nsenter -t "$(inner_pid "$i")" -m -n --wd=/ -- "$@"
+    nsenter -t "$(inner_pid "$i")" -m -n --wd="$PWD" -- "$@"
 }

@@ -30,23 +30,23 @@ for i in $(nodes_up); do
   # Unmounted with the mount namespace; containerd's snapshots are plain directories now.
   ns=$(netns_of "$i"); ip netns list | grep -qw "$ns" && ip netns delete "$ns"
 done
-# Containers whose shim and containerd are gone (a crashed run) are still in containerd's
-# cgroups: nothing but this cluster's containerd uses the k8s.io namespace on the machine.
-for f in /sys/fs/cgroup/pids/k8s.io/*/cgroup.procs /sys/fs/cgroup/unified/k8s.io/*/cgroup.procs; do
-  [[ -f $f ]] && xargs -r kill -9 < "$f" 2>/dev/null
+# Containers whose shim and containerd are gone (a crashed run) are still in the nodes'
+# cgroups (kubelet cgroupRoot, this cluster's alone): killed, then the cgroups removed.
+for i in $(nodes_up); do
+  for h in /sys/fs/cgroup/*/; do
+    c=$h${C}-node-$i
+    [[ -d $c ]] || continue
+    find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null
+    sleep 0.2
+    find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null
+  done
 done
 [[ -f $W/forward.pid ]] && { kill "$(cat "$W/forward.pid")" 2>/dev/null; rm -f "$W/forward.pid"; }
 ip netns list | grep -qw "$FABRIC" && ip netns delete "$FABRIC"
-# runc removes each container's cgroup; containerd's parent (/k8s.io) stays in every
-# hierarchy: removed when empty (rmdir never removes a cgroup with a process in it).
-for c in /sys/fs/cgroup/*/k8s.io; do
-  [[ -d $c ]] || continue
-  find "$c" -mindepth 1 -depth -type d -empty -exec rmdir {} \; 2>/dev/null; rmdir "$c" 2>/dev/null
-done
 if [[ ${1:-} == --purge ]]; then
   # Keep the images (slow to make), drop everything else.
   find "$W" -mindepth 1 -maxdepth 1 ! -name img -exec rm -rf {} + 2>/dev/null
 fi
-left=$(ip netns list | grep -E '^palk-' ; grep -F " $W/" /proc/mounts)
+left=$(ip netns list | grep -E "^$C-" ; grep -F " $W/" /proc/mounts)
 if [[ -n $left ]]; then echo "left behind: $left" >&2; exit 1; fi
 echo "cluster down"

@@ -13,6 +13,7 @@ t0=$(date +%s)
 set +e
 # The specs mostly wait (pod starts, 8 s connect timeouts x 5 tries for a blocked client):
 # ginkgo runs them in parallel processes.
+cd "$K"
 node_exec 1 "$K/ginkgo" -nodes="${E2E_PARALLEL:-6}" -noColor "$K/e2e.test" -- \
   --provider=skeleton --kubeconfig="$W/admin.kubeconfig" \
   --ginkgo.focus="$FOCUS" --ginkgo.skip="$SKIP" --ginkgo.noColor \
@@ -25,6 +26,18 @@ rc=$?
   echo "SCTP: $SCTP"
   echo "command: cargo xtask e2e --nodes $NODES"
   grep -E '^(Ran [0-9]+ of|FAIL!|SUCCESS!)' "$OUT/e2e.log" | tail -3
-  echo "failed specs:"; grep -E '^\[Fail\]|^\[Panic\]' "$OUT/e2e.log" | sed 's/^/  /'
+  echo "specs (from the JUnit reports; result, seconds, name):"
+  python3 - "$OUT" <<'P'
+import glob, sys, xml.etree.ElementTree as ET
+rows = []
+for f in sorted(glob.glob(sys.argv[1] + "/junit_*.xml")):
+    for case in ET.parse(f).getroot().iter("testcase"):
+        if case.find("skipped") is not None:
+            continue
+        result = "FAIL" if case.find("failure") is not None or case.find("error") is not None else "pass"
+        rows.append((case.get("name"), result, float(case.get("time") or 0)))
+for name, result, t in sorted(rows):
+    print(f"  {result:4} {t:6.1f}  {name}")
+P
 } | tee "$OUT/summary.txt"
 exit $rc

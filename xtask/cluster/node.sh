@@ -20,6 +20,11 @@ mount -t bpf bpf /sys/fs/bpf
 for k in vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys kernel/keys/root_maxbytes; do
   f=$N/sysctl/${k//\//_}; cat "/proc/sys/$k" > "$f"; mount --bind "$f" "/proc/sys/$k"
 done
+# The node's own cgroup (kubelet cgroupRoot): its containers go there, not beside another
+# cluster's (down.sh empties and removes it).
+for h in /sys/fs/cgroup/*/; do
+  [[ -e $h/cgroup.procs ]] && mkdir -p "$h$(cgroup_of "$I")"
+done
 pids=()
 start() { local name=$1; shift; "$@" > "$L/$name.log" 2>&1 & echo $! > "$N/$name.pid"; pids+=($!); }
 if (( I == 1 )); then

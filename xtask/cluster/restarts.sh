@@ -13,7 +13,8 @@ source "$H/pods.sh"
 SECONDS_FLOW=${SECONDS_FLOW:-25}
 CIP=$(kc -n default get svc nginx -o jsonpath='{.spec.clusterIP}')
 PY=$(command -v python3)
-in_pod default nginx "$PY" "$H/flows.py" server 9000 9001 &
+# nsenter execs the program (no fork for a network namespace): $! is the server itself.
+nsenter -t "$(pod_pid default nginx)" -n -- "$PY" "$H/flows.py" server 9000 9001 > /dev/null 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null' EXIT
 sleep 1

@@ -113,6 +113,7 @@ cgroupDriver: cgroupfs
 cgroupsPerQOS: false
 enforceNodeAllocatable: []
 failSwapOn: false
+cgroupRoot: $(cgroup_of "$i")
 address: $(node_ip "$i")
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1

@@ -11,6 +11,7 @@ use std::{
     env, fs,
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicBool, Ordering},
     time::Instant,
 };
 
@@ -56,23 +57,38 @@ pub enum Profile {
     Debug,
 }
 
+/// Set by the test suite: its scripts work on a cluster of its own (other namespaces, cgroups,
+/// state directory and host port), never on one a developer keeps up.
+static TEST_CLUSTER: AtomicBool = AtomicBool::new(false);
+
 pub fn script(name: &str) -> Command {
     let mut cmd = Command::new("bash");
     cmd.arg(root().join("xtask/cluster").join(name))
         .env("PALISADE_KUBE_BIN", kube::bin_dir());
+    if TEST_CLUSTER.load(Ordering::Relaxed) {
+        cmd.env("PALISADE_CLUSTER_NAME", "palkt")
+            .env("PALISADE_CLUSTER_API_PORT", "36444")
+            .env_remove("PALISADE_CLUSTER_DIR");
+    }
     cmd
 }
 
+/// Where the cluster keeps its state (as `common.sh` decides it).
 pub fn state_dir() -> PathBuf {
+    let name = if TEST_CLUSTER.load(Ordering::Relaxed) {
+        "palkt".to_owned()
+    } else {
+        env::var("PALISADE_CLUSTER_NAME").unwrap_or_else(|_| "palk".to_owned())
+    };
     env::var_os("PALISADE_CLUSTER_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/palisade-cluster"))
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/palisade-cluster-{name}")))
 }
 
 /// `cargo xtask cluster up [--nodes N] [--debug] [--no-agent] | down [--purge] | exec [--node I] CMD...`
 pub fn cluster(args: &[String]) -> Result<()> {
     let usage = "usage: cargo xtask cluster up [--nodes N] [--debug] [--no-agent] | down [--purge] \
-                 | exec [--node I] CMD... | deploy [--debug] | undeploy";
+                 | exec [--node I] CMD... | deploy [--debug] | undeploy | smoke";
     let Some((cmd, rest)) = args.split_first() else {
         bail!("{usage}");
     };
@@ -125,15 +141,32 @@ pub fn cluster(args: &[String]) -> Result<()> {
             deploy(&image)
         }
         "undeploy" => undeploy(),
+        "smoke" => smoke(),
         other => bail!("unknown cluster command {other:?}; {usage}"),
     }
 }
 
+/// The binaries of a cluster without the e2e suite's.
+const SMOKE_BINARIES: &[&str] = &[
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kubectl",
+    "kubelet",
+    "kube-proxy",
+    "kube-scheduler",
+    "agnhost",
+    "pause",
+];
+
 /// Installs and builds everything a node needs, makes the images; returns the agent's image.
 pub fn prepare(profile: Profile) -> Result<String> {
+    prepare_with(profile, NODE_BINARIES)
+}
+
+fn prepare_with(profile: Profile, binaries: &[&str]) -> Result<String> {
     require_root("the cluster creates network namespaces and runs a kubelet")?;
     install_node_packages()?;
-    kube::ensure_binaries(NODE_BINARIES)?;
+    kube::ensure_binaries(binaries)?;
     let binary = match profile {
         Profile::Release => build_release()?,
         Profile::Debug => build()?.palisade,
@@ -232,6 +265,27 @@ fn install_node_packages() -> Result<()> {
     result
 }
 
+/// The real-node smoke test of `cargo xtask test`: a one-node cluster of its own (named
+/// `palkt`, so a developer's cluster is left alone), Palisade deployed from `manifests/` with
+/// the debug build, `smoke.sh` (the quick-start through kube-proxy, the agent pod restarted
+/// under live flows), and the cluster taken down whatever happened.
+pub fn smoke() -> Result<()> {
+    TEST_CLUSTER.store(true, Ordering::Relaxed);
+    let image = prepare_with(Profile::Debug, SMOKE_BINARIES)?;
+    down(true)?;
+    let started = Instant::now();
+    let result = up(1)
+        .and_then(|()| deploy(&image))
+        .and_then(|()| run(script("smoke.sh").arg(root())));
+    let teardown = down(true);
+    eprintln!(
+        "[test] real node: {} after {:.0} s",
+        if result.is_ok() { "passed" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    result.and(teardown)
+}
+
 /// `cargo xtask e2e [--nodes N,...] [--skip-baseline]`: v1.20.2's NetworkPolicy specs, first
 /// without Palisade (they must fail: the suite detects a missing dataplane), then with it.
 pub fn e2e(args: &[String]) -> Result<()> {
@@ -249,7 +303,9 @@ pub fn e2e(args: &[String]) -> Result<()> {
                     .collect::<Result<_>>()?;
             }
             "--skip-baseline" => baseline = false,
-            other => bail!("unknown argument {other:?}; usage: cargo xtask e2e [--nodes 1,2] [--skip-baseline]"),
+            other => bail!(
+                "unknown argument {other:?}; usage: cargo xtask e2e [--nodes 1,2] [--skip-baseline]"
+            ),
         }
     }
     let image = prepare(Profile::Release)?;
@@ -267,6 +323,7 @@ pub fn e2e(args: &[String]) -> Result<()> {
     down(false)
 }
 
+/// Where `cargo xtask e2e` commits its summaries (the full logs stay in the state directory).
 fn shared_results_dir() -> PathBuf {
     root().join("conformance/e2e")
 }
@@ -274,18 +331,23 @@ fn shared_results_dir() -> PathBuf {
 fn suite(nodes: usize, label: &str, results: &Path) -> Result<()> {
     let started = Instant::now();
     eprintln!("[e2e] {nodes} node(s), {label}");
-    let dir = results.join(format!("{nodes}-node-{label}"));
+    let dir = state_dir().join(format!("e2e-{nodes}-node-{label}"));
     fs::create_dir_all(&dir)?;
+    fs::create_dir_all(results)?;
     // A failing suite is a result, not an error: the summary says what failed.
     let status = script("e2e.sh")
         .arg(nodes.to_string())
         .arg(&dir)
         .status()
         .context("running e2e.sh")?;
+    let summary = results.join(format!("{nodes}-node-{label}.txt"));
+    fs::copy(dir.join("summary.txt"), &summary)
+        .with_context(|| format!("e2e.sh wrote no summary in {}", dir.display()))?;
     eprintln!(
-        "[e2e] {nodes} node(s), {label}: exit {status} after {:.0} s; {}",
+        "[e2e] {nodes} node(s), {label}: {status} after {:.0} s; {} (logs in {})",
         started.elapsed().as_secs_f64(),
-        dir.join("summary.txt").display()
+        summary.display(),
+        dir.display()
     );
     Ok(())
 }

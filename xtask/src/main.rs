@@ -229,6 +229,12 @@ fn test() -> Result<()> {
     run(Command::new(&lab)
         .args(["run", "--apiserver", "--restart-apiserver"])
         .args(&changing))?;
+    eprintln!(
+        "[test] a real node: kubelet, containerd and kube-proxy in a network namespace, the \
+         DaemonSet from manifests/, the quick-start through a ClusterIP, the agent pod \
+         restarted under live flows"
+    );
+    cluster::smoke()?;
     eprintln!("[test] bench --quick, so the benchmark cannot rot");
     bench::bench(&["--quick".to_owned()])
 }
