@@ -62,7 +62,7 @@ pub enum Profile {
 static TEST_CLUSTER: AtomicBool = AtomicBool::new(false);
 
 pub fn script(name: &str) -> Command {
-    let mut cmd = Command::new("bash");
+    let mut cmd = Command::new(if name.ends_with(".py") { "python3" } else { "bash" });
     cmd.arg(root().join("xtask/cluster").join(name))
         .env("PALISADE_KUBE_BIN", kube::bin_dir());
     if TEST_CLUSTER.load(Ordering::Relaxed) {
@@ -88,7 +88,7 @@ pub fn state_dir() -> PathBuf {
 /// `cargo xtask cluster up [--nodes N] [--debug] [--no-agent] | down [--purge] | exec [--node I] CMD...`
 pub fn cluster(args: &[String]) -> Result<()> {
     let usage = "usage: cargo xtask cluster up [--nodes N] [--debug] [--no-agent] | down [--purge] \
-                 | exec [--node I] CMD... | deploy [--debug] | undeploy | smoke";
+                 | exec [--node I] CMD... | deploy [--debug] | undeploy | smoke | netperf [ROUNDS [RUNS]]";
     let Some((cmd, rest)) = args.split_first() else {
         bail!("{usage}");
     };
@@ -142,6 +142,17 @@ pub fn cluster(args: &[String]) -> Result<()> {
         }
         "undeploy" => undeploy(),
         "smoke" => smoke(),
+        "netperf" => {
+            let image = prepare(Profile::Release)?;
+            up(2)?;
+            deploy(&image)?;
+            let out = root().join("bench/cluster_netperf.md");
+            run(script("netperf.py")
+                .arg(&image)
+                .arg(root().join("manifests"))
+                .arg(&out)
+                .args(rest))
+        }
         other => bail!("unknown cluster command {other:?}; {usage}"),
     }
 }
