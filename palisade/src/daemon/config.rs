@@ -107,6 +107,13 @@ pub struct Config {
     /// Which flow records are logged.
     #[arg(long, env = "PALISADE_FLOW_LOG", value_enum, default_value_t = FlowLog::Denied)]
     pub flow_log: FlowLog,
+    /// Flow log aggregation: the first record of a flow (source address, destination address
+    /// and port, protocol, verdict, reason, policies) is logged at once, the rest are counted
+    /// and summed up in one line per flow at the end of each interval of this many seconds.
+    /// 0 logs every record (each dropped packet of a denied flow). Metrics and `palisade
+    /// flows` see every record either way.
+    #[arg(long, env = "PALISADE_FLOW_LOG_INTERVAL_SECONDS", default_value_t = 10)]
+    pub flow_log_interval_seconds: u64,
     /// Audit mode for every pod of the node: policy is evaluated and would-be drops are
     /// reported (verdict `audit`), but traffic passes. One namespace at a time: annotate it
     /// `palisade.io/policy-mode=audit`.
@@ -169,6 +176,12 @@ impl Config {
         }
     }
 
+    /// `None`: every flow record is logged on its own.
+    pub fn flow_log_interval(&self) -> Option<Duration> {
+        (self.flow_log_interval_seconds > 0)
+            .then(|| Duration::from_secs(self.flow_log_interval_seconds))
+    }
+
     pub fn min_sync_interval(&self) -> Duration {
         Duration::from_millis(self.min_sync_interval_ms)
     }
@@ -192,8 +205,30 @@ fn parse_mark(text: &str) -> Result<u32, String> {
 }
 
 #[cfg(test)]
-mod mark_tests {
-    use super::parse_mark;
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Config, parse_mark};
+
+    #[derive(clap::Parser)]
+    struct Agent {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn flow_log_interval_zero_logs_every_record() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["agent", "--node-name", "n"];
+            all.extend_from_slice(args);
+            Agent::try_parse_from(all)
+                .unwrap()
+                .config
+                .flow_log_interval()
+        };
+        assert_eq!(parse(&[]), Some(std::time::Duration::from_secs(10)));
+        assert_eq!(parse(&["--flow-log-interval-seconds", "0"]), None);
+    }
 
     #[test]
     fn a_service_mark_is_one_bit_in_hex_or_decimal() {
