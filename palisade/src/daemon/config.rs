@@ -56,8 +56,13 @@ pub struct Config {
     /// New pod interfaces before their pod is known: closed (drop all) or open.
     #[arg(long, env = "PALISADE_FAIL_MODE", value_enum, default_value_t = FailMode::Closed)]
     pub fail_mode: FailMode,
-    /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served.
-    #[arg(long, env = "PALISADE_METRICS_ADDR", default_value = "0.0.0.0:9965")]
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served, without
+    /// authentication. Loopback by default: the agent runs on the host network, and on any
+    /// other address every pod could read the node's policy state and flow counters. The
+    /// kubelet's probes reach loopback (`httpGet.host: 127.0.0.1`); to let Prometheus scrape,
+    /// give an address it can reach and restrict who else can (a NetworkPolicy does not
+    /// cover host-network ports), e.g. the node's internal address or `0.0.0.0:9965`.
+    #[arg(long, env = "PALISADE_METRICS_ADDR", default_value = "127.0.0.1:9965")]
     pub metrics_addr: SocketAddr,
     /// bpffs directory for pinned maps and links (kept across agent restarts).
     #[arg(
@@ -214,6 +219,21 @@ mod tests {
     struct Agent {
         #[command(flatten)]
         config: Config,
+    }
+
+    #[test]
+    fn the_http_endpoints_listen_on_loopback_unless_told_otherwise() {
+        let defaults = Agent::try_parse_from(["agent", "--node-name", "n"]).unwrap();
+        assert_eq!(defaults.config.metrics_addr.to_string(), "127.0.0.1:9965");
+        let exposed = Agent::try_parse_from([
+            "agent",
+            "--node-name",
+            "n",
+            "--metrics-addr",
+            "0.0.0.0:9965",
+        ])
+        .unwrap();
+        assert_eq!(exposed.config.metrics_addr.to_string(), "0.0.0.0:9965");
     }
 
     #[test]
