@@ -25,8 +25,23 @@ done
 for h in /sys/fs/cgroup/*/; do
   [[ -e $h/cgroup.procs ]] && mkdir -p "$h$(cgroup_of "$I")"
 done
-pids=()
-start() { local name=$1; shift; "$@" > "$L/$name.log" 2>&1 & echo $! > "$N/$name.pid"; pids+=($!); }
+# Each daemon supervised as systemd would (Restart=always, 2 s apart); TERM to its supervisor
+# stops both (down.sh).
+start() {
+  local name=$1; shift
+  (
+    child=
+    trap '[[ -n $child ]] && kill "$child" 2>/dev/null; exit 0' TERM
+    while :; do
+      "$@" >> "$L/$name.log" 2>&1 &
+      child=$!
+      wait "$child"
+      echo "$(date -u +%FT%TZ) $name exited ($?); restarting in 2 s" | tee -a "$L/$name.log"
+      sleep 2
+    done
+  ) &
+  echo $! > "$N/$name.pid"
+}
 if (( I == 1 )); then
   start etcd etcd --name palk --data-dir "$W/etcd" --listen-client-urls http://127.0.0.1:2379 \
     --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
@@ -63,6 +78,4 @@ start kubelet "$K/kubelet" --config="$N/kubelet.yaml" --kubeconfig="$W/kubeconfi
 start kube-proxy "$K/kube-proxy" --config="$N/kube-proxy.yaml" --v=1
 touch "$N/up"
 echo "all started $(date +%s.%N)"
-wait -n "${pids[@]}" || true
-echo "a daemon exited: $(date)"; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || echo "dead: $p"; done
 wait

@@ -3,7 +3,7 @@
 # quick-start's policies (trusted-client may reach nginx, client may not). For each MODE:
 #   restart   kubectl delete pod of every agent (the DaemonSet makes new ones)
 #   rollout   the DaemonSet rolled to another image ($ROLL_IMAGE, loaded on every node)
-#   recreate  kubectl delete -k of the overlay (the DaemonSet gone), then apply -k again
+#   recreate  the DaemonSet deleted (its pods gone), then kubectl apply -k again
 # a TCP and a UDP flow from trusted-client to nginx's ClusterIP (a numbered message every
 # 20 ms, each echoed) run through it, and client tries a new connection and a datagram every
 # 100 ms. Prints a JSON line per mode; exits non-zero when a flow lost anything or the denied
@@ -30,9 +30,12 @@ for mode in "$@"; do
   case $mode in
     restart) kc -n palisade-system delete pod -l app.kubernetes.io/name=palisade --wait=false >/dev/null ;;
     rollout) [[ -n ${ROLL_IMAGE:-} ]] || { echo "rollout needs ROLL_IMAGE" >&2; exit 2; }
+             for i in $(nodes_up); do
+               node_exec "$i" ctr images import "$W/img/palisade-${ROLL_IMAGE//[^a-zA-Z0-9]/_}.tar" >/dev/null
+             done
              kc -n palisade-system set image ds/palisade-agent "agent=$ROLL_IMAGE" >/dev/null ;;
-    recreate) kc delete -k "$W/overlay" --wait=true >/dev/null 2>&1
-              kc -n palisade-system wait --for=delete pod -l app.kubernetes.io/name=palisade --timeout=120s >/dev/null 2>&1
+    recreate) kc -n palisade-system delete ds palisade-agent --wait=true >/dev/null
+              kc -n palisade-system wait --for=delete pod -l app.kubernetes.io/name=palisade --timeout=120s >/dev/null 2>&1 || true
               sleep 2
               kc apply -k "$W/overlay" >/dev/null ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;

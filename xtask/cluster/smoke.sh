@@ -4,28 +4,33 @@
 # through the Service's ClusterIP (kube-proxy's DNAT), then the agent's pod deleted under a
 # live TCP and UDP flow that the policy admits, while a denied peer keeps trying: nothing of
 # the flows may be lost and nothing of the peer may pass. Exits non-zero on any mismatch.
-# Usage: smoke.sh PROJECT_ROOT
+# Usage: smoke.sh PROJECT_ROOT [MODE...]   (restarts.sh's modes; default: restart)
 source "$(dirname "$(realpath "$0")")/common.sh"
 source "$H/pods.sh"
-ROOT=$(realpath "$1"); QS=$ROOT/examples/quick-start
+ROOT=$(realpath "$1"); QS=$ROOT/examples/quick-start; shift
+MODES=("$@"); (( ${#MODES[@]} )) || MODES=(restart)
 fail=0
-kc apply -f - <<'Y' >/dev/null
+# With two nodes or more the server runs on the last and the clients on the first, so every
+# probe and flow crosses nodes (and both agents judge it).
+LAST=$(node_name "$(for i in $(nodes_up); do node_running "$i" && echo "$i"; done | tail -1)"); FIRST=$(node_name 1)
+kc apply -f - <<Y >/dev/null
 apiVersion: v1
 kind: Pod
 metadata: {name: nginx, namespace: default, labels: {run: nginx}}
 spec:
+  nodeName: $LAST
   containers: [{name: web, image: k8s.gcr.io/e2e-test-images/agnhost:2.21, args: [netexec, --http-port=80, --udp-port=8081],
                 ports: [{name: http, containerPort: 80, protocol: TCP}]}]
 ---
 apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: default, labels: {run: client}}
-spec: {containers: [{name: c, image: k8s.gcr.io/e2e-test-images/agnhost:2.21, args: [pause]}]}
+spec: {nodeName: $FIRST, containers: [{name: c, image: k8s.gcr.io/e2e-test-images/agnhost:2.21, args: [pause]}]}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {name: trusted-client, namespace: default, labels: {run: trusted-client, access: "true"}}
-spec: {containers: [{name: c, image: k8s.gcr.io/e2e-test-images/agnhost:2.21, args: [pause]}]}
+spec: {nodeName: $FIRST, containers: [{name: c, image: k8s.gcr.io/e2e-test-images/agnhost:2.21, args: [pause]}]}
 ---
 apiVersion: v1
 kind: Service
@@ -55,7 +60,8 @@ expect "default-deny" X X
 kc apply -f "$QS/access-nginx.yaml" >/dev/null
 expect "access-nginx" X .
 # The agent restarted under live flows.
-bash "$H/restarts.sh" restart || fail=1
+kc -n default get pods -o wide | awk '{print "  " $1, $7}'
+bash "$H/restarts.sh" "${MODES[@]}" || fail=1
 kc delete -f "$QS/default-deny.yaml" -f "$QS/access-nginx.yaml" >/dev/null
 expect "policies deleted" . .
 kc -n default delete pod nginx client trusted-client --wait=false >/dev/null

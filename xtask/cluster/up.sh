@@ -68,6 +68,8 @@ kubeconfig host "$(tok admin)" "https://127.0.0.1:$HOST_API_PORT"; mv "$W/kubeco
 # ---- per node: containerd, CNI, kubelet and kube-proxy configuration.
 for i in $(seq 1 "$NODES"); do
   N=$W/node-$i; n=$(node_name "$i")
+  # A running node keeps its files: kube-proxy exits when its configuration file changes.
+  node_running "$i" && continue
   mkdir -p "$N"/{log,kubelet,varlib,varlog,sysctl,cni/net.d,containerd}
   cat > "$N/containerd.toml" <<C
 version = 2
