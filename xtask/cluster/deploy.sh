@@ -11,7 +11,7 @@ if [[ $1 == --delete ]]; then
   [[ -f $O/kustomization.yaml ]] || { echo "nothing deployed"; exit 0; }
   U=$W/overlay-uninstall; mkdir -p "$U"
   IMG=$(awk '$1=="image:"{print $2; exit}' "$2/uninstall/daemonset.yaml"); IMG=${IMG%:*}
-  REF=$(awk '$1=="newName:"{n=$2} $1=="newTag:"{t=$2} END{print n":"t}' "$O/kustomization.yaml")
+  REF=$(cat "$O/image")
   cat > "$U/kustomization.yaml" <<Y
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -21,6 +21,8 @@ Y
   t0=$(date +%s.%N)
   node_exec 1 kubectl delete -k "$O" --ignore-not-found --wait=true >/dev/null
   node_exec 1 kubectl -n palisade-system wait --for=delete pod -l app.kubernetes.io/name=palisade --timeout=120s >/dev/null 2>&1 || true
+  # A previous uninstall's namespace may still be terminating.
+  node_exec 1 kubectl wait --for=delete namespace/palisade-uninstall --timeout=120s >/dev/null 2>&1 || true
   node_exec 1 kubectl apply -k "$U" >/dev/null
   node_exec 1 kubectl -n palisade-uninstall rollout status ds/palisade-uninstall --timeout=180s >/dev/null
   for i in $(nodes_up); do
@@ -28,11 +30,11 @@ Y
     # What the uninstall pod said it removed, and proof nothing is left pinned on the node.
     pod=$(node_exec 1 kubectl -n palisade-uninstall get pods -o name --field-selector "spec.nodeName=$(node_name "$i")")
     node_exec 1 kubectl -n palisade-uninstall logs "$pod" -c uninstall --tail=3 | sed "s/^/  $(node_name "$i"): /"
-    left=$(node_exec "$i" find /sys/fs/bpf -mindepth 1 2>/dev/null | head -5)
+    left=$(node_exec "$i" find /sys/fs/bpf/palisade -mindepth 1 2>/dev/null | head -5)
     [[ -z $left ]] || { echo "$(node_name "$i"): still pinned after uninstall: $left" >&2; exit 1; }
   done
   node_exec 1 kubectl delete -k "$U" --wait=true >/dev/null
-  rm -f "$O/kustomization.yaml"
+  rm -f "$O/kustomization.yaml" "$O/image"
   printf 'Palisade uninstalled from every node in %.1f s\n' "$(echo "$(date +%s.%N) - $t0" | bc)"
   exit 0
 fi
@@ -50,6 +52,7 @@ kind: Kustomization
 bases: [$(realpath --relative-to="$O" "$M")]
 images: [{name: $IMG, newName: ${REF%:*}, newTag: ${REF##*:}}]
 Y
+echo "$REF" > "$O/image"
 node_exec 1 kubectl apply -k "$O"
 node_exec 1 kubectl -n palisade-system rollout status ds/palisade-agent --timeout=180s
 printf 'Palisade (%s) rolled out on every node %.1f s after kubectl apply -k\n' "$REF" "$(echo "$(date +%s.%N) - $t0" | bc)"

@@ -62,7 +62,11 @@ pub enum Profile {
 static TEST_CLUSTER: AtomicBool = AtomicBool::new(false);
 
 pub fn script(name: &str) -> Command {
-    let mut cmd = Command::new(if name.ends_with(".py") { "python3" } else { "bash" });
+    let mut cmd = Command::new(if name.ends_with(".py") {
+        "python3"
+    } else {
+        "bash"
+    });
     cmd.arg(root().join("xtask/cluster").join(name))
         .env("PALISADE_KUBE_BIN", kube::bin_dir());
     if TEST_CLUSTER.load(Ordering::Relaxed) {
@@ -88,7 +92,7 @@ pub fn state_dir() -> PathBuf {
 /// `cargo xtask cluster up [--nodes N] [--debug] [--no-agent] | down [--purge] | exec [--node I] CMD...`
 pub fn cluster(args: &[String]) -> Result<()> {
     let usage = "usage: cargo xtask cluster up [--nodes N] [--debug] [--no-agent] | down [--purge] \
-                 | exec [--node I] CMD... | deploy [--debug] | undeploy | smoke | netperf [ROUNDS [RUNS]]";
+                 | exec [--node I] CMD... | deploy [--debug] | undeploy | smoke | restarts | netperf [ROUNDS [RUNS]]";
     let Some((cmd, rest)) = args.split_first() else {
         bail!("{usage}");
     };
@@ -142,6 +146,19 @@ pub fn cluster(args: &[String]) -> Result<()> {
         }
         "undeploy" => undeploy(),
         "smoke" => smoke(),
+        "restarts" => {
+            // The agent restarted, rolled to another image and its DaemonSet re-created, under
+            // live flows, on two nodes.
+            let (image, binary) = prepare_image(Profile::Release, NODE_BINARIES)?;
+            let roll = format!("{image}-b");
+            run(script("images.sh").arg(&binary).arg(&roll))?;
+            up(2)?;
+            deploy(&image)?;
+            run(script("smoke.sh")
+                .arg(root())
+                .args(["restart", "rollout", "recreate"])
+                .env("ROLL_IMAGE", &roll))
+        }
         "netperf" => {
             let image = prepare(Profile::Release)?;
             up(2)?;
@@ -175,6 +192,11 @@ pub fn prepare(profile: Profile) -> Result<String> {
 }
 
 fn prepare_with(profile: Profile, binaries: &[&str]) -> Result<String> {
+    prepare_image(profile, binaries).map(|(image, _)| image)
+}
+
+/// The image and the binary in it.
+fn prepare_image(profile: Profile, binaries: &[&str]) -> Result<(String, PathBuf)> {
     require_root("the cluster creates network namespaces and runs a kubelet")?;
     install_node_packages()?;
     kube::ensure_binaries(binaries)?;
@@ -185,7 +207,7 @@ fn prepare_with(profile: Profile, binaries: &[&str]) -> Result<String> {
     let image = image_ref(&binary)?;
     eprintln!("[cluster] images: pause, agnhost, {image}");
     run(script("images.sh").arg(&binary).arg(&image))?;
-    Ok(image)
+    Ok((image, binary))
 }
 
 pub fn up(nodes: usize) -> Result<()> {
