@@ -30,7 +30,7 @@ Y
     # What the uninstall pod said it removed, and proof nothing is left pinned on the node.
     pod=$(node_exec 1 kubectl -n palisade-uninstall get pods -o name --field-selector "spec.nodeName=$(node_name "$i")")
     node_exec 1 kubectl -n palisade-uninstall logs "$pod" -c uninstall --tail=3 | sed "s/^/  $(node_name "$i"): /"
-    left=$(node_exec "$i" find /sys/fs/bpf/palisade -mindepth 1 2>/dev/null | head -5)
+    left=$(node_exec "$i" find /sys/fs/bpf/palisade -mindepth 1 2>/dev/null | head -5 || true)
     [[ -z $left ]] || { echo "$(node_name "$i"): still pinned after uninstall: $left" >&2; exit 1; }
   done
   node_exec 1 kubectl delete -k "$U" --wait=true >/dev/null
