@@ -338,8 +338,24 @@ fn upstream() -> PathBuf {
 /// checks; and replaying the steps on a [`Cluster`] leaves every pod a table names in place.
 #[test]
 fn every_shared_upstream_case_loads_with_valid_manifests_and_consistent_tables() {
-    let cases = load_cases(&[upstream()]).unwrap_or_else(|error| panic!("{error}"));
-    assert!(cases.len() >= 32, "only {} cases", cases.len());
+    replay_shared_cases(&upstream(), 32);
+}
+
+/// The same for the ClusterNetworkPolicy cases: their `ClusterNetworkPolicy` manifests read
+/// and pass upstream's CRD checks (CEL rules included), and `delete: [clusternetworkpolicy/..]`
+/// steps name policies that exist.
+#[test]
+fn every_shared_cnp_case_loads_with_valid_manifests_and_consistent_tables() {
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/conformance/cnp"
+    ));
+    replay_shared_cases(&dir, 16);
+}
+
+fn replay_shared_cases(dir: &std::path::Path, at_least: usize) {
+    let cases = load_cases(&[dir.to_owned()]).unwrap_or_else(|error| panic!("{error}"));
+    assert!(cases.len() >= at_least, "only {} cases", cases.len());
     let load = |path: &PathBuf| {
         let objects = manifest::load_file(path).unwrap_or_else(|error| panic!("{error}"));
         for object in &objects {
