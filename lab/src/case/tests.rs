@@ -322,7 +322,18 @@ fn a_folder_of_cases_loads_each_in_name_order_and_names_must_differ() {
     let empty = parent.0.join("01-a").join("nothing");
     assert!(std::fs::create_dir(&empty).is_ok());
     assert!(matches!(
-        load_cases(&[empty]),
+        load_cases(std::slice::from_ref(&empty)),
+        Err(CaseError::NotACase { .. })
+    ));
+    // A shell glob over a folder of cases also names its README and other folders: among
+    // several paths those are skipped, as long as some case is found.
+    let readme = parent.0.join("README.md");
+    assert!(std::fs::write(&readme, "cases").is_ok());
+    let glob = [parent.0.join("01-a"), readme.clone(), empty.clone()];
+    let cases = load_cases(&glob).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(cases.len(), 1);
+    assert!(matches!(
+        load_cases(&[readme, empty]),
         Err(CaseError::NotACase { .. })
     ));
 }

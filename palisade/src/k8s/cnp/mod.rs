@@ -23,7 +23,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use self::validation::{CnpError, CnpProblem, validate};
+pub use self::validation::{CnpError, CnpProblem, parse_cidr, validate};
 
 /// The API group and version, as manifests write them.
 pub const API_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
