@@ -143,3 +143,43 @@ pub fn agent_binary() -> Result<PathBuf> {
     }
     Ok(beside)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(path: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path)
+    }
+
+    /// Every ClusterNetworkPolicy case, the shared ones and ours, passes on the reference
+    /// evaluator (the kernel does not enforce them yet: see the next test).
+    #[test]
+    fn every_cluster_network_policy_case_passes_with_the_model() {
+        let dirs = [repo("../shared/conformance/cnp"), repo("tests/cnp-cases")];
+        let cases = load_cases(&dirs).unwrap_or_else(|e| panic!("{e}"));
+        assert!(cases.len() >= 18, "only {} cases", cases.len());
+        for case in &cases {
+            let passed = evaluator::run_case(case, &RunOptions::default());
+            assert!(matches!(passed, Ok(true)), "{}: {passed:?}", case.name);
+        }
+    }
+
+    /// A kernel run must never judge a case as if its ClusterNetworkPolicies were not there.
+    #[test]
+    fn a_case_with_a_cluster_network_policy_is_refused_on_the_kernel() {
+        let cases = load_cases(&[repo("tests/cnp-cases")]).unwrap_or_else(|e| panic!("{e}"));
+        for case in &cases {
+            assert!(
+                cluster_policy_file(case).ok().flatten().is_some(),
+                "{}",
+                case.name
+            );
+        }
+        let quick_start =
+            load_cases(&[repo("examples/quick-start")]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(cluster_policy_file(&quick_start[0]), Ok(None)));
+    }
+}
