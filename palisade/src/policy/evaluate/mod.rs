@@ -24,6 +24,8 @@ pub mod display;
 mod tests;
 mod tiers;
 #[cfg(test)]
+mod tiers_props;
+#[cfg(test)]
 mod tiers_tests;
 
 pub use self::{

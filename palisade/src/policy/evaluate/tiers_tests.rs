@@ -71,7 +71,7 @@ fn netpol(name: &str, pod: &str, spec: &str) -> String {
     )
 }
 
-fn world(objects: &[String]) -> Cluster {
+pub(super) fn world(objects: &[String]) -> Cluster {
     let mut cluster = Cluster::default();
     let text = std::iter::once(WORLD.to_owned())
         .chain(objects.iter().cloned())
@@ -119,7 +119,7 @@ fn endpoint<'a>(cluster: &'a Cluster, name: &str, key: &'a ObjectKey) -> Endpoin
     }
 }
 
-fn allowed(cluster: &Cluster, from: &str, to: &str, flow: &str) -> bool {
+pub(super) fn allowed(cluster: &Cluster, from: &str, to: &str, flow: &str) -> bool {
     judge(cluster, from, to, flow).allowed
 }
 
