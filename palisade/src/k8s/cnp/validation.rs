@@ -356,9 +356,20 @@ impl Found {
 }
 
 /// A CIDR as CEL's `isCIDR` accepts it (an address and a prefix length within its family);
-/// host bits are cleared, as a prefix of that length means.
+/// host bits are cleared, as a prefix of that length means. An IPv4-mapped IPv6 block
+/// (`::ffff:a.b.c.d/n`, n >= 96) is the IPv4 block a.b.c.d/(n-96), as the NetworkPolicy model
+/// reads ipBlock (`policy/model.rs`), so both kinds match an IPv4 pod the same way.
 pub fn parse_cidr(text: &str) -> Option<IpNet> {
-    text.parse::<IpNet>().ok().map(|net| net.trunc())
+    let net = text.parse::<IpNet>().ok()?.trunc();
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+    {
+        return ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+            .ok()
+            .map(IpNet::V4);
+    }
+    Some(net)
 }
 
 #[cfg(test)]

@@ -295,3 +295,11 @@ fn a_named_port_never_goes_with_networks_or_nodes() {
         )
     );
 }
+
+#[test]
+fn a_cidr_is_read_with_host_bits_cleared_and_ipv4_mapped_blocks_as_ipv4() {
+    assert_eq!(parse_cidr("10.1.2.3/8"), "10.0.0.0/8".parse().ok());
+    assert_eq!(parse_cidr("::ffff:10.0.0.0/104"), "10.0.0.0/8".parse().ok());
+    assert_eq!(parse_cidr("fd00::1/8"), "fd00::/8".parse().ok());
+    assert_eq!(parse_cidr("10.0.0.0"), None);
+}
