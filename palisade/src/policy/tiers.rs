@@ -14,8 +14,12 @@
 //!
 //! An object that upstream's CRD (with its CEL rules) refuses, or that uses `domainNames`,
 //! never gives its subjects more access than any corrected version of it could:
-//! - each direction that has an error (a field under `spec.ingress` or `spec.egress`) becomes a
-//!   single Deny of every peer, port and protocol; a direction without errors keeps its rules;
+//! - a peer that sets no field (a field this version does not know) is read as upstream says:
+//!   its rule matches nothing if it is an Accept, and denies everything if it is a Deny or a
+//!   Pass (at its own place among the rules);
+//! - each direction that has any other error (a field under `spec.ingress` or `spec.egress`)
+//!   becomes a single Deny of every peer, port and protocol; a direction without errors keeps
+//!   its rules;
 //! - an error elsewhere (tier, priority, subject) does this to every direction that has rules;
 //!   a direction the object has no rules for stays untouched, as any correction would leave it;
 //! - an unknown tier is read as `Admin`, an out-of-range priority as 0: a Deny tried earlier
@@ -33,7 +37,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 
 use super::ports::PortRange;
 use crate::k8s::{
-    cnp::{self, Action, ClusterNetworkPolicy, CnpError, NamespacedPod, Tier},
+    cnp::{self, Action, ClusterNetworkPolicy, CnpError, CnpProblem, NamespacedPod, Tier},
     keys::protocol_number,
     manifest::{valid_label_key, valid_label_value},
 };
@@ -129,10 +133,11 @@ impl ClusterPolicy {
     pub fn from_api(policy: &ClusterNetworkPolicy) -> Self {
         let errors = cnp::validate(policy);
         let spec = &policy.spec;
+        // A peer with no field set is upstream's own case, handled rule by rule below.
         let in_dir = |dir: &str| {
             errors
                 .iter()
-                .any(|e| e.field.starts_with(&format!("spec.{dir}")))
+                .any(|e| e.field.starts_with(&format!("spec.{dir}")) && !is_empty_peer(e))
         };
         let elsewhere = errors
             .iter()
@@ -143,11 +148,12 @@ impl ClusterPolicy {
             vec![TierRule::deny_all()]
         } else {
             (spec.ingress.iter().enumerate())
-                .map(|(i, rule)| TierRule {
-                    index: Some(i),
-                    name: rule.name.clone(),
-                    action: rule.action,
-                    peers: rule
+                .filter_map(|(i, rule)| {
+                    let empty = rule
+                        .from
+                        .iter()
+                        .any(|p| p.namespaces.is_none() && p.pods.is_none());
+                    let peers = rule
                         .from
                         .iter()
                         .map(|p| match (&p.namespaces, &p.pods) {
@@ -155,11 +161,10 @@ impl ClusterPolicy {
                                 TierPeer::Pods(PodSet::from_namespaces(namespaces))
                             }
                             (None, Some(pods)) => TierPeer::Pods(PodSet::from_pods(pods)),
-                            // Validation refuses this; unreachable once it passed.
                             (None, None) => TierPeer::Any,
                         })
-                        .collect(),
-                    ports: read_ports(rule.protocols.as_deref()),
+                        .collect();
+                    as_written(i, &rule.name, rule.action, empty, peers, &rule.protocols)
                 })
                 .collect()
         };
@@ -169,12 +174,10 @@ impl ClusterPolicy {
             vec![TierRule::deny_all()]
         } else {
             (spec.egress.iter().enumerate())
-                .map(|(i, rule)| TierRule {
-                    index: Some(i),
-                    name: rule.name.clone(),
-                    action: rule.action,
-                    peers: rule.to.iter().map(read_egress_peer).collect(),
-                    ports: read_ports(rule.protocols.as_deref()),
+                .filter_map(|(i, rule)| {
+                    let empty = rule.to.iter().any(empty_egress_peer);
+                    let peers = rule.to.iter().map(read_egress_peer).collect();
+                    as_written(i, &rule.name, rule.action, empty, peers, &rule.protocols)
                 })
                 .collect()
         };
@@ -213,6 +216,51 @@ pub fn same_rank_conflicts(policies: &[ClusterPolicy]) -> Vec<(&str, &str)> {
         }
     }
     pairs
+}
+
+/// Rule `index` as written, unless one of its peers sets no field; then as upstream says to
+/// read it: "If an implementation sees no fields are set then it can infer that the deployed
+/// CRD is of an incompatible version with an unknown field. In that case it should fail
+/// closed. For "Accept" rules, "fail closed" means: "treat the rule as matching no traffic".
+/// For "Deny" and "Pass" rules, "fail closed" means: "treat the rule as a 'Deny all' rule"."
+fn as_written(
+    index: usize,
+    name: &str,
+    action: Action,
+    empty_peer: bool,
+    peers: Vec<TierPeer>,
+    protocols: &Option<Vec<cnp::Protocol>>,
+) -> Option<TierRule> {
+    match (empty_peer, action) {
+        (false, _) => Some(TierRule {
+            index: Some(index),
+            name: name.to_owned(),
+            action,
+            peers,
+            ports: read_ports(protocols.as_deref()),
+        }),
+        (true, Action::Accept) => None,
+        (true, _) => Some(TierRule {
+            index: Some(index),
+            name: name.to_owned(),
+            ..TierRule::deny_all()
+        }),
+    }
+}
+
+fn empty_egress_peer(peer: &cnp::EgressPeer) -> bool {
+    peer.namespaces.is_none()
+        && peer.pods.is_none()
+        && peer.nodes.is_none()
+        && peer.networks.is_none()
+        && peer.domain_names.is_none()
+}
+
+/// The error of a peer that sets no field (`spec.ingress[0].from[1]`).
+fn is_empty_peer(error: &CnpError) -> bool {
+    matches!(error.problem, CnpProblem::NotExactlyOne { found: 0, .. })
+        && (error.field.contains(".from[") || error.field.contains(".to["))
+        && error.field.ends_with(']')
 }
 
 fn read_subjects(subject: Option<&cnp::Subject>) -> Vec<PodSet> {

@@ -89,16 +89,24 @@ fn cnp() -> impl Strategy<Value = Cnp> {
         })
 }
 
-/// How to break a policy: an invalid port range in its first rule of one direction, or an
-/// out-of-range priority.
+/// How to break a policy: an invalid port range in its first rule of one direction, an
+/// out-of-range priority, or a peer with no field (a field of a later API version) in its first
+/// ingress rule.
 #[derive(Clone, Copy, Debug)]
 enum Corruption {
     IngressRange,
     EgressRange,
     Priority,
+    EmptyPeer,
 }
 
-fn rules_yaml(key: &str, peer_key: &str, rules: &[Rule], peers: &[&str], broken: bool) -> String {
+fn rules_yaml(
+    key: &str,
+    peer_key: &str,
+    rules: &[Rule],
+    peers: &[&str],
+    broken: Option<Corruption>,
+) -> String {
     if rules.is_empty() {
         return String::new();
     }
@@ -106,15 +114,24 @@ fn rules_yaml(key: &str, peer_key: &str, rules: &[Rule], peers: &[&str], broken:
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let ports = if broken && i == 0 {
+            let range = matches!(
+                broken,
+                Some(Corruption::IngressRange | Corruption::EgressRange)
+            );
+            let ports = if range && i == 0 {
                 Some("[{tcp: {destinationPort: {range: {start: 90, end: 80}}}}]")
             } else {
                 PORTS[r.ports]
             };
             let ports = ports.map_or(String::new(), |p| format!(", protocols: {p}"));
+            let peer = if matches!(broken, Some(Corruption::EmptyPeer)) && i == 0 {
+                "{futurePeer: {}}"
+            } else {
+                peers[r.peer]
+            };
             format!(
-                "{{action: {}, {peer_key}: [{}]{ports}}}",
-                ACTIONS[r.action], peers[r.peer]
+                "{{action: {}, {peer_key}: [{peer}]{ports}}}",
+                ACTIONS[r.action]
             )
         })
         .collect();
@@ -136,14 +153,14 @@ fn cnp_yaml(i: usize, p: &Cnp, broken: Option<Corruption>) -> String {
             "from",
             &p.ingress,
             INGRESS_PEERS,
-            matches!(broken, Some(Corruption::IngressRange))
+            broken.filter(|c| matches!(c, Corruption::IngressRange | Corruption::EmptyPeer))
         ),
         rules_yaml(
             "egress",
             "to",
             &p.egress,
             EGRESS_PEERS,
-            matches!(broken, Some(Corruption::EgressRange))
+            broken.filter(|c| matches!(c, Corruption::EgressRange))
         ),
     )
 }
@@ -197,6 +214,7 @@ proptest! {
             Just(Corruption::IngressRange),
             Just(Corruption::EgressRange),
             Just(Corruption::Priority),
+            Just(Corruption::EmptyPeer),
         ],
         netpol in 0..NETWORK_POLICIES.len(),
     ) {

@@ -130,3 +130,31 @@ fn an_invalid_subject_is_widened_to_every_pod_it_could_name() {
     let neither = with_spec("p", "{tier: Admin, priority: 1, subject: {}}");
     assert_eq!(neither.subjects, vec![PodSet::EVERY_POD]);
 }
+
+#[test]
+fn a_peer_with_no_field_fails_closed_as_upstream_says() {
+    let p = with_spec(
+        "p",
+        "{tier: Admin, priority: 1, subject: {namespaces: {}}, ingress: [\
+         {name: first, action: Accept, from: [{namespaces: {}}]}, \
+         {name: unknown-accept, action: Accept, from: [{futurePeer: {}}]}, \
+         {name: unknown-pass, action: Pass, from: [{futurePeer: {}}]}, \
+         {name: last, action: Accept, from: [{pods: {podSelector: {}}}]}]}",
+    );
+    assert_eq!(p.errors.len(), 2, "{:#?}", p.errors);
+    let read: Vec<(Option<usize>, Action, &[TierPeer])> = p
+        .ingress
+        .iter()
+        .map(|r| (r.index, r.action, r.peers.as_slice()))
+        .collect();
+    assert_eq!(
+        read,
+        [
+            (Some(0), Action::Accept, &p.ingress[0].peers[..]),
+            (Some(2), Action::Deny, &[TierPeer::Any][..]),
+            (Some(3), Action::Accept, &p.ingress[2].peers[..]),
+        ],
+        "the Accept matches nothing, the Pass denies all, in place"
+    );
+    assert!(p.ingress[1].ports.is_empty());
+}
