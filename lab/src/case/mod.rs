@@ -271,14 +271,33 @@ pub fn load_case(dir: impl AsRef<Path>) -> Result<Case, CaseError> {
     })
 }
 
+/// Whether some subfolder of `dir` holds a `case.yaml`.
+fn holds_cases(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|entry| entry.path().join(CASE_FILE).is_file())
+    })
+}
+
 /// Reads every case named: a folder holding a `case.yaml` is one case; a folder without one
 /// holds cases, each subfolder that has a `case.yaml`, in name order. Case names must be
 /// unique among cases of the same folder.
+///
+/// Among several paths (a shell glob such as `cnp/*`, which also names a README and a folder
+/// of CRDs), a file or a folder that holds no case is skipped with a warning; a single one, or
+/// paths that hold no case at all, are an error.
 pub fn load_cases(dirs: &[PathBuf]) -> Result<Vec<Case>, CaseError> {
     let mut cases = Vec::new();
+    let mut skipped = None;
     for dir in dirs {
         if dir.join(CASE_FILE).is_file() {
             cases.push(load_case(dir)?);
+            continue;
+        }
+        if dirs.len() > 1 && (!dir.is_dir() || !holds_cases(dir)) {
+            tracing::warn!(path = %dir.display(), "not a case folder and holds none: skipped");
+            skipped.get_or_insert_with(|| dir.clone());
             continue;
         }
         let read = |source| CaseError::Read {
@@ -299,6 +318,9 @@ pub fn load_cases(dirs: &[PathBuf]) -> Result<Vec<Case>, CaseError> {
         for dir in inner {
             cases.push(load_case(dir)?);
         }
+    }
+    if let (true, Some(dir)) = (cases.is_empty(), skipped) {
+        return Err(CaseError::NotACase { dir });
     }
     let mut seen: BTreeMap<(Option<&Path>, &str), &Path> = BTreeMap::new();
     for case in &cases {

@@ -322,7 +322,18 @@ fn a_folder_of_cases_loads_each_in_name_order_and_names_must_differ() {
     let empty = parent.0.join("01-a").join("nothing");
     assert!(std::fs::create_dir(&empty).is_ok());
     assert!(matches!(
-        load_cases(&[empty]),
+        load_cases(std::slice::from_ref(&empty)),
+        Err(CaseError::NotACase { .. })
+    ));
+    // A shell glob over a folder of cases also names its README and other folders: among
+    // several paths those are skipped, as long as some case is found.
+    let readme = parent.0.join("README.md");
+    assert!(std::fs::write(&readme, "cases").is_ok());
+    let glob = [parent.0.join("01-a"), readme.clone(), empty.clone()];
+    let cases = load_cases(&glob).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(cases.len(), 1);
+    assert!(matches!(
+        load_cases(&[readme, empty]),
         Err(CaseError::NotACase { .. })
     ));
 }
@@ -338,8 +349,24 @@ fn upstream() -> PathBuf {
 /// checks; and replaying the steps on a [`Cluster`] leaves every pod a table names in place.
 #[test]
 fn every_shared_upstream_case_loads_with_valid_manifests_and_consistent_tables() {
-    let cases = load_cases(&[upstream()]).unwrap_or_else(|error| panic!("{error}"));
-    assert!(cases.len() >= 32, "only {} cases", cases.len());
+    replay_shared_cases(&upstream(), 32);
+}
+
+/// The same for the ClusterNetworkPolicy cases: their `ClusterNetworkPolicy` manifests read
+/// and pass upstream's CRD checks (CEL rules included), and `delete: [clusternetworkpolicy/..]`
+/// steps name policies that exist.
+#[test]
+fn every_shared_cnp_case_loads_with_valid_manifests_and_consistent_tables() {
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/conformance/cnp"
+    ));
+    replay_shared_cases(&dir, 16);
+}
+
+fn replay_shared_cases(dir: &std::path::Path, at_least: usize) {
+    let cases = load_cases(&[dir.to_owned()]).unwrap_or_else(|error| panic!("{error}"));
+    assert!(cases.len() >= at_least, "only {} cases", cases.len());
     let load = |path: &PathBuf| {
         let objects = manifest::load_file(path).unwrap_or_else(|error| panic!("{error}"));
         for object in &objects {

@@ -53,6 +53,12 @@ pub fn run_case(case: &Case, options: &RunOptions) -> Result<bool> {
         for (key, pod) in cluster.pods.iter_mut() {
             book.addresses(key, std::sync::Arc::make_mut(pod));
         }
+        // What the evaluator will fail closed for, said once per step.
+        for policy in Evaluator::new(&cluster, &[]).cluster_policies() {
+            for error in &policy.errors {
+                println!("step {}: warning: {error} (fails closed)", i + 1);
+            }
+        }
         for probe in &step.probes {
             ok &= probe_table(&cluster, case, i + 1, probe, options)?;
         }

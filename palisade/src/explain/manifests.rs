@@ -11,7 +11,7 @@ use crate::{
     k8s::addresses::AddressBook,
     k8s::cluster::{Cluster, DEFAULT_NODE, pod_node},
     k8s::manifest,
-    policy::{Compiler, NodeView, evaluate::Evaluator, lookup},
+    policy::{Compiler, NodeView, evaluate::Evaluator, lookup, tiers::same_rank_conflicts},
 };
 
 /// What `palisade explain` prints, line by line, and whether it exits 0.
@@ -51,6 +51,28 @@ pub fn explain(files: &[PathBuf], from: &str, to: &str, flow: &str) -> Result<Ex
         .iter()
         .map(|e| format!("warning: {e} (its pods stay isolated)"))
         .collect();
+    for policy in evaluator.cluster_policies() {
+        for e in &policy.errors {
+            lines.push(format!(
+                "warning: {e} (fails closed: a Deny of everything for its subjects)"
+            ));
+        }
+    }
+    for (first, second) in same_rank_conflicts(evaluator.cluster_policies()) {
+        lines.push(format!(
+            "warning: clusternetworkpolicies {first} and {second} have the same tier and \
+             priority: {first} is tried first (by name); give them distinct priorities"
+        ));
+    }
+    if !cluster.cluster_policies.is_empty() {
+        // The evaluator judges them; the compiler does not know them yet, so the maps below
+        // would disagree wherever one decides.
+        lines.push(
+            "warning: ClusterNetworkPolicies are judged here but not yet enforced by the \
+             dataplane (issue 17): the compiled maps ignore them"
+                .to_owned(),
+        );
+    }
     let verdict = evaluator.evaluate(src, dst, protocol, port);
     let verdict_line = lines.len();
     lines.push(verdict.to_string());
@@ -192,6 +214,62 @@ mod tests {
             dir.join("default-deny.yaml"),
             file,
         ]
+    }
+
+    #[test]
+    fn a_cluster_network_policy_is_judged_but_never_claimed_by_the_maps() {
+        let file =
+            std::env::temp_dir().join(format!("palisade-explain-cnp-{}.yaml", std::process::id()));
+        let policy = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+                      metadata: {name: guard}\nspec: {tier: Admin, priority: 1, subject: \
+                      {namespaces: {}}, ingress: [{action: Deny, from: [{namespaces: {}}]}]}\n";
+        std::fs::write(&file, policy).expect("write the policy");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/quick-start");
+        let files = [dir.join("cluster.yaml"), file];
+        let explanation =
+            explain(&files, "default/client", "default/nginx", "TCP/80").expect("explain");
+        let text = explanation.lines.join("\n");
+        assert!(!explanation.exact, "{text}");
+        assert!(text.contains("not yet enforced by the dataplane"), "{text}");
+        assert!(
+            text.contains("denied by clusternetworkpolicy guard"),
+            "{text}"
+        );
+        assert!(!text.contains("same tier and priority"), "{text}");
+    }
+
+    #[test]
+    fn two_cluster_network_policies_of_one_tier_and_priority_are_warned_about() {
+        let file = std::env::temp_dir().join(format!(
+            "palisade-explain-cnp-tie-{}.yaml",
+            std::process::id()
+        ));
+        let policy = |name: &str, action: &str| {
+            format!(
+                "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+                 metadata: {{name: {name}}}\nspec: {{tier: Admin, priority: 7, subject: \
+                 {{namespaces: {{}}}}, ingress: [{{action: {action}, from: [{{namespaces: {{}}}}]}}]}}\n"
+            )
+        };
+        let text = format!(
+            "{}---\n{}",
+            policy("b-accept", "Accept"),
+            policy("a-deny", "Deny")
+        );
+        std::fs::write(&file, text).expect("write the policies");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/quick-start");
+        let files = [dir.join("cluster.yaml"), file];
+        let explanation =
+            explain(&files, "default/client", "default/nginx", "TCP/80").expect("explain");
+        let text = explanation.lines.join("\n");
+        assert!(
+            text.contains("clusternetworkpolicies a-deny and b-accept have the same tier and priority: a-deny is tried first"),
+            "{text}"
+        );
+        assert!(
+            text.contains("denied by clusternetworkpolicy a-deny"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod addresses;
 pub mod cluster;
+pub mod cnp;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod keys;

@@ -9,6 +9,7 @@ pub mod lookup;
 pub mod model;
 pub mod ports;
 pub mod selector;
+pub mod tiers;
 
 pub use compile::{ClusterChange, Compiler, Journal, NodeState, NodeView, Update};
 

@@ -1,5 +1,6 @@
 //! The Kubernetes objects the agent (or the lab) knows: a snapshot of Namespaces, Pods and
-//! NetworkPolicies, keyed by namespace and name.
+//! NetworkPolicies, keyed by namespace and name, and of the cluster-scoped ClusterNetworkPolicies
+//! and Nodes, keyed by name.
 //!
 //! The snapshot and how `apply`, `delete` and `label` change it are here; how those steps name
 //! objects and label edits is in `reference.rs`, and what a Pod says about itself in `pod.rs`.
@@ -13,7 +14,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Pod},
+        core::v1::{Namespace, Node, Pod},
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -24,7 +25,7 @@ pub use self::{
     reference::{LabelChange, LabelEdit, ObjectRef},
 };
 pub use super::keys::{DEFAULT_NAMESPACE, DEFAULT_NODE, NAMESPACE_NAME_LABEL, ObjectKey};
-use super::manifest::Object;
+use super::{cnp::ClusterNetworkPolicy, manifest::Object};
 
 /// A consistent view of the cluster. The objects are shared, not owned: the agent's snapshot
 /// points at its watch caches' copies (one copy of each object, however many snapshots), and a
@@ -34,6 +35,10 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
     pub pods: BTreeMap<ObjectKey, Arc<Pod>>,
     pub policies: BTreeMap<ObjectKey, Arc<NetworkPolicy>>,
+    /// ClusterNetworkPolicies by name (cluster-scoped: deleting a namespace leaves them).
+    pub cluster_policies: BTreeMap<String, Arc<ClusterNetworkPolicy>>,
+    /// Nodes by name: their labels and addresses, for ClusterNetworkPolicy `nodes` peers.
+    pub nodes: BTreeMap<String, Arc<Node>>,
 }
 
 /// A Namespace annotation: `audit` puts every pod of the namespace in audit mode (policy is
@@ -56,11 +61,14 @@ static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error(
-        "invalid object reference {reference:?}: expected namespace/NAME, pod/NAMESPACE/NAME or \
-         networkpolicy/NAMESPACE/NAME"
+        "invalid object reference {reference:?}: expected namespace/NAME, pod/NAMESPACE/NAME, \
+         networkpolicy/NAMESPACE/NAME or clusternetworkpolicy/NAME"
     )]
     BadReference { reference: String },
-    #[error("{reference:?}: unknown kind {kind:?} (expected namespace, pod or networkpolicy)")]
+    #[error(
+        "{reference:?}: unknown kind {kind:?} (expected namespace, pod, networkpolicy or \
+         clusternetworkpolicy)"
+    )]
     UnknownKind { reference: String, kind: String },
     #[error("{target} does not exist")]
     NotFound { target: ObjectRef },
@@ -110,6 +118,15 @@ impl Cluster {
                 let key = self.key_for(&mut policy.metadata);
                 self.policies.insert(key, Arc::new(policy));
             }
+            Object::ClusterNetworkPolicy(mut policy) => {
+                policy.metadata.namespace = None;
+                let name = policy.metadata.name.clone().unwrap_or_default();
+                self.cluster_policies.insert(name, Arc::new(policy));
+            }
+            Object::Node(node) => {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                self.nodes.insert(name, Arc::new(node));
+            }
             Object::Ignored { kind, name } => {
                 tracing::debug!(
                     kind,
@@ -120,7 +137,8 @@ impl Cluster {
         }
     }
 
-    /// Deletes `namespace/y` (with its pods and policies), `pod/x/a` or `networkpolicy/x/p`.
+    /// Deletes `namespace/y` (with its pods and policies, never a ClusterNetworkPolicy),
+    /// `pod/x/a`, `networkpolicy/x/p` or `clusternetworkpolicy/p`.
     pub fn delete(&mut self, reference: &str) -> Result<(), ClusterError> {
         self.delete_object(&reference.parse()?)
     }
@@ -134,6 +152,7 @@ impl Cluster {
             }
             ObjectRef::Pod(key) => self.pods.remove(key).is_some(),
             ObjectRef::NetworkPolicy(key) => self.policies.remove(key).is_some(),
+            ObjectRef::ClusterNetworkPolicy(name) => self.cluster_policies.remove(name).is_some(),
         };
         if found {
             Ok(())
@@ -164,6 +183,10 @@ impl Cluster {
             ObjectRef::NetworkPolicy(key) => self
                 .policies
                 .get_mut(key)
+                .map(|p| &mut Arc::make_mut(p).metadata),
+            ObjectRef::ClusterNetworkPolicy(name) => self
+                .cluster_policies
+                .get_mut(name)
                 .map(|p| &mut Arc::make_mut(p).metadata),
         };
         let metadata = metadata.ok_or_else(|| ClusterError::NotFound {

@@ -10,6 +10,8 @@ pub enum ObjectRef {
     Namespace(String),
     Pod(ObjectKey),
     NetworkPolicy(ObjectKey),
+    /// Cluster-scoped: `clusternetworkpolicy/NAME` (or `cnp/NAME`).
+    ClusterNetworkPolicy(String),
 }
 
 impl std::str::FromStr for ObjectRef {
@@ -33,9 +35,22 @@ impl std::str::FromStr for ObjectRef {
             ("networkpolicy" | "networkpolicies" | "netpol", [namespace, name]) => {
                 Ok(Self::NetworkPolicy(ObjectKey::new(*namespace, *name)))
             }
+            ("clusternetworkpolicy" | "clusternetworkpolicies" | "cnp", [name]) => {
+                Ok(Self::ClusterNetworkPolicy((*name).to_owned()))
+            }
             (
-                "namespace" | "namespaces" | "ns" | "pod" | "pods" | "po" | "networkpolicy"
-                | "networkpolicies" | "netpol",
+                "namespace"
+                | "namespaces"
+                | "ns"
+                | "pod"
+                | "pods"
+                | "po"
+                | "networkpolicy"
+                | "networkpolicies"
+                | "netpol"
+                | "clusternetworkpolicy"
+                | "clusternetworkpolicies"
+                | "cnp",
                 _,
             ) => Err(bad()),
             _ => Err(ClusterError::UnknownKind {
@@ -52,6 +67,7 @@ impl std::fmt::Display for ObjectRef {
             Self::Namespace(name) => write!(f, "namespace/{name}"),
             Self::Pod(key) => write!(f, "pod/{key}"),
             Self::NetworkPolicy(key) => write!(f, "networkpolicy/{key}"),
+            Self::ClusterNetworkPolicy(name) => write!(f, "clusternetworkpolicy/{name}"),
         }
     }
 }

@@ -167,8 +167,8 @@ fn deleting_what_does_not_exist_or_an_unknown_kind_is_a_clear_error() {
     assert_eq!(
         error,
         Err(
-            "\"service/x/a\": unknown kind \"service\" (expected namespace, pod or \
-                 networkpolicy)"
+            "\"service/x/a\": unknown kind \"service\" (expected namespace, pod, networkpolicy \
+                 or clusternetworkpolicy)"
                 .to_owned()
         )
     );
@@ -319,4 +319,71 @@ fn host_network_is_read_from_the_spec() {
              spec: {hostNetwork: true, containers: []}\n",
     );
     assert!(is_host_network(pod(&cluster, "default", "h")));
+}
+
+const CLUSTER_POLICY: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: deny-y, namespace: ignored}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {matchLabels: {ns: "y"}}}
+  ingress: [{action: Deny, from: [{namespaces: {}}]}]
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-1, labels: {role: worker}}
+status: {addresses: [{type: InternalIP, address: 10.244.0.1}]}
+"#;
+
+#[test]
+fn a_cluster_network_policy_is_kept_by_name_without_a_namespace() {
+    let cluster = cluster_from(&format!("{CLUSTER}---{CLUSTER_POLICY}"));
+    let policy = cluster
+        .cluster_policies
+        .get("deny-y")
+        .unwrap_or_else(|| panic!("no policy"));
+    assert_eq!(policy.metadata.namespace, None);
+    assert!(cluster.nodes.contains_key("node-1"));
+}
+
+#[test]
+fn applying_a_cluster_network_policy_again_replaces_it_by_name() {
+    let mut cluster = cluster_from(CLUSTER_POLICY);
+    let changed = CLUSTER_POLICY.replace("priority: 1", "priority: 7");
+    for object in parse_str(&changed, "again.yaml").unwrap_or_else(|e| panic!("{e}")) {
+        cluster.apply(object);
+    }
+    assert_eq!(cluster.cluster_policies.len(), 1);
+    assert_eq!(cluster.cluster_policies["deny-y"].spec.priority, Some(7));
+}
+
+#[test]
+fn deleting_a_namespace_never_removes_a_cluster_network_policy() {
+    let mut cluster = cluster_from(&format!("{CLUSTER}---{CLUSTER_POLICY}"));
+    cluster
+        .delete("namespace/y")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cluster.cluster_policies.contains_key("deny-y"));
+    cluster
+        .delete("clusternetworkpolicy/deny-y")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cluster.cluster_policies.is_empty());
+    assert!(matches!(
+        cluster.delete("cnp/deny-y"),
+        Err(ClusterError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn a_cluster_network_policy_reference_has_no_namespace() {
+    assert_eq!(
+        "clusternetworkpolicy/p".parse::<ObjectRef>().ok(),
+        Some(ObjectRef::ClusterNetworkPolicy("p".into()))
+    );
+    assert!(matches!(
+        "clusternetworkpolicy/x/p".parse::<ObjectRef>(),
+        Err(ClusterError::BadReference { .. })
+    ));
 }

@@ -14,14 +14,17 @@ mod validation;
 use std::{fmt, path::PathBuf};
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod},
+    core::v1::{Namespace, Node, Pod},
     networking::v1::NetworkPolicy,
 };
+
+use super::cnp::ClusterNetworkPolicy;
 
 pub use self::{
     parse::{load_file, parse_str},
     validation::{
-        FieldProblem, valid_label_key, valid_label_value, validate, validate_pod, validate_policy,
+        FieldProblem, selector_problems, valid_label_key, valid_label_value, validate,
+        validate_cluster_policy, validate_pod, validate_policy,
     },
 };
 
@@ -36,6 +39,10 @@ pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
     NetworkPolicy(NetworkPolicy),
+    /// `policy.networking.k8s.io/v1alpha2`, cluster-scoped.
+    ClusterNetworkPolicy(ClusterNetworkPolicy),
+    /// A Node: its labels and `status.addresses`, for ClusterNetworkPolicy `nodes` peers.
+    Node(Node),
     /// Any other kind (Services among them: the lab makes one per pod by itself).
     Ignored {
         kind: String,
@@ -49,6 +56,8 @@ impl Object {
             Object::Namespace(_) => "Namespace",
             Object::Pod(_) => "Pod",
             Object::NetworkPolicy(_) => "NetworkPolicy",
+            Object::ClusterNetworkPolicy(_) => "ClusterNetworkPolicy",
+            Object::Node(_) => "Node",
             Object::Ignored { kind, .. } => kind,
         }
     }
@@ -123,4 +132,7 @@ pub enum ManifestError {
         field: String,
         problem: FieldProblem,
     },
+    /// A ClusterNetworkPolicy that upstream's CRD refuses (see [`crate::k8s::cnp::validate`]).
+    #[error(transparent)]
+    InvalidCluster(crate::k8s::cnp::CnpError),
 }

@@ -8,7 +8,10 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_yaml_ng::Value;
 
 use super::{ManifestError, Object, Position};
-use crate::k8s::cluster::DEFAULT_NAMESPACE;
+use crate::k8s::{
+    cluster::DEFAULT_NAMESPACE,
+    cnp::{self, ClusterNetworkPolicy},
+};
 
 /// Reads every object of a manifest file.
 pub fn load_file(path: impl AsRef<Path>) -> Result<Vec<Object>, ManifestError> {
@@ -132,7 +135,7 @@ impl Header {
     /// `namespace/name` for namespaced kinds, else `name`.
     fn object(&self) -> String {
         match (&*self.kind, &self.namespace) {
-            ("Namespace", _) | (_, None) => self.name.clone(),
+            ("Namespace" | "Node" | cnp::KIND, _) | (_, None) => self.name.clone(),
             (_, Some(namespace)) => format!("{namespace}/{}", self.name),
         }
     }
@@ -180,6 +183,14 @@ impl Header {
                 default_namespace(&mut pod.metadata.namespace);
                 Object::Pod(pod)
             }
+            "Node" => Object::Node(source.decode().map_err(malformed)?),
+            // Cluster-scoped: a namespace written in the manifest means nothing, as kubectl
+            // ignores it.
+            cnp::KIND => {
+                let mut policy: ClusterNetworkPolicy = source.decode().map_err(malformed)?;
+                policy.metadata.namespace = None;
+                Object::ClusterNetworkPolicy(policy)
+            }
             _ => {
                 let mut policy: NetworkPolicy = source.decode().map_err(malformed)?;
                 default_namespace(&mut policy.metadata.namespace);
@@ -196,7 +207,8 @@ impl Header {
 fn served_version(kind: &str, api_version: &str) -> Option<&'static str> {
     let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
     match (kind, group) {
-        ("Namespace" | "Pod", "") => Some("v1"),
+        ("Namespace" | "Pod" | "Node", "") => Some("v1"),
+        (cnp::KIND, "policy.networking.k8s.io") => Some(cnp::API_VERSION),
         ("NetworkPolicy", "networking.k8s.io" | "extensions") => Some("networking.k8s.io/v1"),
         _ => None,
     }

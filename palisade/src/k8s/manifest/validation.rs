@@ -76,6 +76,13 @@ pub fn validate(object: &Object) -> Result<(), Vec<ManifestError>> {
         }
         Object::Pod(pod) => validate_pod(pod),
         Object::NetworkPolicy(policy) => validate_policy(policy),
+        Object::ClusterNetworkPolicy(policy) => validate_cluster_policy(policy),
+        Object::Node(node) => {
+            let mut found = Findings::default();
+            found.labels(node.metadata.labels.as_ref(), "metadata.labels");
+            let name = node.metadata.name.clone().unwrap_or_default();
+            found.into_result("Node", name)
+        }
         Object::Ignored { .. } => Ok(()),
     }
 }
@@ -108,6 +115,31 @@ pub fn validate_policy(policy: &NetworkPolicy) -> Result<(), Vec<ManifestError>>
         }
     }
     found.into_result("NetworkPolicy", namespaced_name(&policy.metadata))
+}
+
+/// Every problem of a ClusterNetworkPolicy that upstream's CRD (with its CEL rules) refuses, and
+/// `domainNames`, which Palisade does not implement.
+pub fn validate_cluster_policy(
+    policy: &crate::k8s::cnp::ClusterNetworkPolicy,
+) -> Result<(), Vec<ManifestError>> {
+    let errors = crate::k8s::cnp::validate(policy);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors
+            .into_iter()
+            .map(ManifestError::InvalidCluster)
+            .collect())
+    }
+}
+
+/// Every problem of a label selector the API server's `LabelSelectorAsSelector` would refuse,
+/// each with its field path under `at` (a ClusterNetworkPolicy's selectors are checked by no
+/// schema: only this tells an unknown operator from a selector that matches nothing).
+pub fn selector_problems(selector: &LabelSelector, at: &str) -> Vec<(String, FieldProblem)> {
+    let mut found = Findings::default();
+    found.selector(selector, at);
+    found.0
 }
 
 /// Every problem of a Pod that matters here: labels, container ports and addresses.

@@ -5,7 +5,26 @@ use std::fmt;
 
 use palisade_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
-use super::{Direction, DirectionVerdict, NotAPod, Verdict};
+use super::{Direction, DirectionVerdict, NotAPod, TierRuleId, Verdict};
+
+/// `clusternetworkpolicy deny-x (Admin, priority 10) rule 2 "deny-from-x"`.
+struct TierRule<'a>(&'a TierRuleId);
+
+impl fmt::Display for TierRule<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rule = self.0;
+        write!(
+            f,
+            "clusternetworkpolicy {} ({:?}, priority {}) ",
+            rule.policy, rule.tier, rule.priority
+        )?;
+        match rule.index {
+            Some(index) if rule.name.is_empty() => write!(f, "rule {index}"),
+            Some(index) => write!(f, "rule {index} {:?}", rule.name),
+            None => f.write_str("(invalid: fails closed to deny all)"),
+        }
+    }
+}
 
 /// "TCP", "UDP", ... or the number.
 pub fn protocol_name(protocol: u8) -> String {
@@ -65,6 +84,12 @@ impl fmt::Display for Verdict {
                         write!(f, "{sep}{} rule {d}[{}]", rule.policy, rule.index)?;
                     }
                     Ok(())
+                }
+                DirectionVerdict::AcceptedByTier(rule) => {
+                    write!(f, "{d} of {subject} accepted by {}", TierRule(rule))
+                }
+                DirectionVerdict::DeniedByTier(rule) => {
+                    write!(f, "{d} of {subject} denied by {}", TierRule(rule))
                 }
                 DirectionVerdict::Denied { isolating } => {
                     let names: Vec<String> = isolating.iter().map(ToString::to_string).collect();

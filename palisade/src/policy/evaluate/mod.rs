@@ -1,5 +1,7 @@
-//! The reference evaluator: what the NetworkPolicy API (networking.k8s.io/v1) says about one
-//! connection, read straight from the objects, one API sentence at a time.
+//! The reference evaluator: what the NetworkPolicy API (networking.k8s.io/v1) and the
+//! ClusterNetworkPolicy API (policy.networking.k8s.io/v1alpha2, its Admin and Baseline tiers:
+//! `tiers.rs`) say about one connection, read straight from the objects, one API sentence at a
+//! time.
 //!
 //! It shares nothing with the compiler and the lookup replica ([`super::compile`]'s classes,
 //! identities and prefixes, [`super::lookup`]) beyond reading a policy ([`Policy::from_api`]:
@@ -10,15 +12,26 @@
 //! a pod always reaches itself; ingress from the pod's own node is allowed (the API's "traffic
 //! source is the pod's local node"); `ipBlock` matches pod addresses too; hostNetwork pods are
 //! neither targets nor peers (they are plain addresses); a policy that fails validation isolates
-//! what it selects and allows nothing.
+//! what it selects and allows nothing; an invalid ClusterNetworkPolicy fails closed as
+//! `policy/tiers.rs` says. A pod reaching its own pod IP is not subject to ClusterNetworkPolicy
+//! either (the API's hairpin rule; through a Service it would be, but this evaluator is asked
+//! about pod addresses, and Service probes are judged against their backend pod).
 //!
 //! The verdict's explanation (its `Display`) is in `display.rs`.
 
 pub mod display;
 #[cfg(test)]
 mod tests;
+mod tiers;
+#[cfg(test)]
+mod tiers_props;
+#[cfg(test)]
+mod tiers_tests;
 
-pub use self::display::protocol_name;
+pub use self::{
+    display::protocol_name,
+    tiers::{TierOutcome, TierRuleId},
+};
 
 use std::{fmt, net::IpAddr};
 
@@ -29,11 +42,13 @@ use super::{
     compile::NodeView,
     model::{Peer, Policy, PolicyError, Port, Rule},
     selector::matches,
+    tiers::ClusterPolicy,
 };
 use crate::k8s::cluster::{
     Cluster, NAMESPACE_NAME_LABEL, ObjectKey, container_ports, is_host_network, pod_addrs,
     pod_labels, pod_node,
 };
+use crate::k8s::cnp::Tier;
 
 /// One end of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +126,11 @@ pub enum DirectionVerdict {
     AllowedBy(Vec<RuleId>),
     /// Isolated by these policies, and none of their rules admits the connection.
     Denied { isolating: Vec<ObjectKey> },
+    /// A ClusterNetworkPolicy rule with action Accept decided (Admin tier, or Baseline for a
+    /// pod no NetworkPolicy isolates).
+    AcceptedByTier(TierRuleId),
+    /// A ClusterNetworkPolicy rule with action Deny decided.
+    DeniedByTier(TierRuleId),
 }
 
 /// Why an end is not subject to policy.
@@ -131,7 +151,7 @@ pub struct RuleId {
 
 impl DirectionVerdict {
     pub fn allows(&self) -> bool {
-        !matches!(self, Self::Denied { .. })
+        !matches!(self, Self::Denied { .. } | Self::DeniedByTier(_))
     }
 }
 
@@ -163,6 +183,8 @@ pub struct Evaluator<'a> {
     nodes: &'a [NodeView<'a>],
     policies: Vec<Policy>,
     errors: Vec<PolicyError>,
+    /// In the order they are tried (tier, priority, name).
+    cluster_policies: Vec<ClusterPolicy>,
 }
 
 /// One connection against `cluster`; `nodes` name each node's own addresses.
@@ -187,12 +209,26 @@ impl<'a> Evaluator<'a> {
             policies.push(policy);
             errors.extend(errs);
         }
+        let cluster_policies = tiers::ranked(
+            cluster
+                .cluster_policies
+                .values()
+                .map(|p| ClusterPolicy::from_api(p))
+                .collect(),
+        );
         Self {
             cluster,
             nodes,
             policies,
             errors,
+            cluster_policies,
         }
+    }
+
+    /// The ClusterNetworkPolicies read, in the order they are tried; each carries the errors
+    /// it failed closed for.
+    pub fn cluster_policies(&self) -> &[ClusterPolicy] {
+        &self.cluster_policies
     }
 
     /// Problems with the policies read (their pods stay isolated, with no rules from them).
@@ -259,6 +295,49 @@ impl<'a> Evaluator<'a> {
             Ok(pod) => pod,
             Err(why) => return DirectionVerdict::NotApplicable(why),
         };
+        // "The Admin tier takes precedence over all other policies. [...] If Admin tier has made
+        // a final decision (Accept or Deny) on a connection, then no further evaluation is
+        // done." A Pass, or no match, hands on to NetworkPolicy.
+        let tier = |tier| self.tier_decides(tier, direction, key, pod, peer, dest, protocol, port);
+        match tier(Tier::Admin) {
+            Some(TierOutcome::Accept(id)) => return DirectionVerdict::AcceptedByTier(id),
+            Some(TierOutcome::Deny(id)) => return DirectionVerdict::DeniedByTier(id),
+            Some(TierOutcome::Pass(_)) | None => {}
+        }
+        // "v1.NetworkPolicy always makes a final decision for selected pods. Further evaluation
+        // only happens for Pods not selected by a v1.NetworkPolicy."
+        let by_network_policy =
+            self.judge_network_policy(direction, key, pod, peer, dest, protocol, port);
+        if by_network_policy != DirectionVerdict::NotIsolated {
+            return by_network_policy;
+        }
+        // "Baseline tier is a cluster-wide policy that can be overridden by the
+        // v1.NetworkPolicy. [...] If a given connection wasn't allowed or denied by any of the
+        // tiers, the default kubernetes policy is applied, which says that all pods can
+        // communicate with each other."
+        match tier(Tier::Baseline) {
+            Some(TierOutcome::Accept(id)) => DirectionVerdict::AcceptedByTier(id),
+            Some(TierOutcome::Deny(id)) => DirectionVerdict::DeniedByTier(id),
+            Some(TierOutcome::Pass(_)) | None => DirectionVerdict::NotIsolated,
+        }
+    }
+
+    /// The NetworkPolicy (v1) tier alone: [`DirectionVerdict::NotIsolated`] when no policy
+    /// isolates `pod` for `direction`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one connection seen from one side: `judge`'s arguments and the pod it found"
+    )]
+    fn judge_network_policy(
+        &self,
+        direction: Direction,
+        key: &ObjectKey,
+        pod: &Pod,
+        peer: Endpoint<'_>,
+        dest: Endpoint<'_>,
+        protocol: u8,
+        port: u16,
+    ) -> DirectionVerdict {
         // podSelector: "selects the pods to which this NetworkPolicy object applies [...] An
         // empty podSelector matches all pods in this namespace." policyTypes: the directions
         // it applies to (`None` rules when the direction is not among them).
@@ -301,6 +380,20 @@ impl<'a> Evaluator<'a> {
         } else {
             DirectionVerdict::AllowedBy(allowed_by)
         }
+    }
+
+    /// The labels of namespace `name`, with the name label the API server sets on every
+    /// namespace since v1.21.
+    fn namespace_labels_of(&self, name: &str) -> std::collections::BTreeMap<String, String> {
+        let mut labels = self
+            .cluster
+            .namespace_labels(name)
+            .cloned()
+            .unwrap_or_default();
+        labels
+            .entry(NAMESPACE_NAME_LABEL.to_owned())
+            .or_insert_with(|| name.to_owned());
+        labels
     }
 
     fn is_node_of(&self, pod: &Pod, addr: IpAddr) -> bool {
@@ -351,18 +444,7 @@ impl<'a> Evaluator<'a> {
                 // Otherwise it selects all pods in the namespaces selected by namespaceSelector."
                 let namespace_ok = match namespaces {
                     None => key.namespace == policy.key.namespace,
-                    Some(selector) => {
-                        let mut labels = self
-                            .cluster
-                            .namespace_labels(&key.namespace)
-                            .cloned()
-                            .unwrap_or_default();
-                        // Set by the API server on every namespace since v1.21.
-                        labels
-                            .entry(NAMESPACE_NAME_LABEL.to_owned())
-                            .or_insert_with(|| key.namespace.clone());
-                        matches(selector, &labels)
-                    }
+                    Some(selector) => matches(selector, &self.namespace_labels_of(&key.namespace)),
                 };
                 // "if present but empty, it selects all pods".
                 namespace_ok
