@@ -92,7 +92,8 @@ pub fn state_dir() -> PathBuf {
 /// `cargo xtask cluster up [--nodes N] [--debug] [--no-agent] | down [--purge] | exec [--node I] CMD...`
 pub fn cluster(args: &[String]) -> Result<()> {
     let usage = "usage: cargo xtask cluster up [--nodes N] [--debug] [--no-agent] | down [--purge] \
-                 | exec [--node I] CMD... | deploy [--debug] | undeploy | smoke | restarts | netperf [ROUNDS [RUNS]]";
+                 | exec [--node I] CMD... | deploy [--debug] | undeploy | smoke | restarts | image-equivalence \
+                 | netperf [ROUNDS [RUNS]]";
     let Some((cmd, rest)) = args.split_first() else {
         bail!("{usage}");
     };
@@ -158,6 +159,11 @@ pub fn cluster(args: &[String]) -> Result<()> {
                 .arg(root())
                 .args(["restart", "rollout", "recreate"])
                 .env("ROLL_IMAGE", &roll))
+        }
+        "image-equivalence" => {
+            // The image's contents against the Dockerfile's runtime stage, built in a chroot.
+            let (_, binary) = prepare_image(Profile::Release, SMOKE_BINARIES)?;
+            run(script("image-equivalence.sh").arg(binary))
         }
         "netperf" => {
             let image = prepare(Profile::Release)?;
