@@ -32,6 +32,8 @@ const NODE_PACKAGES: &[&str] = &[
     "curl",
     "bc",
     "etcd-server",
+    // The flow generator and the benchmark driver (xtask/cluster/*.py).
+    "python3",
 ];
 
 /// The Kubernetes binaries a cluster and the e2e run need (built from the same tree).
