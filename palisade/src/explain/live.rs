@@ -94,15 +94,22 @@ pub fn explain(
                 } else {
                     chosen
                 };
-                let names: Vec<String> = shown
-                    .iter()
-                    .map(|r| format!("{} {name}[{}]", r.policy, r.index))
-                    .collect();
+                let names: Vec<String> = shown.iter().map(|r| r.describe()).collect();
                 format!("allowed by class {c} ({})", names.join(", "))
             }
-            LiveDecision::Denied { audit: false } => "denied".to_owned(),
-            LiveDecision::Denied { audit: true } => {
-                "would be denied; passes and is reported (audit mode)".to_owned()
+            LiveDecision::Denied { audit, tier_class } => {
+                let by = tier_class.map_or_else(String::new, |c| {
+                    let rules = local.classes[d]
+                        .get(usize::from(c))
+                        .map_or(&[][..], |class| &class.rules);
+                    let names: Vec<String> = rules.iter().map(|r| r.describe()).collect();
+                    format!(" by class {c} ({})", names.join(", "))
+                });
+                if audit {
+                    format!("would be denied{by}; passes and is reported (audit mode)")
+                } else {
+                    format!("denied{by}")
+                }
             }
         };
         // Audit changes what happens to the packet, not what policy says.

@@ -84,7 +84,9 @@ pub struct FlowRecord {
     /// Rules that admitted it, as `namespace/policy ingress[i]` (or `egress[i]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_by: Vec<String>,
-    /// Policies that isolate the judging pod in that direction (denied and audit).
+    /// Denied and audit: the policies that isolate the judging pod in that direction, or, when
+    /// a ClusterNetworkPolicy denied, its deciding rule (`clusternetworkpolicy/NAME
+    /// ingress[i]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub isolated_by: Vec<String>,
     /// Judged after kube-proxy's translation (a Service flow; `dst` is the backend).
@@ -311,6 +313,11 @@ impl Attribution {
                 _ if matches!(reason, "policy-ingress" | "policy-egress") => {
                     isolated_by = local.isolating[d].iter().map(ToString::to_string).collect();
                 }
+                _ if event.class != NO_CLASS => {
+                    isolated_by = local.classes[d]
+                        .get(usize::from(event.class))
+                        .map_or_else(Vec::new, |c| c.rules.iter().map(|r| r.describe()).collect());
+                }
                 _ => {}
             }
         }
@@ -350,21 +357,7 @@ impl Attribution {
         let Some(class) = local.classes[d].get(usize::from(event.class)) else {
             return vec![format!("class {} (no longer compiled)", event.class)];
         };
-        let name = |policy: &ObjectKey, index: usize| {
-            let dir = if d == usize::from(DIR_INGRESS) {
-                "ingress"
-            } else {
-                "egress"
-            };
-            format!("{policy} {dir}[{index}]")
-        };
-        let all = || {
-            class
-                .rules
-                .iter()
-                .map(|r| name(&r.policy, r.index))
-                .collect()
-        };
+        let all = || class.rules.iter().map(|r| r.describe()).collect();
         if class.rules.len() <= 1 {
             return all();
         }
@@ -391,7 +384,7 @@ impl Attribution {
                     .iter()
                     .any(|a| a.policy == r.policy && a.index == r.index)
             })
-            .map(|r| name(&r.policy, r.index))
+            .map(|r| r.describe())
             .collect();
         if chosen.is_empty() { all() } else { chosen }
     }

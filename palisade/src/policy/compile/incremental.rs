@@ -56,6 +56,9 @@ pub(super) struct Snapshot {
     pub host_blocks: Vec<Block>,
     /// Local endpoints with more classes than class bits (they carry an error).
     pub overflowed: HashSet<ObjectKey>,
+    /// The ClusterNetworkPolicies, read and ranked. While there are any, every change is
+    /// applied by a full compile (their subjects and peers are not yet followed in place).
+    pub tiers: Vec<crate::policy::tiers::ClusterPolicy>,
 }
 
 impl Snapshot {
@@ -139,6 +142,9 @@ impl Compiler {
         let last = self.last.take().ok_or("nothing compiled yet")?;
         if last.node != node.name || last.node_addrs != node.addrs {
             return Err("another node");
+        }
+        if !last.tiers.is_empty() {
+            return Err("ClusterNetworkPolicies are compiled whole");
         }
         Ok(last)
     }
@@ -300,7 +306,7 @@ fn endpoint_afresh(
         cidrs: &state.cidrs,
         addrs: &state.identities,
     };
-    let endpoint = ctx.endpoint(key, pod, pod_addrs(pod), &last.policies_of(chosen));
+    let endpoint = ctx.endpoint(key, pod, pod_addrs(pod), &last.policies_of(chosen), &[]);
     if endpoint.degraded.iter().any(|e| !e.is_empty()) {
         return Err("an endpoint would have more classes than class bits");
     }
@@ -462,7 +468,13 @@ impl Compiler {
                 cidrs: &state.cidrs,
                 addrs: &state.identities,
             };
-            let endpoint = memo.endpoint(&ctx, &ep_key, pod, &chosen, &last.policies_of(&chosen));
+            let endpoint = memo.endpoint(
+                &ctx,
+                &ep_key,
+                pod,
+                (&chosen, &last.policies_of(&chosen)),
+                &[],
+            );
             if endpoint.degraded.iter().any(|e| !e.is_empty()) {
                 return Err("an endpoint would have more classes than class bits");
             }
