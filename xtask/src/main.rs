@@ -192,10 +192,13 @@ fn test() -> Result<()> {
             cases.display()
         );
     }
-    // The shared upstream cases, ours (two nodes, externals, IPv6) and the quick-start.
+    // The shared upstream and ClusterNetworkPolicy cases, ours (two nodes, externals, IPv6,
+    // the tiers) and the quick-start.
     let all = [
         cases,
+        shared().join("conformance/cnp"),
         root().join("tests/cases"),
+        root().join("tests/cnp-cases"),
         root().join("examples/quick-start"),
     ];
     eprintln!("[test] every case with the reference evaluator (--model)");

@@ -1,4 +1,5 @@
-//! Reflectors on Pods, Namespaces and NetworkPolicies: one cache each, kept by kube-rs
+//! Reflectors on Pods, Namespaces, NetworkPolicies, ClusterNetworkPolicies and Nodes: one
+//! cache each, kept by kube-rs
 //! watchers that list, watch, and list again after an expired resource version or a broken
 //! connection, each error followed by a backoff ([`retry`]). Every change is reported on one
 //! channel, for the sync loop to coalesce.
@@ -10,7 +11,7 @@ use std::{sync::Arc, time::Instant};
 use futures::StreamExt as _;
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Pod},
+        core::v1::{Namespace, Node, Pod},
         networking::v1::NetworkPolicy,
     },
     serde::de::DeserializeOwned,
@@ -28,7 +29,10 @@ use tokio::sync::mpsc;
 use self::retry::Retry;
 use super::{metrics::Metrics, status::Digest};
 use crate::{
-    k8s::cluster::{Cluster, ObjectKey, is_host_network},
+    k8s::{
+        cluster::{Cluster, ObjectKey, is_host_network},
+        cnp::ClusterNetworkPolicy,
+    },
     policy::ClusterChange,
 };
 
@@ -47,26 +51,55 @@ pub struct Change {
     pub version: Option<(&'static str, String)>,
 }
 
-/// The three caches.
+/// The caches.
 #[derive(Clone)]
 pub struct Caches {
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
     policies: Store<NetworkPolicy>,
+    cluster_policies: Store<ClusterNetworkPolicy>,
+    nodes: Store<Node>,
+    /// True once the ClusterNetworkPolicies are known: their first list completed, or the API
+    /// server said it does not serve them (404: the CRD is not installed; there are none). The
+    /// watch then keeps retrying and picks them up once the CRD appears. Any other error keeps
+    /// the agent waiting, as for the other kinds: it never enforces without the tiers.
+    cluster_policies_settled: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Caches {
-    /// Starts the three watches; changes go to `changes`.
-    pub fn start(
+    /// Starts the watches; changes go to `changes`.
+    pub async fn start(
         client: &Client,
         changes: mpsc::UnboundedSender<Change>,
         metrics: &Arc<Metrics>,
     ) -> Self {
+        let (settled, cluster_policies_settled) = tokio::sync::watch::channel(false);
         Self {
+            cluster_policies: spawn(
+                Api::all(client.clone()),
+                "clusternetworkpolicies",
+                |p: &ClusterNetworkPolicy| ClusterChange::ClusterPolicy(p.name_any()),
+                |_| {},
+                Some(settled),
+                changes.clone(),
+                metrics,
+            ),
+            nodes: spawn(
+                Api::all(client.clone()),
+                "nodes",
+                |n: &Node| ClusterChange::Node(n.name_any()),
+                trim_node,
+                None,
+                changes.clone(),
+                metrics,
+            ),
+            cluster_policies_settled,
             pods: spawn(
                 Api::all(client.clone()),
                 "pods",
                 |pod: &Pod| ClusterChange::Pod(key_of(pod)),
+                |_| {},
+                None,
                 changes.clone(),
                 metrics,
             ),
@@ -74,6 +107,8 @@ impl Caches {
                 Api::all(client.clone()),
                 "namespaces",
                 |ns: &Namespace| ClusterChange::Namespace(ns.name_any()),
+                |_| {},
+                None,
                 changes.clone(),
                 metrics,
             ),
@@ -81,6 +116,8 @@ impl Caches {
                 Api::all(client.clone()),
                 "networkpolicies",
                 |policy: &NetworkPolicy| ClusterChange::Policy(key_of(policy)),
+                |_| {},
+                None,
                 changes,
                 metrics,
             ),
@@ -91,6 +128,12 @@ impl Caches {
     pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
         self.pods.wait_until_ready().await?;
         self.namespaces.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await?;
+        let mut settled = self.cluster_policies_settled.clone();
+        if settled.wait_for(|known| *known).await.is_err() {
+            // The watch ended, and its store's writer with it: that store says so.
+            self.cluster_policies.wait_until_ready().await?;
+        }
         self.policies.wait_until_ready().await
     }
 
@@ -115,6 +158,14 @@ impl Caches {
             digest.add_object(&*policy);
             cluster.policies.insert(key_of(&*policy), policy);
         }
+        for policy in self.cluster_policies.state() {
+            digest.add_object(&*policy);
+            cluster.cluster_policies.insert(policy.name_any(), policy);
+        }
+        for node in self.nodes.state() {
+            digest.add_object(&*node);
+            cluster.nodes.insert(node.name_any(), node);
+        }
         (cluster, digest.finish())
     }
 }
@@ -124,10 +175,25 @@ fn key_of<K: Resource>(object: &K) -> ObjectKey {
     ObjectKey::new(object.namespace().unwrap_or_default(), object.name_any())
 }
 
+/// What a Node is kept for: its labels and addresses (`nodes` peers). Its images, conditions
+/// and the rest are most of its size and change with every heartbeat.
+fn trim_node(node: &mut Node) {
+    if let Some(status) = node.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::NodeStatus {
+            addresses: status.addresses.take(),
+            ..Default::default()
+        };
+    }
+    node.spec = None;
+    node.metadata.annotations = None;
+}
+
 fn spawn<K>(
     api: Api<K>,
     resource: &'static str,
     changed: fn(&K) -> ClusterChange,
+    trim: fn(&mut K),
+    settled: Option<tokio::sync::watch::Sender<bool>>,
     changes: mpsc::UnboundedSender<Change>,
     metrics: &Arc<Metrics>,
 ) -> Store<K>
@@ -147,11 +213,33 @@ where
     // the backoff.
     let stream = watcher(api, watcher::Config::default())
         // Nobody reads them, and they are most of an object's size.
-        .modify(|object: &mut K| object.managed_fields_mut().clear())
+        .modify(move |object: &mut K| {
+            object.managed_fields_mut().clear();
+            trim(object);
+        })
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
+            if let Some(settled) = &settled {
+                match &item {
+                    Ok(watcher::Event::InitDone) => {
+                        settled.send_replace(true);
+                    }
+                    Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                        if status.code == 404 =>
+                    {
+                        if !settled.send_replace(true) {
+                            tracing::warn!(
+                                resource,
+                                "not served (its CRD is not installed): none are enforced \
+                                 until it is"
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
             if let Some(delay) = retry.observe(&item) {
                 tokio::time::sleep(delay).await;
                 continue;

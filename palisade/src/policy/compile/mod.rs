@@ -551,6 +551,11 @@ impl Compiler {
             contested,
             host_blocks,
             overflowed,
+            nodes: tiers::uses_nodes(&tiers).then(|| {
+                (cluster.nodes.iter())
+                    .map(|(name, n)| (name.clone(), incremental::node_facts(n)))
+                    .collect()
+            }),
             tiers,
         });
         state

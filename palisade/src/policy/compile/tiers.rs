@@ -142,6 +142,15 @@ pub(super) fn tier_prefixes(tiers: &[ClusterPolicy], cluster: &Cluster) -> Vec<P
     prefixes
 }
 
+/// Whether some rule has a `nodes` peer (Node changes then matter).
+pub(super) fn uses_nodes(tiers: &[ClusterPolicy]) -> bool {
+    tiers
+        .iter()
+        .flat_map(|p| p.ingress.iter().chain(&p.egress))
+        .flat_map(|r| &r.peers)
+        .any(|peer| matches!(peer, TierPeer::Nodes(_)))
+}
+
 /// The `networks` blocks of egress rules with named ports: a pod address inside one gets a
 /// host prefix of its own (its ports resolve against that pod), as for NetworkPolicy.
 pub(super) fn tier_host_blocks(tiers: &[ClusterPolicy]) -> Vec<Block> {
