@@ -223,6 +223,7 @@ fn test() -> Result<()> {
         root().join("tests/cases/pod-recreate"),
         root().join("tests/cases/namespace-labels"),
         root().join("tests/cases/two-nodes"),
+        root().join("tests/cnp-cases/tiers-and-networkpolicy"),
     ];
     eprintln!("[test] the same, with every agent killed in the middle of each step");
     run(Command::new(&lab)

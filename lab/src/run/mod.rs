@@ -69,8 +69,9 @@ pub async fn run_cases(dirs: &[PathBuf], options: RunOptions) -> Result<bool> {
     Ok(failed == 0)
 }
 
-/// Why a case cannot run against the v1.20 API server, if it cannot: a field that server does
-/// not have would be dropped silently and the case would test something else.
+/// Why a case cannot run against the v1.20 API server (with the standard ClusterNetworkPolicy
+/// CRD), if it cannot: a field that server does not have would be dropped silently and the
+/// case would test something else.
 fn unsupported_by_apiserver(case: &Case) -> Result<Option<String>> {
     let files = case
         .cluster
@@ -78,6 +79,15 @@ fn unsupported_by_apiserver(case: &Case) -> Result<Option<String>> {
         .chain(case.steps.iter().flat_map(|s| s.apply.iter()));
     for file in files {
         for object in manifest::load_file(file)? {
+            if let manifest::Object::ClusterNetworkPolicy(policy) = &object
+                && policy.spec.egress.iter().flat_map(|r| &r.to).any(|p| p.nodes.is_some())
+            {
+                return Ok(Some(format!(
+                    "{} has a `nodes` peer, which is in the experimental channel: the standard \
+                     CRD the lab installs (upstream's, as users install it) prunes it",
+                    file.display()
+                )));
+            }
             if let manifest::Object::NetworkPolicy(policy) = object {
                 let rules = policy.spec.iter().flat_map(|spec| {
                     let ingress = spec
