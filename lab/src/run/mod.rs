@@ -80,7 +80,12 @@ fn unsupported_by_apiserver(case: &Case) -> Result<Option<String>> {
     for file in files {
         for object in manifest::load_file(file)? {
             if let manifest::Object::ClusterNetworkPolicy(policy) = &object
-                && policy.spec.egress.iter().flat_map(|r| &r.to).any(|p| p.nodes.is_some())
+                && policy
+                    .spec
+                    .egress
+                    .iter()
+                    .flat_map(|r| &r.to)
+                    .any(|p| p.nodes.is_some())
             {
                 return Ok(Some(format!(
                     "{} has a `nodes` peer, which is in the experimental channel: the standard \

@@ -94,15 +94,18 @@ pub fn explain(
                 } else {
                     chosen
                 };
-                let names: Vec<String> = shown.iter().map(|r| r.describe()).collect();
+                let class = local.classes[d].get(usize::from(c));
+                let names: Vec<String> = shown
+                    .iter()
+                    .map(|r| class.map_or_else(|| r.describe(), |class| class.describe(r)))
+                    .collect();
                 format!("allowed by class {c} ({})", names.join(", "))
             }
             LiveDecision::Denied { audit, tier_class } => {
                 let by = tier_class.map_or_else(String::new, |c| {
-                    let rules = local.classes[d]
+                    let names = local.classes[d]
                         .get(usize::from(c))
-                        .map_or(&[][..], |class| &class.rules);
-                    let names: Vec<String> = rules.iter().map(|r| r.describe()).collect();
+                        .map_or_else(Vec::new, |class| class.describe_rules());
                     format!(" by class {c} ({})", names.join(", "))
                 });
                 if audit {

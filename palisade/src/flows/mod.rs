@@ -107,8 +107,8 @@ impl FlowRecord {
         let mut out: Vec<&str> = self
             .allowed_by
             .iter()
+            .chain(self.isolated_by.iter())
             .map(|r| r.split_once(' ').map_or(r.as_str(), |(p, _)| p))
-            .chain(self.isolated_by.iter().map(String::as_str))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -149,6 +149,8 @@ impl fmt::Display for FlowRecord {
         let judged = self.pod.as_deref().unwrap_or("unknown pod");
         if !self.allowed_by.is_empty() {
             write!(f, ": allowed by {}", self.allowed_by.join(", "))?;
+        } else if self.reason.starts_with("cluster-policy-") && !self.isolated_by.is_empty() {
+            write!(f, ": denied at {judged} by {}", self.isolated_by.join(", "))?;
         } else if !self.isolated_by.is_empty() {
             write!(
                 f,
@@ -316,7 +318,7 @@ impl Attribution {
                 _ if event.class != NO_CLASS => {
                     isolated_by = local.classes[d]
                         .get(usize::from(event.class))
-                        .map_or_else(Vec::new, |c| c.rules.iter().map(|r| r.describe()).collect());
+                        .map_or_else(Vec::new, Class::describe_rules);
                 }
                 _ => {}
             }
@@ -357,7 +359,7 @@ impl Attribution {
         let Some(class) = local.classes[d].get(usize::from(event.class)) else {
             return vec![format!("class {} (no longer compiled)", event.class)];
         };
-        let all = || class.rules.iter().map(|r| r.describe()).collect();
+        let all = || class.describe_rules();
         if class.rules.len() <= 1 {
             return all();
         }
@@ -384,7 +386,7 @@ impl Attribution {
                     .iter()
                     .any(|a| a.policy == r.policy && a.index == r.index)
             })
-            .map(|r| r.describe())
+            .map(|r| class.describe(r))
             .collect();
         if chosen.is_empty() { all() } else { chosen }
     }

@@ -17,7 +17,6 @@
 
 use std::path::PathBuf;
 
-use kube::CustomResourceExt;
 use serde_json::Value;
 
 use super::*;

@@ -145,6 +145,24 @@ pub struct Class {
     pub kind: ClassKind,
 }
 
+impl Class {
+    /// `rule` of this class as a user names it, with the tier and action of a
+    /// ClusterNetworkPolicy rule: `clusternetworkpolicy/NAME ingress[0] (Admin Deny)`.
+    pub fn describe(&self, rule: &RuleRef) -> String {
+        match self.kind {
+            ClassKind::Policy => rule.describe(),
+            ClassKind::Tier(tier, action) => {
+                format!("{} ({tier:?} {action:?})", rule.describe())
+            }
+        }
+    }
+
+    /// Every rule of the class, named as [`Class::describe`] names them.
+    pub fn describe_rules(&self) -> Vec<String> {
+        self.rules.iter().map(|r| self.describe(r)).collect()
+    }
+}
+
 /// What a class's rules are, and so what its bit decides (`palisade_common::precedence`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ClassKind {
