@@ -319,6 +319,8 @@ pub struct Compiler {
     last: Option<Snapshot>,
     /// What changed in the states this compiler made since [`Compiler::take_journal`].
     journal: Journal,
+    /// Pairs of ClusterNetworkPolicies of one tier and priority already warned about.
+    warned_ranks: BTreeSet<(String, String)>,
 }
 
 /// Which entries of the state may have changed since the last [`Compiler::take_journal`]: a
@@ -467,6 +469,7 @@ impl Compiler {
             policies.insert(key.clone(), policy);
         }
         let tiers = read_tiers(cluster, &mut state.errors);
+        self.warn_same_ranks(&tiers);
 
         // Identities of every pod that can be a peer. An address two pods claim (or a pod and
         // the node) goes to the later one; `contested` keeps it for the incremental path.
@@ -577,6 +580,25 @@ impl Compiler {
             tiers,
         });
         state
+    }
+
+    /// Warns, once per pair, about ClusterNetworkPolicies of one tier and priority: the API
+    /// leaves their order to the implementation, which tries them by name.
+    fn warn_same_ranks(&mut self, tiers: &[ClusterPolicy]) {
+        let pairs = super::tiers::same_rank_conflicts(tiers);
+        let now: BTreeSet<(String, String)> = pairs
+            .into_iter()
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .collect();
+        for (first, second) in now.difference(&self.warned_ranks) {
+            tracing::warn!(
+                first,
+                second,
+                "clusternetworkpolicies {first} and {second} have the same tier and priority: \
+                 {first} is tried first (by name); give them distinct priorities"
+            );
+        }
+        self.warned_ranks = now;
     }
 
     /// The id of an identity, allocated when it is new.
