@@ -226,16 +226,14 @@ where
                     Ok(watcher::Event::InitDone) => {
                         settled.send_replace(true);
                     }
+                    // The first 404 says so; later ones (the watch retries) say nothing new.
                     Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
-                        if status.code == 404 =>
+                        if status.code == 404 && !settled.send_replace(true) =>
                     {
-                        if !settled.send_replace(true) {
-                            tracing::warn!(
-                                resource,
-                                "not served (its CRD is not installed): none are enforced \
-                                 until it is"
-                            );
-                        }
+                        tracing::warn!(
+                            resource,
+                            "not served (its CRD is not installed): none are enforced until it is"
+                        );
                     }
                     _ => {}
                 }
