@@ -142,9 +142,11 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
     // SAFETY: endpoint values are plain data; a concurrent update can only swap whole values.
     // Each drop below writes its event where it happens: folding them into one closure made
     // LLVM keep more of this frame alive, 528 bytes with the caller's, over the 512 limit.
-    // A reference into the map, not a copy (104 bytes the frame has no room for): the map is
-    // not preallocated, so an update replaces the element and the one read here stays whole
-    // until this program returns (RCU).
+    // A reference into the map, not a copy: the 104 bytes have no room in this frame. An
+    // update of a hash map never writes the element a reader holds: it links a new element and
+    // unlinks the old one, which is reused only by a later update. So the entry read here is
+    // the old value or the new one, whole, unless two updates land while this program runs
+    // (the same window the 40-byte copy had).
     let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
         let reason = DropReason::NoEndpoint;
         owe(
