@@ -3,11 +3,13 @@
 //! connection, each error followed by a backoff ([`retry`]). Every change is reported on one
 //! channel, for the sync loop to coalesce.
 
+mod pods;
 mod retry;
+mod view;
 
 use std::{sync::Arc, time::Instant};
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::{
     api::{
         core::v1::{Namespace, Pod},
@@ -25,12 +27,10 @@ use kube::{
 };
 use tokio::sync::mpsc;
 
-use self::retry::Retry;
-use super::{metrics::Metrics, status::Digest};
-use crate::{
-    k8s::cluster::{Cluster, ObjectKey, is_host_network},
-    policy::ClusterChange,
-};
+pub use self::view::Views;
+use self::{pods::SlimPod, retry::Retry};
+use super::metrics::Metrics;
+use crate::{k8s::cluster::ObjectKey, policy::ClusterChange};
 
 /// A change seen by a watch: when it arrived, for the implementation delay, and what changed.
 #[derive(Clone, Debug)]
@@ -64,9 +64,10 @@ impl Caches {
     ) -> Self {
         Self {
             pods: spawn(
-                Api::all(client.clone()),
+                Api::<SlimPod>::all(client.clone()),
                 "pods",
                 |pod: &Pod| ClusterChange::Pod(key_of(pod)),
+                |SlimPod(pod)| pod,
                 changes.clone(),
                 metrics,
             ),
@@ -74,6 +75,7 @@ impl Caches {
                 Api::all(client.clone()),
                 "namespaces",
                 |ns: &Namespace| ClusterChange::Namespace(ns.name_any()),
+                without_managed_fields,
                 changes.clone(),
                 metrics,
             ),
@@ -81,6 +83,7 @@ impl Caches {
                 Api::all(client.clone()),
                 "networkpolicies",
                 |policy: &NetworkPolicy| ClusterChange::Policy(key_of(policy)),
+                without_managed_fields,
                 changes,
                 metrics,
             ),
@@ -93,52 +96,38 @@ impl Caches {
         self.namespaces.wait_until_ready().await?;
         self.policies.wait_until_ready().await
     }
-
-    /// A consistent-enough copy of the caches as a [`Cluster`], and the digest of the objects
-    /// it was made from (every object, hostNetwork pods included, so that a caller comparing
-    /// digests sees the same set). hostNetwork pods are neither enforced nor peers: their
-    /// address is the node's.
-    pub fn snapshot(&self) -> (Cluster, String) {
-        let mut cluster = Cluster::default();
-        let mut digest = Digest::default();
-        for ns in self.namespaces.state() {
-            digest.add_object(&*ns);
-            cluster.namespaces.insert(ns.name_any(), ns);
-        }
-        for pod in self.pods.state() {
-            digest.add_object(&*pod);
-            if !is_host_network(&pod) {
-                cluster.pods.insert(key_of(&*pod), pod);
-            }
-        }
-        for policy in self.policies.state() {
-            digest.add_object(&*policy);
-            cluster.policies.insert(key_of(&*policy), policy);
-        }
-        (cluster, digest.finish())
-    }
 }
 
-/// The key of a namespaced object, as [`Caches::snapshot`] files it.
+/// The key of a namespaced object, as [`View`] files it.
 fn key_of<K: Resource>(object: &K) -> ObjectKey {
     ObjectKey::new(object.namespace().unwrap_or_default(), object.name_any())
 }
 
-fn spawn<K>(
-    api: Api<K>,
+/// Nobody reads them, and they are most of an object's size.
+fn without_managed_fields<K: Resource>(mut object: K) -> K {
+    object.managed_fields_mut().clear();
+    object
+}
+
+/// Watches `W`s, keeps them as `K`s (what `keep` makes of them) in the returned cache, and
+/// reports each change.
+fn spawn<W, K>(
+    api: Api<W>,
     resource: &'static str,
     changed: fn(&K) -> ClusterChange,
+    keep: fn(W) -> K,
     changes: mpsc::UnboundedSender<Change>,
     metrics: &Arc<Metrics>,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()>
+    W: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
         + Send
         + Sync
         + 'static,
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let mut retry = Retry::new(resource, Arc::clone(metrics));
@@ -146,8 +135,13 @@ where
     // `retry`). The watcher retries when polled again, so waiting before the next poll is
     // the backoff.
     let stream = watcher(api, watcher::Config::default())
-        // Nobody reads them, and they are most of an object's size.
-        .modify(|object: &mut K| object.managed_fields_mut().clear())
+        .map_ok(move |event| match event {
+            watcher::Event::Apply(o) => watcher::Event::Apply(keep(o)),
+            watcher::Event::Delete(o) => watcher::Event::Delete(keep(o)),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitApply(o) => watcher::Event::InitApply(keep(o)),
+            watcher::Event::InitDone => watcher::Event::InitDone,
+        })
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);

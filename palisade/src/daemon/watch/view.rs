@@ -1,0 +1,181 @@
+//! The cluster the sync loop hands to the node worker, kept up to date from the watch caches
+//! one changed object at a time.
+//!
+//! The objects are the caches' own (`Arc`s, never copied). What a sync would otherwise redo
+//! for every object of the cluster (a map of 50,000 pods keyed afresh, the digest of every
+//! object's version, the walk for the node's own pods) is updated for the changed objects only.
+//!
+//! The worker keeps the [`Cluster`] of its last sync (for naming flows and for `palisade
+//! explain`) while the next one is prepared, so there are two views: the one handed over last,
+//! and a spare that the worker let go of at the sync after. A sync brings the spare up to date
+//! (the objects changed at the sync before and at this one) and hands it over; the other becomes
+//! the spare. Only when the spare is still in use (a flow being named with it) or gone (after
+//! a full rebuild) is the current view copied, keys and pointers only.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{ResourceExt as _, runtime::reflector::ObjectRef};
+
+use super::{Caches, key_of};
+use crate::{
+    daemon::status::Digest,
+    k8s::cluster::{Cluster, ObjectKey, is_host_network, pod_node},
+    policy::ClusterChange,
+};
+
+/// One consistent view of the caches.
+pub struct View {
+    pub cluster: Arc<Cluster>,
+    /// hostNetwork pods: in the digest, but neither enforced nor peers (their address is the
+    /// node's), so not in `cluster`.
+    host_network: BTreeMap<ObjectKey, Arc<Pod>>,
+    /// The pods of `cluster` on this node.
+    pub local: BTreeSet<ObjectKey>,
+    /// Of every object, hostNetwork pods included: a caller comparing digests sees the same set.
+    pub digest: Digest,
+}
+
+impl View {
+    /// Every object of the caches.
+    fn build(caches: &Caches, node: &str) -> Self {
+        let mut view = Self {
+            cluster: Arc::default(),
+            host_network: BTreeMap::new(),
+            local: BTreeSet::new(),
+            digest: Digest::default(),
+        };
+        let cluster = Arc::make_mut(&mut view.cluster);
+        for ns in caches.namespaces.state() {
+            view.digest.add_object(&*ns);
+            cluster.namespaces.insert(ns.name_any(), ns);
+        }
+        for pod in caches.pods.state() {
+            view.digest.add_object(&*pod);
+            let key = key_of(&*pod);
+            if is_host_network(&pod) {
+                view.host_network.insert(key, pod);
+            } else {
+                if pod_node(&pod) == node {
+                    view.local.insert(key.clone());
+                }
+                cluster.pods.insert(key, pod);
+            }
+        }
+        for policy in caches.policies.state() {
+            view.digest.add_object(&*policy);
+            cluster.policies.insert(key_of(&*policy), policy);
+        }
+        view
+    }
+
+    /// A copy that shares the objects.
+    fn copy(&self) -> Self {
+        Self {
+            cluster: Arc::new(Cluster::clone(&self.cluster)),
+            host_network: self.host_network.clone(),
+            local: self.local.clone(),
+            digest: self.digest,
+        }
+    }
+
+    /// Brings the entry of `change`'s object up to what the caches hold now. The cluster is
+    /// copied first if something else still shares it (the caller makes sure nothing does).
+    fn apply(&mut self, caches: &Caches, node: &str, change: &ClusterChange) {
+        let cluster = Arc::make_mut(&mut self.cluster);
+        match change {
+            ClusterChange::Namespace(name) => {
+                if let Some(old) = cluster.namespaces.remove(name) {
+                    self.digest.remove_object(&*old);
+                }
+                if let Some(new) = caches.namespaces.get(&ObjectRef::new(name)) {
+                    self.digest.add_object(&*new);
+                    cluster.namespaces.insert(name.clone(), new);
+                }
+            }
+            ClusterChange::Pod(key) => {
+                let old = cluster
+                    .pods
+                    .remove(key)
+                    .or_else(|| self.host_network.remove(key));
+                if let Some(old) = old {
+                    self.digest.remove_object(&*old);
+                }
+                self.local.remove(key);
+                let at = ObjectRef::new(&key.name).within(&key.namespace);
+                if let Some(new) = caches.pods.get(&at) {
+                    self.digest.add_object(&*new);
+                    if is_host_network(&new) {
+                        self.host_network.insert(key.clone(), new);
+                    } else {
+                        if pod_node(&new) == node {
+                            self.local.insert(key.clone());
+                        }
+                        cluster.pods.insert(key.clone(), new);
+                    }
+                }
+            }
+            ClusterChange::Policy(key) => {
+                if let Some(old) = cluster.policies.remove(key) {
+                    self.digest.remove_object(&*old);
+                }
+                let at = ObjectRef::new(&key.name).within(&key.namespace);
+                if let Some(new) = caches.policies.get(&at) {
+                    self.digest.add_object(&*new);
+                    cluster.policies.insert(key.clone(), new);
+                }
+            }
+        }
+    }
+}
+
+/// The view handed over last and the spare (see the module's comment).
+pub struct Views {
+    node: String,
+    current: Option<View>,
+    spare: Option<View>,
+    /// Objects changed since the spare was last brought up to date.
+    spare_behind: BTreeSet<ClusterChange>,
+}
+
+impl Views {
+    pub fn new(node: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            current: None,
+            spare: None,
+            spare_behind: BTreeSet::new(),
+        }
+    }
+
+    /// The view of the caches now: `changes` applied (`None`: built afresh from every object,
+    /// as after a relist or for a full resync).
+    pub fn update(&mut self, caches: &Caches, changes: Option<&[ClusterChange]>) -> &View {
+        let node = self.node.as_str();
+        let (Some(changes), Some(current)) = (changes, self.current.take()) else {
+            self.spare = None;
+            self.spare_behind.clear();
+            return self.current.insert(View::build(caches, node));
+        };
+        let spare = self
+            .spare
+            .take()
+            .filter(|spare| Arc::strong_count(&spare.cluster) == 1);
+        let mut next = match spare {
+            Some(spare) => spare,
+            None => {
+                self.spare_behind.clear();
+                current.copy()
+            }
+        };
+        for change in self.spare_behind.iter().chain(changes) {
+            next.apply(caches, node, change);
+        }
+        self.spare_behind = changes.iter().cloned().collect();
+        self.spare = Some(current);
+        self.current.insert(next)
+    }
+}
