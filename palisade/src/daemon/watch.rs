@@ -134,7 +134,10 @@ where
     // No `default_backoff()`: it resets on the `Init` that starts every list attempt (see
     // `retry`). The watcher retries when polled again, so waiting before the next poll is
     // the backoff.
-    let stream = watcher(api, watcher::Config::default())
+    // Lists are served from the API server's watch cache (resourceVersion "0"), as client-go's
+    // informers do: a quorum read of every pod of the cluster, 500 at a time, was most of an
+    // agent's start-up at 50,000 pods. A list that old only means more events to come.
+    let stream = watcher(api, watcher::Config::default().any_semantic())
         .map_ok(move |event| match event {
             watcher::Event::Apply(o) => watcher::Event::Apply(keep(o)),
             watcher::Event::Delete(o) => watcher::Event::Delete(keep(o)),
