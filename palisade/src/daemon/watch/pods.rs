@@ -197,9 +197,12 @@ mod tests {
         assert_eq!(pod_addrs(&pod).len(), 2);
         let spec = pod.spec.expect("spec");
         assert!(spec.tolerations.is_none());
-        assert_eq!(spec.containers.len(), 1, "the container without ports is dropped");
+        assert_eq!(
+            spec.containers.len(),
+            1,
+            "the container without ports is dropped"
+        );
         assert!(spec.containers[0].image.is_none());
         assert!(pod.status.expect("status").conditions.is_none());
     }
 }
-
