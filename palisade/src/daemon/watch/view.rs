@@ -179,3 +179,119 @@ impl Views {
         self.current.insert(next)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use k8s_openapi::{
+        api::{
+            core::v1::{Namespace, Pod, PodSpec},
+            networking::v1::NetworkPolicy,
+        },
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
+    use kube::runtime::{reflector, watcher::Event};
+
+    use super::{View, Views};
+    use crate::{daemon::watch::Caches, k8s::cluster::ObjectKey, policy::ClusterChange};
+
+    fn meta(namespace: Option<&str>, name: &str, version: u32) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: namespace.map(str::to_owned),
+            resource_version: Some(version.to_string()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn same(a: &View, b: &View) {
+        assert_eq!(a.digest, b.digest);
+        assert_eq!(a.local, b.local);
+        assert!(a.host_network.keys().eq(b.host_network.keys()));
+        let (x, y) = (&a.cluster, &b.cluster);
+        assert!(x.namespaces.keys().eq(y.namespaces.keys()));
+        assert!(x.policies.keys().eq(y.policies.keys()));
+        assert_eq!(x.pods.len(), y.pods.len());
+        for ((k1, p1), (k2, p2)) in x.pods.iter().zip(&y.pods) {
+            assert_eq!(k1, k2);
+            assert!(Arc::ptr_eq(p1, p2), "{k1}: not the cache's object");
+        }
+    }
+
+    /// Pods created, moved between nodes, switched to hostNetwork and deleted, namespaces and
+    /// policies created and deleted, with the worker holding each view it is handed until
+    /// the next: after every sync, the view kept up to date equals one built afresh.
+    #[test]
+    fn a_view_kept_up_to_date_equals_one_built_afresh() {
+        let (pods, mut pod_writer) = reflector::store::<Pod>();
+        let (namespaces, mut ns_writer) = reflector::store::<Namespace>();
+        let (policies, mut policy_writer) = reflector::store::<NetworkPolicy>();
+        let caches = Caches {
+            pods,
+            namespaces,
+            policies,
+        };
+        let mut views = Views::new("node-1");
+        let mut held = Arc::clone(&views.update(&caches, None).cluster);
+        let mut seed: u32 = 7;
+        let mut next = |below: u32| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 16) % below
+        };
+        for version in 1..400 {
+            let mut changes = Vec::new();
+            for _ in 0..=next(3) {
+                let (ns, name) = (format!("ns-{}", next(3)), format!("p-{}", next(6)));
+                match next(6) {
+                    0 => {
+                        ns_writer.apply_watcher_event(&Event::Apply(Namespace {
+                            metadata: meta(None, &ns, version),
+                            ..Namespace::default()
+                        }));
+                        changes.push(ClusterChange::Namespace(ns));
+                    }
+                    1 => {
+                        let policy = NetworkPolicy {
+                            metadata: meta(Some(&ns), &name, version),
+                            ..NetworkPolicy::default()
+                        };
+                        if next(2) == 0 {
+                            policy_writer.apply_watcher_event(&Event::Apply(policy));
+                        } else {
+                            policy_writer.apply_watcher_event(&Event::Delete(policy));
+                        }
+                        changes.push(ClusterChange::Policy(ObjectKey::new(ns, name)));
+                    }
+                    2 => {
+                        pod_writer.apply_watcher_event(&Event::Delete(Pod {
+                            metadata: meta(Some(&ns), &name, version),
+                            ..Pod::default()
+                        }));
+                        changes.push(ClusterChange::Pod(ObjectKey::new(ns, name)));
+                    }
+                    _ => {
+                        pod_writer.apply_watcher_event(&Event::Apply(Pod {
+                            metadata: meta(Some(&ns), &name, version),
+                            spec: Some(PodSpec {
+                                node_name: Some(format!("node-{}", next(2) + 1)),
+                                host_network: (next(4) == 0).then_some(true),
+                                ..PodSpec::default()
+                            }),
+                            ..Pod::default()
+                        }));
+                        changes.push(ClusterChange::Pod(ObjectKey::new(ns, name)));
+                    }
+                }
+            }
+            let full = next(50) == 0;
+            let view = views.update(&caches, (!full).then_some(changes.as_slice()));
+            same(view, &View::build(&caches, "node-1"));
+            assert!(
+                !Arc::ptr_eq(&view.cluster, &held),
+                "the view the worker holds was handed over again"
+            );
+            held = Arc::clone(&view.cluster);
+        }
+    }
+}
