@@ -38,6 +38,11 @@ pub const EP_EGRESS_ISOLATED: u32 = 1 << 1;
 /// (and is tracked) and is reported with [`FLOW_AUDIT`]. Only policy verdicts are audited: a
 /// spoofed source, a missing endpoint or an unjudgeable packet is still dropped.
 pub const EP_AUDIT: u32 = 1 << 2;
+/// [`EndpointInfo::flags`]: some ClusterNetworkPolicy rule (Admin or Baseline tier) applies to
+/// the endpoint's ingress ([`EndpointInfo::admin`], [`EndpointInfo::baseline`]).
+pub const EP_INGRESS_TIERED: u32 = 1 << 3;
+/// [`EndpointInfo::flags`]: some ClusterNetworkPolicy rule applies to the endpoint's egress.
+pub const EP_EGRESS_TIERED: u32 = 1 << 4;
 
 /// A set of port-set classes of one endpoint and direction: bit `c` is class `c`.
 pub type ClassMask = u64;
@@ -137,6 +142,16 @@ pub struct EndpointInfo {
     pub any_peer: [ClassMask; 2],
     /// Classes whose rules admit every port and protocol (`ports` empty), by direction.
     pub any_port: [ClassMask; 2],
+    /// Classes of ClusterNetworkPolicy rules of the Admin tier, by direction: the lowest bits,
+    /// numbered in the order the rules are tried (see `precedence`).
+    pub admin: [ClassMask; 2],
+    /// Classes of Baseline tier rules, by direction: the highest bits in use, in order.
+    pub baseline: [ClassMask; 2],
+    /// Of the tier classes, those whose rules `Deny`, by direction.
+    pub deny: [ClassMask; 2],
+    /// Of the tier classes, those whose rules `Pass`, by direction (a tier class in neither
+    /// `deny` nor `pass` is an `Accept`).
+    pub pass: [ClassMask; 2],
 }
 
 /// [`MAP_POD_IDENTITIES`] key is an [`Addr`]; the value the identity.
@@ -489,7 +504,7 @@ pub const ORIGINAL_DST_LIFETIME_NS: u64 = 1_000_000_000;
 
 const _: () = {
     assert!(core::mem::size_of::<Addr>() == 16);
-    assert!(core::mem::size_of::<EndpointInfo>() == 40);
+    assert!(core::mem::size_of::<EndpointInfo>() == 104);
     assert!(core::mem::size_of::<IdentityValue>() == 4);
     assert!(core::mem::size_of::<PeerKey>() == 12);
     assert!(core::mem::size_of::<PortKey>() == 8);

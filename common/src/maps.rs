@@ -8,7 +8,7 @@ use crate::{
 };
 
 /// Bumped whenever a layout in this crate changes; pinned state of another ABI is never re-adopted.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// TC ingress on the pod's host-side veth: packets the pod sends (its egress policy).
 pub const PROG_FROM_POD: &str = "palisade_from_pod";

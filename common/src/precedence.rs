@@ -41,25 +41,39 @@
 //! 4. [`MAP_CONNTRACK`] holds the packet's flow at this endpoint (ifindex), opened in either
 //!    direction (one key for a packet and its reply, the endpoint's side first: [`CtKey::of`]),
 //!    and the entry has not been idle past its state's timeout ([`MAP_CT_CONFIG`]): pass. A
-//!    TCP SYN without ACK is never found here: it opens a connection, and is judged by 5-8
+//!    TCP SYN without ACK is never found here: it opens a connection, and is judged by 5-9
 //!    every time. Established flows are kept across policy changes. Entries are per endpoint,
 //!    so a flow admitted at one pod's veth never admits a packet on another pod's veth,
 //!    whatever addresses it carries. ICMP is keyed by role ([`CtKey::kind`]): an echo request
 //!    is never the reply of one.
-//! 5. E not isolated for D: pass (and track the flow). Otherwise, when D is egress and A is in
-//!    [`MAP_SERVICES`], the verdict waits for kube-proxy's translation ([`MAP_ORIGINAL_DST`]):
-//!    the hook that sees the translated packet applies 6-8 to the real destination and tracks
-//!    the flow under its original destination, at the sending pod's endpoint.
-//! 6. D is ingress and A is the node itself ([`IDENTITY_HOST`]): pass (kubelet probes).
-//! 7. peer mask = `any_peer[D]` | [`MAP_PEERS`]\[(E, identity(A), D)\] | [`MAP_PEERS`]\[(E, cidr(A), D)\]
-//!    where identity(A) comes from [`MAP_POD_IDENTITIES`] (exact address) and cidr(A) from the
-//!    longest match in [`MAP_CIDRS`];
-//!    port mask = `any_port[D]` | longest match in [`MAP_PORTS`] for (E, D, P, N).
-//! 8. peer mask & port mask != 0: pass and track; otherwise drop
-//!    ([`DropReason::PolicyIngress`] / [`DropReason::PolicyEgress`]), unless the endpoint is in
-//!    audit mode ([`EP_AUDIT`], or [`CFG_AUDIT_ALL`] for the node): then pass and track.
+//! 5. E neither isolated for D (no NetworkPolicy selects it for D) nor tiered for D (no
+//!    ClusterNetworkPolicy rule applies to it in D: [`EP_INGRESS_TIERED`], [`EP_EGRESS_TIERED`]):
+//!    pass (and track the flow). Otherwise, when D is egress and A is in [`MAP_SERVICES`], the
+//!    verdict waits for kube-proxy's translation ([`MAP_ORIGINAL_DST`]): the hook that sees the
+//!    translated packet applies 6-9 to the real destination and tracks the flow under its
+//!    original destination, at the sending pod's endpoint.
+//! 6. D is ingress and A is the node itself ([`IDENTITY_HOST`]): pass (kubelet probes; no tier
+//!    rule can name the node as an ingress peer).
+//!    Then the classes that hold the flow: `m` = peer mask & port mask, where
+//!    peer mask = `any_peer[D]` | [`MAP_PEERS`]\[(E, identity(A), D)\] | [`MAP_PEERS`]\[(E, cidr(A), D)\]
+//!    with identity(A) from [`MAP_POD_IDENTITIES`] (exact address) and cidr(A) the longest match
+//!    in [`MAP_CIDRS`], and port mask = `any_port[D]` | longest match in [`MAP_PORTS`] for
+//!    (E, D, P, N). Class bits are numbered in precedence order: the Admin tier's rules (by
+//!    priority, then name, then written order), NetworkPolicy classes, the Baseline tier's
+//!    rules. So the first rule of a tier that matches is the lowest bit of `m` in that tier's
+//!    bits ([`decide`]): three lookups whatever the number of policies and tiers.
+//! 7. Admin tier: the lowest bit of `m & admin[D]`, if any: `Deny` drops
+//!    ([`DropReason::TierIngress`] / [`DropReason::TierEgress`]), `Accept` passes and tracks,
+//!    `Pass` goes on to 8.
+//! 8. E isolated for D: a NetworkPolicy class in `m` passes and tracks; none drops
+//!    ([`DropReason::PolicyIngress`] / [`DropReason::PolicyEgress`]). Final either way.
+//! 9. Baseline tier: the lowest bit of `m & baseline[D]`, if any: `Deny` drops, `Accept` and
+//!    `Pass` pass; none: the default, pass. Both pass and track.
 //!
-//! Every drop after parsing and every new flow (5-8) owes a [`FlowEvent`] to [`MAP_EVENTS`],
+//!    A drop at 7, 8 or 9 passes (and is tracked) when the endpoint is in audit mode
+//!    ([`EP_AUDIT`], or [`CFG_AUDIT_ALL`] for the node).
+//!
+//! Every drop after parsing and every new flow (5-9) owes a [`FlowEvent`] to [`MAP_EVENTS`],
 //! within the sender's budget; packets of tracked flows (4) owe none.
 //!
 //! Before any of this, what arrives from outside the node ([`PROG_FROM_UPLINK`]) is dropped
@@ -71,14 +85,15 @@
 //!
 //! # One lookup, written once
 //!
-//! Steps 6-8 are [`admit`], generic over where the maps are ([`PolicyMaps`]): the programs read
+//! Steps 6-9 are [`admit`], generic over where the maps are ([`PolicyMaps`]): the programs read
 //! the kernel's maps, the agent its compiled copy of them (`palisade explain`, the property tests
-//! against the policy evaluator) or the live maps through aya. [`EndpointInfo::isolated`] is the
+//! against the policy evaluator) or the live maps through aya. [`EndpointInfo::judged`] is the
 //! test of step 5.
 
 use crate::{
-    Addr, ClassMask, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED,
-    EndpointInfo, IDENTITY_HOST, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PeerKey, PortKey,
+    Addr, ClassMask, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_EGRESS_TIERED,
+    EP_INGRESS_ISOLATED, EP_INGRESS_TIERED, EndpointInfo, IDENTITY_HOST, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, PeerKey, PortKey,
 };
 #[cfg(doc)]
 use crate::{
@@ -88,7 +103,7 @@ use crate::{
     MAX_CLASSES, PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD,
 };
 
-/// The lookups steps 6-8 make, wherever the maps are. Absent entries are `None` or an empty
+/// The lookups steps 6-9 make, wherever the maps are. Absent entries are `None` or an empty
 /// mask, never an error; `Error` is for maps that cannot be read at all (the programs' and the
 /// compiled state's are `core::convert::Infallible`).
 pub trait PolicyMaps {
@@ -109,15 +124,28 @@ pub trait PolicyMaps {
     fn port_classes(&self, key: &PortKey) -> Result<ClassMask, Self::Error>;
 }
 
-/// What steps 6-8 say about a new flow at an isolated endpoint.
+/// What steps 6-9 say about a new flow at an endpoint that is isolated or tiered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     /// Step 6: ingress from the node itself.
     FromHost,
-    /// Step 8: admitted; the lowest class both the peer and the port hold.
+    /// Admitted by this class: a tier's `Accept` (steps 7, 9), a NetworkPolicy rule (step 8),
+    /// or a Baseline `Pass` (step 9: on to the default, allow).
     Class(u8),
-    /// Step 8: no class holds both (the caller decides about audit mode).
+    /// Step 8: the endpoint is isolated and no NetworkPolicy class holds both the peer and the
+    /// port (the caller decides about audit mode).
     Denied,
+    /// Steps 7 and 9: the first tier rule that matches, this class, says `Deny`.
+    TierDenied(u8),
+    /// Step 9: not isolated, and no tier rule matches: the default, allow.
+    NoRule,
+}
+
+impl Admission {
+    /// Whether the flow passes (audit mode aside).
+    pub const fn allows(self) -> bool {
+        !matches!(self, Self::Denied | Self::TierDenied(_))
+    }
 }
 
 impl EndpointInfo {
@@ -131,11 +159,23 @@ impl EndpointInfo {
         };
         self.flags & flag != 0
     }
+
+    /// Step 5: whether a new flow in `direction` needs judging at all: a NetworkPolicy
+    /// isolates the endpoint, or a ClusterNetworkPolicy rule applies to it.
+    #[inline(always)]
+    pub const fn judged(&self, direction: u8) -> bool {
+        let flags = if direction == DIR_INGRESS {
+            EP_INGRESS_ISOLATED | EP_INGRESS_TIERED
+        } else {
+            EP_EGRESS_ISOLATED | EP_EGRESS_TIERED
+        };
+        self.flags & flags != 0
+    }
 }
 
-/// Steps 6-8 for a new flow at `endpoint` in `direction` with `peer` (the source on ingress,
+/// Steps 6-9 for a new flow at `endpoint` in `direction` with `peer` (the source on ingress,
 /// the destination on egress) to `protocol`/`port` (host byte order; ignored but for TCP, UDP
-/// and SCTP). The caller has found the endpoint isolated (step 5).
+/// and SCTP). The caller has found the endpoint judged (step 5).
 ///
 /// Inlined: the programs call it with their maps, and the verdict's frame has no room for
 /// another call's.
@@ -148,11 +188,8 @@ pub fn admit<M: PolicyMaps + ?Sized>(
     protocol: u8,
     port: u16,
 ) -> Result<Admission, M::Error> {
-    let (mut peer_mask, mut port_mask) = if direction == DIR_EGRESS {
-        (endpoint.any_peer[1], endpoint.any_port[1])
-    } else {
-        (endpoint.any_peer[0], endpoint.any_port[0])
-    };
+    let d = usize::from(direction == DIR_EGRESS);
+    let (mut peer_mask, mut port_mask) = (endpoint.any_peer[d], endpoint.any_port[d]);
     // Two keys written out, not one closure: the programs' stack is counted in bytes.
     if let Some(identity) = maps.pod_identity(peer)? {
         if identity == IDENTITY_HOST && direction == DIR_INGRESS {
@@ -175,10 +212,7 @@ pub fn admit<M: PolicyMaps + ?Sized>(
         };
         peer_mask |= maps.peer_classes(&key)?;
     }
-    if peer_mask == 0 {
-        return Ok(Admission::Denied);
-    }
-    if matches!(protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
+    if peer_mask != 0 && matches!(protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
         let key = PortKey {
             endpoint: endpoint.id,
             direction,
@@ -187,10 +221,52 @@ pub fn admit<M: PolicyMaps + ?Sized>(
         };
         port_mask |= maps.port_classes(&key)?;
     }
-    let admitting = peer_mask & port_mask;
-    Ok(if admitting == 0 {
-        Admission::Denied
+    Ok(decide(endpoint, d, peer_mask & port_mask))
+}
+
+/// Steps 7-9 once the classes that hold both the peer and the port (`matched`) are known, for
+/// direction index `d` (0 ingress, 1 egress). Class bits are numbered in precedence order
+/// (Admin rules, NetworkPolicy classes, Baseline rules), so the first rule of a tier that
+/// matches is the lowest bit of `matched` within the tier's bits: no loop, no lookup.
+#[inline(always)]
+pub const fn decide(endpoint: &EndpointInfo, d: usize, matched: ClassMask) -> Admission {
+    // Step 7: the Admin tier. Its bits are the lowest, so its first match is the lowest bit.
+    let admin = matched & endpoint.admin[d];
+    if admin != 0 {
+        let first = admin & admin.wrapping_neg();
+        let class = admin.trailing_zeros() as u8;
+        if first & endpoint.deny[d] != 0 {
+            return Admission::TierDenied(class);
+        }
+        if first & endpoint.pass[d] == 0 {
+            return Admission::Class(class);
+        }
+    }
+    // Step 8: NetworkPolicy decides for a pod it isolates, whatever the Baseline says.
+    let isolated = if d == 0 {
+        EP_INGRESS_ISOLATED
     } else {
-        Admission::Class(admitting.trailing_zeros() as u8)
-    })
+        EP_EGRESS_ISOLATED
+    };
+    if endpoint.flags & isolated != 0 {
+        let policy = matched & !(endpoint.admin[d] | endpoint.baseline[d]);
+        return if policy == 0 {
+            Admission::Denied
+        } else {
+            Admission::Class(policy.trailing_zeros() as u8)
+        };
+    }
+    // Step 9: the Baseline tier, then the default (allow). A Baseline Pass hands on to the
+    // default, so only a Deny drops.
+    let baseline = matched & endpoint.baseline[d];
+    if baseline != 0 {
+        let first = baseline & baseline.wrapping_neg();
+        let class = baseline.trailing_zeros() as u8;
+        return if first & endpoint.deny[d] != 0 {
+            Admission::TierDenied(class)
+        } else {
+            Admission::Class(class)
+        };
+    }
+    Admission::NoRule
 }

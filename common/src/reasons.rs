@@ -64,10 +64,15 @@ pub enum DropReason {
     /// A packet arrived on an uplink with the source address of a local pod or of the node
     /// itself (or, in strict mode, of a pod the route back does not reach through that link).
     SpoofedFromUplink = 9,
+    /// A ClusterNetworkPolicy rule with action `Deny` on the destination pod's ingress: the
+    /// event's class names it.
+    TierIngress = 10,
+    /// A ClusterNetworkPolicy `Deny` on the source pod's egress.
+    TierEgress = 11,
 }
 
 pub const STAT_DROP_BASE: u32 = 16;
-pub const DROP_REASONS: [DropReason; 10] = [
+pub const DROP_REASONS: [DropReason; 12] = [
     DropReason::PolicyIngress,
     DropReason::PolicyEgress,
     DropReason::NoEndpoint,
@@ -78,6 +83,8 @@ pub const DROP_REASONS: [DropReason; 10] = [
     DropReason::SpoofedSource,
     DropReason::ServiceUnjudged,
     DropReason::SpoofedFromUplink,
+    DropReason::TierIngress,
+    DropReason::TierEgress,
 ];
 pub const STAT_SLOTS: u32 = 32;
 
@@ -138,6 +145,8 @@ impl DropReason {
             Self::SpoofedSource => "spoofed-source",
             Self::ServiceUnjudged => "service-unjudged",
             Self::SpoofedFromUplink => "spoofed-from-uplink",
+            Self::TierIngress => "cluster-policy-ingress",
+            Self::TierEgress => "cluster-policy-egress",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! and [`bump`], which adds one to a counter of [`STATS`].
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -14,8 +15,10 @@ use palisade_common::{
 };
 
 #[map(name = "PAL_ENDPOINTS")]
+/// Not preallocated: the verdict reads its entry in place, and an update must then replace the
+/// element (freed after the program returns) rather than reuse one a reader may hold.
 pub(crate) static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
-    HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+    HashMap::with_max_entries(MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
 
 #[map(name = "PAL_POD_IDS")]
 pub(crate) static POD_IDS: HashMap<Addr, IdentityValue> =

@@ -1,5 +1,5 @@
 //! The endpoint's policy as the programs read it: step 3 of the precedence in
-//! `palisade_common::precedence` (a pod sends only from its own addresses), and steps 6-8,
+//! `palisade_common::precedence` (a pod sends only from its own addresses), and steps 6-9,
 //! which are `palisade_common::precedence::admit` over the kernel's maps ([`KernelMaps`]), the
 //! same function the agent runs over its compiled state and over the live maps. Whether a flow
 //! needs judging at all (conntrack, isolation, Services) is the verdict's business.
@@ -17,7 +17,7 @@ use crate::{
     parse::Packet,
 };
 
-/// The programs' maps, as steps 6-8 read them. A lookup in the kernel cannot fail, only miss.
+/// The programs' maps, as steps 6-9 read them. A lookup in the kernel cannot fail, only miss.
 struct KernelMaps;
 
 impl PolicyMaps for KernelMaps {
@@ -48,7 +48,7 @@ impl PolicyMaps for KernelMaps {
     }
 }
 
-/// Steps 6-8 for a new flow of `packet` at the isolated `endpoint`, `peer` being its source on
+/// Steps 6-9 for a new flow of `packet` at the judged `endpoint`, `peer` being its source on
 /// ingress and its destination on egress.
 ///
 /// The trait's `Result<_, Infallible>` costs nothing here: it has the layout of its `Ok` value

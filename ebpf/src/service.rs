@@ -175,18 +175,26 @@ pub(crate) fn judge_translated(ctx: &TcContext, packet: &Packet) -> Result<bool,
         owe(SCRATCH_TRANSLATED, packet, owed);
     };
     // SAFETY: plain-data values.
-    let Some(source) = (unsafe { ENDPOINTS.get(&original.ifindex) }).copied() else {
+    let Some(source) = (unsafe { ENDPOINTS.get(&original.ifindex) }) else {
         owe_translated(FLOW_DENIED, DropReason::NoEndpoint as u8, NO_CLASS);
         return Err(DropReason::NoEndpoint);
     };
-    match judge_policy(&source, DIR_EGRESS, &packet.dst, packet) {
-        Admission::Denied if audited(&source) => {
+    match judge_policy(source, DIR_EGRESS, &packet.dst, packet) {
+        Admission::Denied if audited(source) => {
             bump(Stat::AuditPassed as u32);
             owe_translated(FLOW_AUDIT, DropReason::PolicyEgress as u8, NO_CLASS);
+        }
+        Admission::TierDenied(class) if audited(source) => {
+            bump(Stat::AuditPassed as u32);
+            owe_translated(FLOW_AUDIT, DropReason::TierEgress as u8, class);
         }
         Admission::Denied => {
             owe_translated(FLOW_DENIED, DropReason::PolicyEgress as u8, NO_CLASS);
             return Err(DropReason::PolicyEgress);
+        }
+        Admission::TierDenied(class) => {
+            owe_translated(FLOW_DENIED, DropReason::TierEgress as u8, class);
+            return Err(DropReason::TierEgress);
         }
         // Never on egress (step 6 is ingress only); said as the pod hooks would say it.
         Admission::FromHost => {
@@ -194,6 +202,9 @@ pub(crate) fn judge_translated(ctx: &TcContext, packet: &Packet) -> Result<bool,
         }
         Admission::Class(class) => {
             owe_translated(FLOW_ALLOWED, AllowReason::Policy as u8, class);
+        }
+        Admission::NoRule => {
+            owe_translated(FLOW_ALLOWED, AllowReason::NotIsolated as u8, NO_CLASS);
         }
     }
     let flow = CtKey::of(

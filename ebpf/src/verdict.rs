@@ -99,6 +99,10 @@ fn tracked_answer(answer: u32) -> u32 {
     }
 }
 
+/// Marks a reason in [`judge_new`]'s policy step as a drop's ([`DropReason`]), not an
+/// admission's ([`AllowReason`]): both are small integers.
+const DROPPED_BY_POLICY: u8 = 0x80;
+
 /// [`try_judge`]'s answers: pass, pass owing an event, or drop (`DROPPED | reason`).
 const QUIET: u32 = 0;
 const OWED: u32 = 1;
@@ -138,7 +142,10 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
     // SAFETY: endpoint values are plain data; a concurrent update can only swap whole values.
     // Each drop below writes its event where it happens: folding them into one closure made
     // LLVM keep more of this frame alive, 528 bytes with the caller's, over the 512 limit.
-    let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+    // A reference into the map, not a copy (104 bytes the frame has no room for): the map is
+    // not preallocated, so an update replaces the element and the one read here stays whole
+    // until this program returns (RCU).
+    let Some(endpoint) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
         let reason = DropReason::NoEndpoint;
         owe(
             SCRATCH_MAIN,
@@ -166,7 +173,7 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
 
     // A later fragment: no ports, its datagram's verdict (`fragments.rs`).
     if packet.fragment {
-        if !endpoint.isolated(direction) || fragments::follows_first(packet, direction, ifindex) {
+        if !endpoint.judged(direction) || fragments::follows_first(packet, direction, ifindex) {
             return Ok(translated);
         }
         let reason = DropReason::Fragment;
@@ -190,10 +197,18 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
     }
 
     // Step 5.
-    let (policy_drop, peer) = if direction == DIR_INGRESS {
-        (DropReason::PolicyIngress, copied(&packet.src))
+    let (policy_drop, tier_drop, peer) = if direction == DIR_INGRESS {
+        (
+            DropReason::PolicyIngress,
+            DropReason::TierIngress,
+            copied(&packet.src),
+        )
     } else {
-        (DropReason::PolicyEgress, copied(&packet.dst))
+        (
+            DropReason::PolicyEgress,
+            DropReason::TierEgress,
+            copied(&packet.dst),
+        )
     };
     let owe_main = |verdict: u8, reason: u8, class: u8| {
         owe(
@@ -202,7 +217,7 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
             Owed::new(ifindex, direction, verdict, reason, class),
         );
     };
-    if endpoint.isolated(direction) {
+    if endpoint.judged(direction) {
         if packet.ext_headers {
             let reason = DropReason::Ipv6ExtensionHeader;
             owe_main(FLOW_DENIED, reason as u8, NO_CLASS);
@@ -221,18 +236,27 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
             // The event is owed by the hook that judges the translated flow.
             return Ok(translated);
         }
-        // Steps 6-8.
-        match judge_policy(&endpoint, direction, &peer, packet) {
-            Admission::Denied if audited(&endpoint) => {
-                bump(Stat::AuditPassed as u32);
-                owe_main(FLOW_AUDIT, policy_drop as u8, NO_CLASS);
-            }
-            Admission::Denied => {
-                owe_main(FLOW_DENIED, policy_drop as u8, NO_CLASS);
-                return Err(policy_drop);
-            }
-            Admission::FromHost => owe_main(FLOW_ALLOWED, AllowReason::FromHost as u8, NO_CLASS),
-            Admission::Class(class) => owe_main(FLOW_ALLOWED, AllowReason::Policy as u8, class),
+        // Steps 6-9.
+        let (reason, class) = match judge_policy(endpoint, direction, &peer, packet) {
+            Admission::FromHost => (AllowReason::FromHost as u8, NO_CLASS),
+            Admission::Class(class) => (AllowReason::Policy as u8, class),
+            Admission::NoRule => (AllowReason::NotIsolated as u8, NO_CLASS),
+            Admission::Denied => (DROPPED_BY_POLICY | policy_drop as u8, NO_CLASS),
+            Admission::TierDenied(class) => (DROPPED_BY_POLICY | tier_drop as u8, class),
+        };
+        if reason & DROPPED_BY_POLICY == 0 {
+            owe_main(FLOW_ALLOWED, reason, class);
+        } else if audited(endpoint) {
+            bump(Stat::AuditPassed as u32);
+            owe_main(FLOW_AUDIT, reason & !DROPPED_BY_POLICY, class);
+        } else {
+            let dropped = reason & !DROPPED_BY_POLICY;
+            owe_main(FLOW_DENIED, dropped, class);
+            return Err(if dropped == tier_drop as u8 {
+                tier_drop
+            } else {
+                policy_drop
+            });
         }
     } else {
         owe_main(FLOW_ALLOWED, AllowReason::NotIsolated as u8, NO_CLASS);

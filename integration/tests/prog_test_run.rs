@@ -26,6 +26,8 @@ mod attacks;
 mod endpoints;
 #[path = "prog_test_run/flow_events.rs"]
 mod flow_events;
+#[path = "prog_test_run/tiers.rs"]
+mod tiers;
 
 const PASS: i32 = -1; // TC_ACT_UNSPEC: on to the next program or the stack.
 const DROP: i32 = 2; // TC_ACT_SHOT
@@ -86,6 +88,11 @@ impl Node {
     /// The dataplane with the endpoints of pods `x/{pod}` (the only ones written) under their
     /// interface indices.
     fn with_endpoints(endpoints: &[(&str, u32)]) -> Self {
+        Self::with_yaml("", endpoints)
+    }
+
+    /// [`Self::with_endpoints`] with the objects of `extra` applied after [`POLICY`].
+    fn with_yaml(extra: &str, endpoints: &[(&str, u32)]) -> Self {
         require_root();
         let dataplane = Dataplane::load().unwrap_or_else(|e| panic!("{}", chain(&e)));
         let mut cluster = dual_stack_apps(
@@ -97,6 +104,9 @@ impl Node {
             ],
         );
         apply_yaml(&mut cluster, POLICY);
+        if !extra.is_empty() {
+            apply_yaml(&mut cluster, extra);
+        }
         let node_addrs = [std::net::IpAddr::from(NODE)];
         let state = Compiler::new().compile(
             &cluster,

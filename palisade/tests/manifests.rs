@@ -303,7 +303,7 @@ fn kustomize_renders_the_bases_and_an_overlay() {
 }
 
 #[test]
-fn the_agent_may_only_read_pods_namespaces_and_networkpolicies() {
+fn the_agent_may_only_read_what_it_enforces() {
     let roles: Vec<ClusterRole> = of_kind("rbac.yaml", "ClusterRole");
     assert_eq!(roles.len(), 1);
     let mut granted = BTreeSet::new();
@@ -317,9 +317,15 @@ fn the_agent_may_only_read_pods_namespaces_and_networkpolicies() {
             }
         }
     }
-    let wanted: BTreeSet<String> = ["/pods", "/namespaces", "networking.k8s.io/networkpolicies"]
-        .map(str::to_owned)
-        .into();
+    let wanted: BTreeSet<String> = [
+        "/pods",
+        "/namespaces",
+        "/nodes",
+        "networking.k8s.io/networkpolicies",
+        "policy.networking.k8s.io/clusternetworkpolicies",
+    ]
+    .map(str::to_owned)
+    .into();
     assert_eq!(granted, wanted);
 
     let accounts: Vec<ServiceAccount> = of_kind("rbac.yaml", "ServiceAccount");

@@ -192,10 +192,13 @@ fn test() -> Result<()> {
             cases.display()
         );
     }
-    // The shared upstream cases, ours (two nodes, externals, IPv6) and the quick-start.
+    // The shared upstream and ClusterNetworkPolicy cases, ours (two nodes, externals, IPv6,
+    // the tiers) and the quick-start.
     let all = [
         cases,
+        shared().join("conformance/cnp"),
         root().join("tests/cases"),
+        root().join("tests/cnp-cases"),
         root().join("examples/quick-start"),
     ];
     eprintln!("[test] every case with the reference evaluator (--model)");
@@ -220,6 +223,7 @@ fn test() -> Result<()> {
         root().join("tests/cases/pod-recreate"),
         root().join("tests/cases/namespace-labels"),
         root().join("tests/cases/two-nodes"),
+        root().join("tests/cnp-cases/tiers-and-networkpolicy"),
     ];
     eprintln!("[test] the same, with every agent killed in the middle of each step");
     run(Command::new(&lab)

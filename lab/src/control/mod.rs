@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod},
+    core::v1::{Namespace, Node, Pod},
     networking::v1::NetworkPolicy,
 };
 use kube::{Api, Client, api::ListParams};
@@ -28,7 +28,10 @@ use crate::{apiserver::ApiServer, topology::NodeHandle};
 use palisade::{
     daemon::{Status, status::Digest},
     dataplane::Established,
-    k8s::cluster::{Cluster, ObjectKey},
+    k8s::{
+        cluster::{Cluster, ObjectKey},
+        cnp::ClusterNetworkPolicy,
+    },
 };
 
 /// How long agents may take to catch up with a step.
@@ -102,6 +105,7 @@ impl ApiControl {
     pub async fn start(binary: PathBuf, established: Established, faults: Faults) -> Result<Self> {
         let server = ApiServer::start().await?;
         let client = server.client();
+        install_cluster_network_policy_crd(&client).await?;
         Ok(Self {
             agents: BTreeMap::new(),
             server,
@@ -263,6 +267,15 @@ impl ApiControl {
         {
             digest.add_object(&policy);
         }
+        for policy in Api::<ClusterNetworkPolicy>::all(self.client.clone())
+            .list(&lp)
+            .await?
+        {
+            digest.add_object(&policy);
+        }
+        for node in Api::<Node>::all(self.client.clone()).list(&lp).await? {
+            digest.add_object(&node);
+        }
         Ok(digest.finish())
     }
 
@@ -336,6 +349,35 @@ impl ApiControl {
 }
 
 /// The `/status` an agent serves at `addr`.
+/// Installs the ClusterNetworkPolicy CRD (the one the agent's types generate, which
+/// `palisade/src/k8s/cnp/tests.rs` holds to upstream's) and waits until it is served.
+pub async fn install_cluster_network_policy_crd(client: &Client) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds
+        .create(
+            &kube::api::PostParams::default(),
+            &palisade::k8s::cnp::crd(),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => return Err(e).context("installing the ClusterNetworkPolicy CRD"),
+    }
+    let served: Api<ClusterNetworkPolicy> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match served.list(&ListParams::default()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).context("the ClusterNetworkPolicy CRD is not served after 30 s");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 pub async fn status_at(addr: std::net::SocketAddr) -> Result<Status> {
     serde_json::from_str(&http_get(addr, "/status").await?).context("parsing /status")
 }

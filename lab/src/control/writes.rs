@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result};
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Pod},
+        core::v1::{Namespace, Node, Pod},
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -18,7 +18,10 @@ use kube::{
 use serde_json::json;
 
 use crate::apiserver::objects::{delete_now, set_pod_running};
-use palisade::k8s::cluster::{Cluster, DEFAULT_NODE, ObjectKey, pod_addrs};
+use palisade::k8s::{
+    cluster::{Cluster, DEFAULT_NODE, ObjectKey, pod_addrs},
+    cnp::ClusterNetworkPolicy,
+};
 
 use super::ApiControl;
 
@@ -148,6 +151,7 @@ impl ApiControl {
                 .await
                 .with_context(|| format!("deleting networkpolicy {key}"))?;
         }
+        self.push_cluster_scoped(desired).await?;
         let gone: Vec<ObjectKey> = self
             .applied
             .pods
@@ -205,6 +209,92 @@ impl ApiControl {
                 .with_context(|| format!("deleting namespace {name}"))?;
         }
         self.applied = desired.clone();
+        Ok(())
+    }
+
+    /// ClusterNetworkPolicies and Nodes (labels and addresses, as a kubelet would register
+    /// them): created, replaced when changed, deleted.
+    async fn push_cluster_scoped(&mut self, desired: &Cluster) -> Result<()> {
+        let post = PostParams::default();
+        let api: Api<ClusterNetworkPolicy> = Api::all(self.client.clone());
+        for (name, policy) in &desired.cluster_policies {
+            let mut object = ClusterNetworkPolicy {
+                metadata: fresh(&policy.metadata),
+                spec: policy.spec.clone(),
+                status: None,
+            };
+            match self.applied.cluster_policies.get(name) {
+                None => {
+                    self.wrote();
+                    api.create(&post, &object)
+                        .await
+                        .with_context(|| format!("creating clusternetworkpolicy {name}"))?;
+                }
+                Some(old) if old.spec != policy.spec => {
+                    object.metadata.resource_version = api.get(name).await?.resource_version();
+                    self.wrote();
+                    api.replace(name, &post, &object)
+                        .await
+                        .with_context(|| format!("replacing clusternetworkpolicy {name}"))?;
+                }
+                Some(_) => {}
+            }
+        }
+        let gone: Vec<String> = (self.applied.cluster_policies.keys())
+            .filter(|k| !desired.cluster_policies.contains_key(*k))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.wrote();
+            api.delete(&name, &DeleteParams::default())
+                .await
+                .with_context(|| format!("deleting clusternetworkpolicy {name}"))?;
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        for (name, node) in &desired.nodes {
+            let changed = self.applied.nodes.get(name).is_none_or(|old| {
+                old.metadata.labels != node.metadata.labels || old.status != node.status
+            });
+            if !changed {
+                continue;
+            }
+            let object = Node {
+                metadata: fresh(&node.metadata),
+                spec: node.spec.clone(),
+                status: None,
+            };
+            self.wrote();
+            let mut current = match nodes.get_opt(name).await? {
+                None => nodes.create(&post, &object).await,
+                Some(current) => {
+                    let object = Node {
+                        metadata: ObjectMeta {
+                            resource_version: current.resource_version(),
+                            ..object.metadata
+                        },
+                        ..object
+                    };
+                    nodes.replace(name, &post, &object).await
+                }
+            }
+            .with_context(|| format!("writing node {name}"))?;
+            current.status = node.status.clone();
+            nodes
+                .replace_status(name, &post, &current)
+                .await
+                .with_context(|| format!("writing the status of node {name}"))?;
+        }
+        let gone: Vec<String> = (self.applied.nodes.keys())
+            .filter(|k| !desired.nodes.contains_key(*k))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.wrote();
+            nodes
+                .delete(&name, &DeleteParams::default())
+                .await
+                .with_context(|| format!("deleting node {name}"))?;
+        }
         Ok(())
     }
 

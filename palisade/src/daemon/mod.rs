@@ -97,9 +97,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     let _flows = flow_log::start(&config, &worker, &shared.metrics)?;
 
     let client = client(&config).await?;
-    let caches = Caches::start(&client, changes_tx, &shared.metrics);
+    let caches = Caches::start(&client, changes_tx, &shared.metrics).await;
     let mut shutdown = std::pin::pin!(shutdown);
-    tracing::info!("waiting for the first list of pods, namespaces and networkpolicies");
+    tracing::info!(
+        "waiting for the first list of pods, namespaces, networkpolicies, nodes and \
+         clusternetworkpolicies"
+    );
     tokio::select! {
         ready = caches.ready() => ready.context("a watch ended before its first list")?,
         signal = &mut shutdown => {

@@ -1,4 +1,5 @@
-//! Reflectors on Pods, Namespaces and NetworkPolicies: one cache each, kept by kube-rs
+//! Reflectors on Pods, Namespaces, NetworkPolicies, ClusterNetworkPolicies and Nodes: one
+//! cache each, kept by kube-rs
 //! watchers that list, watch, and list again after an expired resource version or a broken
 //! connection, each error followed by a backoff ([`retry`]). Every change is reported on one
 //! channel, for the sync loop to coalesce.
@@ -12,7 +13,7 @@ use std::{sync::Arc, time::Instant};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Pod},
+        core::v1::{Namespace, Node, Pod},
         networking::v1::NetworkPolicy,
     },
     serde::de::DeserializeOwned,
@@ -30,7 +31,10 @@ use tokio::sync::mpsc;
 pub use self::view::Views;
 use self::{pods::SlimPod, retry::Retry};
 use super::metrics::Metrics;
-use crate::{k8s::cluster::ObjectKey, policy::ClusterChange};
+use crate::{
+    k8s::{cluster::ObjectKey, cnp::ClusterNetworkPolicy},
+    policy::ClusterChange,
+};
 
 /// A change seen by a watch: when it arrived, for the implementation delay, and what changed.
 #[derive(Clone, Debug)]
@@ -47,27 +51,55 @@ pub struct Change {
     pub version: Option<(&'static str, String)>,
 }
 
-/// The three caches.
+/// The caches.
 #[derive(Clone)]
 pub struct Caches {
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
     policies: Store<NetworkPolicy>,
+    cluster_policies: Store<ClusterNetworkPolicy>,
+    nodes: Store<Node>,
+    /// True once the ClusterNetworkPolicies are known: their first list completed, or the API
+    /// server said it does not serve them (404: the CRD is not installed; there are none). The
+    /// watch then keeps retrying and picks them up once the CRD appears. Any other error keeps
+    /// the agent waiting, as for the other kinds: it never enforces without the tiers.
+    cluster_policies_settled: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Caches {
-    /// Starts the three watches; changes go to `changes`.
-    pub fn start(
+    /// Starts the watches; changes go to `changes`.
+    pub async fn start(
         client: &Client,
         changes: mpsc::UnboundedSender<Change>,
         metrics: &Arc<Metrics>,
     ) -> Self {
+        let (settled, cluster_policies_settled) = tokio::sync::watch::channel(false);
         Self {
+            cluster_policies: spawn(
+                Api::all(client.clone()),
+                "clusternetworkpolicies",
+                |p: &ClusterNetworkPolicy| ClusterChange::ClusterPolicy(p.name_any()),
+                without_managed_fields,
+                Some(settled),
+                changes.clone(),
+                metrics,
+            ),
+            nodes: spawn(
+                Api::all(client.clone()),
+                "nodes",
+                |n: &Node| ClusterChange::Node(n.name_any()),
+                trim_node,
+                None,
+                changes.clone(),
+                metrics,
+            ),
+            cluster_policies_settled,
             pods: spawn(
                 Api::<SlimPod>::all(client.clone()),
                 "pods",
                 |pod: &Pod| ClusterChange::Pod(key_of(pod)),
                 |SlimPod(pod)| pod,
+                None,
                 changes.clone(),
                 metrics,
             ),
@@ -76,6 +108,7 @@ impl Caches {
                 "namespaces",
                 |ns: &Namespace| ClusterChange::Namespace(ns.name_any()),
                 without_managed_fields,
+                None,
                 changes.clone(),
                 metrics,
             ),
@@ -84,6 +117,7 @@ impl Caches {
                 "networkpolicies",
                 |policy: &NetworkPolicy| ClusterChange::Policy(key_of(policy)),
                 without_managed_fields,
+                None,
                 changes,
                 metrics,
             ),
@@ -94,11 +128,17 @@ impl Caches {
     pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
         self.pods.wait_until_ready().await?;
         self.namespaces.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await?;
+        let mut settled = self.cluster_policies_settled.clone();
+        if settled.wait_for(|known| *known).await.is_err() {
+            // The watch ended, and its store's writer with it: that store says so.
+            self.cluster_policies.wait_until_ready().await?;
+        }
         self.policies.wait_until_ready().await
     }
 }
 
-/// The key of a namespaced object, as [`View`] files it.
+/// The key of a namespaced object, as [`Views`] file it.
 fn key_of<K: Resource>(object: &K) -> ObjectKey {
     ObjectKey::new(object.namespace().unwrap_or_default(), object.name_any())
 }
@@ -109,6 +149,21 @@ fn without_managed_fields<K: Resource>(mut object: K) -> K {
     object
 }
 
+/// What a Node is kept for: its labels and addresses (`nodes` peers). Its images, conditions
+/// and the rest are most of its size and change with every heartbeat.
+fn trim_node(mut node: Node) -> Node {
+    node.managed_fields_mut().clear();
+    if let Some(status) = node.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::NodeStatus {
+            addresses: status.addresses.take(),
+            ..Default::default()
+        };
+    }
+    node.spec = None;
+    node.metadata.annotations = None;
+    node
+}
+
 /// Watches `W`s, keeps them as `K`s (what `keep` makes of them) in the returned cache, and
 /// reports each change.
 fn spawn<W, K>(
@@ -116,6 +171,7 @@ fn spawn<W, K>(
     resource: &'static str,
     changed: fn(&K) -> ClusterChange,
     keep: fn(W) -> K,
+    settled: Option<tokio::sync::watch::Sender<bool>>,
     changes: mpsc::UnboundedSender<Change>,
     metrics: &Arc<Metrics>,
 ) -> Store<K>
@@ -149,6 +205,23 @@ where
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
+            if let Some(settled) = &settled {
+                match &item {
+                    Ok(watcher::Event::InitDone) => {
+                        settled.send_replace(true);
+                    }
+                    // The first 404 says so; later ones (the watch retries) say nothing new.
+                    Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                        if status.code == 404 && !settled.send_replace(true) =>
+                    {
+                        tracing::warn!(
+                            resource,
+                            "not served (its CRD is not installed): none are enforced until it is"
+                        );
+                    }
+                    _ => {}
+                }
+            }
             if let Some(delay) = retry.observe(&item) {
                 tokio::time::sleep(delay).await;
                 continue;

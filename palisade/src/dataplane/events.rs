@@ -45,13 +45,16 @@ impl Default for FlowSettings {
 pub enum LiveDecision {
     /// No endpoint entry for the interface: the programs drop everything.
     NoEndpoint,
+    /// Not isolated, and no ClusterNetworkPolicy rule decides: the default.
     NotIsolated,
     FromHost,
-    /// Admitted by this class (the lowest both peer and port hold).
+    /// Admitted by this class (a NetworkPolicy class, or the tier rule that decides).
     Class(u8),
-    /// Dropped by policy; `audit`: reported and passed instead.
+    /// Dropped by policy; `audit`: reported and passed instead. `tier_class`: the
+    /// ClusterNetworkPolicy Deny class that decides (none: no NetworkPolicy class admits).
     Denied {
         audit: bool,
+        tier_class: Option<u8>,
     },
 }
 
@@ -102,7 +105,7 @@ impl Dataplane {
     }
 
     /// How the maps as they are now judge a new flow at endpoint `ifindex` in `direction`
-    /// with `peer` to `protocol`/`port`: the lookups the programs make (steps 2 and 5-8 of
+    /// with `peer` to `protocol`/`port`: the lookups the programs make (steps 2 and 5-9 of
     /// `palisade_common::precedence`, through the same [`admit`]), read from the kernel's maps,
     /// not this agent's copy.
     pub fn live_decision(
@@ -119,7 +122,7 @@ impl Dataplane {
         let Some(endpoint) = absent_is_none(endpoints.get(&ifindex, 0), MAP_ENDPOINTS)? else {
             return Ok(LiveDecision::NoEndpoint);
         };
-        if !endpoint.isolated(direction) {
+        if !endpoint.judged(direction) {
             return Ok(LiveDecision::NotIsolated);
         }
         let maps = LiveMaps {
@@ -130,11 +133,13 @@ impl Dataplane {
             ports: LpmTrie::try_from(map(MAP_PORTS)?).map_err(map_err(MAP_PORTS, "open"))?,
         };
         let peer = Addr::from(peer);
-        match admit(&maps, &endpoint, direction, &peer, protocol, port)? {
+        let tier_class = match admit(&maps, &endpoint, direction, &peer, protocol, port)? {
             Admission::FromHost => return Ok(LiveDecision::FromHost),
             Admission::Class(class) => return Ok(LiveDecision::Class(class)),
-            Admission::Denied => {}
-        }
+            Admission::NoRule => return Ok(LiveDecision::NotIsolated),
+            Admission::Denied => None,
+            Admission::TierDenied(class) => Some(class),
+        };
         let config: Array<_, FlowConfig> =
             Array::try_from(map(MAP_FLOW_CONFIG)?).map_err(map_err(MAP_FLOW_CONFIG, "open"))?;
         let audit_all = config
@@ -145,11 +150,12 @@ impl Dataplane {
             != 0;
         Ok(LiveDecision::Denied {
             audit: audit_all || endpoint.flags & EP_AUDIT != 0,
+            tier_class,
         })
     }
 }
 
-/// The kernel's policy maps, as steps 6-8 read them ([`admit`]).
+/// The kernel's policy maps, as steps 6-9 read them ([`admit`]).
 struct LiveMaps<'a> {
     identities: HashMap<&'a MapData, Addr, IdentityValue>,
     cidrs: LpmTrie<&'a MapData, Addr, IdentityValue>,

@@ -94,15 +94,25 @@ pub fn explain(
                 } else {
                     chosen
                 };
+                let class = local.classes[d].get(usize::from(c));
                 let names: Vec<String> = shown
                     .iter()
-                    .map(|r| format!("{} {name}[{}]", r.policy, r.index))
+                    .map(|r| class.map_or_else(|| r.describe(), |class| class.describe(r)))
                     .collect();
                 format!("allowed by class {c} ({})", names.join(", "))
             }
-            LiveDecision::Denied { audit: false } => "denied".to_owned(),
-            LiveDecision::Denied { audit: true } => {
-                "would be denied; passes and is reported (audit mode)".to_owned()
+            LiveDecision::Denied { audit, tier_class } => {
+                let by = tier_class.map_or_else(String::new, |c| {
+                    let names = local.classes[d]
+                        .get(usize::from(c))
+                        .map_or_else(Vec::new, |class| class.describe_rules());
+                    format!(" by class {c} ({})", names.join(", "))
+                });
+                if audit {
+                    format!("would be denied{by}; passes and is reported (audit mode)")
+                } else {
+                    format!("denied{by}")
+                }
             }
         };
         // Audit changes what happens to the packet, not what policy says.

@@ -64,15 +64,6 @@ pub fn explain(files: &[PathBuf], from: &str, to: &str, flow: &str) -> Result<Ex
              priority: {first} is tried first (by name); give them distinct priorities"
         ));
     }
-    if !cluster.cluster_policies.is_empty() {
-        // The evaluator judges them; the compiler does not know them yet, so the maps below
-        // would disagree wherever one decides.
-        lines.push(
-            "warning: ClusterNetworkPolicies are judged here but not yet enforced by the \
-             dataplane (issue 17): the compiled maps ignore them"
-                .to_owned(),
-        );
-    }
     let verdict = evaluator.evaluate(src, dst, protocol, port);
     let verdict_line = lines.len();
     lines.push(verdict.to_string());
@@ -217,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_network_policy_is_judged_but_never_claimed_by_the_maps() {
+    fn a_cluster_network_policy_is_judged_and_the_maps_agree() {
         let file =
             std::env::temp_dir().join(format!("palisade-explain-cnp-{}.yaml", std::process::id()));
         let policy = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
@@ -229,8 +220,7 @@ mod tests {
         let explanation =
             explain(&files, "default/client", "default/nginx", "TCP/80").expect("explain");
         let text = explanation.lines.join("\n");
-        assert!(!explanation.exact, "{text}");
-        assert!(text.contains("not yet enforced by the dataplane"), "{text}");
+        assert!(explanation.exact, "{text}");
         assert!(
             text.contains("denied by clusternetworkpolicy guard"),
             "{text}"

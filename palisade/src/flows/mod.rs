@@ -85,7 +85,9 @@ pub struct FlowRecord {
     /// Rules that admitted it, as `namespace/policy ingress[i]` (or `egress[i]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_by: Vec<String>,
-    /// Policies that isolate the judging pod in that direction (denied and audit).
+    /// Denied and audit: the policies that isolate the judging pod in that direction, or, when
+    /// a ClusterNetworkPolicy denied, its deciding rule (`clusternetworkpolicy/NAME
+    /// ingress[i]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub isolated_by: Vec<String>,
     /// Judged after kube-proxy's translation (a Service flow; `dst` is the backend).
@@ -106,8 +108,8 @@ impl FlowRecord {
         let mut out: Vec<&str> = self
             .allowed_by
             .iter()
+            .chain(self.isolated_by.iter())
             .map(|r| r.split_once(' ').map_or(r.as_str(), |(p, _)| p))
-            .chain(self.isolated_by.iter().map(String::as_str))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -148,6 +150,8 @@ impl fmt::Display for FlowRecord {
         let judged = self.pod.as_deref().unwrap_or("unknown pod");
         if !self.allowed_by.is_empty() {
             write!(f, ": allowed by {}", self.allowed_by.join(", "))?;
+        } else if self.reason.starts_with("cluster-policy-") && !self.isolated_by.is_empty() {
+            write!(f, ": denied at {judged} by {}", self.isolated_by.join(", "))?;
         } else if !self.isolated_by.is_empty() {
             write!(
                 f,
@@ -322,6 +326,11 @@ impl Attribution {
                 _ if matches!(reason, "policy-ingress" | "policy-egress") => {
                     isolated_by = local.isolating[d].iter().map(ToString::to_string).collect();
                 }
+                _ if event.class != NO_CLASS => {
+                    isolated_by = local.classes[d]
+                        .get(usize::from(event.class))
+                        .map_or_else(Vec::new, Class::describe_rules);
+                }
                 _ => {}
             }
         }
@@ -361,21 +370,7 @@ impl Attribution {
         let Some(class) = local.classes[d].get(usize::from(event.class)) else {
             return vec![format!("class {} (no longer compiled)", event.class)];
         };
-        let name = |policy: &ObjectKey, index: usize| {
-            let dir = if d == usize::from(DIR_INGRESS) {
-                "ingress"
-            } else {
-                "egress"
-            };
-            format!("{policy} {dir}[{index}]")
-        };
-        let all = || {
-            class
-                .rules
-                .iter()
-                .map(|r| name(&r.policy, r.index))
-                .collect()
-        };
+        let all = || class.describe_rules();
         if class.rules.len() <= 1 {
             return all();
         }
@@ -402,7 +397,7 @@ impl Attribution {
                     .iter()
                     .any(|a| a.policy == r.policy && a.index == r.index)
             })
-            .map(|r| name(&r.policy, r.index))
+            .map(|r| class.describe(r))
             .collect();
         if chosen.is_empty() { all() } else { chosen }
     }

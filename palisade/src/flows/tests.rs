@@ -108,6 +108,68 @@ fn an_allowed_event_names_the_rule_of_its_class_even_when_the_class_holds_severa
     );
 }
 
+/// An Admin tier Deny of everything from namespace x at y/b, on top of [`POLICIES`].
+const ADMIN_DENY: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: guard}
+spec:
+  tier: Admin
+  priority: 3
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {pod: b}}}}
+  ingress:
+  - {name: no-x, action: Deny, from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: x}}}]}
+"#;
+
+#[test]
+fn a_cluster_network_policy_deny_names_its_policy_rule_tier_and_action() {
+    let mut c = cluster([
+        namespace("x").into(),
+        namespace("y").into(),
+        pod("x", "a")
+            .label("pod", "a")
+            .on("node-1")
+            .ip("10.244.1.1")
+            .into(),
+        pod("y", "b")
+            .label("pod", "b")
+            .on("node-1")
+            .ip("10.244.1.2")
+            .into(),
+    ]);
+    apply_yaml(&mut c, POLICIES);
+    apply_yaml(&mut c, ADMIN_DENY);
+    let state = Compiler::new().compile(
+        &c,
+        &NodeView {
+            name: "node-1",
+            addrs: &[],
+        },
+    );
+    let ep = &state.endpoints[&ObjectKey::new("y", "b")];
+    // The Admin rule is the lowest class, and the only tier class.
+    assert_eq!(ep.tiers.admin[usize::from(DIR_INGRESS)], 1);
+    assert_eq!(ep.tiers.deny[usize::from(DIR_INGRESS)], 1);
+    let ifindex = BTreeMap::from([(ObjectKey::new("y", "b"), 12)]);
+    let names = Attribution::new("node-1", &[], c.into(), &state.endpoints, &ifindex);
+    let mut e = event([10, 244, 1, 1], [10, 244, 1, 2], 12, DIR_INGRESS);
+    e.verdict = FLOW_DENIED;
+    e.reason = DropReason::TierIngress as u8;
+    e.class = 0;
+    let record = names.record(&e, Duration::ZERO);
+    assert_eq!(record.reason, "cluster-policy-ingress");
+    assert_eq!(
+        record.isolated_by,
+        ["clusternetworkpolicy/guard ingress[0] (Admin Deny)"]
+    );
+    assert_eq!(record.policies(), ["clusternetworkpolicy/guard"]);
+    let line = record.to_string();
+    assert!(
+        line.contains("denied at y/b by clusternetworkpolicy/guard ingress[0] (Admin Deny)"),
+        "{line}"
+    );
+}
+
 #[test]
 fn a_denied_event_names_every_policy_isolating_the_pod() {
     let names = attribution();

@@ -1,12 +1,10 @@
-//! The eBPF verdict's policy steps (5-8 of `palisade_common::precedence`) over [`NodeState`]:
+//! The eBPF verdict's policy steps (5-9 of `palisade_common::precedence`) over [`NodeState`]:
 //! the same [`admit`] the programs run, reading the compiled state the way the programs read
 //! the maps. Tests compare it with the policy semantics; `palisade explain` answers from it.
 
 use std::{convert::Infallible, net::IpAddr};
 
-use palisade_common::{
-    Addr, Admission, ClassMask, EndpointInfo, PeerKey, PolicyMaps, PortKey, admit,
-};
+use palisade_common::{Addr, ClassMask, PeerKey, PolicyMaps, PortKey, admit};
 
 use super::compile::{EndpointState, NodeState};
 use crate::k8s::cluster::ObjectKey;
@@ -23,13 +21,8 @@ pub fn admits(
 ) -> Option<bool> {
     let ep = state.endpoints.get(endpoint)?;
     // The compiled state is per endpoint, so the id the maps' keys carry is not needed.
-    let info = EndpointInfo {
-        id: 0,
-        flags: ep.flags,
-        any_peer: ep.any_peer,
-        any_port: ep.any_port,
-    };
-    if !info.isolated(direction) {
+    let info = ep.info(0);
+    if !info.judged(direction) {
         return Some(true);
     }
     let maps = Compiled {
@@ -37,7 +30,7 @@ pub fn admits(
         endpoint: ep,
     };
     let Ok(admission) = admit(&maps, &info, direction, &Addr::from(peer), protocol, port);
-    Some(admission != Admission::Denied)
+    Some(admission.allows())
 }
 
 /// One endpoint's view of the compiled maps: what the programs would find in them.

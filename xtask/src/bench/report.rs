@@ -60,6 +60,7 @@ pub fn render(inputs: &Inputs<'_>) -> String {
     flow_events(&mut md, f);
     program_stats(&mut md, f);
     per_packet(&mut md, f, inputs.plot_prefix);
+    per_packet_tiers(&mut md, f);
     if let Some(before) = inputs.before {
         super::compare::before_and_after(&mut md, before, f);
     }
@@ -272,6 +273,45 @@ fn netperf(md: &mut String, f: &Value, inputs: &Inputs<'_>) {
         v.sort_by(f64::total_cmp);
         let name = n.map_or(family.clone(), |n| format!("{family}, {n} policies"));
         let _ = writeln!(md, "| {name} | {:.2} |", stats::quantile(&v, 0.5));
+    }
+    md.push('\n');
+}
+
+/// The per-packet paths at the largest policy count with 1,000 ClusterNetworkPolicies beside
+/// them, against the same count without (issue 17: the tiers must cost nothing per packet).
+fn per_packet_tiers(md: &mut String, f: &Value) {
+    let tiers = serde_json::json!({ "per_packet": f["per_packet_tiers"] });
+    let Some(&n) = stats::per_packet_counts(&tiers).last() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "## Per-packet cost with 1,000 ClusterNetworkPolicies
+
+The same paths at {n} \
+         NetworkPolicies, measured again (right after the row above) with 1,000 \
+         ClusterNetworkPolicies beside them (`synth::cluster_policies`: Admin and Baseline \
+         deny lists, one in ten applying to the server, which gives it two more classes). Each \
+         cell: the median ratio to the empty program of its own run, min .. max over the \
+         alternations. The lookups are the same three either way; the figures say whether \
+         anything else moved.\n\n| path | {n} policies | {n} policies + 1,000 \
+         ClusterNetworkPolicies |\n|---|---|---|"
+    );
+    let cell = |figures: &Value, path: &str| {
+        let ns =
+            stats::per_packet(figures, n, path).map_or(String::new(), |ns| format!("{ns:.1} ns"));
+        let ratio = stats::per_packet_ratio(figures, n, path).map_or(String::new(), |r| {
+            format!(", {:.2}x ({:.2} .. {:.2})", r.median, r.min, r.max)
+        });
+        format!("{ns}{ratio}")
+    };
+    for path in stats::per_packet_paths(&tiers) {
+        let _ = writeln!(
+            md,
+            "| {path} | {} | {} |",
+            cell(f, &path),
+            cell(&tiers, &path)
+        );
     }
     md.push('\n');
 }

@@ -29,6 +29,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 /// What one run measures.
+/// ClusterNetworkPolicies measured beside the largest NetworkPolicy count.
+const CLUSTER_POLICIES: usize = 1_000;
+
 struct Plan {
     /// Policy counts of the netperf and per-packet series.
     counts: &'static [usize],
@@ -135,6 +138,9 @@ struct Report {
     events: Vec<series::Events>,
     bpf_stats: Vec<series::ProgramRun>,
     per_packet: Vec<per_packet::PerPacket>,
+    /// The per-packet paths at the largest policy count with [`CLUSTER_POLICIES`]
+    /// ClusterNetworkPolicies beside them.
+    per_packet_tiers: Vec<per_packet::PerPacket>,
     control: Vec<control::ControlPlane>,
     phase_seconds: BTreeMap<&'static str, f64>,
 }
@@ -152,7 +158,7 @@ fn main() -> Result<()> {
     let loadavg_start = loadavg();
     let mut phases = BTreeMap::new();
     let configs = configs(plan);
-    let steps = plan.counts.len() + plan.control.len() + plan.rounds * configs.len();
+    let steps = plan.counts.len() + 1 + plan.control.len() + plan.rounds * configs.len();
     let bar = ProgressBar::new(u64::try_from(steps)?).with_style(ProgressStyle::with_template(
         "[bench] {bar:30} {pos}/{len} {elapsed_precise} {msg}",
     )?);
@@ -164,12 +170,25 @@ fn main() -> Result<()> {
         bar.set_message(format!("BPF_PROG_TEST_RUN, {n} policies"));
         per_packet.extend(per_packet::measure(
             plan.peers,
-            n,
+            (n, 0),
             plan.repeat,
             plan.singles,
         )?);
         bar.inc(1);
     }
+    // The largest count again with 1,000 ClusterNetworkPolicies beside it, measured right
+    // after it.
+    let most = plan.counts.iter().copied().max().unwrap_or(1);
+    bar.set_message(format!(
+        "BPF_PROG_TEST_RUN, {most} policies and {CLUSTER_POLICIES} ClusterNetworkPolicies"
+    ));
+    let per_packet_tiers = per_packet::measure(
+        plan.peers,
+        (most, CLUSTER_POLICIES),
+        plan.repeat,
+        plan.singles,
+    )?;
+    bar.inc(1);
     phases.insert("per-packet", start.elapsed().as_secs_f64());
 
     let start = Instant::now();
@@ -208,6 +227,7 @@ fn main() -> Result<()> {
         events: series.events,
         bpf_stats: series.programs,
         per_packet,
+        per_packet_tiers,
         control,
         phase_seconds: phases,
     };

@@ -82,9 +82,22 @@ enum Claim {
     Dropped,
 }
 
-pub fn measure(peers: usize, policies: usize, repeat: u32, singles: u16) -> Result<Vec<PerPacket>> {
+/// The paths at `policies` NetworkPolicies and `cluster_policies` ClusterNetworkPolicies
+/// (`synth::cluster_policies`).
+pub fn measure(
+    peers: usize,
+    (policies, cluster_policies): (usize, usize),
+    repeat: u32,
+    singles: u16,
+) -> Result<Vec<PerPacket>> {
     let scale = Scale { peers, extra: 0 };
-    let cluster = synth::cluster(&scale, &synth::policies(policies))?;
+    let mut cluster = synth::cluster(&scale, &synth::policies(policies))?;
+    for policy in synth::cluster_policies(cluster_policies)? {
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        cluster
+            .cluster_policies
+            .insert(name, std::sync::Arc::new(policy));
+    }
     let addrs = synth::node_addrs();
     let state = Compiler::new().compile(
         &cluster,

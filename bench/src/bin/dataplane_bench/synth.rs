@@ -27,7 +27,10 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
     networking::v1::NetworkPolicy,
 };
-use palisade::k8s::cluster::{Cluster, ObjectKey};
+use palisade::k8s::{
+    cluster::{Cluster, ObjectKey},
+    cnp::ClusterNetworkPolicy,
+};
 use serde_json::{Value, json};
 
 pub const NODE: &str = "bench";
@@ -232,6 +235,44 @@ pub fn used(policies: &[PolicySpec]) -> (BTreeSet<Peer>, BTreeSet<Target>) {
         .collect();
     let targets = policies.iter().map(|p| p.target).collect();
     (peers, targets)
+}
+
+/// `n` ClusterNetworkPolicies, as an administrator's deny lists look: a tenth Baseline, the
+/// rest Admin, priorities spread over 0..1000. One in ten applies to namespace `bench` (the
+/// server and the client): an ingress Deny from a namespace of its own on TCP 9999 (Admin) or
+/// 9998 (Baseline); consecutive Denies on one port set share a class, so they cost the server
+/// two class bits beside its 61. The others apply to namespaces that do not exist here, as
+/// policies of other tenants do. Whatever their number, a packet at the server makes the same
+/// three lookups.
+pub fn cluster_policies(n: usize) -> anyhow::Result<Vec<ClusterNetworkPolicy>> {
+    (0..n)
+        .map(|i| {
+            let baseline = i >= n - n / 10;
+            let subject = if i % 10 == 0 {
+                NAMESPACE.to_owned()
+            } else {
+                format!("tenant-{i}")
+            };
+            let port = if baseline { 9998 } else { 9999 };
+            let policy = serde_json::from_value(json!({
+                "apiVersion": "policy.networking.k8s.io/v1alpha2",
+                "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": format!("cnp-{i:05}")},
+                "spec": {
+                    "tier": if baseline { "Baseline" } else { "Admin" },
+                    "priority": i % 1000,
+                    "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": subject}}},
+                    "ingress": [{
+                        "name": "blocked",
+                        "action": "Deny",
+                        "from": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": format!("blocked-{i}")}}}],
+                        "protocols": [{"tcp": {"destinationPort": {"number": port}}}],
+                    }],
+                },
+            }))?;
+            Ok(policy)
+        })
+        .collect()
 }
 
 /// The cluster as Kubernetes objects, for Palisade's compiler.

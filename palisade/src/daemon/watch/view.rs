@@ -69,6 +69,14 @@ impl View {
             view.digest.add_object(&*policy);
             cluster.policies.insert(key_of(&*policy), policy);
         }
+        for policy in caches.cluster_policies.state() {
+            view.digest.add_object(&*policy);
+            cluster.cluster_policies.insert(policy.name_any(), policy);
+        }
+        for node in caches.nodes.state() {
+            view.digest.add_object(&*node);
+            cluster.nodes.insert(node.name_any(), node);
+        }
         view
     }
 
@@ -126,6 +134,24 @@ impl View {
                 if let Some(new) = caches.policies.get(&at) {
                     self.digest.add_object(&*new);
                     cluster.policies.insert(key.clone(), new);
+                }
+            }
+            ClusterChange::ClusterPolicy(name) => {
+                if let Some(old) = cluster.cluster_policies.remove(name) {
+                    self.digest.remove_object(&*old);
+                }
+                if let Some(new) = caches.cluster_policies.get(&ObjectRef::new(name)) {
+                    self.digest.add_object(&*new);
+                    cluster.cluster_policies.insert(name.clone(), new);
+                }
+            }
+            ClusterChange::Node(name) => {
+                if let Some(old) = cluster.nodes.remove(name) {
+                    self.digest.remove_object(&*old);
+                }
+                if let Some(new) = caches.nodes.get(&ObjectRef::new(name)) {
+                    self.digest.add_object(&*new);
+                    cluster.nodes.insert(name.clone(), new);
                 }
             }
         }
@@ -186,7 +212,7 @@ mod tests {
 
     use k8s_openapi::{
         api::{
-            core::v1::{Namespace, Pod, PodSpec},
+            core::v1::{Namespace, Node, Pod, PodSpec},
             networking::v1::NetworkPolicy,
         },
         apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -194,7 +220,11 @@ mod tests {
     use kube::runtime::{reflector, watcher::Event};
 
     use super::{View, Views};
-    use crate::{daemon::watch::Caches, k8s::cluster::ObjectKey, policy::ClusterChange};
+    use crate::{
+        daemon::watch::Caches,
+        k8s::{cluster::ObjectKey, cnp::ClusterNetworkPolicy},
+        policy::ClusterChange,
+    };
 
     fn meta(namespace: Option<&str>, name: &str, version: u32) -> ObjectMeta {
         ObjectMeta {
@@ -212,6 +242,8 @@ mod tests {
         let (x, y) = (&a.cluster, &b.cluster);
         assert!(x.namespaces.keys().eq(y.namespaces.keys()));
         assert!(x.policies.keys().eq(y.policies.keys()));
+        assert!(x.cluster_policies.keys().eq(y.cluster_policies.keys()));
+        assert!(x.nodes.keys().eq(y.nodes.keys()));
         assert_eq!(x.pods.len(), y.pods.len());
         for ((k1, p1), (k2, p2)) in x.pods.iter().zip(&y.pods) {
             assert_eq!(k1, k2);
@@ -227,10 +259,15 @@ mod tests {
         let (pods, mut pod_writer) = reflector::store::<Pod>();
         let (namespaces, mut ns_writer) = reflector::store::<Namespace>();
         let (policies, mut policy_writer) = reflector::store::<NetworkPolicy>();
+        let (nodes, mut node_writer) = reflector::store::<Node>();
+        let (cluster_policies, _) = reflector::store::<ClusterNetworkPolicy>();
         let caches = Caches {
             pods,
             namespaces,
             policies,
+            cluster_policies,
+            nodes,
+            cluster_policies_settled: tokio::sync::watch::channel(true).1,
         };
         let mut views = Views::new("node-1");
         let mut held = Arc::clone(&views.update(&caches, None).cluster);
@@ -243,7 +280,20 @@ mod tests {
             let mut changes = Vec::new();
             for _ in 0..=next(3) {
                 let (ns, name) = (format!("ns-{}", next(3)), format!("p-{}", next(6)));
-                match next(6) {
+                match next(7) {
+                    6 => {
+                        let node = Node {
+                            metadata: meta(None, &format!("node-{}", next(3)), version),
+                            ..Node::default()
+                        };
+                        let name = node.metadata.name.clone().unwrap_or_default();
+                        if next(2) == 0 {
+                            node_writer.apply_watcher_event(&Event::Apply(node));
+                        } else {
+                            node_writer.apply_watcher_event(&Event::Delete(node));
+                        }
+                        changes.push(ClusterChange::Node(name));
+                    }
                     0 => {
                         ns_writer.apply_watcher_event(&Event::Apply(Namespace {
                             metadata: meta(None, &ns, version),

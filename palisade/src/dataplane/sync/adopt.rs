@@ -16,7 +16,7 @@ use super::{
     Endpoint, Rules, SyncReport, Written,
     maps::{ById, Maps, map_err, peer_key, port_key},
 };
-use crate::{dataplane::DataplaneError, k8s::cluster::ObjectKey};
+use crate::{dataplane::DataplaneError, k8s::cluster::ObjectKey, policy::compile::TierMasks};
 
 impl Written {
     /// Reads back what an earlier agent wrote into (pinned) maps, so the first sync writes only
@@ -69,6 +69,12 @@ impl Written {
                 flags: info.flags,
                 any_peer: info.any_peer,
                 any_port: info.any_port,
+                tiers: TierMasks {
+                    admin: info.admin,
+                    baseline: info.baseline,
+                    deny: info.deny,
+                    pass: info.pass,
+                },
                 peers: peers.remove(&id).unwrap_or_default(),
                 ports: ports.remove(&id).unwrap_or_default(),
             };

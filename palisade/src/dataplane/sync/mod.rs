@@ -36,7 +36,11 @@ pub(super) use self::adopt::highest_ids;
 use self::maps::Maps;
 use crate::{
     k8s::cluster::ObjectKey,
-    policy::{NodeState, compile::EndpointState, ports::PortPrefix},
+    policy::{
+        NodeState,
+        compile::{self, EndpointState, TierMasks},
+        ports::PortPrefix,
+    },
 };
 
 /// What one sync changed.
@@ -61,18 +65,14 @@ struct Rules {
     flags: u32,
     any_peer: [ClassMask; 2],
     any_port: [ClassMask; 2],
+    tiers: TierMasks,
     peers: BTreeMap<(u8, u32), ClassMask>,
     ports: BTreeMap<(u32, u8, u8, [u8; 2]), ClassMask>,
 }
 
 impl Rules {
     fn info(&self, id: u32) -> EndpointInfo {
-        EndpointInfo {
-            id,
-            flags: self.flags,
-            any_peer: self.any_peer,
-            any_port: self.any_port,
-        }
+        compile::info(id, self.flags, self.any_peer, self.any_port, &self.tiers)
     }
 
     /// Whether `self` only adds entries to `old`: same info, every old entry kept as it was.
@@ -80,6 +80,7 @@ impl Rules {
         self.flags == old.flags
             && self.any_peer == old.any_peer
             && self.any_port == old.any_port
+            && self.tiers == old.tiers
             && old.peers.iter().all(|(k, v)| self.peers.get(k) == Some(v))
             && old.ports.iter().all(|(k, v)| self.ports.get(k) == Some(v))
     }
@@ -123,6 +124,7 @@ fn rules_of(state: &NodeState, key: &ObjectKey) -> Option<Rules> {
         flags: ep.flags,
         any_peer: ep.any_peer,
         any_port: ep.any_port,
+        tiers: ep.tiers,
         peers: ep.peers.clone(),
         ports: ep.ports.iter().map(port_entry).collect(),
     })
@@ -146,6 +148,7 @@ impl Rules {
         self.flags == ep.flags
             && self.any_peer == ep.any_peer
             && self.any_port == ep.any_port
+            && self.tiers == ep.tiers
             && self.peers == ep.peers
             && self.ports.len() == ep.ports.len()
             && self
@@ -191,12 +194,13 @@ impl Written {
         index: u32,
         report: &mut SyncReport,
     ) {
-        let info = EndpointInfo {
-            id: NO_RULES,
-            flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
-            any_peer: [0; 2],
-            any_port: [0; 2],
-        };
+        let info = compile::info(
+            NO_RULES,
+            EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
+            [0; 2],
+            [0; 2],
+            &TierMasks::default(),
+        );
         match maps.endpoints.insert(index, info, 0) {
             Ok(()) => report.writes += 1,
             Err(e) => {

@@ -30,6 +30,30 @@ pub const API_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 /// The kind, as manifests write it.
 pub const KIND: &str = "ClusterNetworkPolicy";
 
+/// The CRD as users install it: what the types generate (held to upstream's schema by
+/// `tests.rs`) with upstream's annotations, the API approval among them (an API server refuses
+/// a CRD of a `*.k8s.io` group without it).
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt as _;
+    let mut crd = ClusterNetworkPolicy::crd();
+    let annotations = crd
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    for (key, value) in [
+        (
+            "api-approved.kubernetes.io",
+            "https://github.com/kubernetes-sigs/network-policy-api/pull/347",
+        ),
+        ("policy.networking.k8s.io/bundle-version", "v0.2.0"),
+        ("policy.networking.k8s.io/channel", "standard"),
+    ] {
+        annotations.insert(key.to_owned(), value.to_owned());
+    }
+    crd
+}
+
 /// The spec of a ClusterNetworkPolicy: which pods (`subject`), where it stands (`tier`,
 /// `priority`) and its rules, in the order they are tried.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

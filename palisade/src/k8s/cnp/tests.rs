@@ -17,7 +17,6 @@
 
 use std::path::PathBuf;
 
-use kube::CustomResourceExt;
 use serde_json::Value;
 
 use super::*;
@@ -32,7 +31,7 @@ fn upstream_crd() -> Value {
 }
 
 fn ours() -> Value {
-    serde_json::to_value(ClusterNetworkPolicy::crd()).expect("CRD serializes")
+    serde_json::to_value(super::crd()).expect("CRD serializes")
 }
 
 fn without_descriptions(value: &Value) -> Value {
@@ -89,6 +88,10 @@ fn assert_same(upstream: &Value, ours: &Value, what: &str) {
 fn the_crd_has_upstreams_group_names_scope_and_version() {
     let (up, ours) = (upstream_crd(), ours());
     assert_eq!(up["metadata"]["name"], ours["metadata"]["name"]);
+    assert_eq!(
+        up["metadata"]["annotations"],
+        ours["metadata"]["annotations"]
+    );
     for field in ["group", "scope"] {
         assert_eq!(up["spec"][field], ours["spec"][field], "spec.{field}");
     }

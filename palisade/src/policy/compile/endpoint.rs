@@ -33,16 +33,23 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::LabelSelector};
 use palisade_common::{
-    Addr, ClassMask, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, MAX_CLASSES,
+    Addr, ClassMask, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_EGRESS_TIERED,
+    EP_INGRESS_ISOLATED, EP_INGRESS_TIERED, MAX_CLASSES,
 };
 
-use super::{Block, Class, EndpointState, IdentityKey, Live, Prefix, RuleRef};
+use super::{
+    Block, Class, ClassKind, EndpointState, IdentityKey, Live, Prefix, RuleRef, tiers::TierTable,
+};
 use crate::{
-    k8s::cluster::{Cluster, ObjectKey, container_ports},
+    k8s::{
+        cluster::{Cluster, ObjectKey, container_ports},
+        cnp::{Action, Tier},
+    },
     policy::{
         model::{Peer, Policy, PolicyError, Port, Rule},
         ports::{PortRange, PortSet, range_to_prefixes},
         selector::matches,
+        tiers::ClusterPolicy,
     },
 };
 
@@ -54,23 +61,54 @@ pub(super) struct Context<'a> {
     pub addrs: &'a BTreeMap<Addr, u32>,
 }
 
-/// Classes of one endpoint and direction under construction.
-#[derive(Default)]
+/// Classes of one endpoint and direction under construction: the Admin tier's, then
+/// NetworkPolicy's, then the Baseline tier's (see `tiers.rs`).
 struct ClassTable {
+    /// NetworkPolicy classes by port set.
     index: BTreeMap<PortSet, usize>,
     classes: Vec<Class>,
+    /// How many classes NetworkPolicy may use up to (the Baseline tier's come after).
+    limit: usize,
 }
 
 impl ClassTable {
-    /// The class bit for a port set, now listing `rules`, or `None` when the endpoint already
-    /// has [`MAX_CLASSES`] classes (the rules then allow nothing: fail closed).
+    fn new(limit: usize) -> Self {
+        Self {
+            index: BTreeMap::new(),
+            classes: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Appends a tier's classes, shifting its peers' bits into place.
+    fn absorb(&mut self, ep: &mut EndpointState, direction: u8, tier: TierTable) {
+        let shift = self.classes.len();
+        if tier.classes.is_empty() {
+            return;
+        }
+        let d = usize::from(direction);
+        for (id, mask) in tier.peers {
+            *ep.peers.entry((direction, id)).or_insert(0) |= mask << shift;
+        }
+        ep.any_peer[d] |= tier.any_peer << shift;
+        ep.flags |= if direction == DIR_INGRESS {
+            EP_INGRESS_TIERED
+        } else {
+            EP_EGRESS_TIERED
+        };
+        self.classes.extend(tier.classes);
+    }
+
+    /// The NetworkPolicy class bit for a port set, now listing `rules`, or `None` when the
+    /// endpoint has no class left (the rules then allow nothing: fail closed).
     fn bit(&mut self, ports: &PortSet, rules: &[RuleRef]) -> Option<ClassMask> {
         let i = match self.index.get(ports) {
             Some(i) => *i,
-            None if self.classes.len() < MAX_CLASSES => {
+            None if self.classes.len() < self.limit => {
                 self.classes.push(Class {
                     ports: ports.clone(),
                     rules: Vec::new(),
+                    kind: ClassKind::Policy,
                 });
                 self.index.insert(ports.clone(), self.classes.len() - 1);
                 self.classes.len() - 1
@@ -201,6 +239,7 @@ impl Context<'_> {
         pod: &Pod,
         addrs: Vec<std::net::IpAddr>,
         policies: &[&Policy],
+        tiers: &[&ClusterPolicy],
     ) -> EndpointState {
         let mut ep = EndpointState {
             addrs,
@@ -209,7 +248,14 @@ impl Context<'_> {
         let own_ports = container_ports(pod);
         for direction in [DIR_INGRESS, DIR_EGRESS] {
             let d = usize::from(direction);
-            let mut table = ClassTable::default();
+            let admin = self.tier_table(Tier::Admin, tiers, direction, &own_ports);
+            let baseline = self.tier_table(Tier::Baseline, tiers, direction, &own_ports);
+            if admin.classes.len() + baseline.classes.len() > MAX_CLASSES {
+                self.deny_direction(&mut ep, key, direction, [admin, baseline]);
+                continue;
+            }
+            let mut table = ClassTable::new(MAX_CLASSES - baseline.classes.len());
+            table.absorb(&mut ep, direction, admin);
             let mut groups: Vec<Group<'_>> = Vec::new();
             let mut per_peer = Vec::new();
             for policy in policies {
@@ -265,6 +311,7 @@ impl Context<'_> {
                     ep.degraded[d].push(overflow(key, rule_ref));
                 }
             }
+            table.absorb(&mut ep, direction, baseline);
             // Port prefixes: every prefix of every class's ranges, carrying every class whose
             // ranges contain the whole prefix (the longest match then answers exactly).
             for class in &table.classes {
@@ -298,6 +345,7 @@ impl Context<'_> {
                     ep.any_port[d] |= 1 << i;
                 }
             }
+            ep.tiers.add(d, &table.classes);
             ep.classes[d] = table.classes;
         }
         ep.peers.retain(|_, m| *m != 0);
@@ -305,6 +353,49 @@ impl Context<'_> {
             ep.flags |= palisade_common::EP_AUDIT;
         }
         ep
+    }
+
+    /// More tier rules at `key` in `direction` than class bits: none of them may be dropped (a
+    /// Deny or a Pass left out gives more access), so the direction denies everything, with an
+    /// error naming each rule.
+    fn deny_direction(
+        &self,
+        ep: &mut EndpointState,
+        key: &ObjectKey,
+        direction: u8,
+        tiers: [TierTable; 2],
+    ) {
+        let d = usize::from(direction);
+        let rules: Vec<RuleRef> = tiers
+            .into_iter()
+            .flat_map(|t| t.classes)
+            .flat_map(|c| c.rules)
+            .collect();
+        for rule in &rules {
+            ep.degraded[d].push(PolicyError {
+                policy: rule.policy.clone(),
+                field: format!("{} of pod {key}", rule.describe()),
+                message: format!(
+                    "more than {MAX_CLASSES} ClusterNetworkPolicy rule classes apply to this \
+                     pod in this direction; none may be left out, so every new connection of \
+                     the pod in this direction is denied (fail closed)"
+                ),
+            });
+        }
+        let class = Class {
+            ports: PortSet::All,
+            rules,
+            kind: ClassKind::Tier(Tier::Admin, Action::Deny),
+        };
+        ep.any_peer[d] |= 1;
+        ep.any_port[d] |= 1;
+        ep.flags |= if direction == DIR_INGRESS {
+            EP_INGRESS_TIERED
+        } else {
+            EP_EGRESS_TIERED
+        };
+        ep.classes[d] = vec![class];
+        ep.tiers.add(d, &ep.classes[d].clone());
     }
 
     /// Gives class bit `b` to every peer of a group: `peers` as written in `rule`'s policy.

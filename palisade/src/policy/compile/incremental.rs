@@ -27,6 +27,10 @@ pub enum ClusterChange {
     Namespace(String),
     Pod(ObjectKey),
     Policy(ObjectKey),
+    /// A ClusterNetworkPolicy, by name.
+    ClusterPolicy(String),
+    /// A Node, by name (its labels and addresses matter to `nodes` peers).
+    Node(String),
 }
 
 /// How [`Compiler::apply_change`] brought the state up to date.
@@ -56,6 +60,12 @@ pub(super) struct Snapshot {
     pub host_blocks: Vec<Block>,
     /// Local endpoints with more classes than class bits (they carry an error).
     pub overflowed: HashSet<ObjectKey>,
+    /// The labels and addresses of every Node, when some ClusterNetworkPolicy has a `nodes`
+    /// peer (otherwise Nodes change nothing).
+    pub nodes: Option<BTreeMap<String, NodeFacts>>,
+    /// The ClusterNetworkPolicies, read and ranked. While there are any, every change is
+    /// applied by a full compile (their subjects and peers are not yet followed in place).
+    pub tiers: Vec<crate::policy::tiers::ClusterPolicy>,
 }
 
 impl Snapshot {
@@ -76,7 +86,36 @@ impl Snapshot {
     }
 }
 
+/// What a `nodes` peer reads of a Node.
+pub(super) type NodeFacts = (BTreeMap<String, String>, Vec<String>);
+
+/// The labels and addresses of `node`.
+pub(super) fn node_facts(node: &k8s_openapi::api::core::v1::Node) -> NodeFacts {
+    let addresses = node
+        .status
+        .iter()
+        .flat_map(|s| s.addresses.iter().flatten());
+    (
+        node.metadata.labels.clone().unwrap_or_default(),
+        addresses.map(|a| a.address.clone()).collect(),
+    )
+}
+
 impl Compiler {
+    /// Node `name` changed: nothing to do unless a `nodes` peer exists and its labels or
+    /// addresses changed (its heartbeats and conditions change nothing).
+    fn try_apply_node(&mut self, cluster: &Cluster, name: &str) -> Result<(), &'static str> {
+        let last = self.last.as_ref().ok_or("nothing compiled yet")?;
+        let Some(nodes) = &last.nodes else {
+            return Ok(());
+        };
+        if nodes.get(name) == cluster.nodes.get(name).map(|n| node_facts(n)).as_ref() {
+            Ok(())
+        } else {
+            Err("a Node that a `nodes` peer may select changed")
+        }
+    }
+
     /// Brings `state`, the last state this compiler made for `node`, up to date after `change`;
     /// `cluster` is the cluster after it. Everything else must be as this compiler last saw it:
     /// apply several changes one at a time, in any order, each with the cluster after all of
@@ -92,6 +131,8 @@ impl Compiler {
             ClusterChange::Pod(key) => self.try_apply(state, cluster, node, key),
             ClusterChange::Policy(key) => self.try_apply_policy(state, cluster, node, key),
             ClusterChange::Namespace(name) => self.try_apply_namespace(state, cluster, node, name),
+            ClusterChange::ClusterPolicy(_) => Err("a ClusterNetworkPolicy changed"),
+            ClusterChange::Node(name) => self.try_apply_node(cluster, name),
         };
         match applied {
             Ok(()) => Update::Incremental,
@@ -139,6 +180,9 @@ impl Compiler {
         let last = self.last.take().ok_or("nothing compiled yet")?;
         if last.node != node.name || last.node_addrs != node.addrs {
             return Err("another node");
+        }
+        if !last.tiers.is_empty() {
+            return Err("ClusterNetworkPolicies are compiled whole");
         }
         Ok(last)
     }
@@ -300,7 +344,7 @@ fn endpoint_afresh(
         cidrs: &state.cidrs,
         addrs: &state.identities,
     };
-    let endpoint = ctx.endpoint(key, pod, pod_addrs(pod), &last.policies_of(chosen));
+    let endpoint = ctx.endpoint(key, pod, pod_addrs(pod), &last.policies_of(chosen), &[]);
     if endpoint.degraded.iter().any(|e| !e.is_empty()) {
         return Err("an endpoint would have more classes than class bits");
     }
@@ -462,7 +506,13 @@ impl Compiler {
                 cidrs: &state.cidrs,
                 addrs: &state.identities,
             };
-            let endpoint = memo.endpoint(&ctx, &ep_key, pod, &chosen, &last.policies_of(&chosen));
+            let endpoint = memo.endpoint(
+                &ctx,
+                &ep_key,
+                pod,
+                (&chosen, &last.policies_of(&chosen)),
+                &[],
+            );
             if endpoint.degraded.iter().any(|e| !e.is_empty()) {
                 return Err("an endpoint would have more classes than class bits");
             }

@@ -28,6 +28,7 @@
 
 mod endpoint;
 mod incremental;
+mod tiers;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -37,7 +38,8 @@ use std::{
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
 use palisade_common::{
-    Addr, ClassMask, IDENTITY_CIDR_FLAG, IDENTITY_FIRST_POD, IDENTITY_HOST, V4_MAPPED_PREFIX_BITS,
+    Addr, ClassMask, EndpointInfo, IDENTITY_CIDR_FLAG, IDENTITY_FIRST_POD, IDENTITY_HOST,
+    V4_MAPPED_PREFIX_BITS,
 };
 
 pub use self::incremental::{ClusterChange, Update};
@@ -46,9 +48,13 @@ use super::{
     model::{Peer, Policy, PolicyError, Port, Rule},
     ports::{PortPrefix, PortSet},
     selector::matches,
+    tiers::ClusterPolicy,
 };
-use crate::k8s::cluster::{
-    Cluster, ObjectKey, container_ports, is_host_network, pod_addrs, pod_labels, pod_node,
+use crate::k8s::{
+    cluster::{
+        Cluster, ObjectKey, container_ports, is_host_network, pod_addrs, pod_labels, pod_node,
+    },
+    cnp::{Action, Tier},
 };
 
 /// A prefix in the 128-bit (IPv4-mapped) space.
@@ -111,10 +117,122 @@ pub struct RuleRef {
     pub index: usize,
 }
 
+impl RuleRef {
+    /// The rule as a user names it: `NAMESPACE/NAME ingress[i]` for a NetworkPolicy,
+    /// `clusternetworkpolicy/NAME ingress[i]` for a ClusterNetworkPolicy.
+    pub fn describe(&self) -> String {
+        let direction = if self.direction == palisade_common::DIR_INGRESS {
+            "ingress"
+        } else {
+            "egress"
+        };
+        match (self.policy.namespace.is_empty(), self.index) {
+            (false, i) => format!("{} {direction}[{i}]", self.policy),
+            (true, FAIL_CLOSED_RULE) => format!(
+                "clusternetworkpolicy/{} {direction} (invalid: denies all)",
+                self.policy.name
+            ),
+            (true, i) => format!("clusternetworkpolicy/{} {direction}[{i}]", self.policy.name),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Class {
     pub ports: PortSet,
     pub rules: Vec<RuleRef>,
+    /// NetworkPolicy rules, or ClusterNetworkPolicy rules of one tier and action.
+    pub kind: ClassKind,
+}
+
+impl Class {
+    /// `rule` of this class as a user names it, with the tier and action of a
+    /// ClusterNetworkPolicy rule: `clusternetworkpolicy/NAME ingress[0] (Admin Deny)`.
+    pub fn describe(&self, rule: &RuleRef) -> String {
+        match self.kind {
+            ClassKind::Policy => rule.describe(),
+            ClassKind::Tier(tier, action) => {
+                format!("{} ({tier:?} {action:?})", rule.describe())
+            }
+        }
+    }
+
+    /// Every rule of the class, named as [`Class::describe`] names them.
+    pub fn describe_rules(&self) -> Vec<String> {
+        self.rules.iter().map(|r| self.describe(r)).collect()
+    }
+}
+
+/// What a class's rules are, and so what its bit decides (`palisade_common::precedence`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClassKind {
+    /// NetworkPolicy rules (allow only); their policies are namespaced.
+    #[default]
+    Policy,
+    /// ClusterNetworkPolicy rules of one tier with one action; their [`RuleRef::policy`] has
+    /// an empty namespace (the object is cluster-scoped) and [`RuleRef::index`]
+    /// [`FAIL_CLOSED_RULE`] for the Deny an invalid policy becomes.
+    Tier(Tier, Action),
+}
+
+/// [`RuleRef::index`] of the Deny an invalid ClusterNetworkPolicy fails closed to.
+pub const FAIL_CLOSED_RULE: usize = usize::MAX;
+
+/// The tier classes of an endpoint, as [`EndpointInfo`] carries them (see its fields).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TierMasks {
+    pub admin: [ClassMask; 2],
+    pub baseline: [ClassMask; 2],
+    pub deny: [ClassMask; 2],
+    pub pass: [ClassMask; 2],
+}
+
+impl TierMasks {
+    /// The masks of `classes` (one direction's, in bit order) for direction index `d`.
+    fn add(&mut self, d: usize, classes: &[Class]) {
+        for (i, class) in classes.iter().enumerate() {
+            let bit: ClassMask = 1 << i;
+            let ClassKind::Tier(tier, action) = class.kind else {
+                continue;
+            };
+            match tier {
+                Tier::Baseline => self.baseline[d] |= bit,
+                _ => self.admin[d] |= bit,
+            }
+            match action {
+                Action::Accept => {}
+                Action::Pass => self.pass[d] |= bit,
+                _ => self.deny[d] |= bit,
+            }
+        }
+    }
+}
+
+impl EndpointState {
+    /// The endpoint's [`EndpointInfo`] under endpoint id `id`.
+    pub fn info(&self, id: u32) -> EndpointInfo {
+        info(id, self.flags, self.any_peer, self.any_port, &self.tiers)
+    }
+}
+
+/// An [`EndpointInfo`] from its parts.
+pub fn info(
+    id: u32,
+    flags: u32,
+    any_peer: [ClassMask; 2],
+    any_port: [ClassMask; 2],
+    tiers: &TierMasks,
+) -> EndpointInfo {
+    EndpointInfo {
+        id,
+        flags,
+        any_peer,
+        any_port,
+        admin: tiers.admin,
+        baseline: tiers.baseline,
+        deny: tiers.deny,
+        pass: tiers.pass,
+    }
 }
 
 /// Everything one local pod needs in the maps.
@@ -124,6 +242,8 @@ pub struct EndpointState {
     pub flags: u32,
     pub any_peer: [ClassMask; 2],
     pub any_port: [ClassMask; 2],
+    /// Which classes are ClusterNetworkPolicy rules, of which tier and action.
+    pub tiers: TierMasks,
     /// (direction, peer identity or CIDR class) -> classes.
     pub peers: BTreeMap<(u8, u32), ClassMask>,
     /// (direction, protocol, port prefix) -> classes.
@@ -145,6 +265,26 @@ pub struct NodeState {
     pub cidrs: BTreeMap<Prefix, u32>,
     pub endpoints: BTreeMap<ObjectKey, EndpointState>,
     pub errors: Vec<PolicyError>,
+}
+
+/// The ClusterNetworkPolicies of `cluster`, read and in the order they are tried; what reading
+/// them reported goes to `errors` (each names the object and field, and the policy fails
+/// closed as `policy/tiers.rs` says).
+fn read_tiers(cluster: &Cluster, errors: &mut Vec<PolicyError>) -> Vec<ClusterPolicy> {
+    let mut tiers: Vec<ClusterPolicy> = cluster
+        .cluster_policies
+        .values()
+        .map(|p| ClusterPolicy::from_api(p))
+        .collect();
+    tiers.sort_by(|a, b| a.rank().cmp(&b.rank()));
+    for policy in &tiers {
+        errors.extend(policy.errors.iter().map(|e| PolicyError {
+            policy: tiers::policy_key(&e.policy),
+            field: e.field.clone(),
+            message: format!("{} (the policy fails closed for its subjects)", e.problem),
+        }));
+    }
+    tiers
 }
 
 /// What makes two pods the same peer.
@@ -179,6 +319,8 @@ pub struct Compiler {
     last: Option<Snapshot>,
     /// What changed in the states this compiler made since [`Compiler::take_journal`].
     journal: Journal,
+    /// Pairs of ClusterNetworkPolicies of one tier and priority already warned about.
+    warned_ranks: BTreeSet<(String, String)>,
 }
 
 /// Which entries of the state may have changed since the last [`Compiler::take_journal`]: a
@@ -326,6 +468,8 @@ impl Compiler {
             }
             policies.insert(key.clone(), policy);
         }
+        let tiers = read_tiers(cluster, &mut state.errors);
+        self.warn_same_ranks(&tiers);
 
         // Identities of every pod that can be a peer. An address two pods claim (or a pod and
         // the node) goes to the later one; `contested` keeps it for the incremental path.
@@ -369,10 +513,12 @@ impl Compiler {
         }
         let mut prefixes: BTreeSet<Prefix> = prefix_uses.keys().copied().collect();
         prefixes.insert(V4_ROOT);
+        prefixes.extend(tiers::tier_prefixes(&tiers, cluster));
         // Egress named ports towards pod addresses inside an ipBlock resolve per destination pod:
         // each such address gets a host prefix of its own, which the longest match then finds.
         let host_blocks = host_blocks(policies.values());
-        for block in &host_blocks {
+        let tier_host_blocks = tiers::tier_host_blocks(&tiers);
+        for block in host_blocks.iter().chain(&tier_host_blocks) {
             let hosts = state
                 .identities
                 .iter()
@@ -404,7 +550,8 @@ impl Compiler {
             }
             let chosen = selecting_policies(&policies, key, pod);
             let chosen_refs: Vec<&Policy> = chosen.iter().map(|k| &policies[k]).collect();
-            let endpoint = memo.endpoint(&ctx, key, pod, &chosen, &chosen_refs);
+            let tiered = tiers::selecting(&tiers, cluster, key, pod);
+            let endpoint = memo.endpoint(&ctx, key, pod, (&chosen, &chosen_refs), &tiered);
             if endpoint.degraded.iter().any(|e| !e.is_empty()) {
                 overflowed.insert(key.clone());
             }
@@ -425,8 +572,33 @@ impl Compiler {
             contested,
             host_blocks,
             overflowed,
+            nodes: tiers::uses_nodes(&tiers).then(|| {
+                (cluster.nodes.iter())
+                    .map(|(name, n)| (name.clone(), incremental::node_facts(n)))
+                    .collect()
+            }),
+            tiers,
         });
         state
+    }
+
+    /// Warns, once per pair, about ClusterNetworkPolicies of one tier and priority: the API
+    /// leaves their order to the implementation, which tries them by name.
+    fn warn_same_ranks(&mut self, tiers: &[ClusterPolicy]) {
+        let pairs = super::tiers::same_rank_conflicts(tiers);
+        let now: BTreeSet<(String, String)> = pairs
+            .into_iter()
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .collect();
+        for (first, second) in now.difference(&self.warned_ranks) {
+            tracing::warn!(
+                first,
+                second,
+                "clusternetworkpolicies {first} and {second} have the same tier and priority: \
+                 {first} is tried first (by name); give them distinct priorities"
+            );
+        }
+        self.warned_ranks = now;
     }
 
     /// The id of an identity, allocated when it is new.
@@ -450,8 +622,14 @@ struct EndpointMemo {
 }
 
 /// What an endpoint's entries depend on besides its addresses: namespace and labels (as an
-/// identity without named ports), every container port, and the selecting policies.
-type EndpointKind = (IdentityKey, Vec<(String, u8, u16)>, Vec<ObjectKey>);
+/// identity without named ports), every container port, and the selecting policies and
+/// ClusterNetworkPolicies (by name).
+type EndpointKind = (
+    IdentityKey,
+    Vec<(String, u8, u16)>,
+    Vec<ObjectKey>,
+    Vec<String>,
+);
 
 impl EndpointMemo {
     fn endpoint(
@@ -459,22 +637,23 @@ impl EndpointMemo {
         ctx: &Context<'_>,
         key: &ObjectKey,
         pod: &Pod,
-        chosen: &[ObjectKey],
-        policies: &[&Policy],
+        (chosen, policies): (&[ObjectKey], &[&Policy]),
+        tiers: &[&ClusterPolicy],
     ) -> EndpointState {
         let ident = IdentityKey {
             namespace: key.namespace.clone(),
             labels: pod_labels(pod).clone(),
             named_ports: Vec::new(),
         };
-        let memo_key = (ident, container_ports(pod), chosen.to_vec());
+        let tier_names = tiers.iter().map(|p| p.name.clone()).collect();
+        let memo_key = (ident, container_ports(pod), chosen.to_vec(), tier_names);
         if let Some(done) = self.done.get(&memo_key) {
             return EndpointState {
                 addrs: pod_addrs(pod),
                 ..done.clone()
             };
         }
-        let endpoint = ctx.endpoint(key, pod, pod_addrs(pod), policies);
+        let endpoint = ctx.endpoint(key, pod, pod_addrs(pod), policies, tiers);
         // A degraded endpoint's errors name the pod: never shared.
         if endpoint.degraded.iter().all(Vec::is_empty) {
             self.done.insert(memo_key, endpoint.clone());

@@ -3,11 +3,27 @@
 //! - failing closed never widens: an invalid version of a policy never allows a connection
 //!   that the valid one denies;
 //! - NetworkPolicy overrides the Baseline tier: for pods a NetworkPolicy isolates in both
-//!   directions, Baseline policies change nothing.
+//!   directions, Baseline policies change nothing;
+//! - the compiled maps, read the way the programs read them (`policy::lookup`), agree with the
+//!   evaluator on each side of every probe: a wrong tier order, a wrong Pass or a wrong merge
+//!   of classes shows up as a counterexample.
 
+use std::net::IpAddr;
+
+use palisade_common::{DIR_EGRESS, DIR_INGRESS, PROTO_TCP, PROTO_UDP};
 use proptest::prelude::*;
 
-use super::tiers_tests::{allowed, world};
+use super::{
+    Endpoint,
+    tiers_tests::{allowed, endpoint, judge, world},
+};
+use crate::{
+    k8s::cluster::{Cluster, ObjectKey},
+    policy::{
+        compile::{Compiler, NodeState, NodeView},
+        lookup::admits,
+    },
+};
 
 const SUBJECTS: &[&str] = &[
     "{namespaces: {}}",
@@ -255,6 +271,89 @@ proptest! {
                 allowed(&b, from, to, flow),
                 "{} -> {} {}", from, to, flow
             );
+        }
+    }
+}
+
+/// The world's node, as the compiler sees it.
+fn compile(cluster: &Cluster) -> NodeState {
+    let addrs: [IpAddr; 1] = ["10.244.0.1".parse().expect("address")];
+    let node = NodeView {
+        name: "node-1",
+        addrs: &addrs,
+    };
+    Compiler::new().compile(cluster, &node)
+}
+
+/// Each side of `from -> to` on `flow` as the compiled maps judge it, against the evaluator.
+fn sides_agree(
+    cluster: &Cluster,
+    state: &NodeState,
+    (from, to, flow): (&str, &str, &str),
+) -> Result<(), String> {
+    let verdict = judge(cluster, from, to, flow);
+    let key = |n: &str| {
+        n.split_once('/')
+            .map_or(ObjectKey::new("", ""), |(a, b)| ObjectKey::new(a, b))
+    };
+    let (from_key, to_key) = (key(from), key(to));
+    let (a, b) = (
+        endpoint(cluster, from, &from_key),
+        endpoint(cluster, to, &to_key),
+    );
+    let (proto, port) = flow.split_once('/').expect("PROTO/PORT");
+    let protocol = if proto == "TCP" { PROTO_TCP } else { PROTO_UDP };
+    let port: u16 = port.parse().expect("port");
+    let sides = [
+        (a, b, DIR_EGRESS, verdict.egress.allows()),
+        (b, a, DIR_INGRESS, verdict.ingress.allows()),
+    ];
+    for (subject, peer, direction, expected) in sides {
+        let Endpoint::Pod(k, _) = subject else {
+            continue;
+        };
+        let compiled = admits(state, k, direction, peer.addr(), protocol, port);
+        if compiled != Some(expected) {
+            return Err(format!(
+                "{from} -> {to} {flow}, {} of {k}: maps {compiled:?}, evaluator {expected}\n{verdict}",
+                if direction == DIR_EGRESS {
+                    "egress"
+                } else {
+                    "ingress"
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn compiled_maps_agree_with_the_evaluator_on_tier_mixes(
+        policies in prop::collection::vec(cnp(), 1..6),
+        which in any::<prop::sample::Index>(),
+        corruption in prop::option::of(prop_oneof![
+            Just(Corruption::IngressRange),
+            Just(Corruption::EgressRange),
+            Just(Corruption::Priority),
+            Just(Corruption::EmptyPeer),
+        ]),
+        netpol in 0..NETWORK_POLICIES.len(),
+    ) {
+        let broken = corruption.map(|c| (which.index(policies.len()), c));
+        let objects = objects(&policies, broken, netpol);
+        let cluster = world(&objects);
+        let state = compile(&cluster);
+        for probe in probes() {
+            if let Err(e) = sides_agree(&cluster, &state, probe) {
+                prop_assert!(false, "{}\n{}", e, objects.join("---\n"));
+            }
         }
     }
 }

@@ -84,7 +84,7 @@ pub(super) fn world(objects: &[String]) -> Cluster {
 }
 
 /// The verdict for `from` (`ns/pod` or an address) to `to` on `flow` (`TCP/80`).
-fn judge(cluster: &Cluster, from: &str, to: &str, flow: &str) -> Verdict {
+pub(super) fn judge(cluster: &Cluster, from: &str, to: &str, flow: &str) -> Verdict {
     let node_addrs: [IpAddr; 1] = ["10.244.0.1".parse().expect("address")];
     let nodes = [NodeView {
         name: "node-1",
@@ -112,7 +112,7 @@ fn judge(cluster: &Cluster, from: &str, to: &str, flow: &str) -> Verdict {
 }
 
 /// `name` as an address (whoever owns it) or as the pod `key`.
-fn endpoint<'a>(cluster: &'a Cluster, name: &str, key: &'a ObjectKey) -> Endpoint<'a> {
+pub(super) fn endpoint<'a>(cluster: &'a Cluster, name: &str, key: &'a ObjectKey) -> Endpoint<'a> {
     match name.parse::<IpAddr>() {
         Ok(addr) => Endpoint::at(cluster, addr),
         Err(_) => Endpoint::pod(cluster, key).unwrap_or_else(|| panic!("no pod {name}")),

@@ -196,6 +196,9 @@ fn check_changes(s: &Scenario, ops: &[Op], batch: usize) -> Result<Counts, TestC
                 ClusterChange::Pod(_) => 0,
                 ClusterChange::Policy(_) => 1,
                 ClusterChange::Namespace(_) => 2,
+                ClusterChange::ClusterPolicy(_) | ClusterChange::Node(_) => {
+                    unreachable!("not generated here")
+                }
             };
             counts[kind].0 += 1;
             if compiler.apply_change(&mut state, &cluster, &view, change) == Update::Incremental {
