@@ -36,6 +36,8 @@ use palisade::{
 
 /// How long agents may take to catch up with a step.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often [`ApiControl::converge`] reads the API's digest while agents are behind.
+const DIGEST_EVERY: Duration = Duration::from_secs(1);
 
 /// Faults injected while a case runs, to show the agents recover.
 #[derive(Clone, Copy, Debug, Default)]
@@ -246,14 +248,21 @@ impl ApiControl {
     async fn digest(&self) -> Result<String> {
         let lp = ListParams::default();
         let mut digest = Digest::default();
-        for ns in Api::<Namespace>::all(self.client.clone()).list(&lp).await? {
+        // Metadata is all the digest reads.
+        for ns in Api::<Namespace>::all(self.client.clone())
+            .list_metadata(&lp)
+            .await?
+        {
             digest.add_object(&ns);
         }
-        for pod in Api::<Pod>::all(self.client.clone()).list(&lp).await? {
+        for pod in Api::<Pod>::all(self.client.clone())
+            .list_metadata(&lp)
+            .await?
+        {
             digest.add_object(&pod);
         }
         for policy in Api::<NetworkPolicy>::all(self.client.clone())
-            .list(&lp)
+            .list_metadata(&lp)
             .await?
         {
             digest.add_object(&policy);
@@ -274,9 +283,17 @@ impl ApiControl {
     /// propagation delay of this step's last write.
     pub async fn converge(&mut self) -> Result<()> {
         let deadline = Instant::now() + CONVERGE_TIMEOUT;
-        // Namespaces being deleted change until they are gone: read the digest each round.
+        // Namespaces being deleted change until they are gone: the digest is read again at
+        // least every DIGEST_EVERY, and once more when every agent shows it (converged only if
+        // it is still the API's). Not every round: at 50,000 pods a list is seconds of the
+        // API server's and this process's CPU, taken from the agents being waited for.
+        let mut want = self.digest().await?;
+        let mut read_at = Instant::now();
         loop {
-            let want = self.digest().await?;
+            if read_at.elapsed() > DIGEST_EVERY {
+                want = self.digest().await?;
+                read_at = Instant::now();
+            }
             let mut behind = Vec::new();
             let mut synced = Vec::new();
             for agent in self.agents.values() {
@@ -297,6 +314,12 @@ impl ApiControl {
                 }
             }
             if behind.is_empty() {
+                let now = self.digest().await?;
+                read_at = Instant::now();
+                if now != want {
+                    want = now;
+                    continue;
+                }
                 if let Some(written) = self.last_write.take() {
                     let written = palisade::daemon::status::unix_nanos(written);
                     for at in synced.into_iter().flatten() {

@@ -3,8 +3,9 @@
 //!
 //! One loop does all the work. Watch events and the node's link and route changes only wake
 //! it; it then waits out the least interval between syncs (coalescing whatever else arrives),
-//! takes a snapshot of the caches, finds the local pods' interfaces, and hands both to the
-//! node's [`NodeWorker`], which compiles and writes the difference. Nothing is written before
+//! brings its view of the caches up to date (the changed objects only, see `watch/view.rs`),
+//! finds the local pods' interfaces, and hands both to the node's [`NodeWorker`], which
+//! compiles and writes the difference. Nothing is written before
 //! every cache has listed once, a resync runs periodically regardless, and pods whose interface
 //! was not found are retried with backoff. The programs and maps are pinned, so the agent can
 //! stop (upgrade, crash) without a packet going unjudged: it leaves them as they are on exit,
@@ -37,14 +38,14 @@ use self::{
     http::Shared,
     links::Links,
     metrics::{Metrics, label},
-    watch::{Caches, Change},
+    watch::{Caches, Change, Views},
 };
 pub use self::{
     config::{Config, FailMode, FlowLog, LogFormat},
     status::Status,
 };
 use crate::{
-    k8s::cluster::{ObjectKey, pod_addrs, pod_node},
+    k8s::cluster::{ObjectKey, pod_addrs},
     node::{NodeConfig, NodeWorker, SyncOutcome},
     policy::ClusterChange,
 };
@@ -115,6 +116,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         config: &config,
         shared: &shared,
         caches: &caches,
+        views: Views::new(&config.node_name),
         links: &links,
         worker: &worker,
         counters_seen: BTreeMap::new(),
@@ -269,6 +271,8 @@ struct SyncLoop<'a> {
     config: &'a Config,
     shared: &'a Shared,
     caches: &'a Caches,
+    /// The cluster as the last sync saw it, kept up to date one changed object at a time.
+    views: Views,
     links: &'a Links,
     worker: &'a NodeWorker,
     /// Kernel counters as last exported, by (label, value).
@@ -290,15 +294,16 @@ impl SyncLoop<'_> {
         versions: &BTreeMap<String, String>,
     ) -> Result<bool> {
         let started = Instant::now();
-        let (cluster, digest) = self.caches.snapshot();
-        let cluster = Arc::new(cluster);
-        let node = self.config.node_name.as_str();
-        let local: Vec<(ObjectKey, Vec<std::net::IpAddr>)> = cluster
-            .pods
+        let view = self.views.update(self.caches, changes.as_deref());
+        let cluster = Arc::clone(&view.cluster);
+        let digest = view.digest.finish();
+        let local: Vec<(ObjectKey, Vec<std::net::IpAddr>)> = view
+            .local
             .iter()
-            .filter(|(_, pod)| pod_node(pod) == node)
-            .map(|(key, pod)| (key.clone(), pod_addrs(pod)))
-            .filter(|(_, addrs)| !addrs.is_empty())
+            .filter_map(|key| {
+                let addrs = pod_addrs(cluster.pods.get(key)?);
+                (!addrs.is_empty()).then(|| (key.clone(), addrs))
+            })
             .collect();
         let discovery = self.links.discover(&local).await?;
         let pending = match self.config.fail_mode {

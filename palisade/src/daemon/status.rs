@@ -69,43 +69,80 @@ pub fn unix_nanos(t: SystemTime) -> u128 {
 }
 
 /// A digest of a set of objects by kind, namespace, name and resourceVersion: equal digests
-/// mean the same versions of the same objects. FNV-1a over the sorted entries, so any process
-/// computes the same value.
-#[derive(Default)]
+/// mean the same versions of the same objects. Each entry is hashed on its own (FNV-1a, then
+/// mixed) and the hashes are summed, so the order does not matter, any process computes the
+/// same value, and an agent keeps it up to date as objects change ([`Digest::remove`]) instead
+/// of hashing every object of the cluster again at each sync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Digest {
-    entries: Vec<String>,
+    sum: u64,
+    count: u64,
 }
 
 impl Digest {
     pub fn add(&mut self, kind: &str, namespace: Option<&str>, name: &str, version: &str) {
-        self.entries.push(format!(
-            "{kind}/{}/{name}@{version}",
-            namespace.unwrap_or("")
-        ));
+        self.sum = self
+            .sum
+            .wrapping_add(entry_hash(kind, namespace, name, version));
+        self.count += 1;
+    }
+
+    /// Takes back an entry [`Self::add`] added.
+    pub fn remove(&mut self, kind: &str, namespace: Option<&str>, name: &str, version: &str) {
+        self.sum = self
+            .sum
+            .wrapping_sub(entry_hash(kind, namespace, name, version));
+        self.count = self.count.saturating_sub(1);
     }
 
     /// Adds an object under its kind, namespace, name and resourceVersion.
     pub fn add_object<K: kube::Resource<DynamicType = ()>>(&mut self, object: &K) {
-        let meta = object.meta();
-        self.add(
-            &K::kind(&()),
-            meta.namespace.as_deref(),
-            meta.name.as_deref().unwrap_or_default(),
-            meta.resource_version.as_deref().unwrap_or_default(),
-        );
+        let (namespace, name, version) = identity(object);
+        self.add(&K::kind(&()), namespace, name, version);
     }
 
-    pub fn finish(mut self) -> String {
-        self.entries.sort_unstable();
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for entry in &self.entries {
-            for byte in entry.bytes().chain([b'\n']) {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        format!("{:016x}-{}", hash, self.entries.len())
+    /// Takes back an object [`Self::add_object`] added (the same version of it).
+    pub fn remove_object<K: kube::Resource<DynamicType = ()>>(&mut self, object: &K) {
+        let (namespace, name, version) = identity(object);
+        self.remove(&K::kind(&()), namespace, name, version);
     }
+
+    pub fn finish(&self) -> String {
+        format!("{:016x}-{}", self.sum, self.count)
+    }
+}
+
+fn identity<K: kube::Resource>(object: &K) -> (Option<&str>, &str, &str) {
+    let meta = object.meta();
+    (
+        meta.namespace.as_deref(),
+        meta.name.as_deref().unwrap_or_default(),
+        meta.resource_version.as_deref().unwrap_or_default(),
+    )
+}
+
+/// FNV-1a over `kind/namespace/name@version`, then a 64-bit finalizer (splitmix64's): a sum
+/// of raw FNV values would let near-identical entries cancel out.
+fn entry_hash(kind: &str, namespace: Option<&str>, name: &str, version: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let parts = [
+        kind.as_bytes(),
+        b"/",
+        namespace.unwrap_or("").as_bytes(),
+        b"/",
+        name.as_bytes(),
+        b"@",
+        version.as_bytes(),
+    ];
+    for byte in parts.into_iter().flatten() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
 }
 
 #[cfg(test)]
@@ -127,5 +164,17 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.ends_with("-2"));
+    }
+
+    #[test]
+    fn digest_removing_an_entry_undoes_adding_it() {
+        let mut a = Digest::default();
+        a.add("Namespace", None, "x", "3");
+        let before = a.finish();
+        a.add("Pod", Some("x"), "a", "10");
+        a.remove("Pod", Some("x"), "a", "10");
+        assert_eq!(a.finish(), before);
+        a.remove("Namespace", None, "x", "3");
+        assert_eq!(a, Digest::default());
     }
 }

@@ -4,11 +4,13 @@
 //! connection, each error followed by a backoff ([`retry`]). Every change is reported on one
 //! channel, for the sync loop to coalesce.
 
+mod pods;
 mod retry;
+mod view;
 
 use std::{sync::Arc, time::Instant};
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::{
     api::{
         core::v1::{Namespace, Node, Pod},
@@ -26,13 +28,11 @@ use kube::{
 };
 use tokio::sync::mpsc;
 
-use self::retry::Retry;
-use super::{metrics::Metrics, status::Digest};
+pub use self::view::Views;
+use self::{pods::SlimPod, retry::Retry};
+use super::metrics::Metrics;
 use crate::{
-    k8s::{
-        cluster::{Cluster, ObjectKey, is_host_network},
-        cnp::ClusterNetworkPolicy,
-    },
+    k8s::{cluster::ObjectKey, cnp::ClusterNetworkPolicy},
     policy::ClusterChange,
 };
 
@@ -79,7 +79,7 @@ impl Caches {
                 Api::all(client.clone()),
                 "clusternetworkpolicies",
                 |p: &ClusterNetworkPolicy| ClusterChange::ClusterPolicy(p.name_any()),
-                |_| {},
+                without_managed_fields,
                 Some(settled),
                 changes.clone(),
                 metrics,
@@ -95,10 +95,10 @@ impl Caches {
             ),
             cluster_policies_settled,
             pods: spawn(
-                Api::all(client.clone()),
+                Api::<SlimPod>::all(client.clone()),
                 "pods",
                 |pod: &Pod| ClusterChange::Pod(key_of(pod)),
-                |_| {},
+                |SlimPod(pod)| pod,
                 None,
                 changes.clone(),
                 metrics,
@@ -107,7 +107,7 @@ impl Caches {
                 Api::all(client.clone()),
                 "namespaces",
                 |ns: &Namespace| ClusterChange::Namespace(ns.name_any()),
-                |_| {},
+                without_managed_fields,
                 None,
                 changes.clone(),
                 metrics,
@@ -116,7 +116,7 @@ impl Caches {
                 Api::all(client.clone()),
                 "networkpolicies",
                 |policy: &NetworkPolicy| ClusterChange::Policy(key_of(policy)),
-                |_| {},
+                without_managed_fields,
                 None,
                 changes,
                 metrics,
@@ -136,48 +136,23 @@ impl Caches {
         }
         self.policies.wait_until_ready().await
     }
-
-    /// A consistent-enough copy of the caches as a [`Cluster`], and the digest of the objects
-    /// it was made from (every object, hostNetwork pods included, so that a caller comparing
-    /// digests sees the same set). hostNetwork pods are neither enforced nor peers: their
-    /// address is the node's.
-    pub fn snapshot(&self) -> (Cluster, String) {
-        let mut cluster = Cluster::default();
-        let mut digest = Digest::default();
-        for ns in self.namespaces.state() {
-            digest.add_object(&*ns);
-            cluster.namespaces.insert(ns.name_any(), ns);
-        }
-        for pod in self.pods.state() {
-            digest.add_object(&*pod);
-            if !is_host_network(&pod) {
-                cluster.pods.insert(key_of(&*pod), pod);
-            }
-        }
-        for policy in self.policies.state() {
-            digest.add_object(&*policy);
-            cluster.policies.insert(key_of(&*policy), policy);
-        }
-        for policy in self.cluster_policies.state() {
-            digest.add_object(&*policy);
-            cluster.cluster_policies.insert(policy.name_any(), policy);
-        }
-        for node in self.nodes.state() {
-            digest.add_object(&*node);
-            cluster.nodes.insert(node.name_any(), node);
-        }
-        (cluster, digest.finish())
-    }
 }
 
-/// The key of a namespaced object, as [`Caches::snapshot`] files it.
+/// The key of a namespaced object, as [`Views`] file it.
 fn key_of<K: Resource>(object: &K) -> ObjectKey {
     ObjectKey::new(object.namespace().unwrap_or_default(), object.name_any())
 }
 
+/// Nobody reads them, and they are most of an object's size.
+fn without_managed_fields<K: Resource>(mut object: K) -> K {
+    object.managed_fields_mut().clear();
+    object
+}
+
 /// What a Node is kept for: its labels and addresses (`nodes` peers). Its images, conditions
 /// and the rest are most of its size and change with every heartbeat.
-fn trim_node(node: &mut Node) {
+fn trim_node(mut node: Node) -> Node {
+    node.managed_fields_mut().clear();
     if let Some(status) = node.status.as_mut() {
         *status = k8s_openapi::api::core::v1::NodeStatus {
             addresses: status.addresses.take(),
@@ -186,36 +161,45 @@ fn trim_node(node: &mut Node) {
     }
     node.spec = None;
     node.metadata.annotations = None;
+    node
 }
 
-fn spawn<K>(
-    api: Api<K>,
+/// Watches `W`s, keeps them as `K`s (what `keep` makes of them) in the returned cache, and
+/// reports each change.
+fn spawn<W, K>(
+    api: Api<W>,
     resource: &'static str,
     changed: fn(&K) -> ClusterChange,
-    trim: fn(&mut K),
+    keep: fn(W) -> K,
     settled: Option<tokio::sync::watch::Sender<bool>>,
     changes: mpsc::UnboundedSender<Change>,
     metrics: &Arc<Metrics>,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()>
+    W: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
         + Send
         + Sync
         + 'static,
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let mut retry = Retry::new(resource, Arc::clone(metrics));
     // No `default_backoff()`: it resets on the `Init` that starts every list attempt (see
     // `retry`). The watcher retries when polled again, so waiting before the next poll is
     // the backoff.
-    let stream = watcher(api, watcher::Config::default())
-        // Nobody reads them, and they are most of an object's size.
-        .modify(move |object: &mut K| {
-            object.managed_fields_mut().clear();
-            trim(object);
+    // Lists are served from the API server's watch cache (resourceVersion "0"), as client-go's
+    // informers do: a quorum read of every pod of the cluster, 500 at a time, was most of an
+    // agent's start-up at 50,000 pods. A list that old only means more events to come.
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .map_ok(move |event| match event {
+            watcher::Event::Apply(o) => watcher::Event::Apply(keep(o)),
+            watcher::Event::Delete(o) => watcher::Event::Delete(keep(o)),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitApply(o) => watcher::Event::InitApply(keep(o)),
+            watcher::Event::InitDone => watcher::Event::InitDone,
         })
         .reflect(writer);
     tokio::spawn(async move {

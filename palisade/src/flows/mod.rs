@@ -14,6 +14,7 @@ use std::{
     collections::HashMap,
     fmt,
     net::IpAddr,
+    sync::OnceLock,
     time::{Duration, SystemTime},
 };
 
@@ -241,8 +242,10 @@ pub struct Attribution {
     pub cluster: std::sync::Arc<Cluster>,
     /// Local pods by the ifindex of their host-side interface.
     pub local: HashMap<u32, LocalPod>,
-    /// Pods by address.
-    pub pods: HashMap<IpAddr, ObjectKey>,
+    /// Pods by address, built when a record first needs it: a sync publishes a new
+    /// attribution, and indexing every pod of the cluster there would make each sync walk them
+    /// all, flows or not.
+    pods: OnceLock<HashMap<IpAddr, ObjectKey>>,
 }
 
 impl Attribution {
@@ -268,19 +271,27 @@ impl Attribution {
                 ))
             })
             .collect();
-        let pods = cluster
-            .pods
-            .iter()
-            .filter(|(_, pod)| !is_host_network(pod))
-            .flat_map(|(key, pod)| pod_addrs(pod).into_iter().map(|a| (a, key.clone())))
-            .collect();
         Self {
             node: node.to_owned(),
             node_addrs: node_addrs.to_vec(),
             cluster,
             local,
-            pods,
+            pods: OnceLock::new(),
         }
+    }
+
+    /// The pod at `ip`, if it is one.
+    pub fn pod_at(&self, ip: IpAddr) -> Option<&ObjectKey> {
+        self.pods
+            .get_or_init(|| {
+                self.cluster
+                    .pods
+                    .iter()
+                    .filter(|(_, pod)| !is_host_network(pod))
+                    .flat_map(|(key, pod)| pod_addrs(pod).into_iter().map(|a| (a, key.clone())))
+                    .collect()
+            })
+            .get(&ip)
     }
 
     /// Names one event. `monotonic_now` is CLOCK_MONOTONIC now, to date the kernel's stamp.
@@ -326,7 +337,7 @@ impl Attribution {
         let end = |ip: IpAddr, port: u16| FlowEnd {
             ip,
             port,
-            pod: self.pods.get(&ip).map(ToString::to_string),
+            pod: self.pod_at(ip).map(ToString::to_string),
         };
         FlowRecord {
             time: wall_time(event.time_ns, monotonic_now),
