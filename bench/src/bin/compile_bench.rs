@@ -83,7 +83,9 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let mut adds = Changes::default();
     for (key, pod, kind) in &extra {
-        cluster.pods.insert(key.clone(), Arc::new(pod.clone()));
+        cluster
+            .pods
+            .insert(key.clone(), Arc::new(pod.clone().into()));
         adds.apply(&mut compiler, &mut state, (&cluster, &view), key, *kind);
     }
     // Checked once, outside the timings: in place equals a full compile (same ids).
@@ -506,7 +508,7 @@ fn synthetic(
         let node = format!("node-{}", p % nodes);
         cluster.pods.insert(
             ObjectKey::new(format!("ns-{ns}"), &name),
-            Arc::new(pod(&format!("ns-{ns}"), &name, p % 40, &node, p)?),
+            Arc::new(pod(&format!("ns-{ns}"), &name, p % 40, &node, p)?.into()),
         );
     }
     for i in 0..policies {

@@ -171,14 +171,12 @@ impl ApiControl {
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
             match self.applied.pods.get(key) {
                 None => {
-                    let mut spec = pod.spec.clone().unwrap_or_default();
-                    spec.node_name
-                        .get_or_insert_with(|| DEFAULT_NODE.to_owned());
-                    let object = Pod {
-                        metadata: fresh(&pod.metadata),
-                        spec: Some(spec),
-                        status: None,
-                    };
+                    let mut object = pod.to_api_pod();
+                    object.metadata = fresh(&pod.metadata);
+                    if let Some(spec) = object.spec.as_mut() {
+                        spec.node_name
+                            .get_or_insert_with(|| DEFAULT_NODE.to_owned());
+                    }
                     self.wrote();
                     api.create(&post, &object)
                         .await

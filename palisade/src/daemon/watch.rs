@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Instant};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Node, Pod},
+        core::v1::{Namespace, Node},
         networking::v1::NetworkPolicy,
     },
     serde::de::DeserializeOwned,
@@ -32,7 +32,10 @@ pub use self::view::Views;
 use self::{pods::SlimPod, retry::Retry};
 use super::metrics::Metrics;
 use crate::{
-    k8s::{cluster::ObjectKey, cnp::ClusterNetworkPolicy},
+    k8s::{
+        cluster::{ObjectKey, PodInfo},
+        cnp::ClusterNetworkPolicy,
+    },
     policy::ClusterChange,
 };
 
@@ -54,7 +57,7 @@ pub struct Change {
 /// The caches.
 #[derive(Clone)]
 pub struct Caches {
-    pods: Store<Pod>,
+    pods: Store<PodInfo>,
     namespaces: Store<Namespace>,
     policies: Store<NetworkPolicy>,
     cluster_policies: Store<ClusterNetworkPolicy>,
@@ -97,7 +100,7 @@ impl Caches {
             pods: spawn(
                 Api::<SlimPod>::all(client.clone()),
                 "pods",
-                |pod: &Pod| ClusterChange::Pod(key_of(pod)),
+                |pod: &PodInfo| ClusterChange::Pod(key_of(pod)),
                 |SlimPod(pod)| pod,
                 None,
                 changes.clone(),

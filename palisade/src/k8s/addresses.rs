@@ -5,9 +5,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use k8s_openapi::api::core::v1::{Pod, PodIP};
-
-use crate::k8s::cluster::{ObjectKey, pod_addrs};
+use crate::k8s::cluster::{ObjectKey, PodInfo, pod_addrs};
 
 /// Assigns addresses from 10.244.100.0/22 to pods whose manifest gives none, and keeps them
 /// when a later step re-applies the pod. Cases that need particular addresses (ipBlock) give
@@ -21,7 +19,7 @@ pub struct AddressBook {
 impl AddressBook {
     /// The pod's addresses: from its status, or assigned here and written into its status (as a
     /// kubelet would report them, so the agent reads them from the same place).
-    pub fn addresses(&mut self, key: &ObjectKey, pod: &mut Pod) -> Vec<IpAddr> {
+    pub fn addresses(&mut self, key: &ObjectKey, pod: &mut PodInfo) -> Vec<IpAddr> {
         let from_status = pod_addrs(pod);
         if !from_status.is_empty() {
             return from_status;
@@ -40,9 +38,7 @@ impl AddressBook {
                 ))]
             })
             .clone();
-        let status = pod.status.get_or_insert_with(Default::default);
-        status.pod_ip = Some(addrs[0].to_string());
-        status.pod_ips = Some(addrs.iter().map(|a| PodIP { ip: a.to_string() }).collect());
+        pod.set_addrs(&addrs);
         addrs
     }
 }
@@ -55,21 +51,16 @@ mod tests {
     fn a_reapplied_pod_keeps_its_assigned_address() {
         let mut book = AddressBook::default();
         let key = ObjectKey::new("x", "a");
-        let first = book.addresses(&key, &mut Pod::default());
-        let other = book.addresses(&ObjectKey::new("x", "b"), &mut Pod::default());
+        let first = book.addresses(&key, &mut PodInfo::default());
+        let other = book.addresses(&ObjectKey::new("x", "b"), &mut PodInfo::default());
         assert_ne!(first, other);
-        assert_eq!(book.addresses(&key, &mut Pod::default()), first);
+        assert_eq!(book.addresses(&key, &mut PodInfo::default()), first);
     }
 
     #[test]
     fn addresses_from_the_manifest_win() {
-        let mut pod = Pod {
-            status: Some(k8s_openapi::api::core::v1::PodStatus {
-                pod_ips: Some(vec![PodIP {
-                    ip: "10.244.1.10".into(),
-                }]),
-                ..Default::default()
-            }),
+        let mut pod = PodInfo {
+            pod_ips: vec!["10.244.1.10".into()],
             ..Default::default()
         };
         let addrs = AddressBook::default().addresses(&ObjectKey::new("x", "a"), &mut pod);

@@ -43,3 +43,13 @@ pub fn protocol_number(name: Option<&str>) -> Option<u8> {
         _ => None,
     }
 }
+
+/// [`protocol_number`] the other way: the Kubernetes name of an IP protocol number.
+pub fn protocol_name(number: u8) -> Option<&'static str> {
+    match number {
+        PROTO_TCP => Some("TCP"),
+        PROTO_UDP => Some("UDP"),
+        PROTO_SCTP => Some("SCTP"),
+        _ => None,
+    }
+}

@@ -67,7 +67,7 @@ impl World {
         let pod: Pod = serde_yaml_ng::from_str(&yaml).expect("test pod");
         self.cluster
             .pods
-            .insert(ObjectKey::new(ns, name), std::sync::Arc::new(pod));
+            .insert(ObjectKey::new(ns, name), std::sync::Arc::new(pod.into()));
         self
     }
 
@@ -396,13 +396,8 @@ fn a_pod_of_an_existing_identity_is_added_and_deleted_in_place_as_its_address_al
         &[("serve-80-tcp", "TCP", 80)],
     );
     let c = ObjectKey::new("y", "c");
-    if let Some(spec) = grown
-        .cluster
-        .pods
-        .get_mut(&c)
-        .and_then(|p| std::sync::Arc::make_mut(p).spec.as_mut())
-    {
-        spec.node_name = Some("node-2".into());
+    if let Some(pod) = grown.cluster.pods.get_mut(&c) {
+        std::sync::Arc::make_mut(pod).node_name = Some("node-2".into());
     }
     let mut state = before.clone();
     let update = compiler.apply_pod_change(&mut state, &grown.cluster, &view, &c);

@@ -297,7 +297,7 @@ pub fn cluster(scale: &Scale, specs: &[PolicySpec]) -> anyhow::Result<Cluster> {
         }))?;
         cluster
             .pods
-            .insert(ObjectKey::new(ns, name), std::sync::Arc::new(pod));
+            .insert(ObjectKey::new(ns, name), std::sync::Arc::new(pod.into()));
         anyhow::Ok(())
     };
     add_pod(

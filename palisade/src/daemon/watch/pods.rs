@@ -4,25 +4,24 @@
 //! The cache holds every pod of the cluster, and the rest of a pod (managedFields above all,
 //! then the containers' images, resources and probes, volumes, tolerations, conditions,
 //! annotations) is most of its size and of the time spent decoding a list of them. Decoding
-//! into these types skips it without building it.
-//!
-//! What stays is still large: k8s-openapi's `Pod` is 2,176 bytes before any content, and each
-//! `Container` 2,120 (its probes, resources and security context are inline), so only the
-//! containers that declare ports are kept, those being all the agent reads of them.
+//! into these types skips it without building it, and the result is a [`PodInfo`], never a
+//! k8s-openapi `Pod` (whose struct alone is 2,176 bytes, and 2,120 more per container).
 
 use std::{borrow::Cow, collections::BTreeMap};
 
 use k8s_openapi::{
     NamespaceResourceScope,
-    api::core::v1::{Container, ContainerPort, Pod, PodIP, PodSpec, PodStatus},
+    api::core::v1::{ContainerPort, PodIP},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
 use kube::Resource;
 use serde::Deserialize;
 
-/// A [`Pod`] holding only what [`Wire`] decodes.
+use crate::k8s::cluster::PodInfo;
+
+/// A [`PodInfo`] decoded straight from the API's JSON (what [`Wire`] reads).
 #[derive(Clone, Debug)]
-pub struct SlimPod(pub Pod);
+pub struct SlimPod(pub PodInfo);
 
 impl<'de> Deserialize<'de> for SlimPod {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -35,19 +34,19 @@ impl Resource for SlimPod {
     type Scope = NamespaceResourceScope;
 
     fn kind(dt: &()) -> Cow<'_, str> {
-        Pod::kind(dt)
+        PodInfo::kind(dt)
     }
 
     fn group(dt: &()) -> Cow<'_, str> {
-        Pod::group(dt)
+        PodInfo::group(dt)
     }
 
     fn version(dt: &()) -> Cow<'_, str> {
-        Pod::version(dt)
+        PodInfo::version(dt)
     }
 
     fn plural(dt: &()) -> Cow<'_, str> {
-        Pod::plural(dt)
+        PodInfo::plural(dt)
     }
 
     fn meta(&self) -> &ObjectMeta {
@@ -89,15 +88,11 @@ struct WireSpec {
 
 #[derive(Deserialize)]
 struct WireContainer {
-    #[serde(default)]
-    name: String,
     ports: Option<Vec<ContainerPort>>,
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct WireStatus {
-    phase: Option<String>,
     #[serde(rename = "podIP")]
     pod_ip: Option<String>,
     #[serde(rename = "podIPs")]
@@ -105,43 +100,45 @@ struct WireStatus {
 }
 
 impl Wire {
-    fn into_pod(self) -> Pod {
+    fn into_pod(self) -> PodInfo {
         let Self {
             metadata,
             spec,
             status,
         } = self;
-        Pod {
-            metadata: ObjectMeta {
-                name: metadata.name,
-                namespace: metadata.namespace,
-                uid: metadata.uid,
-                resource_version: metadata.resource_version,
-                labels: metadata.labels,
-                deletion_timestamp: metadata.deletion_timestamp,
-                ..ObjectMeta::default()
-            },
-            spec: spec.map(|spec| PodSpec {
-                node_name: spec.node_name,
-                host_network: spec.host_network,
-                containers: spec
-                    .containers
-                    .into_iter()
-                    .filter(|c| c.ports.as_ref().is_some_and(|p| !p.is_empty()))
-                    .map(|c| Container {
-                        name: c.name,
-                        ports: c.ports,
-                        ..Container::default()
-                    })
-                    .collect(),
-                ..PodSpec::default()
-            }),
-            status: status.map(|status| PodStatus {
-                phase: status.phase,
-                pod_ip: status.pod_ip,
-                pod_ips: status.pod_ips,
-                ..PodStatus::default()
-            }),
+        // What `PodInfo::trim_metadata` keeps.
+        let metadata = ObjectMeta {
+            name: metadata.name,
+            namespace: metadata.namespace,
+            uid: metadata.uid,
+            resource_version: metadata.resource_version,
+            labels: metadata.labels,
+            deletion_timestamp: metadata.deletion_timestamp,
+            ..ObjectMeta::default()
+        };
+        let (node_name, host_network, ports) = match spec {
+            Some(spec) => {
+                let ports = PodInfo::valid_ports(
+                    &metadata,
+                    spec.containers
+                        .iter()
+                        .flat_map(|c| c.ports.iter().flatten()),
+                );
+                (spec.node_name, spec.host_network.unwrap_or(false), ports)
+            }
+            None => (None, false, Vec::new()),
+        };
+        let (pod_ip, pod_ips) = status.map_or((None, Vec::new()), |status| {
+            let ips = status.pod_ips.into_iter().flatten().map(|PodIP { ip }| ip);
+            (status.pod_ip, ips.collect())
+        });
+        PodInfo {
+            metadata,
+            node_name,
+            host_network,
+            ports,
+            pod_ip,
+            pod_ips,
         }
     }
 }
@@ -195,14 +192,5 @@ mod tests {
             vec![("http".to_owned(), palisade_common::PROTO_TCP, 8080)]
         );
         assert_eq!(pod_addrs(&pod).len(), 2);
-        let spec = pod.spec.expect("spec");
-        assert!(spec.tolerations.is_none());
-        assert_eq!(
-            spec.containers.len(),
-            1,
-            "the container without ports is dropped"
-        );
-        assert!(spec.containers[0].image.is_none());
-        assert!(pod.status.expect("status").conditions.is_none());
     }
 }

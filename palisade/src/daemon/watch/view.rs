@@ -17,7 +17,7 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::k8s::cluster::PodInfo;
 use kube::{ResourceExt as _, runtime::reflector::ObjectRef};
 
 use super::{Caches, key_of};
@@ -32,7 +32,7 @@ pub struct View {
     pub cluster: Arc<Cluster>,
     /// hostNetwork pods: in the digest, but neither enforced nor peers (their address is the
     /// node's), so not in `cluster`.
-    host_network: BTreeMap<ObjectKey, Arc<Pod>>,
+    host_network: BTreeMap<ObjectKey, Arc<PodInfo>>,
     /// The pods of `cluster` on this node.
     pub local: BTreeSet<ObjectKey>,
     /// Of every object, hostNetwork pods included: a caller comparing digests sees the same set.
@@ -212,7 +212,7 @@ mod tests {
 
     use k8s_openapi::{
         api::{
-            core::v1::{Namespace, Node, Pod, PodSpec},
+            core::v1::{Namespace, Node},
             networking::v1::NetworkPolicy,
         },
         apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -222,7 +222,10 @@ mod tests {
     use super::{View, Views};
     use crate::{
         daemon::watch::Caches,
-        k8s::{cluster::ObjectKey, cnp::ClusterNetworkPolicy},
+        k8s::{
+            cluster::{ObjectKey, PodInfo},
+            cnp::ClusterNetworkPolicy,
+        },
         policy::ClusterChange,
     };
 
@@ -256,7 +259,7 @@ mod tests {
     /// the next: after every sync, the view kept up to date equals one built afresh.
     #[test]
     fn a_view_kept_up_to_date_equals_one_built_afresh() {
-        let (pods, mut pod_writer) = reflector::store::<Pod>();
+        let (pods, mut pod_writer) = reflector::store::<PodInfo>();
         let (namespaces, mut ns_writer) = reflector::store::<Namespace>();
         let (policies, mut policy_writer) = reflector::store::<NetworkPolicy>();
         let (nodes, mut node_writer) = reflector::store::<Node>();
@@ -314,21 +317,18 @@ mod tests {
                         changes.push(ClusterChange::Policy(ObjectKey::new(ns, name)));
                     }
                     2 => {
-                        pod_writer.apply_watcher_event(&Event::Delete(Pod {
+                        pod_writer.apply_watcher_event(&Event::Delete(PodInfo {
                             metadata: meta(Some(&ns), &name, version),
-                            ..Pod::default()
+                            ..PodInfo::default()
                         }));
                         changes.push(ClusterChange::Pod(ObjectKey::new(ns, name)));
                     }
                     _ => {
-                        pod_writer.apply_watcher_event(&Event::Apply(Pod {
+                        pod_writer.apply_watcher_event(&Event::Apply(PodInfo {
                             metadata: meta(Some(&ns), &name, version),
-                            spec: Some(PodSpec {
-                                node_name: Some(format!("node-{}", next(2) + 1)),
-                                host_network: (next(4) == 0).then_some(true),
-                                ..PodSpec::default()
-                            }),
-                            ..Pod::default()
+                            node_name: Some(format!("node-{}", next(2) + 1)),
+                            host_network: next(4) == 0,
+                            ..PodInfo::default()
                         }));
                         changes.push(ClusterChange::Pod(ObjectKey::new(ns, name)));
                     }

@@ -14,14 +14,17 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Node, Pod},
+        core::v1::{Namespace, Node},
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 pub use self::{
-    pod::{container_ports, is_host_network, pod_addrs, pod_ips, pod_key, pod_labels, pod_node},
+    pod::{
+        PodInfo, container_ports, is_host_network, pod_addrs, pod_ips, pod_key, pod_labels,
+        pod_node,
+    },
     reference::{LabelChange, LabelEdit, ObjectRef},
 };
 pub use super::keys::{DEFAULT_NAMESPACE, DEFAULT_NODE, NAMESPACE_NAME_LABEL, ObjectKey};
@@ -33,7 +36,7 @@ use super::{cnp::ClusterNetworkPolicy, manifest::Object};
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
-    pub pods: BTreeMap<ObjectKey, Arc<Pod>>,
+    pub pods: BTreeMap<ObjectKey, Arc<PodInfo>>,
     pub policies: BTreeMap<ObjectKey, Arc<NetworkPolicy>>,
     /// ClusterNetworkPolicies by name (cluster-scoped: deleting a namespace leaves them).
     pub cluster_policies: BTreeMap<String, Arc<ClusterNetworkPolicy>>,
@@ -112,7 +115,7 @@ impl Cluster {
             }
             Object::Pod(mut pod) => {
                 let key = self.key_for(&mut pod.metadata);
-                self.pods.insert(key, Arc::new(pod));
+                self.pods.insert(key, Arc::new(PodInfo::from(pod)));
             }
             Object::NetworkPolicy(mut policy) => {
                 let key = self.key_for(&mut policy.metadata);

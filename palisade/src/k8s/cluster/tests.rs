@@ -58,7 +58,7 @@ fn cluster_from(text: &str) -> Cluster {
     cluster
 }
 
-fn pod<'c>(cluster: &'c Cluster, namespace: &str, name: &str) -> &'c Pod {
+fn pod<'c>(cluster: &'c Cluster, namespace: &str, name: &str) -> &'c PodInfo {
     cluster
         .pods
         .get(&ObjectKey::new(namespace, name))
@@ -386,4 +386,41 @@ fn a_cluster_network_policy_reference_has_no_namespace() {
         "clusternetworkpolicy/x/p".parse::<ObjectRef>(),
         Err(ClusterError::BadReference { .. })
     ));
+}
+
+/// A pod keeps only what the dataplane reads; written back to an API server it says the same
+/// (and reads back equal); an invalid port is left out rather than read as another.
+#[test]
+fn a_pod_info_keeps_what_is_read_and_goes_back_to_an_api_pod() {
+    let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  namespace: x\n  labels: {app: web}\n  annotations: {note: big}\nspec:\n  nodeName: node-2\n  hostNetwork: true\n  containers:\n  - {name: one, image: i, ports: [{name: http, containerPort: 80}, {containerPort: 70000}]}\n  - {name: two, image: i, ports: [{containerPort: 53, protocol: UDP}, {containerPort: 9, protocol: ICMP}]}\nstatus: {podIP: 10.244.1.10, podIPs: [{ip: 10.244.1.10}, {ip: 'fd00::10'}]}\n";
+    let cluster = cluster_from(text);
+    let a = pod(&cluster, "x", "a");
+    assert!(a.metadata.annotations.is_none(), "annotations are not kept");
+    assert_eq!(pod_labels(a).get("app").map(String::as_str), Some("web"));
+    assert_eq!(pod_node(a), "node-2");
+    assert!(is_host_network(a));
+    assert_eq!(
+        container_ports(a),
+        [
+            ("http".into(), PROTO_TCP, 80),
+            (String::new(), PROTO_UDP, 53)
+        ]
+    );
+    assert_eq!(pod_addrs(a).len(), 2);
+    let mut api = a.to_api_pod();
+    assert!(api.status.is_none(), "a kubelet writes the status");
+    let again = PodInfo::from(api.clone());
+    assert_eq!(container_ports(&again), container_ports(a));
+    assert_eq!((pod_node(&again), again.host_network), ("node-2", true));
+    api.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        pod_ip: a.pod_ip.clone(),
+        pod_ips: Some(
+            a.pod_ips
+                .iter()
+                .map(|ip| k8s_openapi::api::core::v1::PodIP { ip: ip.clone() })
+                .collect(),
+        ),
+        ..Default::default()
+    });
+    assert_eq!(&PodInfo::from(api), a);
 }

@@ -31,7 +31,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::k8s::cluster::PodInfo;
 use palisade_common::{
     Addr, ClassMask, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_EGRESS_TIERED,
     EP_INGRESS_ISOLATED, EP_INGRESS_TIERED, MAX_CLASSES,
@@ -236,7 +238,7 @@ impl Context<'_> {
     pub fn endpoint(
         &self,
         key: &ObjectKey,
-        pod: &Pod,
+        pod: &PodInfo,
         addrs: Vec<std::net::IpAddr>,
         policies: &[&Policy],
         tiers: &[&ClusterPolicy],

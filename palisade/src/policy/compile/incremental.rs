@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::k8s::cluster::PodInfo;
 use palisade_common::{Addr, DIR_EGRESS, DIR_INGRESS};
 
 use palisade_common::{IDENTITY_CIDR_FLAG, IDENTITY_HOST};
@@ -335,7 +335,7 @@ fn endpoint_afresh(
     cluster: &Cluster,
     state: &mut NodeState,
     key: &ObjectKey,
-    pod: &Pod,
+    pod: &PodInfo,
     chosen: &[ObjectKey],
 ) -> Result<(), &'static str> {
     let ctx = Context {

@@ -35,8 +35,8 @@ use std::{
     net::IpAddr,
 };
 
+use crate::k8s::cluster::PodInfo;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Pod;
 use palisade_common::{
     Addr, ClassMask, EndpointInfo, IDENTITY_CIDR_FLAG, IDENTITY_FIRST_POD, IDENTITY_HOST,
     V4_MAPPED_PREFIX_BITS,
@@ -636,7 +636,7 @@ impl EndpointMemo {
         &mut self,
         ctx: &Context<'_>,
         key: &ObjectKey,
-        pod: &Pod,
+        pod: &PodInfo,
         (chosen, policies): (&[ObjectKey], &[&Policy]),
         tiers: &[&ClusterPolicy],
     ) -> EndpointState {
@@ -667,7 +667,7 @@ impl EndpointMemo {
 fn selecting_policies(
     policies: &BTreeMap<ObjectKey, Policy>,
     key: &ObjectKey,
-    pod: &Pod,
+    pod: &PodInfo,
 ) -> Vec<ObjectKey> {
     let labels = pod_labels(pod);
     let from = ObjectKey::new(key.namespace.clone(), String::new());
@@ -743,7 +743,7 @@ fn same_family(a: &Prefix, b: &Prefix) -> bool {
 
 /// A pod's identity and addresses, or `None` when it is no peer (hostNetwork pods share the
 /// node's addresses; a pod without an address cannot be reached yet).
-fn as_peer(key: &ObjectKey, pod: &Pod) -> Option<(IdentityKey, Vec<Addr>)> {
+fn as_peer(key: &ObjectKey, pod: &PodInfo) -> Option<(IdentityKey, Vec<Addr>)> {
     let addrs = pod_addrs(pod);
     if is_host_network(pod) || addrs.is_empty() {
         return None;

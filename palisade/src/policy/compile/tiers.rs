@@ -111,7 +111,7 @@ pub(super) fn selecting<'p>(
     tiers: &'p [ClusterPolicy],
     cluster: &Cluster,
     key: &ObjectKey,
-    pod: &k8s_openapi::api::core::v1::Pod,
+    pod: &crate::k8s::cluster::PodInfo,
 ) -> Vec<&'p ClusterPolicy> {
     let labels = pod_labels(pod);
     tiers

@@ -35,8 +35,8 @@ pub use self::{
 
 use std::{fmt, net::IpAddr};
 
+use crate::k8s::cluster::PodInfo;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Pod;
 
 use super::{
     compile::NodeView,
@@ -265,7 +265,7 @@ impl<'a> Evaluator<'a> {
     }
 
     /// The pod behind an endpoint, if it is one that policy applies to.
-    fn pod(&self, end: Endpoint<'_>) -> Result<&'a Pod, NotAPod> {
+    fn pod(&self, end: Endpoint<'_>) -> Result<&'a PodInfo, NotAPod> {
         let Endpoint::Pod(key, _) = end else {
             return Err(NotAPod::Address);
         };
@@ -332,7 +332,7 @@ impl<'a> Evaluator<'a> {
         &self,
         direction: Direction,
         key: &ObjectKey,
-        pod: &Pod,
+        pod: &PodInfo,
         peer: Endpoint<'_>,
         dest: Endpoint<'_>,
         protocol: u8,
@@ -396,7 +396,7 @@ impl<'a> Evaluator<'a> {
         labels
     }
 
-    fn is_node_of(&self, pod: &Pod, addr: IpAddr) -> bool {
+    fn is_node_of(&self, pod: &PodInfo, addr: IpAddr) -> bool {
         let node = pod_node(pod);
         self.nodes
             .iter()

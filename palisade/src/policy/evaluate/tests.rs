@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{core::v1::Namespace, networking::v1::NetworkPolicy};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod},
+    networking::v1::NetworkPolicy,
+};
 use palisade_common::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use super::*;
@@ -76,7 +79,7 @@ impl World {
         let pod: Pod = serde_yaml_ng::from_str(&yaml).expect("test pod");
         self.cluster
             .pods
-            .insert(ObjectKey::new(ns, name), std::sync::Arc::new(pod));
+            .insert(ObjectKey::new(ns, name), std::sync::Arc::new(pod.into()));
         self
     }
 

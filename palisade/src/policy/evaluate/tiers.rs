@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::k8s::cluster::PodInfo;
 
 use super::{Direction, Endpoint, Evaluator};
 use crate::{
@@ -59,7 +59,7 @@ impl Evaluator<'_> {
         tier: Tier,
         direction: Direction,
         key: &ObjectKey,
-        pod: &Pod,
+        pod: &PodInfo,
         peer: Endpoint<'_>,
         dest: Endpoint<'_>,
         protocol: u8,
@@ -181,7 +181,7 @@ impl Evaluator<'_> {
     /// Whether `pod` (a pod policy applies to) is in `set`: its namespace's labels (with the
     /// name label the API server sets) match `namespaces`, its own match `pods`; an absent
     /// selector selects all.
-    fn in_set(&self, set: &PodSet, key: &ObjectKey, pod: &Pod) -> bool {
+    fn in_set(&self, set: &PodSet, key: &ObjectKey, pod: &PodInfo) -> bool {
         let namespace_ok = set
             .namespaces
             .as_ref()

@@ -99,8 +99,8 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
             let (key, mut pod) = b.cluster.pods.pop_first()?;
             let key = ObjectKey::new(key.namespace, format!("new{step}"));
             Arc::make_mut(&mut pod).metadata.name = Some(key.name.clone());
-            if !local && let Some(spec) = &mut Arc::make_mut(&mut pod).spec {
-                spec.node_name = Some("node-2".into());
+            if !local {
+                Arc::make_mut(&mut pod).node_name = Some("node-2".into());
             }
             cluster.pods.insert(key.clone(), pod);
             Some(ClusterChange::Pod(key))
@@ -119,11 +119,13 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
         Op::RenamePorts(i, names) if !keys.is_empty() => {
             let key = keys[i.index(keys.len())].clone();
             let pod = Arc::make_mut(cluster.pods.get_mut(&key)?);
-            let ports = pod.spec.as_mut()?.containers.first_mut()?.ports.as_mut()?;
             let mut used = Vec::new();
-            for (port, name) in ports.iter_mut().zip(names.iter().cycle()) {
+            for (port, name) in pod.ports.iter_mut().zip(names.iter().cycle()) {
                 // Names stay unique within the pod.
-                port.name = name.filter(|n| !used.contains(n)).map(str::to_owned);
+                port.0 = name
+                    .filter(|n| !used.contains(n))
+                    .map(str::to_owned)
+                    .unwrap_or_default();
                 used.extend(*name);
             }
             Some(ClusterChange::Pod(key))

@@ -35,7 +35,7 @@ use super::{
     model::{Policy, Port},
 };
 use crate::k8s::cluster::{
-    Cluster, NAMESPACE_NAME_LABEL, ObjectKey, container_ports, is_host_network, pod_addrs,
+    Cluster, NAMESPACE_NAME_LABEL, ObjectKey, PodInfo, container_ports, is_host_network, pod_addrs,
 };
 
 /// Compiler gap (see the ignored `an_egress_named_port_resolves_for_a_pod_inside_an_ip_block`
@@ -368,7 +368,7 @@ impl Scenario {
                     b.cluster.namespaces.insert(name, std::sync::Arc::new(ns));
                 }
                 Some("Pod") => {
-                    let pod: Pod = parse(doc);
+                    let pod = PodInfo::from(parse::<Pod>(doc));
                     for (_, _, port) in container_ports(&pod) {
                         b.probe_around(port, port);
                     }
@@ -471,7 +471,7 @@ impl Builder {
                 .collect::<Vec<_>>()
                 .join(", "),
         );
-        let parsed: Pod = parse(&doc);
+        let parsed = PodInfo::from(parse::<Pod>(&doc));
         if !pod.host_network {
             self.addrs.extend(pod_addrs(&parsed));
         }
