@@ -187,11 +187,16 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
         return Err(reason);
     }
 
-    // Step 4.
-    let flow = conntrack::flow_of(packet, direction, ifindex);
-    // Unless `conntrack::tracked` looked already and found nothing.
-    let looked = parsed == PARSED_NEW;
-    if !looked && conntrack::lookup(&flow, direction, packet.tcp_flags, true) != CtState::New {
+    // Step 4, unless `conntrack::tracked` looked already and found nothing (the common case:
+    // the key is then built again only for a flow that is admitted, by `conntrack::track`).
+    if parsed != PARSED_NEW
+        && conntrack::lookup(
+            &conntrack::flow_of(packet, direction, ifindex),
+            direction,
+            packet.tcp_flags,
+            true,
+        ) != CtState::New
+    {
         if packet.first_fragment {
             fragments::remember(packet, direction, ifindex);
         }
@@ -264,10 +269,17 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
         owe_main(FLOW_ALLOWED, AllowReason::NotIsolated as u8, NO_CLASS);
     }
 
-    // The local address of what the pod sends passed step 3; of what it receives, checked now,
-    // so its packets on the flow skip step 3 only when they would pass it.
-    let local_own = direction == DIR_EGRESS || own_source(&packet.dst, ifindex);
-    conntrack::create(&flow, direction, endpoint.id, packet.tcp_flags, local_own);
+    // The local address of what the pod sends passed step 3. Of what it receives, it is checked
+    // by the first packet the pod sends on the flow (`conntrack::tracked`, which then sets
+    // `CT_F_LOCAL_OWN`), not here: the same one lookup per flow, off the new flow's path, and
+    // none for a flow that is never answered.
+    conntrack::track(
+        packet,
+        direction,
+        ifindex,
+        endpoint.id,
+        direction == DIR_EGRESS,
+    );
     if packet.first_fragment {
         fragments::remember(packet, direction, ifindex);
     }

@@ -45,6 +45,8 @@ const ALTERNATIONS: u32 = 5;
 /// The baselines rows are compared with.
 const EMPTY: &str = "empty program";
 const EMPTY_SINGLE: &str = "empty program, single runs";
+/// The row of new allowed flows, single runs (also a name for `PROFILE_ENV`).
+const ALLOWED: &str = "new connection, allowed (single runs)";
 
 /// One path at one policy count.
 #[derive(Serialize)]
@@ -203,6 +205,23 @@ pub fn measure(
 
     // For a profiler (see `bench/ANALYSIS.md`): one row's path, run for `PROFILE_SECONDS`.
     if let Ok(name) = std::env::var(PROFILE_ENV) {
+        if name == ALLOWED {
+            // Single runs of new flows, each its own source port, as the row measures them.
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(PROFILE_SECONDS);
+            let (mut runs, mut total_ns) = (0_u64, 0.0);
+            while std::time::Instant::now() < until {
+                for port in 1_024..u16::MAX {
+                    let frame = tcp(CLIENT, SERVER, port, TCP_DATA_PORT, SYN, 0);
+                    total_ns += nanos(run(PROG_TO_POD, &frame, 1)?);
+                    runs += 1;
+                }
+            }
+            eprintln!(
+                "[bench] profiled {name:?} at {policies} policies: {:.1} ns per run over {runs} runs",
+                total_ns / runs as f64
+            );
+            std::process::exit(0);
+        }
         let Some(path) = repeated.iter().find(|p| p.name == name) else {
             let names: Vec<_> = repeated.iter().map(|p| p.name).collect();
             bail!("{PROFILE_ENV}={name:?}: not a repeated row; one of {names:?}");
@@ -300,12 +319,38 @@ pub fn measure(
     ));
     out.push(row(
         policies,
-        "new connection, allowed (single runs)",
+        ALLOWED,
         u32::from(block),
         EMPTY_SINGLE,
         pairs,
     ));
     Ok(out)
+}
+
+/// One line for a terminal: the row's median ns and, against its baseline, the median of the
+/// alternations' ratios and their range (as `xtask`'s report computes them).
+pub fn summary(row: &PerPacket, rows: &[PerPacket]) -> String {
+    let Some(name) = row.baseline else {
+        return format!(
+            "{:>6} policies  {:<40} {:>8.1} ns",
+            row.policies, row.path, row.ns
+        );
+    };
+    let mut ratios: Vec<f64> = row.pairs.iter().map(|[b, p]| p / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    let base = rows
+        .iter()
+        .find(|r| r.policies == row.policies && r.path == name)
+        .map_or(f64::NAN, |r| r.ns);
+    format!(
+        "{:>6} policies  {:<40} {:>8.1} ns  {:>5.2}x ({:.2} .. {:.2}) of {name} ({base:.1} ns)",
+        row.policies,
+        row.path,
+        row.ns,
+        median(&mut ratios.clone()),
+        ratios.first().copied().unwrap_or(f64::NAN),
+        ratios.last().copied().unwrap_or(f64::NAN),
+    )
 }
 
 fn row(
