@@ -168,6 +168,10 @@ pub(crate) fn tracked(ctx: &TcContext, packet: &Packet, direction: u8) -> u32 {
     if packet.fragment || packet.neighbour_discovery || crate::service::marked(ctx) {
         return UNANSWERED;
     }
+    // A SYN opening a connection is never found ([`find`]): said before its key is built.
+    if packet.protocol == PROTO_TCP && tcp_opens(packet.tcp_flags) {
+        return UNTRACKED;
+    }
     // SAFETY: `skb` is the context pointer the kernel handed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let flow = flow_of(packet, direction, ifindex);

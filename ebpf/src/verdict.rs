@@ -125,6 +125,36 @@ fn try_judge(ctx: &TcContext, direction: u8, parsed: u32) -> u32 {
 }
 
 /// Steps 1-8 for one packet (conntrack's RELATED answer aside, see [`judge`]).
+///
+/// The new flow's budget (a TCP SYN, or the first packet of a UDP flow, at a judged endpoint;
+/// the tracked packet's is `conntrack::tracked`'s), in the order it is spent:
+///
+/// 1. the parse from the linear data ([`parse`], no helper calls), the fast path's cheap checks
+///    (fragment, neighbour discovery, the Service mark), and for anything but a TCP SYN one
+///    `PAL_CT` lookup that misses (a SYN opening a connection is never found: it is answered
+///    before its key is even built);
+/// 2. `PAL_ENDPOINTS` (hash, 4-byte key): step 2, which fails closed, and the endpoint's flags
+///    and masks for the rest;
+/// 3. egress only: `PAL_LOCAL_ADDRS` (hash), step 3;
+/// 4. the policy (`palisade_common::precedence::admit`): `PAL_POD_IDS` (hash); for a known pod
+///    `PAL_PORTS` (LPM), then `PAL_PEERS` (hash) only if the port has classes, then its CIDR
+///    class (`PAL_CIDRS`, LPM, and `PAL_PEERS`) only if classes of the port are still
+///    missing; for an unknown address `PAL_CIDRS` (and `PAL_PEERS`), then `PAL_PORTS` only if
+///    some class holds the peer. A SYN from a known pod to a closed port: two lookups here;
+/// 5. denied: a per-CPU counter, and with flow events on the event (written into a per-CPU
+///    slot, sent by [`flush`] within its sender's budget, `PAL_EVENT_LIMITS`);
+/// 6. allowed: a per-CPU counter, the event as above, and [`conntrack::track`]: the coarse
+///    clock and one `PAL_CT` insert. That insert (an LRU update writing an element and a bucket
+///    of a 262,144-entry table, cold in a single run) was three quarters of this path's time
+///    in the profile of the benchmark's allowed row.
+///
+/// Why no fewer: the endpoint entry is both the fail-closed check and the rules' masks; the
+/// peer's identity decides step 6 and names its classes; the port's and the peer's classes are
+/// the rules themselves, and a lookup is skipped as soon as it can no longer change their
+/// intersection; the conntrack entry is what lets the flow's later packets and replies pass
+/// without any of this. What the path no longer pays: the conntrack key for a SYN, the source
+/// check of an ingress flow's local address (made once by the flow's first reply, see
+/// `conntrack::tracked`), the event with flow events off.
 #[inline(always)]
 fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropReason> {
     // Step 1, parsed by [`parse`].

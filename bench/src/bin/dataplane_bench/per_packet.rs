@@ -11,8 +11,10 @@
 //!   SYN-ACK) the programs saw; TCP reply: an ACK server -> client of it, at the server's
 //!   egress hook; UDP forward and reply: the same for a datagram flow opened by one
 //!   client -> server datagram to netperf's UDP data port;
-//! - new connection, denied: a SYN no rule allows, so every lookup is made and nothing is
-//!   tracked;
+//! - new connection, denied: a SYN from a pod the server's rules name, to a port no rule opens,
+//!   so nothing is tracked; denied, unknown peer: a SYN from an address no rule names to a port
+//!   the rules open (the policy lookups stop at the port in the first, at the peer in the
+//!   second);
 //! - uplink ingress, from outside: the uplink's ingress program on a packet whose source is
 //!   neither a local pod's nor the node's (two hash lookups and the strict-mode flag);
 //! - later fragment, admitted datagram: a non-first fragment after its first was admitted (the
@@ -191,6 +193,15 @@ pub fn measure(
             name: "new connection, denied",
             program: PROG_TO_POD,
             frame: tcp(CLIENT, SERVER, 40_001, 9, SYN, 0),
+            claim: Claim::Dropped,
+        },
+        // Denied by its peer rather than its port: an address no rule names (nor any ipBlock
+        // holds), to a port the server's rules open. The policy lookups stop at the peer here,
+        // at the port in the row above (`palisade_common::precedence::admit`).
+        Path {
+            name: "new connection, denied, unknown peer",
+            program: PROG_TO_POD,
+            frame: tcp(OUTSIDE, SERVER, 40_004, TCP_DATA_PORT, SYN, 0),
             claim: Claim::Dropped,
         },
         // The checks #14 added beside the verdict: every packet entering the node from
