@@ -19,7 +19,7 @@ use crate::{
     events::{Owed, audited, flush, owe},
     fragments,
     maps::{ENDPOINTS, bump},
-    parse::{copied, packet_slot, parse_into},
+    parse::{packet_slot, parse_into},
     policy::{judge_policy, own_source},
     service,
 };
@@ -238,13 +238,13 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
         (
             DropReason::PolicyIngress,
             DropReason::TierIngress,
-            copied(&packet.src),
+            &packet.src,
         )
     } else {
         (
             DropReason::PolicyEgress,
             DropReason::TierEgress,
-            copied(&packet.dst),
+            &packet.dst,
         )
     };
     let owe_main = |verdict: u8, reason: u8, class: u8| {
@@ -274,7 +274,7 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
             return Ok(translated);
         }
         // Steps 6-9.
-        let (reason, class) = match judge_policy(endpoint, direction, &peer, packet) {
+        let (reason, class) = match judge_policy(endpoint, direction, peer, packet) {
             Admission::FromHost => (AllowReason::FromHost as u8, NO_CLASS),
             Admission::Class(class) => (AllowReason::Policy as u8, class),
             Admission::NoRule => (AllowReason::NotIsolated as u8, NO_CLASS),

@@ -87,12 +87,15 @@ enum Claim {
 }
 
 /// The paths at `policies` NetworkPolicies and `cluster_policies` ClusterNetworkPolicies
-/// (`synth::cluster_policies`).
+/// (`synth::cluster_policies`). `events`: with flow events on, at the agent's default budget
+/// (100 per source per second; nothing reads the ring), as in the netperf runs; off otherwise
+/// (the programs' maps as loaded).
 pub fn measure(
     peers: usize,
     (policies, cluster_policies): (usize, usize),
     repeat: u32,
     singles: u16,
+    events: bool,
 ) -> Result<Vec<PerPacket>> {
     let scale = Scale { peers, extra: 0 };
     let mut cluster = synth::cluster(&scale, &synth::policies(policies))?;
@@ -125,6 +128,9 @@ pub fn measure(
     ]
     .into();
     dataplane.sync(&state, &ifindex)?;
+    if events {
+        dataplane.set_flow_settings(palisade::dataplane::FlowSettings::default())?;
+    }
 
     let run = |name, frame: &[u8], n| dataplane.test_run_repeat(name, frame, LOOPBACK_IFINDEX, n);
     let hits = || -> Result<u64> { Ok(dataplane.counters()?[Stat::CtHit as usize]) };
