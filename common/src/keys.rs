@@ -178,6 +178,17 @@ pub struct PeerKey {
     pub _pad: [u8; 3],
 }
 
+impl PeerKey {
+    /// The key of `peer`'s classes at endpoint id `endpoint` in `direction`.
+    ///
+    /// Built as three words: the programs' compiler turned the three padding bytes of a
+    /// struct literal into a call to `memset`, a byte loop in BPF.
+    #[inline(always)]
+    pub fn new(endpoint: u32, peer: u32, direction: u8) -> Self {
+        bytemuck::cast([endpoint, peer, u32::from_ne_bytes([direction, 0, 0, 0])])
+    }
+}
+
 /// [`MAP_PORTS`] LPM key data (after the 32-bit prefix length). Endpoint, direction and protocol
 /// always match in full ([`PORT_KEY_FIXED_BITS`]); the port is big-endian so that a port range
 /// is a handful of prefixes over its bits. Value: [`ClassMask`].
@@ -352,9 +363,11 @@ pub struct CtValue {
 }
 
 /// [`CtValue::flags`]: the key's local address is one of the endpoint's own
-/// (`MAP_LOCAL_ADDRS`), checked when the flow was admitted: the endpoint's packets of the flow
-/// need no source check of their own (step 3 of the precedence). Without it (a flow opened
-/// towards an address that is not the pod's), every packet the pod sends on it is checked.
+/// (`MAP_LOCAL_ADDRS`), checked when the pod's egress admitted the flow (step 3), or by the
+/// first packet the pod sent on a flow its ingress admitted (the programs set the bit then):
+/// the endpoint's packets of the flow need no source check of their own (step 3 of the
+/// precedence). Without it (a flow opened towards an address that is not the pod's, or not
+/// answered yet), every packet the pod sends on it is checked.
 pub const CT_F_LOCAL_OWN: u8 = 1 << 0;
 
 /// [`CtValue::tcp`]: not TCP.

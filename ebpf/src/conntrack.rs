@@ -147,8 +147,10 @@ pub(crate) const UNANSWERED: u32 = 2;
 /// 1. the packet, parsed once from the linear data (`parse::parse_into`, no helper calls);
 /// 2. one `PAL_CT` lookup: the key is the flow's, so a reply finds its request's entry;
 /// 3. the coarse clock and the state's timeout (an array read the verifier inlines);
-/// 4. for a packet the pod sends on a flow whose local address was not checked when it was
-///    admitted ([`CT_F_LOCAL_OWN`]), the source check of step 3 (`PAL_LOCAL_ADDRS`);
+/// 4. for a packet the pod sends on a flow whose local address was not checked yet
+///    ([`CT_F_LOCAL_OWN`]), the source check of step 3 (`PAL_LOCAL_ADDRS`), once: a flow the
+///    pod's ingress admitted gets the flag from its first reply (the verdict leaves the check
+///    to it, so a new flow that is never answered never pays for it);
 /// 5. the TCP state and the last-seen time written (at most once a second), one per-CPU
 ///    counter.
 ///
@@ -166,18 +168,23 @@ pub(crate) fn tracked(ctx: &TcContext, packet: &Packet, direction: u8) -> u32 {
     if packet.fragment || packet.neighbour_discovery || crate::service::marked(ctx) {
         return UNANSWERED;
     }
+    // A SYN opening a connection is never found ([`find`]): said before its key is built.
+    if packet.protocol == PROTO_TCP && tcp_opens(packet.tcp_flags) {
+        return UNTRACKED;
+    }
     // SAFETY: `skb` is the context pointer the kernel handed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let flow = flow_of(packet, direction, ifindex);
     let Some((value, state, now)) = find(&flow, direction, packet.tcp_flags) else {
         return UNTRACKED;
     };
-    if direction == DIR_EGRESS
-        && value.flags & CT_F_LOCAL_OWN == 0
-        && !own_source(&packet.src, ifindex)
-    {
-        // The verdict drops it, as spoofed.
-        return UNANSWERED;
+    if direction == DIR_EGRESS && value.flags & CT_F_LOCAL_OWN == 0 {
+        if !own_source(&packet.src, ifindex) {
+            // The verdict drops it, as spoofed.
+            return UNANSWERED;
+        }
+        // The packet's source is the key's local address: checked now, for the flow's life.
+        value.flags |= CT_F_LOCAL_OWN;
     }
     touch(value, state, packet.tcp_flags, now);
     if packet.first_fragment {
@@ -221,6 +228,20 @@ pub(crate) fn related(ctx: &TcContext, direction: u8) -> CtState {
         CtState::New => CtState::New,
         _ => CtState::Related,
     }
+}
+
+/// Tracks the flow of `packet`, admitted at endpoint `ifindex` (its id `endpoint`) in
+/// `direction`: [`create`] with the key [`flow_of`] the packet, built in this frame rather than
+/// the verdict's, and only for a flow that is admitted.
+#[inline(never)]
+pub(crate) fn track(packet: &Packet, direction: u8, ifindex: u32, endpoint: u32, local_own: bool) {
+    create(
+        &flow_of(packet, direction, ifindex),
+        direction,
+        endpoint,
+        packet.tcp_flags,
+        local_own,
+    );
 }
 
 /// Tracks `flow`, opened in `direction` and admitted by endpoint `endpoint` (its id) on a

@@ -46,6 +46,13 @@ impl Owed {
 /// [`SCRATCH_TRANSLATED`]); [`flush`] sends it.
 #[inline(always)]
 pub(crate) fn owe(slot: u32, packet: &Packet, owed: Owed) {
+    // Events off: nothing is owed, nor written ([`send`] would drop it unsent).
+    if !FLOW_CONFIG
+        .get(0)
+        .is_some_and(|config| config.flags & CFG_EVENTS != 0)
+    {
+        return;
+    }
     let Some(event) = EVENT_SCRATCH.get_ptr_mut(slot) else {
         return;
     };

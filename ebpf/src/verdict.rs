@@ -19,7 +19,7 @@ use crate::{
     events::{Owed, audited, flush, owe},
     fragments,
     maps::{ENDPOINTS, bump},
-    parse::{copied, packet_slot, parse_into},
+    parse::{packet_slot, parse_into},
     policy::{judge_policy, own_source},
     service,
 };
@@ -125,6 +125,36 @@ fn try_judge(ctx: &TcContext, direction: u8, parsed: u32) -> u32 {
 }
 
 /// Steps 1-8 for one packet (conntrack's RELATED answer aside, see [`judge`]).
+///
+/// The new flow's budget (a TCP SYN, or the first packet of a UDP flow, at a judged endpoint;
+/// the tracked packet's is `conntrack::tracked`'s), in the order it is spent:
+///
+/// 1. the parse from the linear data ([`parse`], no helper calls), the fast path's cheap checks
+///    (fragment, neighbour discovery, the Service mark), and for anything but a TCP SYN one
+///    `PAL_CT` lookup that misses (a SYN opening a connection is never found: it is answered
+///    before its key is even built);
+/// 2. `PAL_ENDPOINTS` (hash, 4-byte key): step 2, which fails closed, and the endpoint's flags
+///    and masks for the rest;
+/// 3. egress only: `PAL_LOCAL_ADDRS` (hash), step 3;
+/// 4. the policy (`palisade_common::precedence::admit`): `PAL_POD_IDS` (hash); for a known pod
+///    `PAL_PORTS` (LPM), then `PAL_PEERS` (hash) only if the port has classes, then its CIDR
+///    class (`PAL_CIDRS`, LPM, and `PAL_PEERS`) only if classes of the port are still
+///    missing; for an unknown address `PAL_CIDRS` (and `PAL_PEERS`), then `PAL_PORTS` only if
+///    some class holds the peer. A SYN from a known pod to a closed port: two lookups here;
+/// 5. denied: a per-CPU counter, and with flow events on the event (written into a per-CPU
+///    slot, sent by [`flush`] within its sender's budget, `PAL_EVENT_LIMITS`);
+/// 6. allowed: a per-CPU counter, the event as above, and [`conntrack::track`]: the coarse
+///    clock and one `PAL_CT` insert. That insert (an LRU update writing an element and a bucket
+///    of a 262,144-entry table, cold in a single run) was three quarters of this path's time
+///    in the profile of the benchmark's allowed row.
+///
+/// Why no fewer: the endpoint entry is both the fail-closed check and the rules' masks; the
+/// peer's identity decides step 6 and names its classes; the port's and the peer's classes are
+/// the rules themselves, and a lookup is skipped as soon as it can no longer change their
+/// intersection; the conntrack entry is what lets the flow's later packets and replies pass
+/// without any of this. What the path no longer pays: the conntrack key for a SYN, the source
+/// check of an ingress flow's local address (made once by the flow's first reply, see
+/// `conntrack::tracked`), the event with flow events off.
 #[inline(always)]
 fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropReason> {
     // Step 1, parsed by [`parse`].
@@ -187,11 +217,16 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
         return Err(reason);
     }
 
-    // Step 4.
-    let flow = conntrack::flow_of(packet, direction, ifindex);
-    // Unless `conntrack::tracked` looked already and found nothing.
-    let looked = parsed == PARSED_NEW;
-    if !looked && conntrack::lookup(&flow, direction, packet.tcp_flags, true) != CtState::New {
+    // Step 4, unless `conntrack::tracked` looked already and found nothing (the common case:
+    // the key is then built again only for a flow that is admitted, by `conntrack::track`).
+    if parsed != PARSED_NEW
+        && conntrack::lookup(
+            &conntrack::flow_of(packet, direction, ifindex),
+            direction,
+            packet.tcp_flags,
+            true,
+        ) != CtState::New
+    {
         if packet.first_fragment {
             fragments::remember(packet, direction, ifindex);
         }
@@ -203,13 +238,13 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
         (
             DropReason::PolicyIngress,
             DropReason::TierIngress,
-            copied(&packet.src),
+            &packet.src,
         )
     } else {
         (
             DropReason::PolicyEgress,
             DropReason::TierEgress,
-            copied(&packet.dst),
+            &packet.dst,
         )
     };
     let owe_main = |verdict: u8, reason: u8, class: u8| {
@@ -239,7 +274,7 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
             return Ok(translated);
         }
         // Steps 6-9.
-        let (reason, class) = match judge_policy(endpoint, direction, &peer, packet) {
+        let (reason, class) = match judge_policy(endpoint, direction, peer, packet) {
             Admission::FromHost => (AllowReason::FromHost as u8, NO_CLASS),
             Admission::Class(class) => (AllowReason::Policy as u8, class),
             Admission::NoRule => (AllowReason::NotIsolated as u8, NO_CLASS),
@@ -264,10 +299,17 @@ fn judge_new(ctx: &TcContext, direction: u8, parsed: u32) -> Result<bool, DropRe
         owe_main(FLOW_ALLOWED, AllowReason::NotIsolated as u8, NO_CLASS);
     }
 
-    // The local address of what the pod sends passed step 3; of what it receives, checked now,
-    // so its packets on the flow skip step 3 only when they would pass it.
-    let local_own = direction == DIR_EGRESS || own_source(&packet.dst, ifindex);
-    conntrack::create(&flow, direction, endpoint.id, packet.tcp_flags, local_own);
+    // The local address of what the pod sends passed step 3. Of what it receives, it is checked
+    // by the first packet the pod sends on the flow (`conntrack::tracked`, which then sets
+    // `CT_F_LOCAL_OWN`), not here: the same one lookup per flow, off the new flow's path, and
+    // none for a flow that is never answered.
+    conntrack::track(
+        packet,
+        direction,
+        ifindex,
+        endpoint.id,
+        direction == DIR_EGRESS,
+    );
     if packet.first_fragment {
         fragments::remember(packet, direction, ifindex);
     }

@@ -6,7 +6,13 @@
 //! plane against the kernel (compile, write, policy change to map write, map memory). Writes
 //! the raw figures as JSON; `xtask/src/bench/` turns them into BENCHMARKS.md and plots.
 //!
-//! Usage: `dataplane_bench [--quick] --out FILE`
+//! Usage: `dataplane_bench [--quick] [--per-packet-only [--flow-events]] --out FILE`
+//!
+//! `--per-packet-only` runs only the BPF_PROG_TEST_RUN phase, at 1 and 10,000 policies (the
+//! counts issue #15's targets name), prints each path's ratio to its baseline, and writes those
+//! rows alone: a minute or two, for working on the programs. `--quick` with it makes fewer runs
+//! per alternation; `--flow-events` measures it with flow events on at the agent's default
+//! budget (the full run measures it with them off).
 
 mod bpf_stats;
 mod control;
@@ -147,13 +153,30 @@ struct Report {
 
 fn main() -> Result<()> {
     let args: Vec<String> = env::args().skip(1).collect();
-    let (plan, out) = match args.as_slice() {
-        [flag, out] if flag == "--out" => (&FULL, PathBuf::from(out)),
-        [quick, flag, out] if quick == "--quick" && flag == "--out" => (&QUICK, PathBuf::from(out)),
-        _ => bail!("usage: dataplane_bench [--quick] --out FILE"),
+    let usage = "usage: dataplane_bench [--quick] [--per-packet-only [--flow-events]] --out FILE";
+    let (mut quick, mut per_packet_only, mut events, mut out) = (false, false, false, None);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--per-packet-only" => per_packet_only = true,
+            "--flow-events" => events = true,
+            "--out" => out = args.next().map(PathBuf::from),
+            _ => bail!("{usage}"),
+        }
+    }
+    let Some(out) = out else {
+        bail!("{usage}");
     };
+    let plan = if quick { &QUICK } else { &FULL };
     if !nix::unistd::Uid::effective().is_root() {
         bail!("run as root: the benchmark creates network namespaces and loads eBPF programs");
+    }
+    if per_packet_only {
+        return per_packet_only_run(plan, events, &out);
+    }
+    if events {
+        bail!("{usage}");
     }
     let loadavg_start = loadavg();
     let mut phases = BTreeMap::new();
@@ -173,6 +196,7 @@ fn main() -> Result<()> {
             (n, 0),
             plan.repeat,
             plan.singles,
+            false,
         )?);
         bar.inc(1);
     }
@@ -187,6 +211,7 @@ fn main() -> Result<()> {
         (most, CLUSTER_POLICIES),
         plan.repeat,
         plan.singles,
+        false,
     )?;
     bar.inc(1);
     phases.insert("per-packet", start.elapsed().as_secs_f64());
@@ -232,6 +257,44 @@ fn main() -> Result<()> {
         phase_seconds: phases,
     };
     fs::write(&out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("[bench] figures written to {}", out.display());
+    Ok(())
+}
+
+/// The policy counts of `--per-packet-only`: those issue #15's targets name.
+const PER_PACKET_ONLY_COUNTS: [usize; 2] = [1, 10_000];
+
+/// `--per-packet-only`: the BPF_PROG_TEST_RUN phase alone, its ratios printed, its rows
+/// written (`per_packet` only, in the full report's shape).
+fn per_packet_only_run(plan: &Plan, events: bool, out: &std::path::Path) -> Result<()> {
+    let start = Instant::now();
+    let mut rows = Vec::new();
+    for n in PER_PACKET_ONLY_COUNTS {
+        eprintln!("[bench] BPF_PROG_TEST_RUN, {n} policies");
+        rows.extend(per_packet::measure(
+            plan.peers,
+            (n, 0),
+            plan.repeat,
+            plan.singles,
+            events,
+        )?);
+    }
+    eprintln!(
+        "[bench] per-packet phase: {:.1} s, load average {}",
+        start.elapsed().as_secs_f64(),
+        loadavg()
+    );
+    for row in &rows {
+        eprintln!("{}", per_packet::summary(row, &rows));
+    }
+    let report = serde_json::json!({
+        "quick": plan.rounds == QUICK.rounds,
+        "per_packet_only": true,
+        "flow_events": events,
+        "per_packet": rows,
+    });
+    fs::write(out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", out.display()))?;
     eprintln!("[bench] figures written to {}", out.display());
     Ok(())

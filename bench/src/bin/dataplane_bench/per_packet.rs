@@ -11,8 +11,10 @@
 //!   SYN-ACK) the programs saw; TCP reply: an ACK server -> client of it, at the server's
 //!   egress hook; UDP forward and reply: the same for a datagram flow opened by one
 //!   client -> server datagram to netperf's UDP data port;
-//! - new connection, denied: a SYN no rule allows, so every lookup is made and nothing is
-//!   tracked;
+//! - new connection, denied: a SYN from a pod the server's rules name, to a port no rule opens,
+//!   so nothing is tracked; denied, unknown peer: a SYN from an address no rule names to a port
+//!   the rules open (the policy lookups stop at the port in the first, at the peer in the
+//!   second);
 //! - uplink ingress, from outside: the uplink's ingress program on a packet whose source is
 //!   neither a local pod's nor the node's (two hash lookups and the strict-mode flag);
 //! - later fragment, admitted datagram: a non-first fragment after its first was admitted (the
@@ -45,6 +47,8 @@ const ALTERNATIONS: u32 = 5;
 /// The baselines rows are compared with.
 const EMPTY: &str = "empty program";
 const EMPTY_SINGLE: &str = "empty program, single runs";
+/// The row of new allowed flows, single runs (also a name for `PROFILE_ENV`).
+const ALLOWED: &str = "new connection, allowed (single runs)";
 
 /// One path at one policy count.
 #[derive(Serialize)]
@@ -83,12 +87,15 @@ enum Claim {
 }
 
 /// The paths at `policies` NetworkPolicies and `cluster_policies` ClusterNetworkPolicies
-/// (`synth::cluster_policies`).
+/// (`synth::cluster_policies`). `events`: with flow events on, at the agent's default budget
+/// (100 per source per second; nothing reads the ring), as in the netperf runs; off otherwise
+/// (the programs' maps as loaded).
 pub fn measure(
     peers: usize,
     (policies, cluster_policies): (usize, usize),
     repeat: u32,
     singles: u16,
+    events: bool,
 ) -> Result<Vec<PerPacket>> {
     let scale = Scale { peers, extra: 0 };
     let mut cluster = synth::cluster(&scale, &synth::policies(policies))?;
@@ -121,6 +128,9 @@ pub fn measure(
     ]
     .into();
     dataplane.sync(&state, &ifindex)?;
+    if events {
+        dataplane.set_flow_settings(palisade::dataplane::FlowSettings::default())?;
+    }
 
     let run = |name, frame: &[u8], n| dataplane.test_run_repeat(name, frame, LOOPBACK_IFINDEX, n);
     let hits = || -> Result<u64> { Ok(dataplane.counters()?[Stat::CtHit as usize]) };
@@ -191,6 +201,15 @@ pub fn measure(
             frame: tcp(CLIENT, SERVER, 40_001, 9, SYN, 0),
             claim: Claim::Dropped,
         },
+        // Denied by its peer rather than its port: an address no rule names (nor any ipBlock
+        // holds), to a port the server's rules open. The policy lookups stop at the peer here,
+        // at the port in the row above (`palisade_common::precedence::admit`).
+        Path {
+            name: "new connection, denied, unknown peer",
+            program: PROG_TO_POD,
+            frame: tcp(OUTSIDE, SERVER, 40_004, TCP_DATA_PORT, SYN, 0),
+            claim: Claim::Dropped,
+        },
         // The checks #14 added beside the verdict: every packet entering the node from
         // outside (its source is neither a local pod's nor the node's).
         Path {
@@ -203,6 +222,23 @@ pub fn measure(
 
     // For a profiler (see `bench/ANALYSIS.md`): one row's path, run for `PROFILE_SECONDS`.
     if let Ok(name) = std::env::var(PROFILE_ENV) {
+        if name == ALLOWED {
+            // Single runs of new flows, each its own source port, as the row measures them.
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(PROFILE_SECONDS);
+            let (mut runs, mut total_ns) = (0_u64, 0.0);
+            while std::time::Instant::now() < until {
+                for port in 1_024..u16::MAX {
+                    let frame = tcp(CLIENT, SERVER, port, TCP_DATA_PORT, SYN, 0);
+                    total_ns += nanos(run(PROG_TO_POD, &frame, 1)?);
+                    runs += 1;
+                }
+            }
+            eprintln!(
+                "[bench] profiled {name:?} at {policies} policies: {:.1} ns per run over {runs} runs",
+                total_ns / runs as f64
+            );
+            std::process::exit(0);
+        }
         let Some(path) = repeated.iter().find(|p| p.name == name) else {
             let names: Vec<_> = repeated.iter().map(|p| p.name).collect();
             bail!("{PROFILE_ENV}={name:?}: not a repeated row; one of {names:?}");
@@ -300,12 +336,38 @@ pub fn measure(
     ));
     out.push(row(
         policies,
-        "new connection, allowed (single runs)",
+        ALLOWED,
         u32::from(block),
         EMPTY_SINGLE,
         pairs,
     ));
     Ok(out)
+}
+
+/// One line for a terminal: the row's median ns and, against its baseline, the median of the
+/// alternations' ratios and their range (as `xtask`'s report computes them).
+pub fn summary(row: &PerPacket, rows: &[PerPacket]) -> String {
+    let Some(name) = row.baseline else {
+        return format!(
+            "{:>6} policies  {:<40} {:>8.1} ns",
+            row.policies, row.path, row.ns
+        );
+    };
+    let mut ratios: Vec<f64> = row.pairs.iter().map(|[b, p]| p / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    let base = rows
+        .iter()
+        .find(|r| r.policies == row.policies && r.path == name)
+        .map_or(f64::NAN, |r| r.ns);
+    format!(
+        "{:>6} policies  {:<40} {:>8.1} ns  {:>5.2}x ({:.2} .. {:.2}) of {name} ({base:.1} ns)",
+        row.policies,
+        row.path,
+        row.ns,
+        median(&mut ratios.clone()),
+        ratios.first().copied().unwrap_or(f64::NAN),
+        ratios.last().copied().unwrap_or(f64::NAN),
+    )
 }
 
 fn row(
