@@ -9,7 +9,7 @@
 
 use palisade_common::{
     Addr, CFG_AUDIT_ALL, CFG_EVENTS, DIR_EGRESS, EP_AUDIT, EVENT_WINDOW_NS, EndpointInfo,
-    EventLimit, SCRATCH_MAIN, SCRATCH_TRANSLATED, Stat,
+    EventLimit, FlowConfig, SCRATCH_MAIN, SCRATCH_TRANSLATED, Stat,
 };
 
 use crate::{
@@ -83,14 +83,24 @@ pub(crate) fn audited(endpoint: &EndpointInfo) -> bool {
 }
 
 /// Sends every owed event. Not inlined: it runs after the verdict's frame is gone.
+///
+/// With flow events off nothing is owed ([`owe`] writes nothing), so the slots are not even
+/// read. An event owed in the instant before events were switched off stays owed until the
+/// next flush with them on: sent late, never false.
 #[inline(never)]
 pub(crate) fn flush() {
-    send(SCRATCH_TRANSLATED);
-    send(SCRATCH_MAIN);
+    let Some(config) = FLOW_CONFIG.get(0) else {
+        return;
+    };
+    if config.flags & CFG_EVENTS == 0 {
+        return;
+    }
+    send(SCRATCH_TRANSLATED, config);
+    send(SCRATCH_MAIN, config);
 }
 
 #[inline(always)]
-fn send(slot: u32) {
+fn send(slot: u32, config: &FlowConfig) {
     let Some(event) = EVENT_SCRATCH.get_ptr_mut(slot) else {
         return;
     };
@@ -100,12 +110,6 @@ fn send(slot: u32) {
         return;
     }
     event.pending = 0;
-    let Some(config) = FLOW_CONFIG.get(0) else {
-        return;
-    };
-    if config.flags & CFG_EVENTS == 0 {
-        return;
-    }
     let now = crate::clock::now_ns();
     event.time_ns = now;
     // The budget is per sender, so one flooding pod (or host) cannot use up another's: a local
