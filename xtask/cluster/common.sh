@@ -42,3 +42,20 @@ node_exec() {
   KUBECONFIG=$W/admin.kubeconfig PATH=$K:$PATH CONTAINERD_ADDRESS=$N/containerd.sock CONTAINERD_NAMESPACE=k8s.io \
     nsenter -t "$(inner_pid "$i")" -m -n --wd="$PWD" -- "$@"
 }
+# What a failed wait needs to be understood after the cluster is gone (`cluster down` removes
+# $W): every node's conditions and taints, the pods of namespace $1 described (events
+# included), their logs (the previous container's too) and each kubelet's last lines.
+diagnose() {
+  local ns=$1 i p
+  {
+    echo "---- diagnosis (namespace $ns); disk: $(df -h --output=avail,pcent "$W" | tail -1)"
+    node_exec 1 kubectl get nodes -o 'custom-columns=NODE:.metadata.name,CONDITIONS:.status.conditions[?(@.status=="True")].type,TAINTS:.spec.taints[*].key' || true
+    node_exec 1 kubectl -n "$ns" get pods -o wide || true
+    node_exec 1 kubectl -n "$ns" describe pods | tail -60 || true
+    for p in $(node_exec 1 kubectl -n "$ns" get pods -o name 2>/dev/null); do
+      echo "---- logs of $p"; node_exec 1 kubectl -n "$ns" logs "$p" --all-containers --tail=40 || true
+      node_exec 1 kubectl -n "$ns" logs "$p" --all-containers --previous --tail=20 2>/dev/null || true
+    done
+    for i in $(nodes_up); do echo "---- kubelet of $(node_name "$i")"; tail -25 "$W/node-$i/log/kubelet.log" || true; done
+  } >&2
+}

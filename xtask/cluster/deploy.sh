@@ -24,7 +24,8 @@ Y
   # A previous uninstall's namespace may still be terminating.
   node_exec 1 kubectl wait --for=delete namespace/palisade-uninstall --timeout=120s >/dev/null 2>&1 || true
   node_exec 1 kubectl apply -k "$U" >/dev/null
-  node_exec 1 kubectl -n palisade-uninstall rollout status ds/palisade-uninstall --timeout=180s >/dev/null
+  node_exec 1 kubectl -n palisade-uninstall rollout status ds/palisade-uninstall --timeout=180s >/dev/null \
+    || { diagnose palisade-uninstall; exit 1; }
   for i in $(nodes_up); do
     node_running "$i" || continue
     # What the uninstall pod said it removed, and proof nothing is left pinned on the node.
@@ -54,5 +55,6 @@ images: [{name: $IMG, newName: ${REF%:*}, newTag: ${REF##*:}}]
 Y
 echo "$REF" > "$O/image"
 node_exec 1 kubectl apply -k "$O"
-node_exec 1 kubectl -n palisade-system rollout status ds/palisade-agent --timeout=180s
+node_exec 1 kubectl -n palisade-system rollout status ds/palisade-agent --timeout=180s \
+  || { diagnose palisade-system; exit 1; }
 printf 'Palisade (%s) rolled out on every node %.1f s after kubectl apply -k\n' "$REF" "$(echo "$(date +%s.%N) - $t0" | bc)"

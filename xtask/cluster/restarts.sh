@@ -41,7 +41,8 @@ for mode in "$@"; do
     *) echo "unknown mode $mode" >&2; exit 2 ;;
   esac
   sleep 2
-  kc -n palisade-system rollout status ds/palisade-agent --timeout=120s >/dev/null
+  kc -n palisade-system rollout status ds/palisade-agent --timeout=120s >/dev/null \
+    || { diagnose palisade-system; exit 1; }
   ready=$(echo "$(date +%s.%N) - $t0" | bc)
   # A flow that ended in error still printed its result: judged below, not by set -e.
   wait $c || true; wait $x || true

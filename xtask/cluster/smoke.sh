@@ -39,7 +39,8 @@ spec:
   selector: {run: nginx}
   ports: [{name: http, port: 80, protocol: TCP}, {name: flow-tcp, port: 9000, protocol: TCP}, {name: flow-udp, port: 9001, protocol: UDP}]
 Y
-kc -n default wait --for=condition=Ready pod/nginx pod/client pod/trusted-client --timeout=120s >/dev/null
+kc -n default wait --for=condition=Ready pod/nginx pod/client pod/trusted-client --timeout=120s >/dev/null \
+  || { diagnose default; exit 1; }
 CIP=$(kc -n default get svc nginx -o jsonpath='{.spec.clusterIP}')
 # expect STEP CLIENT TRUSTED: '.' connects, 'X' is blocked (through the ClusterIP, TCP/80).
 expect() {

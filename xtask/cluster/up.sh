@@ -122,7 +122,9 @@ healthzBindAddress: 127.0.0.1
 clusterDomain: cluster.local
 resolvConf: $N/resolv.conf
 serializeImagePulls: false
-evictionHard: {"memory.available": "100Mi", "nodefs.available": "2%", "imagefs.available": "2%"}
+# Absolute floors, not percentages: the node shares the host's disk, and 2% of a large, busy
+# disk (a cold build beside it) put the node under DiskPressure, which refuses every pod.
+evictionHard: {"memory.available": "100Mi", "nodefs.available": "512Mi", "imagefs.available": "512Mi"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 Y
