@@ -14,7 +14,7 @@ use palisade::{
         cluster::ObjectKey,
         fixtures::{apply_yaml, dual_stack_apps},
     },
-    policy::{Compiler, NodeView, lookup::admits},
+    policy::{ClusterChange, Compiler, NodeView, Update, lookup::admits},
 };
 use palisade_common::{DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use palisade_integration::require_root;
@@ -135,4 +135,114 @@ fn the_live_maps_agree_with_the_compiled_state_on_every_flow() {
         LiveDecision::NoEndpoint,
         "an interface without an endpoint entry"
     );
+}
+
+/// Three policies for `server`, each its own class; the first is deleted.
+const THREE: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-first, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 80}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-second, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: other}}}], ports: [{port: 443}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: c-third, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 8080}, {port: 9000, endPort: 9100}]}]
+";
+
+/// A deleted policy's class is taken out of the live maps in place: the surviving classes keep
+/// their bits (`policy/compile/slots.rs`), so the endpoint's entries only lose a bit or go,
+/// no rule set is rewritten under the idle id, and the live maps then answer every flow as the
+/// compiled state does.
+#[test]
+fn a_deleted_policy_is_taken_out_of_the_live_maps_in_place() {
+    require_root();
+    let mut dataplane = Dataplane::load().expect("load the programs");
+    let mut cluster = dual_stack_apps(
+        "x",
+        &[
+            ("server", "10.0.0.10", "fd00::10"),
+            ("client", "10.0.0.20", "fd00::20"),
+            ("other", "10.0.0.30", "fd00::30"),
+        ],
+    );
+    apply_yaml(&mut cluster, THREE);
+    let node_addrs = [IpAddr::from([10, 0, 0, 1])];
+    let view = NodeView {
+        name: "node-1",
+        addrs: &node_addrs,
+    };
+    let mut compiler = Compiler::new();
+    let mut state = compiler.compile(&cluster, &view);
+    let server = ObjectKey::new("x", "server");
+    let ifindex = BTreeMap::from([(server.clone(), 1)]);
+    dataplane.sync(&state, &ifindex).expect("sync");
+    let entries = |s: &palisade::policy::NodeState| {
+        let ep = &s.endpoints[&server];
+        ep.peers.len() + ep.ports.len()
+    };
+    let before = entries(&state);
+    let live = |dataplane: &Dataplane, peer: &str, port: u16| {
+        let decision = dataplane
+            .live_decision(1, DIR_INGRESS, peer.parse().expect("addr"), PROTO_TCP, port)
+            .expect("read the live maps");
+        matches!(decision, LiveDecision::Class(_))
+    };
+    assert!(live(&dataplane, "10.0.0.20", 80) && live(&dataplane, "fd00::20", 80));
+
+    let first = ObjectKey::new("x", "a-first");
+    cluster.policies.remove(&first);
+    let update = compiler.apply_change(&mut state, &cluster, &view, &ClusterChange::Policy(first));
+    assert_eq!(update, Update::Incremental);
+    let journal = compiler.take_journal();
+    let report = dataplane
+        .sync_journaled(&state, &ifindex, Some(&journal))
+        .expect("sync");
+    assert_eq!(report.swaps, 0, "{report:?}");
+    assert!(report.failures.is_empty(), "{report:?}");
+    // Only what carried the deleted class's bit: far fewer than the endpoint's entries.
+    assert!(
+        report.writes + report.deletes > 0 && report.writes + report.deletes < before,
+        "{report:?} against {before} entries"
+    );
+    let peers = [
+        "10.0.0.20",
+        "10.0.0.30",
+        "fd00::20",
+        "fd00::30",
+        "203.0.113.9",
+    ];
+    let mut flows = 0;
+    for peer in peers {
+        for port in [80u16, 443, 8080, 9000, 9050, 9101] {
+            let expected = admits(
+                &state,
+                &server,
+                DIR_INGRESS,
+                peer.parse().expect("addr"),
+                PROTO_TCP,
+                port,
+            )
+            .expect("a compiled endpoint");
+            assert_eq!(live(&dataplane, peer, port), expected, "{peer} port {port}");
+            flows += usize::from(expected);
+        }
+    }
+    assert!(flows > 0, "something is still allowed");
+    assert!(
+        !live(&dataplane, "10.0.0.20", 80),
+        "the deleted policy's flow"
+    );
+    assert!(live(&dataplane, "10.0.0.30", 443) && live(&dataplane, "10.0.0.20", 9050));
 }

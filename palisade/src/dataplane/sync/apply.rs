@@ -6,9 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{Ebpf, maps::lpm_trie::Key};
-use palisade_common::{Addr, IdentityValue, MAP_CIDRS, MAP_POD_IDENTITIES};
+use palisade_common::{Addr, IdentityValue, MAP_CIDRS, MAP_ENDPOINTS, MAP_POD_IDENTITIES};
 
-use super::{Endpoint, Rules, SyncReport, Written, maps::Maps, rules_of};
+use super::{
+    Endpoint, Rules, SyncReport, Written,
+    maps::{Maps, map_err},
+    rules_of,
+};
 use crate::{
     dataplane::DataplaneError,
     k8s::cluster::ObjectKey,
@@ -105,8 +109,8 @@ impl Written {
         }
     }
 
-    /// New rules, written where no packet reads them yet, or added in place when they only add
-    /// entries. An endpoint whose rules could not be written is isolated here.
+    /// New rules, written where no packet reads them yet, or changed in place when they only
+    /// add entries or only take bits away (see the module documentation). An endpoint whose rules could not be written is isolated here.
     fn stage(
         &mut self,
         maps: &mut Maps<'_>,
@@ -160,6 +164,25 @@ impl Written {
                         // Some additions are in, untracked: quarantine, then clear them all.
                         self.quarantine(maps, key, report);
                         maps.delete_rules(id, &rules, report);
+                    }
+                    written
+                }
+                Some(ep) if rules.only_removes_from(&ep.rules) => {
+                    let (id, ifindex) = (ep.id(), ep.ifindex);
+                    let info_changed = rules.info(id) != ep.rules.info(id);
+                    let mut written = maps.shrink_rules(id, &rules, &ep.rules, report);
+                    if written.is_ok() && info_changed {
+                        written = maps
+                            .endpoints
+                            .insert(ifindex, rules.info(id), 0)
+                            .map_err(map_err(MAP_ENDPOINTS, "insert"));
+                        report.writes += usize::from(written.is_ok());
+                    }
+                    if written.is_ok() {
+                        ep.rules = rules;
+                    } else {
+                        // Part shrunk: the old entries' keys cover every one left.
+                        self.quarantine(maps, key, report);
                     }
                     written
                 }

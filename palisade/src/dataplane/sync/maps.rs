@@ -121,6 +121,48 @@ impl<'a> Maps<'a> {
         Ok(())
     }
 
+    /// Shrinks `old`'s entries under `id` to `rules` (which only removes from them, see
+    /// [`Rules::only_removes_from`]): changed values overwritten, missing entries deleted.
+    pub(super) fn shrink_rules(
+        &mut self,
+        id: u32,
+        rules: &Rules,
+        old: &Rules,
+        report: &mut SyncReport,
+    ) -> Result<(), DataplaneError> {
+        for (k, v) in &old.peers {
+            match rules.peers.get(k) {
+                Some(new) if new == v => {}
+                Some(new) => {
+                    self.peers
+                        .insert(peer_key(id, *k), new, 0)
+                        .map_err(map_err(MAP_PEERS, "insert"))?;
+                    report.writes += 1;
+                }
+                None => {
+                    let _ = self.peers.remove(&peer_key(id, *k));
+                    report.deletes += 1;
+                }
+            }
+        }
+        for (k, v) in &old.ports {
+            match rules.ports.get(k) {
+                Some(new) if new == v => {}
+                Some(new) => {
+                    self.ports
+                        .insert(&port_key(id, *k), new, 0)
+                        .map_err(map_err(MAP_PORTS, "insert"))?;
+                    report.writes += 1;
+                }
+                None => {
+                    let _ = self.ports.remove(&port_key(id, *k));
+                    report.deletes += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes every entry of `rules` under `id` (best effort: a missing entry is fine).
     pub(super) fn delete_rules(&mut self, id: u32, rules: &Rules, report: &mut SyncReport) {
         for k in rules.peers.keys() {

@@ -17,6 +17,19 @@
 //! are unions; a port lookup that misses a new, longer prefix finds a shorter one whose classes
 //! cover every port under it), so no packet is judged by rules looser than the new ones.
 //!
+//! The other exception is its mirror: when a change only *takes class bits away* at an
+//! endpoint no ClusterNetworkPolicy applies to - same flags, no new entry, no entry or "any"
+//! mask gaining a bit, as when a policy is deleted and the surviving classes keep their bits
+//! (`policy/compile/slots.rs`) - the entries are shrunk and deleted in place, and the
+//! [`EndpointInfo`] rewritten under the same id if its masks lost bits. Without tiers a
+//! verdict only asks whether `peer mask & port mask` holds a NetworkPolicy class, which is
+//! monotone in every entry, and a port lookup that misses a deleted longer prefix finds a
+//! shorter one carrying no class the longer one lacked; so any mix of old and new entries
+//! grants a subset of what the old state grants and a superset of the new one's, as if the
+//! change came a little later. A tier's first matching rule is not monotone (a Deny bit gone
+//! before the Accept bit beside it would admit what neither state admits), hence the
+//! condition.
+//!
 //! The address-to-identity and CIDR maps are shared by every endpoint. New entries are written
 //! after the endpoints' new rules and before they are switched on; stale ones are deleted last.
 //! A pod that changes identity does so in one value write.
@@ -83,6 +96,28 @@ impl Rules {
             && self.tiers == old.tiers
             && old.peers.iter().all(|(k, v)| self.peers.get(k) == Some(v))
             && old.ports.iter().all(|(k, v)| self.ports.get(k) == Some(v))
+    }
+
+    /// Whether `self` only takes class bits away from `old`, at an endpoint no
+    /// ClusterNetworkPolicy applies to: the same flags, no entry and no bit that `old` lacks.
+    fn only_removes_from(&self, old: &Self) -> bool {
+        let within = |new: &ClassMask, old: &ClassMask| new & !old == 0;
+        let untiered = TierMasks::default();
+        self.flags == old.flags
+            && self.tiers == untiered
+            && old.tiers == untiered
+            && self
+                .any_peer
+                .iter()
+                .zip(&old.any_peer)
+                .all(|(n, o)| within(n, o))
+            && self
+                .any_port
+                .iter()
+                .zip(&old.any_port)
+                .all(|(n, o)| within(n, o))
+            && (self.peers.iter()).all(|(k, v)| old.peers.get(k).is_some_and(|o| within(v, o)))
+            && (self.ports.iter()).all(|(k, v)| old.ports.get(k).is_some_and(|o| within(v, o)))
     }
 }
 

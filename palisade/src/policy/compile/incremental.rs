@@ -13,7 +13,7 @@ use palisade_common::{IDENTITY_CIDR_FLAG, IDENTITY_HOST};
 use super::{
     Block, Compiler, EndpointMemo, IdentityKey, Journal, Live, NodeState, NodeView, PeerPod,
     Prefix, V4_ROOT, as_peer, block_prefixes, endpoint::Context, host_blocks, selecting_policies,
-    selects_pod,
+    selects_pod, slots::ClassSlots,
 };
 use crate::{
     k8s::cluster::{Cluster, ObjectKey, namespace_audited, pod_addrs, pod_labels, pod_node},
@@ -226,6 +226,7 @@ impl Compiler {
         if state.endpoints.remove(key).is_some() {
             self.journal.endpoint(key);
         }
+        self.slots.forget(key);
         last.selecting.remove(key);
         let old = self.peers.remove(key);
         for a in old.iter().flat_map(|o| &o.addrs) {
@@ -247,7 +248,7 @@ impl Compiler {
                 self.live.insert(id, ident.clone());
                 let journal = &mut self.journal;
                 update_endpoints(
-                    &self.live,
+                    (&self.live, &mut self.slots),
                     &last,
                     cluster,
                     state,
@@ -265,7 +266,7 @@ impl Compiler {
                 if let Some(ident) = self.live.remove(old.id) {
                     self.identities.remove(&ident);
                     let journal = &mut self.journal;
-                    let (live, id) = (&self.live, old.id);
+                    let (live, id) = ((&self.live, &mut self.slots), old.id);
                     update_endpoints(live, &last, cluster, state, journal, (id, &ident), false)?;
                 }
             }
@@ -273,7 +274,8 @@ impl Compiler {
         // The new version's own endpoint.
         if let Some(pod) = local {
             let chosen = selecting_policies(&last.policies, key, pod);
-            endpoint_afresh(&self.live, &last, cluster, state, key, pod, &chosen)?;
+            let live = (&self.live, &mut self.slots);
+            endpoint_afresh(live, &last, cluster, state, key, pod, &chosen)?;
             self.journal.endpoint(key);
             last.selecting.insert(key.clone(), chosen);
         }
@@ -284,7 +286,7 @@ impl Compiler {
 
 /// Identity `id` joined (`joined`) or left: its peer entries at every local endpoint.
 fn update_endpoints(
-    live: &Live,
+    (live, slots): (&Live, &mut ClassSlots),
     last: &Snapshot,
     cluster: &Cluster,
     state: &mut NodeState,
@@ -322,7 +324,7 @@ fn update_endpoints(
             .get(&key)
             .ok_or("a local endpoint's pod is gone")?;
         let chosen = last.selecting.get(&key).cloned().unwrap_or_default();
-        endpoint_afresh(live, last, cluster, state, &key, pod, &chosen)?;
+        endpoint_afresh((live, slots), last, cluster, state, &key, pod, &chosen)?;
         journal.endpoint(&key);
     }
     Ok(())
@@ -330,7 +332,7 @@ fn update_endpoints(
 
 /// Computes one local endpoint whole, as a full compile does.
 fn endpoint_afresh(
-    live: &Live,
+    (live, slots): (&Live, &mut ClassSlots),
     last: &Snapshot,
     cluster: &Cluster,
     state: &mut NodeState,
@@ -344,10 +346,11 @@ fn endpoint_afresh(
         cidrs: &state.cidrs,
         addrs: &state.identities,
     };
-    let endpoint = ctx.endpoint(key, pod, pod_addrs(pod), &last.policies_of(chosen), &[]);
+    let mut endpoint = ctx.endpoint(key, pod, pod_addrs(pod), &last.policies_of(chosen), &[]);
     if endpoint.degraded.iter().any(|e| !e.is_empty()) {
         return Err("an endpoint would have more classes than class bits");
     }
+    slots.place(key, &mut endpoint);
     state.endpoints.insert(key.clone(), endpoint);
     Ok(())
 }
@@ -355,9 +358,8 @@ fn endpoint_afresh(
 impl Compiler {
     /// Policy `key` was added, changed or deleted (`cluster` holds its new version, or lacks
     /// it). In place:
-    /// - the endpoints it selected before or selects now are computed afresh (their classes
-    ///   are numbered in the order their policies are read, so one policy more or less can
-    ///   renumber all of them);
+    /// - the endpoints it selected before or selects now are computed afresh, their
+    ///   NetworkPolicy classes placed in the bits they held (`slots.rs`);
     /// - a prefix no policy names any more leaves the CIDR trie and every endpoint's peers; a
     ///   new one gets the next class id (in prefix order, as a full compile allocates them) and,
     ///   at every other endpoint, the classes of the longest prefix that was there and holds
@@ -506,7 +508,7 @@ impl Compiler {
                 cidrs: &state.cidrs,
                 addrs: &state.identities,
             };
-            let endpoint = memo.endpoint(
+            let mut endpoint = memo.endpoint(
                 &ctx,
                 &ep_key,
                 pod,
@@ -516,6 +518,7 @@ impl Compiler {
             if endpoint.degraded.iter().any(|e| !e.is_empty()) {
                 return Err("an endpoint would have more classes than class bits");
             }
+            self.slots.place(&ep_key, &mut endpoint);
             if state.endpoints.get(&ep_key) != Some(&endpoint) {
                 self.journal.endpoint(&ep_key);
                 state.endpoints.insert(ep_key.clone(), endpoint);
@@ -593,7 +596,8 @@ impl Compiler {
                 .get(&key)
                 .ok_or("a local endpoint's pod is gone")?;
             let chosen = last.selecting.get(&key).cloned().unwrap_or_default();
-            endpoint_afresh(&self.live, &last, cluster, state, &key, pod, &chosen)?;
+            let live = (&self.live, &mut self.slots);
+            endpoint_afresh(live, &last, cluster, state, &key, pod, &chosen)?;
             self.journal.endpoint(&key);
         }
         self.last = Some(last);

@@ -18,7 +18,8 @@
 //!   select the new or departed identity).
 //! - Policy and namespace changes are applied in place too ([`Compiler::apply_change`], see
 //!   `incremental.rs`): a policy recomputes only the local endpoints it selects before or
-//!   after (class bits are numbered in policy order, so those are computed whole), and a new
+//!   after (computed whole, then their NetworkPolicy classes placed in the bits they held:
+//!   `slots.rs`, so a class that survives keeps its bit and its entries), and a new
 //!   or departed ipBlock prefix adds or removes one CIDR entry per endpoint; a namespace
 //!   relabel re-evaluates its own identities at each endpoint. Local pods of one kind (same
 //!   namespace, labels, ports and policies: replicas) are computed once and copied.
@@ -28,6 +29,7 @@
 
 mod endpoint;
 mod incremental;
+mod slots;
 mod tiers;
 
 use std::{
@@ -43,7 +45,7 @@ use palisade_common::{
 };
 
 pub use self::incremental::{ClusterChange, Update};
-use self::{endpoint::Context, incremental::Snapshot};
+use self::{endpoint::Context, incremental::Snapshot, slots::ClassSlots};
 use super::{
     model::{Peer, Policy, PolicyError, Port, Rule},
     ports::{PortPrefix, PortSet},
@@ -321,6 +323,8 @@ pub struct Compiler {
     journal: Journal,
     /// Pairs of ClusterNetworkPolicies of one tier and priority already warned about.
     warned_ranks: BTreeSet<(String, String)>,
+    /// Which bit each endpoint's NetworkPolicy classes hold (see `slots.rs`).
+    slots: ClassSlots,
 }
 
 /// Which entries of the state may have changed since the last [`Compiler::take_journal`]: a
@@ -443,6 +447,13 @@ impl Compiler {
         self.next_cidr = self.next_cidr.max(cidr & !IDENTITY_CIDR_FLAG);
     }
 
+    /// Forgets which bits endpoints' classes held: the next compile numbers them densely, in
+    /// the order their policies are read, as a fresh process would.
+    #[cfg(test)]
+    pub(crate) fn forget_class_slots(&mut self) {
+        self.slots = ClassSlots::default();
+    }
+
     /// What changed since the last call (see [`Journal`]); a compiler that has made no state
     /// yet says everything did.
     pub fn take_journal(&mut self) -> Journal {
@@ -551,7 +562,8 @@ impl Compiler {
             let chosen = selecting_policies(&policies, key, pod);
             let chosen_refs: Vec<&Policy> = chosen.iter().map(|k| &policies[k]).collect();
             let tiered = tiers::selecting(&tiers, cluster, key, pod);
-            let endpoint = memo.endpoint(&ctx, key, pod, (&chosen, &chosen_refs), &tiered);
+            let mut endpoint = memo.endpoint(&ctx, key, pod, (&chosen, &chosen_refs), &tiered);
+            self.slots.place(key, &mut endpoint);
             if endpoint.degraded.iter().any(|e| !e.is_empty()) {
                 overflowed.insert(key.clone());
             }
@@ -561,6 +573,7 @@ impl Compiler {
             state.endpoints.insert(key.clone(), endpoint);
             selecting.insert(key.clone(), chosen);
         }
+        self.slots.retain(|k| state.endpoints.contains_key(k));
         self.live = live;
         self.last = Some(Snapshot {
             node: node.name.to_owned(),

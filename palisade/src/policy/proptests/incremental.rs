@@ -219,8 +219,63 @@ fn check_changes(s: &Scenario, ops: &[Op], batch: usize) -> Result<Counts, TestC
             "batch {first} ({group:?}: {changes:?}): the state updated in place differs from a \
              full compile\nin place: {state:#?}\nfull: {full:#?}"
         );
+        // Classes keep their bits across changes (`compile/slots.rs`); what the bits grant is
+        // what a compile numbering them afresh grants.
+        let mut fresh = compiler.clone();
+        fresh.forget_class_slots();
+        let dense = fresh.compile(&cluster, &view);
+        prop_assert_eq!(
+            grants(&state),
+            grants(&dense),
+            "batch {}: {:?}",
+            first,
+            changes
+        );
     }
     Ok(counts)
+}
+
+/// What each endpoint grants, whatever bit each class holds: its flags, and per direction
+/// every class with the peers, port entries and "any" masks that carry its bit, sorted; and
+/// any bit set where no class is (an empty slot's bit must be in no entry).
+fn grants(state: &NodeState) -> BTreeMap<ObjectKey, (u32, [Vec<String>; 2])> {
+    let of = |ep: &crate::policy::compile::EndpointState, d: usize| {
+        let dir = u8::try_from(d).expect("a direction");
+        let beyond =
+            u32::try_from(ep.classes[d].len()).map_or(0, |n| (!0u64).checked_shl(n).unwrap_or(0));
+        let empty: u64 = (ep.classes[d].iter().enumerate())
+            .filter(|(_, c)| c.rules.is_empty())
+            .fold(beyond, |m, (i, _)| m | 1 << i);
+        let peers = ep.peers.iter().filter(|((pd, _), _)| *pd == dir);
+        let ports = ep.ports.iter().filter(|((pd, _, _), _)| *pd == dir);
+        let mut classes: Vec<String> = (ep.classes[d].iter().enumerate())
+            .filter(|(_, c)| !c.rules.is_empty())
+            .map(|(i, class)| {
+                let bit = 1u64 << i;
+                let p: Vec<u32> = (peers.clone())
+                    .filter(|(_, m)| *m & bit != 0)
+                    .map(|((_, id), _)| *id)
+                    .collect();
+                let n: Vec<String> = (ports.clone())
+                    .filter(|(_, m)| *m & bit != 0)
+                    .map(|(k, _)| format!("{k:?}"))
+                    .collect();
+                let any = (ep.any_peer[d] & bit != 0, ep.any_port[d] & bit != 0);
+                format!("{class:?} peers {p:?} ports {n:?} any {any:?}")
+            })
+            .collect();
+        classes.sort();
+        let stray = (peers.map(|(_, m)| *m).chain(ports.map(|(_, m)| *m)))
+            .chain([ep.any_peer[d], ep.any_port[d]])
+            .fold(0, |a, m| a | (m & empty));
+        if stray != 0 {
+            classes.push(format!("bits {stray:#x} set where no class is"));
+        }
+        classes
+    };
+    (state.endpoints.iter())
+        .map(|(k, ep)| (k.clone(), (ep.flags, [of(ep, 0), of(ep, 1)])))
+        .collect()
 }
 
 /// What differs between two states and the journal does not name (with `all`, nothing).

@@ -1,0 +1,317 @@
+//! NetworkPolicy class bits that survive a recompute.
+//!
+//! An endpoint's classes are computed densely, numbered in the order its policies are read
+//! (`endpoint.rs`), so one policy more or less at the front renumbers every class after it:
+//! every peer and port entry of the endpoint changes value, and the dataplane rewrites the
+//! endpoint whole under its idle id (`dataplane/sync`). At a node whose 50 replicas are all
+//! selected by the policy deleted, that was 102,500 writes for one delete.
+//!
+//! So the compiler remembers, per endpoint and direction, which NetworkPolicy class (named by
+//! its port set, which is what makes two NetworkPolicy classes of one endpoint distinct) held
+//! which *slot* of the bits between the Admin tier's and the Baseline tier's, and places a
+//! recomputed endpoint's classes there: a class that survives keeps its bit, a new one takes a
+//! slot no class held before (so no bit changes meaning within one update, when there is
+//! room), and the slot of a class that left stays empty until it is needed. The tiers' bits
+//! keep their order (the Admin tier's lowest, the Baseline tier's after the last slot in use),
+//! which is all the programs read ([`palisade_common::decide`] finds a tier's first rule as the
+//! lowest bit of that tier's mask; a NetworkPolicy class is any bit outside both).
+//!
+//! A full compile places its endpoints the same way, from the same memory, so it reproduces
+//! exactly what the changes applied in place left (the property tests and the agent's periodic
+//! check compare the two). What a fresh process compiles first is dense: an agent restarted
+//! after deletes rewrites those endpoints once, atomically, with their classes renumbered.
+
+use std::collections::{BTreeMap, HashMap};
+
+use palisade_common::{ClassMask, MAX_CLASSES};
+
+use super::{Class, ClassKind, EndpointState};
+use crate::{
+    k8s::{cluster::ObjectKey, cnp::Tier},
+    policy::ports::PortSet,
+};
+
+/// Per endpoint and direction, the port set of the NetworkPolicy class in each slot, as last
+/// placed (`None`: an empty slot).
+#[derive(Clone, Debug, Default)]
+pub(super) struct ClassSlots(HashMap<ObjectKey, [Vec<Option<PortSet>>; 2]>);
+
+impl ClassSlots {
+    /// Renumbers the NetworkPolicy classes of `ep`, freshly computed (dense), into the slots
+    /// they held at `key`, and remembers the result.
+    pub fn place(&mut self, key: &ObjectKey, ep: &mut EndpointState) {
+        let prev = self.0.remove(key).unwrap_or_default();
+        let next = [place(ep, 0, &prev[0]), place(ep, 1, &prev[1])];
+        if next.iter().any(|slots| !slots.is_empty()) {
+            self.0.insert(key.clone(), next);
+        }
+    }
+
+    /// The endpoint at `key` is gone.
+    pub fn forget(&mut self, key: &ObjectKey) {
+        self.0.remove(key);
+    }
+
+    /// Keeps only the endpoints `keep` names.
+    pub fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
+        self.0.retain(|k, _| keep(k));
+    }
+}
+
+/// An empty slot: no rule, no entry carries its bit.
+fn hole() -> Class {
+    Class {
+        ports: PortSet::Ranges(Vec::new()),
+        rules: Vec::new(),
+        kind: ClassKind::Policy,
+    }
+}
+
+/// Places direction `d` of `ep` (dense: Admin tier, NetworkPolicy, Baseline tier classes, in
+/// that order) by `prev`; returns its slots.
+fn place(ep: &mut EndpointState, d: usize, prev: &[Option<PortSet>]) -> Vec<Option<PortSet>> {
+    let classes = &ep.classes[d];
+    let admin = classes
+        .iter()
+        .take_while(|c| matches!(c.kind, ClassKind::Tier(t, _) if t != Tier::Baseline))
+        .count();
+    let policy = classes[admin..]
+        .iter()
+        .take_while(|c| c.kind == ClassKind::Policy)
+        .count();
+    let baseline = classes.len() - admin - policy;
+    let room = MAX_CLASSES.saturating_sub(admin + baseline).max(policy);
+
+    let held: BTreeMap<&PortSet, usize> = prev
+        .iter()
+        .enumerate()
+        .filter_map(|(s, p)| Some((p.as_ref()?, s)))
+        .collect();
+    let mut taken = vec![false; room];
+    let mut slot_of: Vec<Option<usize>> = classes[admin..admin + policy]
+        .iter()
+        .map(|class| {
+            let s = *held.get(&class.ports)?;
+            (s < room && !taken[s]).then(|| {
+                taken[s] = true;
+                s
+            })
+        })
+        .collect();
+    for slot in slot_of.iter_mut().filter(|s| s.is_none()) {
+        // A slot nobody held if there is one (its bit then means one thing throughout the
+        // update), else any free one: there are at least `policy` slots.
+        let s = (0..room)
+            .find(|&s| !taken[s] && prev.get(s).is_none_or(Option::is_none))
+            .or_else(|| (0..room).find(|&s| !taken[s]))
+            .expect("at least as many slots as NetworkPolicy classes");
+        taken[s] = true;
+        *slot = Some(s);
+    }
+    let slot_of: Vec<usize> = slot_of.into_iter().flatten().collect();
+    let span = slot_of.iter().max().map_or(0, |s| s + 1);
+    let mut slots = vec![None; span];
+    for (j, s) in slot_of.iter().enumerate() {
+        slots[*s] = Some(classes[admin + j].ports.clone());
+    }
+    if slot_of.iter().enumerate().all(|(j, s)| j == *s) {
+        return slots; // already in place (and so the Baseline tier's bits too)
+    }
+
+    // Old bit -> new bit.
+    let mut to = [0u8; MAX_CLASSES];
+    for (i, t) in to.iter_mut().enumerate().take(classes.len()) {
+        *t = if i < admin {
+            i
+        } else if i < admin + policy {
+            admin + slot_of[i - admin]
+        } else {
+            admin + span + (i - admin - policy)
+        } as u8;
+    }
+    let remap = |mask: ClassMask| {
+        let mut out: ClassMask = 0;
+        let mut rest = mask;
+        while rest != 0 {
+            out |= 1 << to[rest.trailing_zeros() as usize];
+            rest &= rest - 1;
+        }
+        out
+    };
+    let dir = d as u8;
+    for ((direction, _), mask) in &mut ep.peers {
+        if *direction == dir {
+            *mask = remap(*mask);
+        }
+    }
+    for ((direction, _, _), mask) in &mut ep.ports {
+        if *direction == dir {
+            *mask = remap(*mask);
+        }
+    }
+    ep.any_peer[d] = remap(ep.any_peer[d]);
+    ep.any_port[d] = remap(ep.any_port[d]);
+    let t = &mut ep.tiers;
+    for mask in [
+        &mut t.admin[d],
+        &mut t.baseline[d],
+        &mut t.deny[d],
+        &mut t.pass[d],
+    ] {
+        *mask = remap(*mask);
+    }
+    let mut dense = std::mem::take(&mut ep.classes[d]).into_iter();
+    let mut placed: Vec<Class> = dense.by_ref().take(admin).collect();
+    placed.resize_with(admin + span, hole);
+    for s in &slot_of {
+        placed[admin + s] = dense.next().expect("one class per slot");
+    }
+    placed.extend(dense);
+    ep.classes[d] = placed;
+    slots
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use palisade_common::{DIR_INGRESS, PROTO_TCP};
+
+    use crate::{
+        k8s::{
+            cluster::ObjectKey,
+            fixtures::{apply_yaml, dual_stack_apps},
+        },
+        policy::{ClusterChange, Compiler, NodeView, compile::Update, lookup::admits},
+    };
+
+    /// Three policies for `x/server`, each its own class (distinct peers and ports), read in
+    /// name order.
+    const POLICIES: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-first, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 80}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-second, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: other}}}], ports: [{port: 443}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: c-third, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 8080}]}]
+";
+
+    const LATE: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: d-late, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+    - from: [{podSelector: {matchExpressions: [{key: app, operator: In, values: [other]}]}}]
+      ports: [{port: 9000}]
+";
+
+    #[test]
+    fn a_deleted_policy_leaves_the_other_classes_their_bits_and_entries() {
+        let mut cluster = dual_stack_apps(
+            "x",
+            &[
+                ("server", "10.0.0.10", "fd00::10"),
+                ("client", "10.0.0.20", "fd00::20"),
+                ("other", "10.0.0.30", "fd00::30"),
+            ],
+        );
+        apply_yaml(&mut cluster, POLICIES);
+        let addrs: [IpAddr; 1] = ["10.0.0.1".parse().expect("addr")];
+        let view = NodeView {
+            name: "node-1",
+            addrs: &addrs,
+        };
+        let mut compiler = Compiler::new();
+        let mut state = compiler.compile(&cluster, &view);
+        let server = ObjectKey::new("x", "server");
+        let before = state.endpoints[&server].clone();
+        let d = usize::from(DIR_INGRESS);
+        assert_eq!(before.classes[d].len(), 3, "{:?}", before.classes[d]);
+
+        let first = ObjectKey::new("x", "a-first");
+        cluster.policies.remove(&first);
+        let change = ClusterChange::Policy(first);
+        let update = compiler.apply_change(&mut state, &cluster, &view, &change);
+        assert_eq!(update, Update::Incremental);
+        let after = state.endpoints[&server].clone();
+        // Bit 0 is empty now; the other two classes kept bits 1 and 2, so every entry either
+        // stayed as it was or lost bit 0, and none is new: the dataplane shrinks in place.
+        assert!(after.classes[d][0].rules.is_empty());
+        assert_eq!(after.classes[d][1..], before.classes[d][1..]);
+        for (k, v) in &before.peers {
+            assert_eq!(
+                after.peers.get(k).copied().unwrap_or(0),
+                v & !1,
+                "peer {k:?}"
+            );
+        }
+        for (k, v) in &before.ports {
+            assert_eq!(
+                after.ports.get(k).copied().unwrap_or(0),
+                v & !1,
+                "port {k:?}"
+            );
+        }
+        assert!(after.peers.keys().all(|k| before.peers.contains_key(k)));
+        assert!(after.ports.keys().all(|k| before.ports.contains_key(k)));
+        // What the bits grant: client on 80 no more, client on 8080 and other on 443 still.
+        let ask = |s: &crate::policy::NodeState, from: &str, port| {
+            admits(
+                s,
+                &server,
+                DIR_INGRESS,
+                from.parse().expect("addr"),
+                PROTO_TCP,
+                port,
+            )
+            .expect("endpoint")
+        };
+        assert!(ask(&state, "10.0.0.20", 8080) && ask(&state, "fd00::30", 443));
+        assert!(!ask(&state, "10.0.0.20", 80) && !ask(&state, "10.0.0.30", 80));
+        // A full compile by the same compiler places them the same way.
+        assert_eq!(compiler.clone().compile(&cluster, &view), state);
+
+        // A later class takes the empty slot: its bit has no entry left, so that is only adds.
+        apply_yaml(&mut cluster, LATE);
+        let late = ClusterChange::Policy(ObjectKey::new("x", "d-late"));
+        assert_eq!(
+            compiler.apply_change(&mut state, &cluster, &view, &late),
+            Update::Incremental
+        );
+        let classes = &state.endpoints[&server].classes[d];
+        assert_eq!(classes.len(), 3);
+        assert_eq!(classes[0].rules[0].policy.name, "d-late");
+        assert_eq!(classes[1..], after.classes[d][1..]);
+        assert!(ask(&state, "10.0.0.30", 9000) && !ask(&state, "10.0.0.20", 9000));
+        // A fresh compiler, which has no slots to keep, numbers in policy order, granting the
+        // same.
+        let fresh = Compiler::new().compile(&cluster, &view);
+        assert_eq!(
+            fresh.endpoints[&server].classes[d][0].rules[0].policy.name,
+            "b-second"
+        );
+        for (from, port) in [("10.0.0.20", 8080), ("10.0.0.30", 443), ("10.0.0.30", 9000)] {
+            assert!(
+                ask(&fresh, from, port) && ask(&state, from, port),
+                "{from}:{port}"
+            );
+        }
+        assert!(!ask(&fresh, "10.0.0.20", 80));
+    }
+}
