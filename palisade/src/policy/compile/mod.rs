@@ -112,7 +112,7 @@ pub const V4_ROOT: Prefix = Prefix {
 };
 
 /// Which rule a class bit stands for (for explanations and flow attribution).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleRef {
     pub policy: ObjectKey,
     pub direction: u8,

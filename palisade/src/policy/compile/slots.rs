@@ -6,11 +6,12 @@
 //! endpoint whole under its idle id (`dataplane/sync`). At a node whose 50 replicas are all
 //! selected by the policy deleted, that was 102,500 writes for one delete.
 //!
-//! So the compiler remembers, per endpoint and direction, which NetworkPolicy class (named by
-//! its port set, which is what makes two NetworkPolicy classes of one endpoint distinct) held
-//! which *slot* of the bits between the Admin tier's and the Baseline tier's, and places a
-//! recomputed endpoint's classes there: a class that survives keeps its bit, a new one takes a
-//! slot no class held before (so no bit changes meaning within one update, when there is
+//! So the compiler remembers, per endpoint and direction, which NetworkPolicy class held which
+//! *slot* of the bits between the Admin tier's and the Baseline tier's, by the rules it
+//! listed, and places a recomputed endpoint's classes there: a class takes the free slot whose
+//! last class listed most of its rules (a class that gained or lost a policy's rules is still
+//! the same class: its ports grow or shrink, its bit stays), a class with no rule held before
+//! takes a slot no class held (so no bit changes meaning within one update, when there is
 //! room), and the slot of a class that left stays empty until it is needed. The tiers' bits
 //! keep their order (the Admin tier's lowest, the Baseline tier's after the last slot in use),
 //! which is all the programs read ([`palisade_common::decide`] finds a tier's first rule as the
@@ -21,20 +22,26 @@
 //! check compare the two). What a fresh process compiles first is dense: an agent restarted
 //! after deletes rewrites those endpoints once, atomically, with their classes renumbered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use palisade_common::{ClassMask, MAX_CLASSES};
 
-use super::{Class, ClassKind, EndpointState};
+use super::{Class, ClassKind, EndpointState, RuleRef};
 use crate::{
     k8s::{cluster::ObjectKey, cnp::Tier},
     policy::ports::PortSet,
 };
 
-/// Per endpoint and direction, the port set of the NetworkPolicy class in each slot, as last
-/// placed (`None`: an empty slot).
+/// Per endpoint and direction, the NetworkPolicy class in each slot (its rules and ports), as
+/// last placed (no rules: an empty slot).
 #[derive(Clone, Debug, Default)]
-pub(super) struct ClassSlots(HashMap<ObjectKey, [Vec<Option<PortSet>>; 2]>);
+pub(super) struct ClassSlots(HashMap<ObjectKey, [Vec<Slot>; 2]>);
+
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    rules: Vec<RuleRef>,
+    ports: Option<PortSet>,
+}
 
 impl ClassSlots {
     /// Renumbers the NetworkPolicy classes of `ep`, freshly computed (dense), into the slots
@@ -69,7 +76,7 @@ fn hole() -> Class {
 
 /// Places direction `d` of `ep` (dense: Admin tier, NetworkPolicy, Baseline tier classes, in
 /// that order) by `prev`; returns its slots.
-fn place(ep: &mut EndpointState, d: usize, prev: &[Option<PortSet>]) -> Vec<Option<PortSet>> {
+fn place(ep: &mut EndpointState, d: usize, prev: &[Slot]) -> Vec<Slot> {
     let classes = &ep.classes[d];
     let admin = classes
         .iter()
@@ -82,27 +89,43 @@ fn place(ep: &mut EndpointState, d: usize, prev: &[Option<PortSet>]) -> Vec<Opti
     let baseline = classes.len() - admin - policy;
     let room = MAX_CLASSES.saturating_sub(admin + baseline).max(policy);
 
-    let held: BTreeMap<&PortSet, usize> = prev
-        .iter()
-        .enumerate()
-        .filter_map(|(s, p)| Some((p.as_ref()?, s)))
-        .collect();
+    // Rule -> the slots that listed it (an egress rule with named ports can be in several
+    // classes, one per port set its peers resolve to).
+    let mut held: HashMap<&RuleRef, Vec<usize>> = HashMap::new();
+    for (s, slot) in prev.iter().enumerate().take(room) {
+        for r in &slot.rules {
+            held.entry(r).or_default().push(s);
+        }
+    }
     let mut taken = vec![false; room];
-    let mut slot_of: Vec<Option<usize>> = classes[admin..admin + policy]
-        .iter()
-        .map(|class| {
-            let s = *held.get(&class.ports)?;
-            (s < room && !taken[s]).then(|| {
-                taken[s] = true;
-                s
-            })
-        })
-        .collect();
+    let mut slot_of: Vec<Option<usize>> = Vec::with_capacity(policy);
+    for class in &classes[admin..admin + policy] {
+        // The free slot whose last class listed most of this one's rules, then had its ports,
+        // then the lowest. A class placed before is placed there again (its own slot lists
+        // all its rules and has its ports, which no other NetworkPolicy class of the endpoint
+        // has), so a full compile reproduces what changes applied in place left.
+        let mut votes: Vec<(usize, usize)> = Vec::new();
+        for s in class.rules.iter().filter_map(|r| held.get(r)).flatten() {
+            match votes.iter_mut().find(|(slot, _)| slot == s) {
+                Some((_, n)) => *n += 1,
+                None => votes.push((*s, 1)),
+            }
+        }
+        let score = |(s, n): (usize, usize)| (n, prev[s].ports.as_ref() == Some(&class.ports));
+        let best = (votes.into_iter())
+            .filter(|(s, _)| !taken[*s])
+            .max_by(|a, b| score(*a).cmp(&score(*b)).then(b.0.cmp(&a.0)))
+            .map(|(s, _)| s);
+        if let Some(s) = best {
+            taken[s] = true;
+        }
+        slot_of.push(best);
+    }
     for slot in slot_of.iter_mut().filter(|s| s.is_none()) {
         // A slot nobody held if there is one (its bit then means one thing throughout the
         // update), else any free one: there are at least `policy` slots.
         let s = (0..room)
-            .find(|&s| !taken[s] && prev.get(s).is_none_or(Option::is_none))
+            .find(|&s| !taken[s] && prev.get(s).is_none_or(|p| p.rules.is_empty()))
             .or_else(|| (0..room).find(|&s| !taken[s]))
             .expect("at least as many slots as NetworkPolicy classes");
         taken[s] = true;
@@ -110,9 +133,13 @@ fn place(ep: &mut EndpointState, d: usize, prev: &[Option<PortSet>]) -> Vec<Opti
     }
     let slot_of: Vec<usize> = slot_of.into_iter().flatten().collect();
     let span = slot_of.iter().max().map_or(0, |s| s + 1);
-    let mut slots = vec![None; span];
+    let mut slots = vec![Slot::default(); span];
     for (j, s) in slot_of.iter().enumerate() {
-        slots[*s] = Some(classes[admin + j].ports.clone());
+        let class = &classes[admin + j];
+        slots[*s] = Slot {
+            rules: class.rules.clone(),
+            ports: Some(class.ports.clone()),
+        };
     }
     if slot_of.iter().enumerate().all(|(j, s)| j == *s) {
         return slots; // already in place (and so the Baseline tier's bits too)
