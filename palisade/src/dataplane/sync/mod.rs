@@ -15,7 +15,14 @@
 //! joins a selected label set with new named ports - the entries are added in place. Any mix of
 //! old entries and some new ones then grants a subset of what the new state grants (peer masks
 //! are unions; a port lookup that misses a new, longer prefix finds a shorter one whose classes
-//! cover every port under it), so no packet is judged by rules looser than the new ones.
+//! cover every port under it), so no packet is judged by rules looser than the new ones. That
+//! holds for NetworkPolicy classes, where more bits only ever admit more. A tier's verdict is
+//! its first matching rule, which is not monotone: with an Admin `Deny` bit new in one entry a
+//! packet reads and an `Accept` bit new in another, a packet seeing only the second would be
+//! accepted where the old and the new rules both deny. So at an endpoint a
+//! ClusterNetworkPolicy applies to, adds go in place only when at most one entry is new per
+//! direction (what a new peer identity adds): every entry a packet reads is of one direction,
+//! so it then sees exactly the old rules or the new ones.
 //!
 //! The other exception is its mirror: when a change only *takes class bits away* at an
 //! endpoint no ClusterNetworkPolicy applies to - same flags, no new entry, no entry or "any"
@@ -88,14 +95,31 @@ impl Rules {
         compile::info(id, self.flags, self.any_peer, self.any_port, &self.tiers)
     }
 
-    /// Whether `self` only adds entries to `old`: same info, every old entry kept as it was.
+    /// Whether `self` only adds entries to `old`: same info, every old entry kept as it was;
+    /// and, at an endpoint a ClusterNetworkPolicy applies to, at most one entry new in each
+    /// direction (see the module documentation).
     fn only_adds_to(&self, old: &Self) -> bool {
-        self.flags == old.flags
+        let adds = self.flags == old.flags
             && self.any_peer == old.any_peer
             && self.any_port == old.any_port
             && self.tiers == old.tiers
             && old.peers.iter().all(|(k, v)| self.peers.get(k) == Some(v))
-            && old.ports.iter().all(|(k, v)| self.ports.get(k) == Some(v))
+            && old.ports.iter().all(|(k, v)| self.ports.get(k) == Some(v));
+        if !adds || self.tiers == TierMasks::default() {
+            return adds;
+        }
+        // Every old entry is kept, so the new ones are the surplus, counted per direction.
+        let mut new = [0usize; 2];
+        let peers = (self.peers.keys())
+            .filter(|k| !old.peers.contains_key(k))
+            .map(|k| k.0);
+        let ports = (self.ports.keys())
+            .filter(|k| !old.ports.contains_key(k))
+            .map(|k| k.1);
+        for direction in peers.chain(ports) {
+            new[usize::from(direction & 1)] += 1;
+        }
+        new.iter().all(|n| *n <= 1)
     }
 
     /// Whether `self` only takes class bits away from `old`, at an endpoint no
@@ -250,3 +274,60 @@ impl Written {
 
 /// The id of a rule set that is never written: ids are `2 * pair + 0|1` with pairs from 1.
 pub const NO_RULES: u32 = 0;
+
+#[cfg(test)]
+mod tests {
+    use palisade_common::ClassMask;
+
+    use super::{Rules, TierMasks};
+
+    fn rules(tiered: bool, peers: &[(u8, u32, ClassMask)], ports: &[(u8, u16)]) -> Rules {
+        let mut tiers = TierMasks::default();
+        if tiered {
+            tiers.admin = [0b1; 2];
+            tiers.deny = [0b1; 2];
+        }
+        Rules {
+            flags: 0,
+            tiers,
+            peers: peers.iter().map(|(d, p, m)| ((*d, *p), *m)).collect(),
+            ports: (ports.iter())
+                .map(|(d, port)| ((32, *d, 6, port.to_be_bytes()), 0b11))
+                .collect(),
+            ..Rules::default()
+        }
+    }
+
+    #[test]
+    fn adds_in_place_at_a_tiered_endpoint_only_one_entry_per_direction() {
+        let old = rules(true, &[(0, 7, 0b10)], &[(0, 80)]);
+        // A new peer identity: one entry each way, in place.
+        let one_each = rules(true, &[(0, 7, 0b10), (0, 9, 0b11), (1, 9, 0b1)], &[(0, 80)]);
+        assert!(one_each.only_adds_to(&old));
+        // A new peer entry and a new port entry of one direction: a packet could read one
+        // new and one old, so the endpoint is swapped.
+        let two_ingress = rules(true, &[(0, 7, 0b10), (0, 9, 0b11)], &[(0, 80), (0, 443)]);
+        assert!(!two_ingress.only_adds_to(&old));
+        // The same without tiers is monotone: in place.
+        let untiered_old = rules(false, &[(0, 7, 0b10)], &[(0, 80)]);
+        let untiered = rules(false, &[(0, 7, 0b10), (0, 9, 0b11)], &[(0, 80), (0, 443)]);
+        assert!(untiered.only_adds_to(&untiered_old));
+        // A changed value is never an add.
+        let changed = rules(false, &[(0, 7, 0b11)], &[(0, 80)]);
+        assert!(!changed.only_adds_to(&untiered_old));
+    }
+
+    #[test]
+    fn removes_in_place_only_without_tiers_and_only_bits_taken_away() {
+        let old = rules(false, &[(0, 7, 0b110), (1, 8, 0b100)], &[(0, 80), (0, 443)]);
+        let shrunk = rules(false, &[(0, 7, 0b010)], &[(0, 80)]);
+        assert!(shrunk.only_removes_from(&old));
+        let gained = rules(false, &[(0, 7, 0b011)], &[(0, 80)]);
+        assert!(!gained.only_removes_from(&old));
+        let new_entry = rules(false, &[(0, 7, 0b010), (0, 9, 0b010)], &[(0, 80)]);
+        assert!(!new_entry.only_removes_from(&old));
+        let tiered_old = rules(true, &[(0, 7, 0b110)], &[(0, 80)]);
+        let tiered = rules(true, &[(0, 7, 0b010)], &[(0, 80)]);
+        assert!(!tiered.only_removes_from(&tiered_old));
+    }
+}
