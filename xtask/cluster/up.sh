@@ -5,6 +5,13 @@ source "$(dirname "$(realpath "$0")")/common.sh"
 NODES=${1:-2}
 t0=$(date +%s.%N)
 mkdir -p "$W"/{pki,kubeconfigs,etcd,img}
+# Each node's kubelet refuses every pod below 512 MiB free (evictionHard below): say so now,
+# not as a rollout that times out.
+free_kib=$(df --output=avail "$W" | tail -1)
+if (( free_kib < 2 * 1024 * 1024 )); then
+  echo "only $((free_kib / 1024)) MiB free on the filesystem of $W: a node needs 2 GiB (images, containers, logs)" >&2
+  exit 1
+fi
 # A run with other nodes than asked is taken down first (its state is kept per node).
 for i in $(nodes_up); do
   if (( i > NODES )) && node_running "$i"; then echo "cluster has node $i; NODES=$NODES: bring it down first (cargo xtask cluster down)" >&2; exit 1; fi
