@@ -11,7 +11,7 @@ use std::{
 use palisade::{
     dataplane::{Dataplane, LiveDecision},
     k8s::{
-        cluster::ObjectKey,
+        cluster::{Cluster, ObjectKey},
         fixtures::{apply_yaml, dual_stack_apps},
     },
     policy::{ClusterChange, Compiler, NodeView, Update, lookup::admits},
@@ -40,18 +40,23 @@ spec:
     - to: [{podSelector: {matchLabels: {app: other}}}]
 "#;
 
-#[test]
-fn the_live_maps_agree_with_the_compiled_state_on_every_flow() {
-    require_root();
-    let mut dataplane = Dataplane::load().expect("load the programs");
-    let mut cluster = dual_stack_apps(
+/// Pods `server`, `client` and `other` of namespace `x`, an IPv4 and an IPv6 address each.
+fn server_client_other() -> Cluster {
+    dual_stack_apps(
         "x",
         &[
             ("server", "10.0.0.10", "fd00::10"),
             ("client", "10.0.0.20", "fd00::20"),
             ("other", "10.0.0.30", "fd00::30"),
         ],
-    );
+    )
+}
+
+#[test]
+fn the_live_maps_agree_with_the_compiled_state_on_every_flow() {
+    require_root();
+    let mut dataplane = Dataplane::load().expect("load the programs");
+    let mut cluster = server_client_other();
     apply_yaml(&mut cluster, POLICY);
     let node_addrs = [IpAddr::from([10, 0, 0, 1])];
     let view = NodeView {
@@ -169,14 +174,7 @@ spec:
 fn a_deleted_policy_is_taken_out_of_the_live_maps_in_place() {
     require_root();
     let mut dataplane = Dataplane::load().expect("load the programs");
-    let mut cluster = dual_stack_apps(
-        "x",
-        &[
-            ("server", "10.0.0.10", "fd00::10"),
-            ("client", "10.0.0.20", "fd00::20"),
-            ("other", "10.0.0.30", "fd00::30"),
-        ],
-    );
+    let mut cluster = server_client_other();
     apply_yaml(&mut cluster, THREE);
     let node_addrs = [IpAddr::from([10, 0, 0, 1])];
     let view = NodeView {

@@ -157,8 +157,8 @@ fn endpoint<'a>(cluster: &'a Cluster, case: &Case, name: &str) -> Result<(Endpoi
         bail!("pod {name} has no address")
     };
     let ports: Vec<(u8, u16)> = container_ports(pod)
-        .into_iter()
-        .map(|(_, proto, port)| (proto, port))
+        .iter()
+        .map(|(_, proto, port)| (*proto, *port))
         .collect();
     Ok((
         endpoint,

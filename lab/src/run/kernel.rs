@@ -259,8 +259,8 @@ impl Lab {
             }
             let node_name = pod_node(pod).to_string();
             let ports: Vec<(Proto, u16)> = container_ports(pod)
-                .into_iter()
-                .filter_map(|(_, protocol, port)| proto_of(protocol).map(|p| (p, port)))
+                .iter()
+                .filter_map(|(_, protocol, port)| proto_of(*protocol).map(|p| (p, *port)))
                 .collect();
             let node = self.node(&node_name)?;
             let addrs = self.addresses(&key)?;

@@ -245,8 +245,8 @@ pub fn pod_node(pod: &PodInfo) -> &str {
 
 /// Every declared container port as (name or "", protocol number, port); the protocol defaults
 /// to TCP.
-pub fn container_ports(pod: &PodInfo) -> Vec<(String, u8, u16)> {
-    pod.ports.clone()
+pub fn container_ports(pod: &PodInfo) -> &[(String, u8, u16)] {
+    &pod.ports
 }
 
 pub fn is_host_network(pod: &PodInfo) -> bool {

@@ -250,8 +250,8 @@ impl Context<'_> {
         let own_ports = container_ports(pod);
         for direction in [DIR_INGRESS, DIR_EGRESS] {
             let d = usize::from(direction);
-            let admin = self.tier_table(Tier::Admin, tiers, direction, &own_ports);
-            let baseline = self.tier_table(Tier::Baseline, tiers, direction, &own_ports);
+            let admin = self.tier_table(Tier::Admin, tiers, direction, own_ports);
+            let baseline = self.tier_table(Tier::Baseline, tiers, direction, own_ports);
             if admin.classes.len() + baseline.classes.len() > MAX_CLASSES {
                 self.deny_direction(&mut ep, key, direction, [admin, baseline]);
                 continue;
@@ -282,7 +282,7 @@ impl Context<'_> {
                         continue;
                     }
                     // Ports that resolved to nothing admit nothing: the rule joins no group.
-                    let fixed = ports.fixed(direction, &own_ports);
+                    let fixed = ports.fixed(direction, own_ports);
                     if fixed.is_empty() {
                         continue;
                     }

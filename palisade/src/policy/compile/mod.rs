@@ -659,7 +659,12 @@ impl EndpointMemo {
             named_ports: Vec::new(),
         };
         let tier_names = tiers.iter().map(|p| p.name.clone()).collect();
-        let memo_key = (ident, container_ports(pod), chosen.to_vec(), tier_names);
+        let memo_key = (
+            ident,
+            container_ports(pod).to_vec(),
+            chosen.to_vec(),
+            tier_names,
+        );
         if let Some(done) = self.done.get(&memo_key) {
             return EndpointState {
                 addrs: pod_addrs(pod),
@@ -762,8 +767,9 @@ fn as_peer(key: &ObjectKey, pod: &PodInfo) -> Option<(IdentityKey, Vec<Addr>)> {
         return None;
     }
     let mut named_ports: Vec<_> = container_ports(pod)
-        .into_iter()
+        .iter()
         .filter(|(n, _, _)| !n.is_empty())
+        .cloned()
         .collect();
     named_ports.sort();
     let ident = IdentityKey {

@@ -47,8 +47,8 @@ impl ClassSlots {
     /// Renumbers the NetworkPolicy classes of `ep`, freshly computed (dense), into the slots
     /// they held at `key`, and remembers the result.
     pub fn place(&mut self, key: &ObjectKey, ep: &mut EndpointState) {
-        let prev = self.0.remove(key).unwrap_or_default();
-        let next = [place(ep, 0, &prev[0]), place(ep, 1, &prev[1])];
+        let [ingress, egress] = self.0.remove(key).unwrap_or_default();
+        let next = [place(ep, 0, ingress), place(ep, 1, egress)];
         if next.iter().any(|slots| !slots.is_empty()) {
             self.0.insert(key.clone(), next);
         }
@@ -76,7 +76,7 @@ fn hole() -> Class {
 
 /// Places direction `d` of `ep` (dense: Admin tier, NetworkPolicy, Baseline tier classes, in
 /// that order) by `prev`; returns its slots.
-fn place(ep: &mut EndpointState, d: usize, prev: &[Slot]) -> Vec<Slot> {
+fn place(ep: &mut EndpointState, d: usize, prev: Vec<Slot>) -> Vec<Slot> {
     let classes = &ep.classes[d];
     let admin = classes
         .iter()
@@ -88,6 +88,14 @@ fn place(ep: &mut EndpointState, d: usize, prev: &[Slot]) -> Vec<Slot> {
         .count();
     let baseline = classes.len() - admin - policy;
     let room = MAX_CLASSES.saturating_sub(admin + baseline).max(policy);
+    // Most endpoints of most compiles: every class where it was, no slot empty.
+    let unchanged = prev.len() == policy
+        && (prev.iter().zip(&classes[admin..])).all(|(slot, class)| {
+            slot.rules == class.rules && slot.ports.as_ref() == Some(&class.ports)
+        });
+    if unchanged {
+        return prev;
+    }
 
     // Rule -> the slots that listed it (an egress rule with named ports can be in several
     // classes, one per port set its peers resolve to).

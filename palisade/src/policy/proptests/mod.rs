@@ -370,7 +370,7 @@ impl Scenario {
                 Some("Pod") => {
                     let pod = PodInfo::from(parse::<Pod>(doc));
                     for (_, _, port) in container_ports(&pod) {
-                        b.probe_around(port, port);
+                        b.probe_around(*port, *port);
                     }
                     let key = ObjectKey::new(
                         pod.metadata.namespace.clone().unwrap_or_default(),
