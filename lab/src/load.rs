@@ -44,7 +44,7 @@ use crate::{
     topology::{NodeHandle, Topology},
 };
 use palisade::{
-    daemon::status::{SyncRecord, unix_nanos},
+    daemon::status::{Startup, SyncRecord, unix_nanos},
     dataplane::Established,
 };
 
@@ -116,6 +116,10 @@ pub struct NodeFigures {
     pub rss_mib: f64,
     pub peak_rss_mib: f64,
     pub restarted_peak_rss_mib: f64,
+    /// The agent's own account of its cold start and of its restart (`/status`): when each
+    /// phase ended, in seconds since it began.
+    pub cold_start: Startup,
+    pub restart: Startup,
 }
 
 /// How many writes may be waiting for the API server before new ticks wait for them.
@@ -194,6 +198,7 @@ pub async fn run(options: LoadOptions) -> Result<LoadReport> {
     }
     api.converge().await?;
     let cold_start_seconds = started.elapsed().as_secs_f64();
+    let cold_starts = startups(&api).await?;
     println!(
         "{} agents ready in {cold_start_seconds:.1} s ({} local pods each)",
         options.nodes, options.local_pods
@@ -241,6 +246,11 @@ pub async fn run(options: LoadOptions) -> Result<LoadReport> {
     api.restart_agents(&nodes)?;
     api.converge().await?;
     let restart_seconds = started.elapsed().as_secs_f64();
+    let restarts = startups(&api).await?;
+    for (node, f) in &mut per_node {
+        f.cold_start = cold_starts.get(node).cloned().unwrap_or_default();
+        f.restart = restarts.get(node).cloned().unwrap_or_default();
+    }
     for (node, pid) in api.agent_pids() {
         let (_, peak) = memory(pid)?;
         if let Some(f) = per_node.get_mut(&node) {
@@ -325,6 +335,20 @@ impl LoadReport {
                 f.peak_rss_mib,
                 f.restarted_peak_rss_mib
             );
+        }
+        let phases = |s: &Startup| {
+            let at = |t: Option<f64>| t.map_or_else(|| "-".to_owned(), |t| format!("{t:.2}"));
+            format!(
+                "programs {} s, listed {} s, viewed {} s, ready {} s",
+                at(s.programs_s),
+                at(s.listed_s),
+                at(s.viewed_s),
+                at(s.ready_s)
+            )
+        };
+        for (node, f) in &self.per_node {
+            let _ = writeln!(out, "{node} cold start: {}", phases(&f.cold_start));
+            let _ = writeln!(out, "{node} restart:    {}", phases(&f.restart));
         }
         out
     }
@@ -733,6 +757,16 @@ fn memory(pid: u32) -> Result<(f64, f64)> {
 }
 
 /// Every agent's checks so far (full resyncs of unchanged objects).
+/// Every agent's account of its start (`/status`), by node.
+async fn startups(api: &ApiControl) -> Result<BTreeMap<String, Startup>> {
+    let mut out = BTreeMap::new();
+    for (node, _) in api.agent_pids() {
+        let status = api.agent_status(&node).await?;
+        out.insert(node, status.startup);
+    }
+    Ok(out)
+}
+
 async fn statuses(api: &ApiControl) -> Result<Vec<(String, u64, u64)>> {
     let mut out = Vec::new();
     for (node, _) in api.agent_pids() {

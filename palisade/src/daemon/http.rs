@@ -6,7 +6,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
@@ -14,7 +14,10 @@ use axum::{
     routing::get,
 };
 
-use super::{metrics::Metrics, status::Status};
+use super::{
+    metrics::Metrics,
+    status::{Startup, Status},
+};
 
 /// What the handlers read, written by the sync loop.
 pub struct Shared {
@@ -33,6 +36,23 @@ impl Shared {
 
     pub fn status(&self) -> Status {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Records the end of a start-up phase (`phase` of [`Startup`]), once: a later pass through
+    /// the same point leaves it as it was.
+    pub fn startup(
+        &self,
+        began: Instant,
+        name: &'static str,
+        phase: fn(&mut Startup) -> &mut Option<f64>,
+    ) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = phase(&mut status.startup);
+        if slot.is_none() {
+            let seconds = began.elapsed().as_secs_f64();
+            *slot = Some(seconds);
+            tracing::info!(phase = name, seconds, "start-up phase over");
+        }
     }
 }
 

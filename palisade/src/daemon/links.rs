@@ -63,8 +63,15 @@ pub struct Links {
 }
 
 impl Links {
-    /// Opens a netlink socket in `netns` (or the calling thread's namespace), subscribed to
-    /// link and route changes, which are sent to `changes`. Must run inside the runtime.
+    /// Opens two netlink sockets in `netns` (or the calling thread's namespace): one subscribed
+    /// to link and route changes, which are sent to `changes`, and one for the requests.
+    /// Must run inside the runtime.
+    ///
+    /// Not one socket for both: a notification carries the sequence number of the request
+    /// that caused it, made by whoever changed the route (a CNI plugin adding a pod's route),
+    /// and one that matched a request of ours in flight was taken as its answer, failing it
+    /// ("unexpected message": an agent that exited at start-up while a node's pods were being
+    /// wired, `palisade-lab load`, 2026-12-07).
     pub fn open(
         netns: Option<&OwnedFd>,
         prefixes: Vec<String>,
@@ -75,7 +82,12 @@ impl Links {
             MulticastGroup::Ipv4Route,
             MulticastGroup::Ipv6Route,
         ];
-        let open = move || rtnetlink::new_multicast_connection(&groups);
+        let open = move || {
+            Ok::<_, std::io::Error>((
+                rtnetlink::new_multicast_connection(&groups)?,
+                rtnetlink::new_connection()?,
+            ))
+        };
         let opened = match netns {
             None => open(),
             // A socket belongs to the namespace it was created in: create it on a thread that
@@ -99,10 +111,12 @@ impl Links {
                 })
             }
         };
-        let (connection, handle, mut messages) = opened.map_err(|source| LinkError::Io {
-            what: "opening a route socket",
-            source,
-        })?;
+        let ((events, _, mut messages), (connection, handle, _)) =
+            opened.map_err(|source| LinkError::Io {
+                what: "opening a route socket",
+                source,
+            })?;
+        tokio::spawn(events);
         tokio::spawn(connection);
         tokio::spawn(async move {
             while messages.next().await.is_some() {

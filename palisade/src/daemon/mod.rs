@@ -15,7 +15,7 @@ mod backoff;
 pub mod config;
 mod flow_log;
 mod http;
-mod links;
+pub mod links;
 mod metrics;
 pub mod process;
 pub mod status;
@@ -38,11 +38,12 @@ use self::{
     http::Shared,
     links::Links,
     metrics::{Metrics, label},
-    watch::{Caches, Change, Views},
+    watch::{Caches, Views},
 };
 pub use self::{
     config::{Config, FailMode, FlowLog, LogFormat},
     status::Status,
+    watch::Change,
 };
 use crate::{
     k8s::cluster::{ObjectKey, pod_addrs},
@@ -52,6 +53,7 @@ use crate::{
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -> Result<()> {
+    let began = Instant::now();
     let shared = Arc::new(Shared {
         metrics: Arc::new(Metrics::new()),
         status: Mutex::new(Status {
@@ -94,6 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         conntrack: config.conntrack_settings(),
         service_mark: config.service_mark,
     })?;
+    shared.startup(began, "programs", |s| &mut s.programs_s);
     let _flows = flow_log::start(&config, &worker, &shared.metrics)?;
 
     let client = client(&config).await?;
@@ -104,7 +107,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
          clusternetworkpolicies"
     );
     tokio::select! {
-        ready = caches.ready() => ready.context("a watch ended before its first list")?,
+        ready = caches.ready() => {
+            ready.context("a watch ended before its first list")?;
+            shared.startup(began, "listed", |s| &mut s.listed_s);
+        }
         signal = &mut shutdown => {
             tracing::info!(signal, "stopping before the first sync; the pinned state stays");
             worker.kill();
@@ -117,6 +123,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         shared: &shared,
         caches: &caches,
         views: Views::new(&config.node_name),
+        began,
         links: &links,
         worker: &worker,
         counters_seen: BTreeMap::new(),
@@ -273,6 +280,8 @@ struct SyncLoop<'a> {
     caches: &'a Caches,
     /// The cluster as the last sync saw it, kept up to date one changed object at a time.
     views: Views,
+    /// When the agent began (for [`status::Startup`]).
+    began: Instant,
     links: &'a Links,
     worker: &'a NodeWorker,
     /// Kernel counters as last exported, by (label, value).
@@ -295,6 +304,8 @@ impl SyncLoop<'_> {
     ) -> Result<bool> {
         let started = Instant::now();
         let view = self.views.update(self.caches, changes.as_deref());
+        self.shared
+            .startup(self.began, "viewed", |s| &mut s.viewed_s);
         let cluster = Arc::clone(&view.cluster);
         let digest = view.digest.finish();
         let local: Vec<(ObjectKey, Vec<std::net::IpAddr>)> = view
@@ -421,6 +432,7 @@ impl SyncLoop<'_> {
         for f in &outcome.report.failures {
             tracing::error!(failure = %f, "map write failed; the pod is isolated until it succeeds");
         }
+        self.shared.startup(self.began, "ready", |s| &mut s.ready_s);
         let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
         status.ready = true;
         // The time the maps first held this set of objects (a later sync of the same set,

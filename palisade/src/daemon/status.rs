@@ -40,6 +40,22 @@ pub struct Status {
     /// Map entries such checks found different and corrected (0 unless in-place application
     /// has a bug).
     pub check_corrections: u64,
+    /// How this agent's start went, phase by phase.
+    pub startup: Startup,
+}
+
+/// The agent's start, each phase's end in seconds since the agent began (`None` until it is
+/// over): where a slow start goes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Startup {
+    /// Programs loaded (or taken over from the pins) and attached.
+    pub programs_s: Option<f64>,
+    /// Every watch's first list in its cache.
+    pub listed_s: Option<f64>,
+    /// The first sync's view of the cluster built from the caches.
+    pub viewed_s: Option<f64>,
+    /// The first sync's maps written: ready.
+    pub ready_s: Option<f64>,
 }
 
 /// How many syncs `/status` remembers.
