@@ -172,7 +172,7 @@ impl ApiControl {
             match self.applied.pods.get(key) {
                 None => {
                     let mut object = pod.to_api_pod();
-                    object.metadata = fresh(&pod.metadata);
+                    object.metadata = fresh(&pod.api_metadata());
                     if let Some(spec) = object.spec.as_mut() {
                         spec.node_name
                             .get_or_insert_with(|| DEFAULT_NODE.to_owned());
@@ -183,7 +183,7 @@ impl ApiControl {
                         .with_context(|| format!("creating pod {key}"))?;
                 }
                 Some(old) => {
-                    if let Some(p) = metadata_patch(&old.metadata, &pod.metadata) {
+                    if let Some(p) = metadata_patch(&old.api_metadata(), &pod.api_metadata()) {
                         self.wrote();
                         api.patch(&key.name, &patch, &Patch::Merge(p))
                             .await

@@ -107,7 +107,7 @@ impl Wire {
             status,
         } = self;
         // What `PodInfo::trim_metadata` keeps.
-        let metadata = ObjectMeta {
+        let (metadata, labels) = PodInfo::trim_metadata(ObjectMeta {
             name: metadata.name,
             namespace: metadata.namespace,
             uid: metadata.uid,
@@ -115,7 +115,7 @@ impl Wire {
             labels: metadata.labels,
             deletion_timestamp: metadata.deletion_timestamp,
             ..ObjectMeta::default()
-        };
+        });
         let (node_name, host_network, ports) = match spec {
             Some(spec) => {
                 let ports = PodInfo::valid_ports(
@@ -134,6 +134,7 @@ impl Wire {
         });
         PodInfo {
             metadata,
+            labels,
             node_name,
             host_network,
             ports,
@@ -179,11 +180,9 @@ mod tests {
         let SlimPod(pod) = serde_json::from_value(json).expect("decodes");
         assert_eq!(pod.metadata.name.as_deref(), Some("a"));
         assert_eq!(pod.metadata.resource_version.as_deref(), Some("42"));
-        assert_eq!(
-            pod.metadata.labels.as_ref().and_then(|l| l.get("app")),
-            Some(&"web".to_owned())
-        );
+        assert_eq!(pod.labels.get("app"), Some(&"web".to_owned()));
         assert!(pod.metadata.annotations.is_none());
+        assert!(pod.metadata.labels.is_none(), "held interned, once");
         assert!(pod.metadata.managed_fields.is_none());
         assert_eq!(pod_node(&pod), "node-1");
         assert!(!is_host_network(&pod));

@@ -22,8 +22,8 @@ use k8s_openapi::{
 
 pub use self::{
     pod::{
-        PodInfo, container_ports, is_host_network, pod_addrs, pod_ips, pod_key, pod_labels,
-        pod_node,
+        Labels, PodInfo, container_ports, intern_labels, is_host_network, pod_addrs, pod_ips,
+        pod_key, pod_labels, pod_node,
     },
     reference::{LabelChange, LabelEdit, ObjectRef},
 };
@@ -174,28 +174,18 @@ impl Cluster {
 
     pub fn apply_labels(&mut self, change: &LabelChange) -> Result<(), ClusterError> {
         let target = &change.target;
-        let metadata = match target {
-            ObjectRef::Namespace(name) => self
-                .namespaces
-                .get_mut(name)
-                .map(|ns| &mut Arc::make_mut(ns).metadata),
-            ObjectRef::Pod(key) => self
-                .pods
-                .get_mut(key)
-                .map(|pod| &mut Arc::make_mut(pod).metadata),
-            ObjectRef::NetworkPolicy(key) => self
-                .policies
-                .get_mut(key)
-                .map(|p| &mut Arc::make_mut(p).metadata),
-            ObjectRef::ClusterNetworkPolicy(name) => self
-                .cluster_policies
-                .get_mut(name)
-                .map(|p| &mut Arc::make_mut(p).metadata),
-        };
-        let metadata = metadata.ok_or_else(|| ClusterError::NotFound {
+        let not_found = || ClusterError::NotFound {
             target: target.clone(),
-        })?;
-        let mut labels = metadata.labels.clone().unwrap_or_default();
+        };
+        let mut labels = match target {
+            ObjectRef::Pod(key) => {
+                let pod = self.pods.get(key).ok_or_else(not_found)?;
+                (*pod.labels).clone()
+            }
+            _ => (self.metadata_mut(target).ok_or_else(not_found)?.labels)
+                .clone()
+                .unwrap_or_default(),
+        };
         for edit in &change.edits {
             match edit {
                 LabelEdit::Set { key, value } => {
@@ -221,8 +211,33 @@ impl Cluster {
                 key: NAMESPACE_NAME_LABEL.to_owned(),
             });
         }
-        metadata.labels = Some(labels);
+        match target {
+            ObjectRef::Pod(key) => {
+                let pod = self.pods.get_mut(key).ok_or_else(not_found)?;
+                Arc::make_mut(pod).labels = intern_labels(Some(labels));
+            }
+            _ => self.metadata_mut(target).ok_or_else(not_found)?.labels = Some(labels),
+        }
         Ok(())
+    }
+
+    /// The metadata of a namespace or a policy (a pod's labels are not in its metadata).
+    fn metadata_mut(&mut self, target: &ObjectRef) -> Option<&mut ObjectMeta> {
+        match target {
+            ObjectRef::Namespace(name) => self
+                .namespaces
+                .get_mut(name)
+                .map(|ns| &mut Arc::make_mut(ns).metadata),
+            ObjectRef::Pod(_) => None,
+            ObjectRef::NetworkPolicy(key) => self
+                .policies
+                .get_mut(key)
+                .map(|p| &mut Arc::make_mut(p).metadata),
+            ObjectRef::ClusterNetworkPolicy(name) => self
+                .cluster_policies
+                .get_mut(name)
+                .map(|p| &mut Arc::make_mut(p).metadata),
+        }
     }
 
     /// The labels of namespace `name`, or `None` if there is no such namespace.

@@ -37,7 +37,7 @@ use std::{
     net::IpAddr,
 };
 
-use crate::k8s::cluster::PodInfo;
+use crate::k8s::cluster::{Labels, PodInfo};
 use ipnet::IpNet;
 use palisade_common::{
     Addr, ClassMask, EndpointInfo, IDENTITY_CIDR_FLAG, IDENTITY_FIRST_POD, IDENTITY_HOST,
@@ -293,7 +293,8 @@ fn read_tiers(cluster: &Cluster, errors: &mut Vec<PolicyError>) -> Vec<ClusterPo
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct IdentityKey {
     namespace: String,
-    labels: BTreeMap<String, String>,
+    /// Interned: a clone is a reference count.
+    labels: Labels,
     /// (name, protocol, port) of named container ports, sorted: egress named ports resolve
     /// against them.
     named_ports: Vec<(String, u8, u16)>,
@@ -655,7 +656,7 @@ impl EndpointMemo {
     ) -> EndpointState {
         let ident = IdentityKey {
             namespace: key.namespace.clone(),
-            labels: pod_labels(pod).clone(),
+            labels: pod.labels.clone(),
             named_ports: Vec::new(),
         };
         let tier_names = tiers.iter().map(|p| p.name.clone()).collect();
@@ -774,7 +775,7 @@ fn as_peer(key: &ObjectKey, pod: &PodInfo) -> Option<(IdentityKey, Vec<Addr>)> {
     named_ports.sort();
     let ident = IdentityKey {
         namespace: key.namespace.clone(),
-        labels: pod_labels(pod).clone(),
+        labels: pod.labels.clone(),
         named_ports,
     };
     Some((ident, addrs.iter().copied().map(Addr::from).collect()))

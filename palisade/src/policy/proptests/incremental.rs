@@ -113,7 +113,7 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
         Op::Relabel(i, labels) if !keys.is_empty() => {
             let key = keys[i.index(keys.len())].clone();
             let pod = Arc::make_mut(cluster.pods.get_mut(&key)?);
-            pod.metadata.labels = Some(owned(labels));
+            pod.labels = crate::k8s::cluster::intern_labels(Some(owned(labels)));
             Some(ClusterChange::Pod(key))
         }
         Op::RenamePorts(i, names) if !keys.is_empty() => {
