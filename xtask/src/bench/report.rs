@@ -61,6 +61,7 @@ pub fn render(inputs: &Inputs<'_>) -> String {
     program_stats(&mut md, f);
     per_packet(&mut md, f, inputs.plot_prefix);
     per_packet_tiers(&mut md, f);
+    per_packet_events(&mut md, f);
     if let Some(before) = inputs.before {
         super::compare::before_and_after(&mut md, before, f);
     }
@@ -316,6 +317,50 @@ The same paths at {n} \
     md.push('\n');
 }
 
+/// The per-packet paths with flow events on (as the netperf runs have them) beside the main
+/// series, which has them off.
+fn per_packet_events(md: &mut String, f: &Value) {
+    let events = serde_json::json!({ "per_packet": f["per_packet_events"] });
+    let counts = stats::per_packet_counts(&events);
+    if counts.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Per-packet cost with flow events on\n\nThe same paths measured again with flow \
+         events on at the agent's default budget (100 events per source per second, the rest \
+         counted; nothing reads the ring), as the netperf runs have them: a decided new flow \
+         or a drop writes its event and spends its source's budget. Each cell: the median ns \
+         and the median ratio to the empty program of its own run, min .. max over the \
+         alternations.\n"
+    );
+    let _ = write!(md, "| path |");
+    for n in &counts {
+        let _ = write!(md, " {n} policies, events off | {n} policies, events on |");
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in &counts {
+        md.push_str("---|---|");
+    }
+    md.push('\n');
+    let cell = |figures: &Value, n: u64, path: &str| {
+        let ns =
+            stats::per_packet(figures, n, path).map_or(String::new(), |ns| format!("{ns:.1} ns"));
+        let ratio = stats::per_packet_ratio(figures, n, path).map_or(String::new(), |r| {
+            format!(", {:.2}x ({:.2} .. {:.2})", r.median, r.min, r.max)
+        });
+        format!("{ns}{ratio}")
+    };
+    for path in stats::per_packet_paths(&events) {
+        let _ = write!(md, "| {path} |");
+        for &n in &counts {
+            let _ = write!(md, " {} | {} |", cell(f, n, &path), cell(&events, n, &path));
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+}
+
 fn per_packet(md: &mut String, f: &Value, plot_prefix: &str) {
     let counts = stats::per_packet_counts(f);
     if counts.is_empty() {
@@ -323,8 +368,9 @@ fn per_packet(md: &mut String, f: &Value, plot_prefix: &str) {
     }
     let _ = writeln!(
         md,
-        "## Per-packet cost (BPF_PROG_TEST_RUN)\n\nThe pod programs with the same state as the \
-         netperf runs, the server's endpoint at loopback (`palisade_to_pod` as its ingress hook, \
+        "## Per-packet cost (BPF_PROG_TEST_RUN)\n\nThe pod programs with the same policies and \
+         peers as the netperf runs and flow events off (the maps as loaded; the section after \
+         next has them on, as the netperf runs do), the server's endpoint at loopback (`palisade_to_pod` as its ingress hook, \
          `palisade_from_pod` as its egress hook, so a reply is the server's packet to the \
          client), against a classifier that does nothing (`palisade_empty`) in the same mode. \
          Repeated runs: the kernel's mean over {} runs in one call, in alternations with the \

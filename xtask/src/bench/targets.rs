@@ -52,7 +52,11 @@ pub(super) fn targets(md: &mut String, f: &Value) {
          interval: \"met\" only when the whole interval clears the target.\n\n\
          | target | measured | interval or spread | |\n|---|---|---|---|"
     );
-    per_packet_targets(md, f);
+    per_packet_targets(md, f, "");
+    let events = serde_json::json!({ "per_packet": f["per_packet_events"] });
+    if !stats::per_packet_counts(&events).is_empty() {
+        per_packet_targets(md, &events, ", flow events on");
+    }
     netperf_targets(md, f);
     md.push('\n');
     resolution(md, f);
@@ -72,7 +76,9 @@ fn judged_counts(measured: &[u64]) -> (Vec<u64>, bool) {
     }
 }
 
-fn per_packet_targets(md: &mut String, f: &Value) {
+/// The per-packet targets judged on `f`'s `per_packet` rows; `state` names how they differ from
+/// the main series (empty for it).
+fn per_packet_targets(md: &mut String, f: &Value, state: &str) {
     let measured = stats::per_packet_counts(f);
     if measured.is_empty() {
         return;
@@ -91,7 +97,7 @@ fn per_packet_targets(md: &mut String, f: &Value) {
     rows.push((DENIED_ROW, "empty program", DENIED_BUDGET));
     for (path, baseline, budget) in rows {
         for &n in &counts {
-            let target = format!("{path} <= {budget}x {baseline}, {n} policies{note}");
+            let target = format!("{path} <= {budget}x {baseline}, {n} policies{state}{note}");
             let Some(s) = stats::per_packet_ratio(f, n, path) else {
                 let _ = writeln!(md, "| {target} | not measured | | |");
                 continue;
@@ -113,8 +119,8 @@ fn per_packet_targets(md: &mut String, f: &Value) {
     ) else {
         let _ = writeln!(
             md,
-            "| per-packet unchanged from 1 to 10,000 policies (ratio at 10,000 / ratio at 1 \
-             within {:.1} .. {:.1}) | not measured: this run has {measured:?} | | |",
+            "| per-packet unchanged from 1 to 10,000 policies{state} (ratio at 10,000 / ratio \
+             at 1 within {:.1} .. {:.1}) | not measured: this run has {measured:?} | | |",
             FLAT.0, FLAT.1
         );
         return;
@@ -134,8 +140,8 @@ fn per_packet_targets(md: &mut String, f: &Value) {
     }
     let _ = writeln!(
         md,
-        "| per-packet unchanged from 1 to 10,000 policies (ratio at 10,000 / ratio at 1 within \
-         {:.1} .. {:.1}, each row) | {} | medians | {} |",
+        "| per-packet unchanged from 1 to 10,000 policies{state} (ratio at 10,000 / ratio at 1 \
+         within {:.1} .. {:.1}, each row) | {} | medians | {} |",
         FLAT.0,
         FLAT.1,
         cells.join("; "),

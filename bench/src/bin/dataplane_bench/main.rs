@@ -147,6 +147,9 @@ struct Report {
     /// The per-packet paths at the largest policy count with [`CLUSTER_POLICIES`]
     /// ClusterNetworkPolicies beside them.
     per_packet_tiers: Vec<per_packet::PerPacket>,
+    /// The per-packet paths with flow events on at the agent's default budget, as the netperf
+    /// runs have them (the `per_packet` rows have them off), at the least and largest count.
+    per_packet_events: Vec<per_packet::PerPacket>,
     control: Vec<control::ControlPlane>,
     phase_seconds: BTreeMap<&'static str, f64>,
 }
@@ -214,6 +217,22 @@ fn main() -> Result<()> {
         false,
     )?;
     bar.inc(1);
+    let mut per_packet_events = Vec::new();
+    if plan.flow_events {
+        let least = plan.counts.iter().copied().min().unwrap_or(1);
+        let mut counts = vec![least, most];
+        counts.dedup();
+        for n in counts {
+            bar.set_message(format!("BPF_PROG_TEST_RUN, {n} policies, flow events on"));
+            per_packet_events.extend(per_packet::measure(
+                plan.peers,
+                (n, 0),
+                plan.repeat,
+                plan.singles,
+                true,
+            )?);
+        }
+    }
     phases.insert("per-packet", start.elapsed().as_secs_f64());
 
     let start = Instant::now();
@@ -253,6 +272,7 @@ fn main() -> Result<()> {
         bpf_stats: series.programs,
         per_packet,
         per_packet_tiers,
+        per_packet_events,
         control,
         phase_seconds: phases,
     };
