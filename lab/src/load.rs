@@ -44,7 +44,7 @@ use crate::{
     topology::{NodeHandle, Topology},
 };
 use palisade::{
-    daemon::status::{Startup, SyncRecord, unix_nanos},
+    daemon::status::{Phase, Startup, SyncRecord, unix_nanos},
     dataplane::Established,
 };
 
@@ -95,8 +95,8 @@ pub struct LoadReport {
     /// corrected (must be 0).
     pub checks: u64,
     pub check_corrections: u64,
-    /// Seconds from a SIGKILLed agent's replacement starting until it had written the API's
-    /// objects, slowest node.
+    /// Seconds from a SIGKILLed agent's replacement starting until the lab saw it had written
+    /// the API's objects: the first node's agent, the others running (as in a rolling update).
     pub restart_seconds: f64,
 }
 
@@ -241,17 +241,26 @@ pub async fn run(options: LoadOptions) -> Result<LoadReport> {
     api.signal_agents(nix::sys::signal::Signal::SIGHUP)?;
     let (checks, check_corrections) = wait_for_checks(&api, &before).await?;
 
-    api.kill_agents();
+    // As a rolling update does: one node's agent restarted while the others run.
+    let restarted = &nodes[..1];
+    for (node, _) in restarted {
+        api.kill_agent(&node.name);
+    }
     let started = Instant::now();
-    api.restart_agents(&nodes)?;
+    api.restart_agents(restarted)?;
     api.converge().await?;
     let restart_seconds = started.elapsed().as_secs_f64();
     let restarts = startups(&api).await?;
     for (node, f) in &mut per_node {
         f.cold_start = cold_starts.get(node).cloned().unwrap_or_default();
-        f.restart = restarts.get(node).cloned().unwrap_or_default();
+        if restarted.iter().any(|(n, _)| n.name == *node) {
+            f.restart = restarts.get(node).cloned().unwrap_or_default();
+        }
     }
     for (node, pid) in api.agent_pids() {
+        if !restarted.iter().any(|(n, _)| n.name == node) {
+            continue;
+        }
         let (_, peak) = memory(pid)?;
         if let Some(f) = per_node.get_mut(&node) {
             f.restarted_peak_rss_mib = peak;
@@ -337,18 +346,25 @@ impl LoadReport {
             );
         }
         let phases = |s: &Startup| {
-            let at = |t: Option<f64>| t.map_or_else(|| "-".to_owned(), |t| format!("{t:.2}"));
+            let at = |p: Option<Phase>| {
+                p.map_or_else(
+                    || "-".to_owned(),
+                    |p| format!("{:.2} s (cpu {:.2} s)", p.at_s, p.cpu_s),
+                )
+            };
             format!(
-                "programs {} s, listed {} s, viewed {} s, ready {} s",
-                at(s.programs_s),
-                at(s.listed_s),
-                at(s.viewed_s),
-                at(s.ready_s)
+                "programs {}, listed {}, viewed {}, ready {}",
+                at(s.programs),
+                at(s.listed),
+                at(s.viewed),
+                at(s.ready)
             )
         };
         for (node, f) in &self.per_node {
             let _ = writeln!(out, "{node} cold start: {}", phases(&f.cold_start));
-            let _ = writeln!(out, "{node} restart:    {}", phases(&f.restart));
+            if f.restart != Startup::default() {
+                let _ = writeln!(out, "{node} restart:    {}", phases(&f.restart));
+            }
         }
         out
     }

@@ -205,6 +205,13 @@ impl ApiControl {
         }
     }
 
+    /// Ends `node`'s agent as `kill -9` would (its pinned programs and maps stay).
+    pub fn kill_agent(&mut self, node: &str) {
+        if let Some(agent) = self.agents.get_mut(node) {
+            agent.kill();
+        }
+    }
+
     /// Sends `signal` to every agent (SIGHUP: a full resync).
     pub fn signal_agents(&self, signal: nix::sys::signal::Signal) -> Result<()> {
         for agent in self.agents.values() {

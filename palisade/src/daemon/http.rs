@@ -16,7 +16,7 @@ use axum::{
 
 use super::{
     metrics::Metrics,
-    status::{Startup, Status},
+    status::{Phase, Startup, Status},
 };
 
 /// What the handlers read, written by the sync loop.
@@ -44,16 +44,29 @@ impl Shared {
         &self,
         began: Instant,
         name: &'static str,
-        phase: fn(&mut Startup) -> &mut Option<f64>,
+        phase: fn(&mut Startup) -> &mut Option<Phase>,
     ) {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let slot = phase(&mut status.startup);
         if slot.is_none() {
-            let seconds = began.elapsed().as_secs_f64();
-            *slot = Some(seconds);
-            tracing::info!(phase = name, seconds, "start-up phase over");
+            let (at_s, cpu_s) = (began.elapsed().as_secs_f64(), cpu_seconds());
+            *slot = Some(Phase { at_s, cpu_s });
+            tracing::info!(
+                phase = name,
+                seconds = at_s,
+                cpu_seconds = cpu_s,
+                "start-up phase over"
+            );
         }
     }
+}
+
+/// User and system CPU time of the whole process so far, in seconds (0 if unknown).
+fn cpu_seconds() -> f64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |v: nix::sys::time::TimeVal| v.tv_sec() as f64 + v.tv_usec() as f64 * 1e-6;
+        t(u.user_time()) + t(u.system_time())
+    })
 }
 
 fn now_secs() -> u64 {

@@ -96,7 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         conntrack: config.conntrack_settings(),
         service_mark: config.service_mark,
     })?;
-    shared.startup(began, "programs", |s| &mut s.programs_s);
+    shared.startup(began, "programs", |s| &mut s.programs);
     let _flows = flow_log::start(&config, &worker, &shared.metrics)?;
 
     let client = client(&config).await?;
@@ -109,7 +109,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     tokio::select! {
         ready = caches.ready() => {
             ready.context("a watch ended before its first list")?;
-            shared.startup(began, "listed", |s| &mut s.listed_s);
+            shared.startup(began, "listed", |s| &mut s.listed);
         }
         signal = &mut shutdown => {
             tracing::info!(signal, "stopping before the first sync; the pinned state stays");
@@ -304,8 +304,7 @@ impl SyncLoop<'_> {
     ) -> Result<bool> {
         let started = Instant::now();
         let view = self.views.update(self.caches, changes.as_deref());
-        self.shared
-            .startup(self.began, "viewed", |s| &mut s.viewed_s);
+        self.shared.startup(self.began, "viewed", |s| &mut s.viewed);
         let cluster = Arc::clone(&view.cluster);
         let digest = view.digest.finish();
         let local: Vec<(ObjectKey, Vec<std::net::IpAddr>)> = view
@@ -432,7 +431,7 @@ impl SyncLoop<'_> {
         for f in &outcome.report.failures {
             tracing::error!(failure = %f, "map write failed; the pod is isolated until it succeeds");
         }
-        self.shared.startup(self.began, "ready", |s| &mut s.ready_s);
+        self.shared.startup(self.began, "ready", |s| &mut s.ready);
         let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
         status.ready = true;
         // The time the maps first held this set of objects (a later sync of the same set,

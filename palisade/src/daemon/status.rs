@@ -44,18 +44,26 @@ pub struct Status {
     pub startup: Startup,
 }
 
-/// The agent's start, each phase's end in seconds since the agent began (`None` until it is
-/// over): where a slow start goes.
+/// The agent's start, phase by phase (`None` until the phase is over): where a slow start goes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Startup {
     /// Programs loaded (or taken over from the pins) and attached.
-    pub programs_s: Option<f64>,
+    pub programs: Option<Phase>,
     /// Every watch's first list in its cache.
-    pub listed_s: Option<f64>,
+    pub listed: Option<Phase>,
     /// The first sync's view of the cluster built from the caches.
-    pub viewed_s: Option<f64>,
+    pub viewed: Option<Phase>,
     /// The first sync's maps written: ready.
-    pub ready_s: Option<f64>,
+    pub ready: Option<Phase>,
+}
+
+/// When a start-up phase ended, in seconds since the agent began, and the CPU time (user and
+/// system, every thread) the agent had used by then: a phase long in time but short in CPU
+/// waited for someone else (the API server).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Phase {
+    pub at_s: f64,
+    pub cpu_s: f64,
 }
 
 /// How many syncs `/status` remembers.

@@ -205,9 +205,16 @@ where
             watcher::Event::InitDone => watcher::Event::InitDone,
         })
         .reflect(writer);
+    let started = Instant::now();
+    let mut listed = false;
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
+            if !listed && matches!(item, Ok(watcher::Event::InitDone)) {
+                listed = true;
+                let seconds = started.elapsed().as_secs_f64();
+                tracing::info!(resource, seconds, "first list cached");
+            }
             if let Some(settled) = &settled {
                 match &item {
                     Ok(watcher::Event::InitDone) => {
