@@ -424,3 +424,33 @@ fn a_pod_info_keeps_what_is_read_and_goes_back_to_an_api_pod() {
     });
     assert_eq!(&PodInfo::from(api), a);
 }
+
+/// Pods with equal labels share one interned set; relabelling one gives it its own and leaves
+/// the other's as it was; the labels go back into the metadata written to an API server.
+#[test]
+fn equal_label_sets_are_held_once_and_relabelling_one_pod_leaves_the_others() {
+    let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: web, tier: front}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x, labels: {tier: front, app: web}}\n";
+    let mut cluster = cluster_from(text);
+    let (a, b) = (pod(&cluster, "x", "a"), pod(&cluster, "x", "b"));
+    assert!(std::ptr::eq(pod_labels(a), pod_labels(b)), "one copy");
+    assert!(
+        a.metadata.labels.is_none(),
+        "held once, outside the metadata"
+    );
+    assert_eq!(
+        a.api_metadata().labels.as_ref(),
+        Some(pod_labels(a)),
+        "written back whole"
+    );
+    cluster.label("pod/x/a app=api").expect("relabels");
+    let (a, b) = (pod(&cluster, "x", "a"), pod(&cluster, "x", "b"));
+    assert_eq!(pod_labels(a).get("app").map(String::as_str), Some("api"));
+    assert_eq!(pod_labels(b).get("app").map(String::as_str), Some("web"));
+    assert!(!std::ptr::eq(pod_labels(a), pod_labels(b)));
+    cluster.label("pod/x/a app=web").expect("relabels back");
+    let (a, b) = (pod(&cluster, "x", "a"), pod(&cluster, "x", "b"));
+    assert!(
+        std::ptr::eq(pod_labels(a), pod_labels(b)),
+        "equal again: one copy again"
+    );
+}
