@@ -57,4 +57,38 @@ async fn churn_reaches_every_node_and_matches_a_full_compile() {
         report.restart_seconds > 0.0,
         "the restarted agents were not timed"
     );
+    // Each agent's own account of its start (`/status`): every phase over, in order, and the
+    // CPU it had used by then never more than two cores' worth of the time.
+    let ordered = |node: &str, what: &str, s: &palisade::daemon::status::Startup| {
+        let phases = [s.programs, s.listed, s.viewed, s.ready];
+        assert!(
+            phases.iter().all(Option::is_some),
+            "{node}'s {what} left a phase unreported: {s:?}"
+        );
+        let phases: Vec<_> = phases.into_iter().flatten().collect();
+        assert!(
+            phases
+                .windows(2)
+                .all(|w| w[0].at_s <= w[1].at_s && w[0].cpu_s <= w[1].cpu_s),
+            "{node}'s {what} phases out of order: {s:?}"
+        );
+        assert!(
+            phases.iter().all(|p| p.cpu_s <= 2.0 * p.at_s + 0.1),
+            "{node}'s {what}: more CPU than time allows: {s:?}"
+        );
+    };
+    for (node, figures) in &report.per_node {
+        ordered(node, "cold start", &figures.cold_start);
+    }
+    let restarted: Vec<_> = (report.per_node.iter())
+        .filter(|(_, f)| f.restart != Default::default())
+        .collect();
+    assert_eq!(
+        restarted.len(),
+        1,
+        "one agent is restarted, as a rolling update would"
+    );
+    for (node, figures) in restarted {
+        ordered(node, "restart", &figures.restart);
+    }
 }
