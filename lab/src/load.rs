@@ -44,7 +44,7 @@ use crate::{
     topology::{NodeHandle, Topology},
 };
 use palisade::{
-    daemon::status::{Phase, Startup, SyncRecord, unix_nanos},
+    daemon::status::{Phase, Startup, Status, SyncRecord, unix_nanos},
     dataplane::Established,
 };
 
@@ -772,24 +772,26 @@ fn memory(pid: u32) -> Result<(f64, f64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// Every agent's checks so far (full resyncs of unchanged objects).
-/// Every agent's account of its start (`/status`), by node.
-async fn startups(api: &ApiControl) -> Result<BTreeMap<String, Startup>> {
-    let mut out = BTreeMap::new();
+/// What `read` takes of every agent's `/status`, by node.
+async fn by_node<T>(api: &ApiControl, read: fn(Status) -> T) -> Result<Vec<(String, T)>> {
+    let mut out = Vec::new();
     for (node, _) in api.agent_pids() {
         let status = api.agent_status(&node).await?;
-        out.insert(node, status.startup);
+        out.push((node, read(status)));
     }
     Ok(out)
 }
 
+/// Every agent's account of its start, by node.
+async fn startups(api: &ApiControl) -> Result<BTreeMap<String, Startup>> {
+    Ok(by_node(api, |s| s.startup).await?.into_iter().collect())
+}
+
+/// Every agent's checks so far (full resyncs of unchanged objects) and the entries they
+/// corrected.
 async fn statuses(api: &ApiControl) -> Result<Vec<(String, u64, u64)>> {
-    let mut out = Vec::new();
-    for (node, _) in api.agent_pids() {
-        let status = api.agent_status(&node).await?;
-        out.push((node, status.checks, status.check_corrections));
-    }
-    Ok(out)
+    let checks = by_node(api, |s| (s.checks, s.check_corrections)).await?;
+    Ok(checks.into_iter().map(|(n, (c, k))| (n, c, k)).collect())
 }
 
 /// Waits until every agent has run a check since `before`; the checks run and the entries

@@ -278,6 +278,16 @@ fn netperf(md: &mut String, f: &Value, inputs: &Inputs<'_>) {
     md.push('\n');
 }
 
+/// One per-packet cell: the median ns of `path` at `n` policies and its median ratio to its
+/// baseline, min .. max over the alternations (empty where not measured).
+fn per_packet_cell(figures: &Value, n: u64, path: &str) -> String {
+    let ns = stats::per_packet(figures, n, path).map_or(String::new(), |ns| format!("{ns:.1} ns"));
+    let ratio = stats::per_packet_ratio(figures, n, path).map_or(String::new(), |r| {
+        format!(", {:.2}x ({:.2} .. {:.2})", r.median, r.min, r.max)
+    });
+    format!("{ns}{ratio}")
+}
+
 /// The per-packet paths at the largest policy count with 1,000 ClusterNetworkPolicies beside
 /// them, against the same count without (issue 17: the tiers must cost nothing per packet).
 fn per_packet_tiers(md: &mut String, f: &Value) {
@@ -298,20 +308,12 @@ The same paths at {n} \
          anything else moved.\n\n| path | {n} policies | {n} policies + 1,000 \
          ClusterNetworkPolicies |\n|---|---|---|"
     );
-    let cell = |figures: &Value, path: &str| {
-        let ns =
-            stats::per_packet(figures, n, path).map_or(String::new(), |ns| format!("{ns:.1} ns"));
-        let ratio = stats::per_packet_ratio(figures, n, path).map_or(String::new(), |r| {
-            format!(", {:.2}x ({:.2} .. {:.2})", r.median, r.min, r.max)
-        });
-        format!("{ns}{ratio}")
-    };
     for path in stats::per_packet_paths(&tiers) {
         let _ = writeln!(
             md,
             "| {path} | {} | {} |",
-            cell(f, &path),
-            cell(&tiers, &path)
+            per_packet_cell(f, n, &path),
+            per_packet_cell(&tiers, n, &path)
         );
     }
     md.push('\n');
@@ -343,18 +345,14 @@ fn per_packet_events(md: &mut String, f: &Value) {
         md.push_str("---|---|");
     }
     md.push('\n');
-    let cell = |figures: &Value, n: u64, path: &str| {
-        let ns =
-            stats::per_packet(figures, n, path).map_or(String::new(), |ns| format!("{ns:.1} ns"));
-        let ratio = stats::per_packet_ratio(figures, n, path).map_or(String::new(), |r| {
-            format!(", {:.2}x ({:.2} .. {:.2})", r.median, r.min, r.max)
-        });
-        format!("{ns}{ratio}")
-    };
     for path in stats::per_packet_paths(&events) {
         let _ = write!(md, "| {path} |");
         for &n in &counts {
-            let _ = write!(md, " {} | {} |", cell(f, n, &path), cell(&events, n, &path));
+            let (off, on) = (
+                per_packet_cell(f, n, &path),
+                per_packet_cell(&events, n, &path),
+            );
+            let _ = write!(md, " {off} | {on} |");
         }
         md.push('\n');
     }
@@ -394,12 +392,7 @@ fn per_packet(md: &mut String, f: &Value, plot_prefix: &str) {
     for path in stats::per_packet_paths(f) {
         let _ = write!(md, "| {path} |");
         for &n in &counts {
-            let ns =
-                stats::per_packet(f, n, &path).map_or(String::new(), |ns| format!("{ns:.1} ns"));
-            let ratio = stats::per_packet_ratio(f, n, &path).map_or(String::new(), |r| {
-                format!(", {:.2}x ({:.2} .. {:.2})", r.median, r.min, r.max)
-            });
-            let _ = write!(md, " {ns}{ratio} |");
+            let _ = write!(md, " {} |", per_packet_cell(f, n, &path));
         }
         md.push('\n');
     }

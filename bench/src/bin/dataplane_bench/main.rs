@@ -191,16 +191,21 @@ fn main() -> Result<()> {
     bar.enable_steady_tick(Duration::from_millis(500));
 
     let start = Instant::now();
+    // The paths at `policies` NetworkPolicies and `cluster_policies` ClusterNetworkPolicies,
+    // flow events on or off.
+    let measure = |policies, cluster_policies, events| {
+        per_packet::measure(
+            plan.peers,
+            (policies, cluster_policies),
+            plan.repeat,
+            plan.singles,
+            events,
+        )
+    };
     let mut per_packet = Vec::new();
     for &n in plan.counts {
         bar.set_message(format!("BPF_PROG_TEST_RUN, {n} policies"));
-        per_packet.extend(per_packet::measure(
-            plan.peers,
-            (n, 0),
-            plan.repeat,
-            plan.singles,
-            false,
-        )?);
+        per_packet.extend(measure(n, 0, false)?);
         bar.inc(1);
     }
     // The largest count again with 1,000 ClusterNetworkPolicies beside it, measured right
@@ -209,13 +214,7 @@ fn main() -> Result<()> {
     bar.set_message(format!(
         "BPF_PROG_TEST_RUN, {most} policies and {CLUSTER_POLICIES} ClusterNetworkPolicies"
     ));
-    let per_packet_tiers = per_packet::measure(
-        plan.peers,
-        (most, CLUSTER_POLICIES),
-        plan.repeat,
-        plan.singles,
-        false,
-    )?;
+    let per_packet_tiers = measure(most, CLUSTER_POLICIES, false)?;
     bar.inc(1);
     let mut per_packet_events = Vec::new();
     if plan.flow_events {
@@ -224,13 +223,7 @@ fn main() -> Result<()> {
         counts.dedup();
         for n in counts {
             bar.set_message(format!("BPF_PROG_TEST_RUN, {n} policies, flow events on"));
-            per_packet_events.extend(per_packet::measure(
-                plan.peers,
-                (n, 0),
-                plan.repeat,
-                plan.singles,
-                true,
-            )?);
+            per_packet_events.extend(measure(n, 0, true)?);
         }
     }
     phases.insert("per-packet", start.elapsed().as_secs_f64());
