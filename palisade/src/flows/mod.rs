@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     fmt,
     net::IpAddr,
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
     time::{Duration, SystemTime},
 };
 
@@ -224,8 +224,8 @@ impl FlowFilter {
 #[derive(Clone, Debug)]
 pub struct LocalPod {
     pub key: ObjectKey,
-    /// Classes by direction: a class bit names its rules.
-    pub classes: [Vec<Class>; 2],
+    /// Classes by direction: a class bit names its rules (the compiled endpoint's, shared).
+    pub classes: Arc<[Vec<Class>; 2]>,
     /// Policies selecting the pod, by direction.
     pub isolating: [Vec<ObjectKey>; 2],
     /// Rules the pod's entries could not hold, by direction (they allow nothing here).

@@ -1,7 +1,7 @@
 //! A new agent's first look at the maps: what an earlier agent left pinned is read back, so
 //! the first sync writes only the difference.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use aya::{
     Ebpf,
@@ -15,8 +15,13 @@ use palisade_common::{
 use super::{
     Endpoint, Rules, SyncReport, Written,
     maps::{ById, Maps, map_err, peer_key, port_key},
+    port_map_key, port_state_key,
 };
-use crate::{dataplane::DataplaneError, k8s::cluster::ObjectKey, policy::compile::TierMasks};
+use crate::{
+    dataplane::DataplaneError,
+    k8s::cluster::ObjectKey,
+    policy::{compile::TierMasks, ports::PortPrefix},
+};
 
 impl Written {
     /// Reads back what an earlier agent wrote into (pinned) maps, so the first sync writes only
@@ -40,14 +45,23 @@ impl Written {
                 .or_default()
                 .insert((k.direction, k.peer), v);
         }
-        let mut ports: ById<(u32, u8, u8, [u8; 2])> = BTreeMap::new();
+        let mut ports: ById<(u8, u8, PortPrefix)> = BTreeMap::new();
+        let mut malformed = Vec::new();
         for item in maps.ports.iter() {
             let (k, v) = item.map_err(map_err(MAP_PORTS, "read"))?;
             let d = k.data();
-            ports
-                .entry(d.endpoint)
-                .or_default()
-                .insert((k.prefix_len(), d.direction, d.protocol, d.port_be), v);
+            let map_key = (k.prefix_len(), d.direction, d.protocol, d.port_be);
+            match port_state_key(map_key) {
+                Some(key) => {
+                    ports.entry(d.endpoint).or_default().insert(key, v);
+                }
+                // No sync writes such a key: it is nobody's.
+                None => malformed.push((d.endpoint, map_key)),
+            }
+        }
+        for (id, k) in malformed {
+            let _ = maps.ports.remove(&port_key(id, k));
+            report.deletes += 1;
         }
         let ids = peers.keys().chain(ports.keys()).copied();
         self.next_pair = self.next_pair.max(ids.max().unwrap_or(0) / 2);
@@ -75,8 +89,8 @@ impl Written {
                     deny: info.deny,
                     pass: info.pass,
                 },
-                peers: peers.remove(&id).unwrap_or_default(),
-                ports: ports.remove(&id).unwrap_or_default(),
+                peers: Arc::new(peers.remove(&id).unwrap_or_default()),
+                ports: Arc::new(ports.remove(&id).unwrap_or_default()),
             };
             let rules = take(info.id, &mut peers, &mut ports);
             let idle = take(info.id ^ 1, &mut peers, &mut ports);
@@ -100,7 +114,7 @@ impl Written {
         }
         for (id, entries) in ports {
             for k in entries.keys() {
-                let _ = maps.ports.remove(&port_key(id, *k));
+                let _ = maps.ports.remove(&port_key(id, port_map_key(*k)));
                 report.deletes += 1;
             }
         }

@@ -9,9 +9,8 @@ use aya::{Ebpf, maps::lpm_trie::Key};
 use palisade_common::{Addr, IdentityValue, MAP_CIDRS, MAP_ENDPOINTS, MAP_POD_IDENTITIES};
 
 use super::{
-    Endpoint, Rules, SyncReport, Written,
+    Deltas, Endpoint, Rules, SyncReport, Written,
     maps::{Maps, map_err},
-    rules_of,
 };
 use crate::{
     dataplane::DataplaneError,
@@ -120,28 +119,24 @@ impl Written {
         report: &mut SyncReport,
     ) -> Vec<Staged> {
         let mut staged = Vec::new();
+        let mut deltas = Deltas::default();
         for (key, &index) in ifindex {
-            // Written, on this interface, not mid-swap, and either not in the journal or
-            // equal to what was written.
-            let unchanged = state.endpoints.get(key).is_some_and(|ep| {
-                self.endpoints.get(key).is_some_and(|w| {
-                    w.ifindex == index
-                        && w.idle.is_none()
-                        && (journal.is_some_and(|j| !j.endpoints.contains(key))
-                            || w.rules.equal_to(ep))
-                })
-            });
-            if unchanged {
-                continue;
-            }
-            let Some(rules) = rules_of(state, key) else {
+            let Some(ep) = state.endpoints.get(key) else {
                 continue;
             };
+            // Written, on this interface, not mid-swap, and not in the journal.
+            let unjournaled = journal.is_some_and(|j| !j.endpoints.contains(key));
+            if unjournaled
+                && (self.endpoints.get(key)).is_some_and(|w| w.ifindex == index && w.idle.is_none())
+            {
+                continue;
+            }
+            let rules = Rules::of(ep);
             let written = match self.endpoints.get_mut(key) {
                 None => {
                     self.next_pair += 1;
                     let pair = self.next_pair;
-                    let written = maps.write_rules(pair * 2, &rules, None, report);
+                    let written = maps.write_rules(pair * 2, &rules, report);
                     if written.is_err() {
                         maps.delete_rules(pair * 2, &rules, report);
                     } else {
@@ -154,55 +149,61 @@ impl Written {
                     }
                     written
                 }
-                Some(ep) if ep.rules == rules => Ok(()),
-                Some(ep) if rules.only_adds_to(&ep.rules) => {
-                    let id = ep.id();
-                    let written = maps.write_rules(id, &rules, Some(&ep.rules), report);
-                    if written.is_ok() {
-                        ep.rules = rules;
-                    } else {
-                        // Some additions are in, untracked: quarantine, then clear them all.
-                        self.quarantine(maps, key, report);
-                        maps.delete_rules(id, &rules, report);
-                    }
-                    written
-                }
-                Some(ep) if rules.only_removes_from(&ep.rules) => {
-                    let (id, ifindex) = (ep.id(), ep.ifindex);
-                    let info_changed = rules.info(id) != ep.rules.info(id);
-                    let mut written = maps.shrink_rules(id, &rules, &ep.rules, report);
-                    if written.is_ok() && info_changed {
-                        written = maps
-                            .endpoints
-                            .insert(ifindex, rules.info(id), 0)
-                            .map_err(map_err(MAP_ENDPOINTS, "insert"));
-                        report.writes += usize::from(written.is_ok());
-                    }
-                    if written.is_ok() {
-                        ep.rules = rules;
-                    } else {
-                        // Part shrunk: the old entries' keys cover every one left.
-                        self.quarantine(maps, key, report);
-                    }
-                    written
-                }
                 Some(ep) => {
-                    // A sync that failed half way may have left entries under the idle id:
-                    // clear them, or they would go live with the swap.
-                    if let Some(leftover) = ep.idle.take() {
-                        maps.delete_rules(ep.idle_id(), &leftover, report);
-                    }
-                    ep.idle = Some(rules.clone());
-                    let written = maps.write_rules(ep.idle_id(), &rules, None, report);
-                    if written.is_ok() {
-                        staged.push(Staged::Swap {
-                            key: key.clone(),
-                            rules,
-                        });
+                    let change = deltas.change(&ep.rules, &rules);
+                    if change.none() && ep.rules.same_info(&rules) {
+                        // Equal: keep the new allocations, so that the next sync compares
+                        // pointers.
+                        ep.rules = rules;
+                        Ok(())
+                    } else if change.only_adds(&ep.rules, &rules) {
+                        let id = ep.id();
+                        let written = maps.write_change(id, &change, report);
+                        if written.is_ok() {
+                            ep.rules = rules;
+                        } else {
+                            // Some additions are in, untracked: quarantine, then clear them
+                            // all.
+                            self.quarantine(maps, key, report);
+                            maps.delete_rules(id, &rules, report);
+                        }
+                        written
+                    } else if change.only_removes(&ep.rules, &rules) {
+                        let (id, ifindex) = (ep.id(), ep.ifindex);
+                        let info_changed = rules.info(id) != ep.rules.info(id);
+                        let mut written = maps.write_change(id, &change, report);
+                        if written.is_ok() && info_changed {
+                            written = maps
+                                .endpoints
+                                .insert(ifindex, rules.info(id), 0)
+                                .map_err(map_err(MAP_ENDPOINTS, "insert"));
+                            report.writes += usize::from(written.is_ok());
+                        }
+                        if written.is_ok() {
+                            ep.rules = rules;
+                        } else {
+                            // Part shrunk: the old entries' keys cover every one left.
+                            self.quarantine(maps, key, report);
+                        }
+                        written
                     } else {
-                        self.quarantine(maps, key, report);
+                        // A sync that failed half way may have left entries under the idle
+                        // id: clear them, or they would go live with the swap.
+                        if let Some(leftover) = ep.idle.take() {
+                            maps.delete_rules(ep.idle_id(), &leftover, report);
+                        }
+                        ep.idle = Some(rules.clone());
+                        let written = maps.write_rules(ep.idle_id(), &rules, report);
+                        if written.is_ok() {
+                            staged.push(Staged::Swap {
+                                key: key.clone(),
+                                rules,
+                            });
+                        } else {
+                            self.quarantine(maps, key, report);
+                        }
+                        written
                     }
-                    written
                 }
             };
             if let Err(e) = written {

@@ -10,8 +10,9 @@ use palisade_common::{
 };
 use std::collections::BTreeMap;
 
-use super::{Rules, SyncReport};
+use super::{Change, Rules, SyncReport, port_map_key};
 use crate::dataplane::DataplaneError;
+use crate::policy::ports::PortPrefix;
 
 pub(super) fn peer_key(id: u32, (direction, peer): (u8, u32)) -> PeerKey {
     PeerKey {
@@ -92,73 +93,64 @@ impl<'a> Maps<'a> {
         })
     }
 
-    /// Writes `rules`' entries under `id`, skipping those `old` already holds with that value.
+    /// Writes every entry of `rules` under `id`.
     pub(super) fn write_rules(
         &mut self,
         id: u32,
         rules: &Rules,
-        old: Option<&Rules>,
         report: &mut SyncReport,
     ) -> Result<(), DataplaneError> {
-        for (k, v) in &rules.peers {
-            if old.is_some_and(|o| o.peers.get(k) == Some(v)) {
-                continue;
-            }
+        self.write_entries(id, rules.peers.iter(), rules.ports.iter(), report)
+    }
+
+    /// Writes the entries `change` adds or changes under `id`, and deletes those it removes.
+    pub(super) fn write_change(
+        &mut self,
+        id: u32,
+        change: &Change,
+        report: &mut SyncReport,
+    ) -> Result<(), DataplaneError> {
+        let (peers, ports) = (&change.peers, &change.ports);
+        let peer_values = peers
+            .added
+            .iter()
+            .chain(&peers.changed)
+            .map(|(k, v)| (k, v));
+        let port_values = ports
+            .added
+            .iter()
+            .chain(&ports.changed)
+            .map(|(k, v)| (k, v));
+        self.write_entries(id, peer_values, port_values, report)?;
+        for k in &peers.gone {
+            let _ = self.peers.remove(&peer_key(id, *k));
+            report.deletes += 1;
+        }
+        for k in &ports.gone {
+            let _ = self.ports.remove(&port_key(id, port_map_key(*k)));
+            report.deletes += 1;
+        }
+        Ok(())
+    }
+
+    fn write_entries<'e>(
+        &mut self,
+        id: u32,
+        peers: impl Iterator<Item = (&'e (u8, u32), &'e ClassMask)>,
+        ports: impl Iterator<Item = (&'e (u8, u8, PortPrefix), &'e ClassMask)>,
+        report: &mut SyncReport,
+    ) -> Result<(), DataplaneError> {
+        for (k, v) in peers {
             self.peers
                 .insert(peer_key(id, *k), v, 0)
                 .map_err(map_err(MAP_PEERS, "insert"))?;
             report.writes += 1;
         }
-        for (k, v) in &rules.ports {
-            if old.is_some_and(|o| o.ports.get(k) == Some(v)) {
-                continue;
-            }
+        for (k, v) in ports {
             self.ports
-                .insert(&port_key(id, *k), v, 0)
+                .insert(&port_key(id, port_map_key(*k)), v, 0)
                 .map_err(map_err(MAP_PORTS, "insert"))?;
             report.writes += 1;
-        }
-        Ok(())
-    }
-
-    /// Shrinks `old`'s entries under `id` to `rules` (which only removes from them, see
-    /// [`Rules::only_removes_from`]): changed values overwritten, missing entries deleted.
-    pub(super) fn shrink_rules(
-        &mut self,
-        id: u32,
-        rules: &Rules,
-        old: &Rules,
-        report: &mut SyncReport,
-    ) -> Result<(), DataplaneError> {
-        for (k, v) in &old.peers {
-            match rules.peers.get(k) {
-                Some(new) if new == v => {}
-                Some(new) => {
-                    self.peers
-                        .insert(peer_key(id, *k), new, 0)
-                        .map_err(map_err(MAP_PEERS, "insert"))?;
-                    report.writes += 1;
-                }
-                None => {
-                    let _ = self.peers.remove(&peer_key(id, *k));
-                    report.deletes += 1;
-                }
-            }
-        }
-        for (k, v) in &old.ports {
-            match rules.ports.get(k) {
-                Some(new) if new == v => {}
-                Some(new) => {
-                    self.ports
-                        .insert(&port_key(id, *k), new, 0)
-                        .map_err(map_err(MAP_PORTS, "insert"))?;
-                    report.writes += 1;
-                }
-                None => {
-                    let _ = self.ports.remove(&port_key(id, *k));
-                    report.deletes += 1;
-                }
-            }
         }
         Ok(())
     }
@@ -170,7 +162,7 @@ impl<'a> Maps<'a> {
             report.deletes += 1;
         }
         for k in rules.ports.keys() {
-            let _ = self.ports.remove(&port_key(id, *k));
+            let _ = self.ports.remove(&port_key(id, port_map_key(*k)));
             report.deletes += 1;
         }
     }

@@ -45,7 +45,10 @@ mod adopt;
 mod apply;
 mod maps;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use palisade_common::{
     Addr, ClassMask, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EndpointInfo, MAP_CIDRS,
@@ -57,8 +60,7 @@ use self::maps::Maps;
 use crate::{
     k8s::cluster::ObjectKey,
     policy::{
-        NodeState,
-        compile::{self, EndpointState, TierMasks},
+        compile::{self, EndpointState, PeerEntries, PortEntries, TierMasks},
         ports::PortPrefix,
     },
 };
@@ -77,8 +79,9 @@ pub struct SyncReport {
     pub switched_off: Vec<u32>,
 }
 
-/// One endpoint's entries, without its id: (direction, peer) and (prefix length, direction,
-/// protocol, port) to class masks.
+/// One endpoint's entries, without its id: its [`EndpointInfo`]'s parts and the compiled
+/// peer and port entries, shared with the [`NodeState`] they were written from (replicas'
+/// entries are one allocation there, and stay one here).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Rules {
     /// `EndpointInfo` without its id.
@@ -86,63 +89,195 @@ struct Rules {
     any_peer: [ClassMask; 2],
     any_port: [ClassMask; 2],
     tiers: TierMasks,
-    peers: BTreeMap<(u8, u32), ClassMask>,
-    ports: BTreeMap<(u32, u8, u8, [u8; 2]), ClassMask>,
+    peers: Arc<PeerEntries>,
+    ports: Arc<PortEntries>,
 }
 
 impl Rules {
+    fn of(ep: &EndpointState) -> Self {
+        Self {
+            flags: ep.flags,
+            any_peer: ep.any_peer,
+            any_port: ep.any_port,
+            tiers: ep.tiers,
+            peers: ep.peers.clone(),
+            ports: ep.ports.clone(),
+        }
+    }
+
     fn info(&self, id: u32) -> EndpointInfo {
         compile::info(id, self.flags, self.any_peer, self.any_port, &self.tiers)
     }
 
-    /// Whether `self` only adds entries to `old`: same info, every old entry kept as it was;
-    /// and, at an endpoint a ClusterNetworkPolicy applies to, at most one entry new in each
-    /// direction (see the module documentation).
-    fn only_adds_to(&self, old: &Self) -> bool {
-        let adds = self.flags == old.flags
-            && self.any_peer == old.any_peer
-            && self.any_port == old.any_port
-            && self.tiers == old.tiers
-            && old.peers.iter().all(|(k, v)| self.peers.get(k) == Some(v))
-            && old.ports.iter().all(|(k, v)| self.ports.get(k) == Some(v));
-        if !adds || self.tiers == TierMasks::default() {
-            return adds;
-        }
-        // Every old entry is kept, so the new ones are the surplus, counted per direction.
-        let mut new = [0usize; 2];
-        let peers = (self.peers.keys())
-            .filter(|k| !old.peers.contains_key(k))
-            .map(|k| k.0);
-        let ports = (self.ports.keys())
-            .filter(|k| !old.ports.contains_key(k))
-            .map(|k| k.1);
-        for direction in peers.chain(ports) {
-            new[usize::from(direction & 1)] += 1;
-        }
-        new.iter().all(|n| *n <= 1)
+    /// The same [`EndpointInfo`] but for its id.
+    fn same_info(&self, other: &Self) -> bool {
+        self.flags == other.flags
+            && self.any_peer == other.any_peer
+            && self.any_port == other.any_port
+            && self.tiers == other.tiers
+    }
+}
+
+/// How one endpoint's written rules would become new ones (see [`Deltas`]).
+struct Change {
+    peers: Arc<Delta<(u8, u32)>>,
+    ports: Arc<Delta<(u8, u8, PortPrefix)>>,
+}
+
+impl Change {
+    /// No entry changes.
+    fn none(&self) -> bool {
+        self.peers.is_empty() && self.ports.is_empty()
     }
 
-    /// Whether `self` only takes class bits away from `old`, at an endpoint no
-    /// ClusterNetworkPolicy applies to: the same flags, no entry and no bit that `old` lacks.
-    fn only_removes_from(&self, old: &Self) -> bool {
-        let within = |new: &ClassMask, old: &ClassMask| new & !old == 0;
-        let untiered = TierMasks::default();
-        self.flags == old.flags
-            && self.tiers == untiered
-            && old.tiers == untiered
-            && self
-                .any_peer
-                .iter()
-                .zip(&old.any_peer)
-                .all(|(n, o)| within(n, o))
-            && self
-                .any_port
-                .iter()
-                .zip(&old.any_port)
-                .all(|(n, o)| within(n, o))
-            && (self.peers.iter()).all(|(k, v)| old.peers.get(k).is_some_and(|o| within(v, o)))
-            && (self.ports.iter()).all(|(k, v)| old.ports.get(k).is_some_and(|o| within(v, o)))
+    /// Whether the new rules only add entries to `old`: same info, every old entry kept as it
+    /// was; and, at an endpoint a ClusterNetworkPolicy applies to, at most one entry new in
+    /// each direction (see the module documentation).
+    fn only_adds(&self, old: &Rules, new: &Rules) -> bool {
+        let adds = new.same_info(old) && self.peers.only_adds() && self.ports.only_adds();
+        if !adds || new.tiers == TierMasks::default() {
+            return adds;
+        }
+        let mut added = [0usize; 2];
+        let peers = self.peers.added.iter().map(|((d, _), _)| *d);
+        let ports = self.ports.added.iter().map(|((d, _, _), _)| *d);
+        for direction in peers.chain(ports) {
+            added[usize::from(direction & 1)] += 1;
+        }
+        added.iter().all(|n| *n <= 1)
     }
+
+    /// Whether the new rules only take class bits away from `old`, at an endpoint no
+    /// ClusterNetworkPolicy applies to: the same flags, no entry and no bit that `old` lacks.
+    fn only_removes(&self, old: &Rules, new: &Rules) -> bool {
+        let within = |new: &[ClassMask; 2], old: &[ClassMask; 2]| {
+            new.iter().zip(old).all(|(n, o)| n & !o == 0)
+        };
+        let untiered = TierMasks::default();
+        new.flags == old.flags
+            && new.tiers == untiered
+            && old.tiers == untiered
+            && within(&new.any_peer, &old.any_peer)
+            && within(&new.any_port, &old.any_port)
+            && self.peers.only_removes()
+            && self.ports.only_removes()
+    }
+}
+
+/// How one map of entries became another, entry by entry.
+#[derive(Debug)]
+struct Delta<K> {
+    /// Entries the new map has and the old one lacks.
+    added: Vec<(K, ClassMask)>,
+    /// Entries of both whose value changed, with the new value.
+    changed: Vec<(K, ClassMask)>,
+    /// Entries only the old map has.
+    gone: Vec<K>,
+    /// Whether every changed value only lost bits.
+    shrinks: bool,
+}
+
+impl<K: Ord + Copy> Delta<K> {
+    /// One ordered walk of both maps.
+    fn between(old: &BTreeMap<K, ClassMask>, new: &BTreeMap<K, ClassMask>) -> Self {
+        let mut delta = Self {
+            added: Vec::new(),
+            changed: Vec::new(),
+            gone: Vec::new(),
+            shrinks: true,
+        };
+        let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some((k, _)), None) => {
+                    delta.gone.push(**k);
+                    a.next();
+                }
+                (None, Some((k, v))) => {
+                    delta.added.push((**k, **v));
+                    b.next();
+                }
+                (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                    std::cmp::Ordering::Less => {
+                        delta.gone.push(**ka);
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        delta.added.push((**kb, **vb));
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if va != vb {
+                            delta.changed.push((**kb, **vb));
+                            delta.shrinks &= **vb & !**va == 0;
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
+            }
+        }
+        delta
+    }
+
+    fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.gone.is_empty()
+    }
+
+    fn only_adds(&self) -> bool {
+        self.changed.is_empty() && self.gone.is_empty()
+    }
+
+    fn only_removes(&self) -> bool {
+        self.added.is_empty() && self.shrinks
+    }
+}
+
+/// The deltas computed within one sync, by the pair of allocations they are between:
+/// replicas written from one allocation to another share one walk. Both allocations are held
+/// with their delta, so an address names one map while this lives.
+#[derive(Default)]
+struct Deltas {
+    peers: DeltaMemo<(u8, u32)>,
+    ports: DeltaMemo<(u8, u8, PortPrefix)>,
+}
+
+type DeltaMemo<K> = HashMap<
+    [usize; 2],
+    (
+        Arc<BTreeMap<K, ClassMask>>,
+        Arc<BTreeMap<K, ClassMask>>,
+        Arc<Delta<K>>,
+    ),
+>;
+
+impl Deltas {
+    fn change(&mut self, old: &Rules, new: &Rules) -> Change {
+        Change {
+            peers: delta(&mut self.peers, &old.peers, &new.peers),
+            ports: delta(&mut self.ports, &old.ports, &new.ports),
+        }
+    }
+}
+
+fn delta<K: Ord + Copy>(
+    memo: &mut DeltaMemo<K>,
+    old: &Arc<BTreeMap<K, ClassMask>>,
+    new: &Arc<BTreeMap<K, ClassMask>>,
+) -> Arc<Delta<K>> {
+    let key = [Arc::as_ptr(old) as usize, Arc::as_ptr(new) as usize];
+    if let Some((_, _, delta)) = memo.get(&key) {
+        return delta.clone();
+    }
+    let delta = if Arc::ptr_eq(old, new) {
+        Delta::between(&BTreeMap::new(), &BTreeMap::new())
+    } else {
+        Delta::between(old, new)
+    };
+    let delta = Arc::new(delta);
+    memo.insert(key, (old.clone(), new.clone(), delta.clone()));
+    delta
 }
 
 /// A local pod as written: its interface, its pair of ids and which one is live.
@@ -177,45 +312,24 @@ pub(super) struct Written {
     quarantined: BTreeMap<ObjectKey, u32>,
 }
 
-fn rules_of(state: &NodeState, key: &ObjectKey) -> Option<Rules> {
-    let ep = state.endpoints.get(key)?;
-    Some(Rules {
-        flags: ep.flags,
-        any_peer: ep.any_peer,
-        any_port: ep.any_port,
-        tiers: ep.tiers,
-        peers: ep.peers.clone(),
-        ports: ep.ports.iter().map(port_entry).collect(),
-    })
-}
-
-/// An endpoint's port entry as the map keys it.
-fn port_entry(
-    ((direction, protocol, prefix), mask): (&(u8, u8, PortPrefix), &ClassMask),
-) -> ((u32, u8, u8, [u8; 2]), ClassMask) {
+/// An endpoint's port entry as the map keys it: (prefix length, direction, protocol, port).
+fn port_map_key((direction, protocol, prefix): (u8, u8, PortPrefix)) -> (u32, u8, u8, [u8; 2]) {
     let len = PORT_KEY_FIXED_BITS + u32::from(prefix.len);
-    (
-        (len, *direction, *protocol, prefix.value.to_be_bytes()),
-        *mask,
-    )
+    (len, direction, protocol, prefix.value.to_be_bytes())
 }
 
-impl Rules {
-    /// Whether these are exactly `ep`'s rules, without building them (what most endpoints of
-    /// most syncs are: a sync after one change rewrites a few endpoints of many).
-    fn equal_to(&self, ep: &EndpointState) -> bool {
-        self.flags == ep.flags
-            && self.any_peer == ep.any_peer
-            && self.any_port == ep.any_port
-            && self.tiers == ep.tiers
-            && self.peers == ep.peers
-            && self.ports.len() == ep.ports.len()
-            && self
-                .ports
-                .iter()
-                .map(|(k, m)| (*k, *m))
-                .eq(ep.ports.iter().map(port_entry))
-    }
+/// A port entry's key as the compiler keys it, if the map's key is one a sync writes.
+fn port_state_key(
+    (len, direction, protocol, port_be): (u32, u8, u8, [u8; 2]),
+) -> Option<(u8, u8, PortPrefix)> {
+    let len = u8::try_from(len.checked_sub(PORT_KEY_FIXED_BITS)?)
+        .ok()
+        .filter(|l| *l <= 16)?;
+    let prefix = PortPrefix {
+        value: u16::from_be_bytes(port_be),
+        len,
+    };
+    Some((direction, protocol, prefix))
 }
 
 impl Written {
@@ -277,9 +391,12 @@ pub const NO_RULES: u32 = 0;
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use palisade_common::ClassMask;
 
-    use super::{Rules, TierMasks};
+    use super::{Deltas, Rules, TierMasks};
+    use crate::policy::ports::PortPrefix;
 
     fn rules(tiered: bool, peers: &[(u8, u32, ClassMask)], ports: &[(u8, u16)]) -> Rules {
         let mut tiers = TierMasks::default();
@@ -287,15 +404,29 @@ mod tests {
             tiers.admin = [0b1; 2];
             tiers.deny = [0b1; 2];
         }
+        let prefix = |port: u16| PortPrefix {
+            value: port,
+            len: 16,
+        };
         Rules {
             flags: 0,
             tiers,
-            peers: peers.iter().map(|(d, p, m)| ((*d, *p), *m)).collect(),
-            ports: (ports.iter())
-                .map(|(d, port)| ((32, *d, 6, port.to_be_bytes()), 0b11))
-                .collect(),
+            peers: Arc::new(peers.iter().map(|(d, p, m)| ((*d, *p), *m)).collect()),
+            ports: Arc::new(
+                (ports.iter())
+                    .map(|(d, port)| ((*d, 6, prefix(*port)), 0b11))
+                    .collect(),
+            ),
             ..Rules::default()
         }
+    }
+
+    fn adds(new: &Rules, old: &Rules) -> bool {
+        Deltas::default().change(old, new).only_adds(old, new)
+    }
+
+    fn removes(new: &Rules, old: &Rules) -> bool {
+        Deltas::default().change(old, new).only_removes(old, new)
     }
 
     #[test]
@@ -303,31 +434,64 @@ mod tests {
         let old = rules(true, &[(0, 7, 0b10)], &[(0, 80)]);
         // A new peer identity: one entry each way, in place.
         let one_each = rules(true, &[(0, 7, 0b10), (0, 9, 0b11), (1, 9, 0b1)], &[(0, 80)]);
-        assert!(one_each.only_adds_to(&old));
+        assert!(adds(&one_each, &old));
         // A new peer entry and a new port entry of one direction: a packet could read one
         // new and one old, so the endpoint is swapped.
         let two_ingress = rules(true, &[(0, 7, 0b10), (0, 9, 0b11)], &[(0, 80), (0, 443)]);
-        assert!(!two_ingress.only_adds_to(&old));
+        assert!(!adds(&two_ingress, &old));
         // The same without tiers is monotone: in place.
         let untiered_old = rules(false, &[(0, 7, 0b10)], &[(0, 80)]);
         let untiered = rules(false, &[(0, 7, 0b10), (0, 9, 0b11)], &[(0, 80), (0, 443)]);
-        assert!(untiered.only_adds_to(&untiered_old));
+        assert!(adds(&untiered, &untiered_old));
         // A changed value is never an add.
         let changed = rules(false, &[(0, 7, 0b11)], &[(0, 80)]);
-        assert!(!changed.only_adds_to(&untiered_old));
+        assert!(!adds(&changed, &untiered_old));
     }
 
     #[test]
     fn removes_in_place_only_without_tiers_and_only_bits_taken_away() {
         let old = rules(false, &[(0, 7, 0b110), (1, 8, 0b100)], &[(0, 80), (0, 443)]);
         let shrunk = rules(false, &[(0, 7, 0b010)], &[(0, 80)]);
-        assert!(shrunk.only_removes_from(&old));
+        assert!(removes(&shrunk, &old));
         let gained = rules(false, &[(0, 7, 0b011)], &[(0, 80)]);
-        assert!(!gained.only_removes_from(&old));
+        assert!(!removes(&gained, &old));
         let new_entry = rules(false, &[(0, 7, 0b010), (0, 9, 0b010)], &[(0, 80)]);
-        assert!(!new_entry.only_removes_from(&old));
+        assert!(!removes(&new_entry, &old));
         let tiered_old = rules(true, &[(0, 7, 0b110)], &[(0, 80)]);
         let tiered = rules(true, &[(0, 7, 0b010)], &[(0, 80)]);
-        assert!(!tiered.only_removes_from(&tiered_old));
+        assert!(!removes(&tiered, &tiered_old));
+    }
+
+    #[test]
+    fn a_delta_names_every_entry_added_changed_and_gone_once() {
+        let old = rules(false, &[(0, 1, 0b1), (0, 2, 0b11), (1, 3, 0b1)], &[(0, 80)]);
+        let new = rules(
+            false,
+            &[(0, 2, 0b01), (0, 4, 0b1), (1, 3, 0b1)],
+            &[(0, 443)],
+        );
+        let mut deltas = Deltas::default();
+        let change = deltas.change(&old, &new);
+        assert_eq!(change.peers.added, [((0, 4), 0b1)]);
+        assert_eq!(change.peers.changed, [((0, 2), 0b01)]);
+        assert_eq!(change.peers.gone, [(0, 1)]);
+        assert!(change.peers.shrinks);
+        assert_eq!(change.ports.added.len(), 1);
+        assert_eq!(change.ports.gone.len(), 1);
+        // Asked again for the same allocations: the same walk, not a new one.
+        let again = deltas.change(&old, &new);
+        assert!(Arc::ptr_eq(&change.peers, &again.peers));
+        // One allocation against itself: nothing to write.
+        assert!(deltas.change(&new, &new.clone()).none());
+    }
+
+    #[test]
+    fn port_keys_survive_the_round_trip_through_the_map() {
+        for (value, len) in [(0, 0), (80, 16), (0x8000, 1), (1024, 6)] {
+            let key = (0, 6, PortPrefix { value, len });
+            assert_eq!(super::port_state_key(super::port_map_key(key)), Some(key));
+        }
+        assert_eq!(super::port_state_key((3, 0, 6, [0, 80])), None);
+        assert_eq!(super::port_state_key((200, 0, 6, [0, 80])), None);
     }
 }

@@ -90,7 +90,7 @@ impl ClassTable {
         }
         let d = usize::from(direction);
         for (id, mask) in tier.peers {
-            *ep.peers.entry((direction, id)).or_insert(0) |= mask << shift;
+            *ep.peers_mut().entry((direction, id)).or_insert(0) |= mask << shift;
         }
         ep.any_peer[d] |= tier.any_peer << shift;
         ep.flags |= if direction == DIR_INGRESS {
@@ -322,11 +322,13 @@ impl Context<'_> {
                 };
                 for r in ranges {
                     for p in range_to_prefixes(r.first, r.last) {
-                        ep.ports.entry((direction, r.protocol, p)).or_insert(0);
+                        ep.ports_mut()
+                            .entry((direction, r.protocol, p))
+                            .or_insert(0);
                     }
                 }
             }
-            for ((dir, protocol, prefix), mask) in ep.ports.iter_mut() {
+            for ((dir, protocol, prefix), mask) in ep.ports_mut().iter_mut() {
                 if *dir != direction {
                     continue;
                 }
@@ -348,9 +350,9 @@ impl Context<'_> {
                 }
             }
             ep.tiers.add(d, &table.classes);
-            ep.classes[d] = table.classes;
+            ep.classes_mut()[d] = table.classes;
         }
-        ep.peers.retain(|_, m| *m != 0);
+        ep.peers_mut().retain(|_, m| *m != 0);
         if crate::k8s::cluster::namespace_audited(self.cluster, &key.namespace) {
             ep.flags |= palisade_common::EP_AUDIT;
         }
@@ -396,7 +398,7 @@ impl Context<'_> {
         } else {
             EP_EGRESS_TIERED
         };
-        ep.classes[d] = vec![class];
+        ep.classes_mut()[d] = vec![class];
         ep.tiers.add(d, &ep.classes[d].clone());
     }
 
@@ -418,7 +420,7 @@ impl Context<'_> {
                 Peer::Pods { namespaces, pods } => {
                     for (id, ident) in self.candidates(rule, namespaces.as_ref()) {
                         if self.selects(rule, namespaces.as_ref(), pods.as_ref(), ident) {
-                            *ep.peers.entry((direction, id)).or_insert(0) |= b;
+                            *ep.peers_mut().entry((direction, id)).or_insert(0) |= b;
                         }
                     }
                 }
@@ -426,7 +428,7 @@ impl Context<'_> {
                     let block = Block::new(cidr, except);
                     for (p, id) in self.cidrs {
                         if block.holds(p) {
-                            *ep.peers.entry((direction, *id)).or_insert(0) |= b;
+                            *ep.peers_mut().entry((direction, *id)).or_insert(0) |= b;
                         }
                     }
                 }
@@ -464,7 +466,7 @@ impl Context<'_> {
                 }
                 for (id, ident) in self.identities.iter() {
                     if let Some(b) = bit(&ports.resolve(&ident.named_ports)) {
-                        *ep.peers.entry((direction, *id)).or_insert(0) |= b;
+                        *ep.peers_mut().entry((direction, *id)).or_insert(0) |= b;
                     }
                 }
             }
@@ -482,7 +484,7 @@ impl Context<'_> {
                                     continue;
                                 }
                                 if let Some(b) = bit(&ports.resolve(&ident.named_ports)) {
-                                    *ep.peers.entry((direction, id)).or_insert(0) |= b;
+                                    *ep.peers_mut().entry((direction, id)).or_insert(0) |= b;
                                 }
                             }
                         }
@@ -491,7 +493,7 @@ impl Context<'_> {
                             if let Some(b) = bit(&fixed) {
                                 for (p, id) in self.cidrs {
                                     if block.holds(p) {
-                                        *ep.peers.entry((direction, *id)).or_insert(0) |= b;
+                                        *ep.peers_mut().entry((direction, *id)).or_insert(0) |= b;
                                     }
                                 }
                             }
@@ -507,7 +509,7 @@ impl Context<'_> {
                                 if block.holds(&host)
                                     && let Some(b) = bit(&ports.resolve(&ident.named_ports))
                                 {
-                                    *ep.peers.entry((direction, *cidr_id)).or_insert(0) |= b;
+                                    *ep.peers_mut().entry((direction, *cidr_id)).or_insert(0) |= b;
                                 }
                             }
                         }

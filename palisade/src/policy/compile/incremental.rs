@@ -11,9 +11,11 @@ use palisade_common::{Addr, DIR_EGRESS, DIR_INGRESS};
 use palisade_common::{IDENTITY_CIDR_FLAG, IDENTITY_HOST};
 
 use super::{
-    Block, Compiler, EndpointMemo, IdentityKey, Journal, Live, NodeState, NodeView, PeerPod,
-    Prefix, V4_ROOT, as_peer, block_prefixes, endpoint::Context, host_blocks, selecting_policies,
-    selects_pod, slots::ClassSlots,
+    Block, Compiler, EndpointMemo, IdentityKey, Journal, Kept, Live, NodeState, NodeView,
+    PeerEdits, PeerPod, Prefix, V4_ROOT, as_peer, block_prefixes,
+    endpoint::Context,
+    host_blocks, selecting_policies, selects_pod,
+    slots::{ClassSlots, Placements},
 };
 use crate::{
     k8s::cluster::{Cluster, ObjectKey, namespace_audited, pod_addrs, pod_labels, pod_node},
@@ -301,21 +303,20 @@ fn update_endpoints(
         addrs: &state.identities,
     };
     let mut recompute = Vec::new();
+    let mut edits = PeerEdits::default();
     for (key, ep) in &mut state.endpoints {
         let Some(masks) = ctx.identity_masks(ep, &last.selecting_of(key), ident) else {
             recompute.push(key.clone());
             continue;
         };
-        for direction in [DIR_INGRESS, DIR_EGRESS] {
+        let edit = [DIR_INGRESS, DIR_EGRESS].map(|direction| {
             let mask = masks[usize::from(direction)];
-            let changed = if joined && mask != 0 {
-                ep.peers.insert((direction, id), mask) != Some(mask)
-            } else {
-                !joined && ep.peers.remove(&(direction, id)).is_some()
-            };
-            if changed {
-                journal.endpoint(key);
-            }
+            ((direction, id), (joined && mask != 0).then_some(mask))
+        });
+        // A departing identity only loses entries (its masks are not asked again).
+        let edit = edit.into_iter().filter(|(_, v)| joined || v.is_none());
+        if edits.apply(ep, edit) {
+            journal.endpoint(key);
         }
     }
     for key in recompute {
@@ -350,7 +351,10 @@ fn endpoint_afresh(
     if endpoint.degraded.iter().any(|e| !e.is_empty()) {
         return Err("an endpoint would have more classes than class bits");
     }
-    slots.place(key, &mut endpoint);
+    slots.place(key, &mut endpoint, &mut Placements::default());
+    if let Some(old) = state.endpoints.get(key) {
+        Kept::default().keep(&mut endpoint, old);
+    }
     state.endpoints.insert(key.clone(), endpoint);
     Ok(())
 }
@@ -445,10 +449,10 @@ impl Compiler {
             state.cidrs.remove(p);
             self.cidrs.remove(p);
             self.journal.cidrs = true;
+            let mut edits = PeerEdits::default();
             for (key, ep) in &mut state.endpoints {
-                let a = ep.peers.remove(&(DIR_INGRESS, *id)).is_some();
-                let b = ep.peers.remove(&(DIR_EGRESS, *id)).is_some();
-                if a || b {
+                let edit = [((DIR_INGRESS, *id), None), ((DIR_EGRESS, *id), None)];
+                if edits.apply(ep, edit) {
                     self.journal.endpoint(key);
                 }
             }
@@ -471,12 +475,14 @@ impl Compiler {
             state.cidrs.insert(*p, id);
             self.journal.cidrs = true;
             let Some(parent) = parent else { continue };
+            let mut edits = PeerEdits::default();
             for (key, ep) in &mut state.endpoints {
-                for direction in [DIR_INGRESS, DIR_EGRESS] {
-                    if let Some(mask) = ep.peers.get(&(direction, parent)).copied() {
-                        ep.peers.insert((direction, id), mask);
-                        self.journal.endpoint(key);
-                    }
+                let edit = [DIR_INGRESS, DIR_EGRESS].map(|direction| {
+                    let mask = ep.peers.get(&(direction, parent)).copied();
+                    ((direction, id), mask)
+                });
+                if edits.apply(ep, edit) {
+                    self.journal.endpoint(key);
                 }
             }
         }
@@ -491,6 +497,8 @@ impl Compiler {
             last.policies.insert(key.clone(), policy);
         }
         let mut memo = EndpointMemo::default();
+        let mut placed = Placements::default();
+        let mut kept = Kept::default();
         for (ep_key, now) in affected {
             let pod = cluster
                 .pods
@@ -518,7 +526,10 @@ impl Compiler {
             if endpoint.degraded.iter().any(|e| !e.is_empty()) {
                 return Err("an endpoint would have more classes than class bits");
             }
-            self.slots.place(&ep_key, &mut endpoint);
+            self.slots.place(&ep_key, &mut endpoint, &mut placed);
+            if let Some(old) = state.endpoints.get(&ep_key) {
+                kept.keep(&mut endpoint, old);
+            }
             if state.endpoints.get(&ep_key) != Some(&endpoint) {
                 self.journal.endpoint(&ep_key);
                 state.endpoints.insert(ep_key.clone(), endpoint);
@@ -550,6 +561,7 @@ impl Compiler {
             addrs: &state.identities,
         };
         let mut recompute = Vec::new();
+        let mut edits = PeerEdits::default();
         for (key, ep) in &mut state.endpoints {
             if key.namespace == name {
                 let flags = ep.flags;
@@ -566,6 +578,7 @@ impl Compiler {
                 recompute.push(key.clone());
                 continue;
             }
+            let mut edit = Vec::new();
             for id in &ids {
                 let ident = self
                     .live
@@ -573,18 +586,16 @@ impl Compiler {
                     .ok_or("an identity of the namespace is gone")?;
                 let Some(masks) = ctx.identity_masks(ep, &policies, ident) else {
                     recompute.push(key.clone());
+                    edit.clear();
                     break;
                 };
                 for direction in [DIR_INGRESS, DIR_EGRESS] {
                     let mask = masks[usize::from(direction)];
-                    let old = match mask {
-                        0 => ep.peers.remove(&(direction, *id)),
-                        mask => ep.peers.insert((direction, *id), mask),
-                    };
-                    if old.unwrap_or(0) != mask {
-                        self.journal.endpoint(key);
-                    }
+                    edit.push(((direction, *id), (mask != 0).then_some(mask)));
                 }
+            }
+            if edits.apply(ep, edit) {
+                self.journal.endpoint(key);
             }
         }
         for key in recompute {

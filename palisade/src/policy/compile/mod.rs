@@ -35,6 +35,7 @@ mod tiers;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use crate::k8s::cluster::{Labels, PodInfo};
@@ -45,7 +46,11 @@ use palisade_common::{
 };
 
 pub use self::incremental::{ClusterChange, Update};
-use self::{endpoint::Context, incremental::Snapshot, slots::ClassSlots};
+use self::{
+    endpoint::Context,
+    incremental::Snapshot,
+    slots::{ClassSlots, Placements},
+};
 use super::{
     model::{Peer, Policy, PolicyError, Port, Rule},
     ports::{PortPrefix, PortSet},
@@ -215,7 +220,113 @@ impl EndpointState {
     pub fn info(&self, id: u32) -> EndpointInfo {
         info(id, self.flags, self.any_peer, self.any_port, &self.tiers)
     }
+
+    /// The peer entries, to change: copied first if another endpoint (or the dataplane's
+    /// record of what it wrote) shares them.
+    pub fn peers_mut(&mut self) -> &mut PeerEntries {
+        Arc::make_mut(&mut self.peers)
+    }
+
+    /// The port entries, to change (copied first if shared).
+    pub fn ports_mut(&mut self) -> &mut PortEntries {
+        Arc::make_mut(&mut self.ports)
+    }
+
+    /// The classes, to change (copied first if shared).
+    pub fn classes_mut(&mut self) -> &mut [Vec<Class>; 2] {
+        Arc::make_mut(&mut self.classes)
+    }
 }
+
+/// Edits of endpoints' peer entries within one pass over the endpoints, made once per shared
+/// allocation: endpoints that shared their entries before (replicas, or an endpoint and what
+/// the dataplane wrote) share them after, so the copy is made, compared and written once. An
+/// edit that changes nothing copies nothing; entries nobody else holds are edited in place.
+#[derive(Default)]
+struct PeerEdits(HashMap<(usize, Vec<PeerEdit>), [Arc<PeerEntries>; 2]>);
+
+/// One peer entry's new value, or `None` to remove it.
+type PeerEdit = ((u8, u32), Option<ClassMask>);
+
+impl PeerEdits {
+    /// Applies `edits` to `ep`'s peer entries; whether any entry changed.
+    fn apply(&mut self, ep: &mut EndpointState, edits: impl IntoIterator<Item = PeerEdit>) -> bool {
+        let edits: Vec<PeerEdit> = (edits.into_iter())
+            .filter(|(k, v)| ep.peers.get(k).copied() != *v)
+            .collect();
+        if edits.is_empty() {
+            return false;
+        }
+        let edit = |peers: &mut PeerEntries, edits: &[PeerEdit]| {
+            for (k, v) in edits {
+                match v {
+                    Some(mask) => peers.insert(*k, *mask),
+                    None => peers.remove(k),
+                };
+            }
+        };
+        if Arc::strong_count(&ep.peers) == 1 {
+            edit(ep.peers_mut(), &edits);
+            return true;
+        }
+        let key = (Arc::as_ptr(&ep.peers) as usize, edits);
+        if let Some([_, after]) = self.0.get(&key) {
+            ep.peers = after.clone();
+            return true;
+        }
+        // `before` is held with the result, so its address names it while `self` lives.
+        let before = ep.peers.clone();
+        edit(ep.peers_mut(), &key.1);
+        self.0.insert(key, [before, ep.peers.clone()]);
+        true
+    }
+}
+
+/// Recomputed endpoints given back the allocations they had where the contents did not change,
+/// so that the comparison with the old state, here and in the dataplane, is one of pointers
+/// for every later endpoint (replicas recomputed alike share one allocation). Each pair is
+/// compared once; both are held, so an address names one allocation while this lives.
+#[derive(Default)]
+struct Kept {
+    peers: KeptMemo<PeerEntries>,
+    ports: KeptMemo<PortEntries>,
+    classes: KeptMemo<[Vec<Class>; 2]>,
+}
+
+type KeptMemo<T> = HashMap<[usize; 2], (Arc<T>, Arc<T>, bool)>;
+
+impl Kept {
+    /// `new`, recomputed, takes `old`'s allocations for the parts equal to `old`'s.
+    fn keep(&mut self, new: &mut EndpointState, old: &EndpointState) {
+        keep(&mut self.peers, &mut new.peers, &old.peers);
+        keep(&mut self.ports, &mut new.ports, &old.ports);
+        keep(&mut self.classes, &mut new.classes, &old.classes);
+    }
+}
+
+fn keep<T: PartialEq>(memo: &mut KeptMemo<T>, new: &mut Arc<T>, old: &Arc<T>) {
+    if Arc::ptr_eq(new, old) {
+        return;
+    }
+    let key = [Arc::as_ptr(new) as usize, Arc::as_ptr(old) as usize];
+    let equal = match memo.get(&key) {
+        Some((_, _, equal)) => *equal,
+        None => {
+            let equal = **new == **old;
+            memo.insert(key, (new.clone(), old.clone(), equal));
+            equal
+        }
+    };
+    if equal {
+        *new = old.clone();
+    }
+}
+
+/// An endpoint's peer entries: (direction, peer identity or CIDR class) -> classes.
+pub type PeerEntries = BTreeMap<(u8, u32), ClassMask>;
+
+/// An endpoint's port entries: (direction, protocol, port prefix) -> classes.
+pub type PortEntries = BTreeMap<(u8, u8, PortPrefix), ClassMask>;
 
 /// An [`EndpointInfo`] from its parts.
 pub fn info(
@@ -246,11 +357,14 @@ pub struct EndpointState {
     pub any_port: [ClassMask; 2],
     /// Which classes are ClusterNetworkPolicy rules, of which tier and action.
     pub tiers: TierMasks,
-    /// (direction, peer identity or CIDR class) -> classes.
-    pub peers: BTreeMap<(u8, u32), ClassMask>,
+    /// (direction, peer identity or CIDR class) -> classes. Shared, as are `ports` and
+    /// `classes`, by endpoints with equal rules (replicas) and by what the dataplane wrote: a
+    /// change is made to a copy (`Arc::make_mut`), and two endpoints whose entries are one
+    /// allocation are known equal without a comparison (see [`Shared`]).
+    pub peers: Arc<PeerEntries>,
     /// (direction, protocol, port prefix) -> classes.
-    pub ports: BTreeMap<(u8, u8, PortPrefix), ClassMask>,
-    pub classes: [Vec<Class>; 2],
+    pub ports: Arc<PortEntries>,
+    pub classes: Arc<[Vec<Class>; 2]>,
     /// The policies that isolate the pod, by direction (what a denied flow is blamed on).
     pub isolating: [Vec<ObjectKey>; 2],
     /// Why the entries admit less than the policies say, by direction, if they do: rules that
@@ -556,6 +670,7 @@ impl Compiler {
         let mut selecting = HashMap::new();
         let mut overflowed = HashSet::new();
         let mut memo = EndpointMemo::default();
+        let mut placed = Placements::default();
         for (key, pod) in &cluster.pods {
             if as_peer(key, pod).is_none() || pod_node(pod) != node.name {
                 continue;
@@ -564,7 +679,7 @@ impl Compiler {
             let chosen_refs: Vec<&Policy> = chosen.iter().map(|k| &policies[k]).collect();
             let tiered = tiers::selecting(&tiers, cluster, key, pod);
             let mut endpoint = memo.endpoint(&ctx, key, pod, (&chosen, &chosen_refs), &tiered);
-            self.slots.place(key, &mut endpoint);
+            self.slots.place(key, &mut endpoint, &mut placed);
             if endpoint.degraded.iter().any(|e| !e.is_empty()) {
                 overflowed.insert(key.clone());
             }

@@ -22,36 +22,125 @@
 //! check compare the two). What a fresh process compiles first is dense: an agent restarted
 //! after deletes rewrites those endpoints once, atomically, with their classes renumbered.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use palisade_common::{ClassMask, MAX_CLASSES};
 
-use super::{Class, ClassKind, EndpointState, RuleRef};
+use super::{Class, ClassKind, EndpointState, PeerEntries, PortEntries, RuleRef, TierMasks};
 use crate::{
     k8s::{cluster::ObjectKey, cnp::Tier},
     policy::ports::PortSet,
 };
 
 /// Per endpoint and direction, the NetworkPolicy class in each slot (its rules and ports), as
-/// last placed (no rules: an empty slot).
+/// last placed (no rules: an empty slot). Replicas placed alike share one record.
 #[derive(Clone, Debug, Default)]
-pub(super) struct ClassSlots(HashMap<ObjectKey, [Vec<Slot>; 2]>);
+pub(super) struct ClassSlots(HashMap<ObjectKey, Arc<[Vec<Slot>; 2]>>);
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Slot {
     rules: Vec<RuleRef>,
     ports: Option<PortSet>,
 }
 
+/// The placements made within one compile or one change, by what each was made from, so that
+/// replicas (one computed endpoint, shared, placed from one shared record) are placed once and
+/// share the result: their entries stay one allocation, which the dataplane then compares and
+/// writes as one.
+#[derive(Default)]
+pub(super) struct Placements(HashMap<[usize; 4], Placement>);
+
+/// One placement: the parts it read and the parts it made (both held, so that no address in
+/// a key is reused while the memo lives).
+struct Placement {
+    from: Parts,
+    prev: Option<Arc<[Vec<Slot>; 2]>>,
+    to: Parts,
+    slots: Option<Arc<[Vec<Slot>; 2]>>,
+}
+
+/// What placing reads and changes of an endpoint.
+#[derive(Clone)]
+struct Parts {
+    peers: Arc<PeerEntries>,
+    ports: Arc<PortEntries>,
+    classes: Arc<[Vec<Class>; 2]>,
+    any_peer: [ClassMask; 2],
+    any_port: [ClassMask; 2],
+    tiers: TierMasks,
+}
+
+impl Parts {
+    fn of(ep: &EndpointState) -> Self {
+        Self {
+            peers: ep.peers.clone(),
+            ports: ep.ports.clone(),
+            classes: ep.classes.clone(),
+            any_peer: ep.any_peer,
+            any_port: ep.any_port,
+            tiers: ep.tiers,
+        }
+    }
+
+    fn put(&self, ep: &mut EndpointState) {
+        ep.peers = self.peers.clone();
+        ep.ports = self.ports.clone();
+        ep.classes = self.classes.clone();
+        ep.any_peer = self.any_peer;
+        ep.any_port = self.any_port;
+        ep.tiers = self.tiers;
+    }
+
+    /// The same allocations and the same masks.
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.peers, &other.peers)
+            && Arc::ptr_eq(&self.ports, &other.ports)
+            && Arc::ptr_eq(&self.classes, &other.classes)
+            && self.any_peer == other.any_peer
+            && self.any_port == other.any_port
+            && self.tiers == other.tiers
+    }
+}
+
 impl ClassSlots {
     /// Renumbers the NetworkPolicy classes of `ep`, freshly computed (dense), into the slots
-    /// they held at `key`, and remembers the result.
-    pub fn place(&mut self, key: &ObjectKey, ep: &mut EndpointState) {
-        let [ingress, egress] = self.0.remove(key).unwrap_or_default();
-        let next = [place(ep, 0, ingress), place(ep, 1, egress)];
-        if next.iter().any(|slots| !slots.is_empty()) {
-            self.0.insert(key.clone(), next);
+    /// they held at `key`, and remembers the result; an endpoint placed from the same
+    /// computed entries and the same record as one in `done` takes that one's result.
+    pub fn place(&mut self, key: &ObjectKey, ep: &mut EndpointState, done: &mut Placements) {
+        let prev = self.0.remove(key);
+        let from = Parts::of(ep);
+        let memo_key = [
+            Arc::as_ptr(&from.peers) as usize,
+            Arc::as_ptr(&from.ports) as usize,
+            Arc::as_ptr(&from.classes) as usize,
+            prev.as_ref().map_or(0, |p| Arc::as_ptr(p) as usize),
+        ];
+        if let Some(placed) = done.0.get(&memo_key)
+            && placed.from.same(&from)
+            && placed.prev.as_ref().map(Arc::as_ptr) == prev.as_ref().map(Arc::as_ptr)
+        {
+            placed.to.put(ep);
+            if let Some(slots) = &placed.slots {
+                self.0.insert(key.clone(), slots.clone());
+            }
+            return;
         }
+        let [ingress, egress] = prev.as_deref().cloned().unwrap_or_default();
+        let next = [place(ep, 0, ingress), place(ep, 1, egress)];
+        let slots = match &prev {
+            Some(prev) if **prev == next => Some(prev.clone()),
+            _ => next.iter().any(|s| !s.is_empty()).then(|| Arc::new(next)),
+        };
+        if let Some(slots) = &slots {
+            self.0.insert(key.clone(), slots.clone());
+        }
+        let placement = Placement {
+            from,
+            prev,
+            to: Parts::of(ep),
+            slots,
+        };
+        done.0.insert(memo_key, placement);
     }
 
     /// The endpoint at `key` is gone.
@@ -174,12 +263,12 @@ fn place(ep: &mut EndpointState, d: usize, prev: Vec<Slot>) -> Vec<Slot> {
         out
     };
     let dir = d as u8;
-    for ((direction, _), mask) in &mut ep.peers {
+    for ((direction, _), mask) in ep.peers_mut() {
         if *direction == dir {
             *mask = remap(*mask);
         }
     }
-    for ((direction, _, _), mask) in &mut ep.ports {
+    for ((direction, _, _), mask) in ep.ports_mut() {
         if *direction == dir {
             *mask = remap(*mask);
         }
@@ -195,14 +284,14 @@ fn place(ep: &mut EndpointState, d: usize, prev: Vec<Slot>) -> Vec<Slot> {
     ] {
         *mask = remap(*mask);
     }
-    let mut dense = std::mem::take(&mut ep.classes[d]).into_iter();
+    let mut dense = std::mem::take(&mut ep.classes_mut()[d]).into_iter();
     let mut placed: Vec<Class> = dense.by_ref().take(admin).collect();
     placed.resize_with(admin + span, hole);
     for s in &slot_of {
         placed[admin + s] = dense.next().expect("one class per slot");
     }
     placed.extend(dense);
-    ep.classes[d] = placed;
+    ep.classes_mut()[d] = placed;
     slots
 }
 
@@ -289,14 +378,14 @@ spec:
         // stayed as it was or lost bit 0, and none is new: the dataplane shrinks in place.
         assert!(after.classes[d][0].rules.is_empty());
         assert_eq!(after.classes[d][1..], before.classes[d][1..]);
-        for (k, v) in &before.peers {
+        for (k, v) in before.peers.iter() {
             assert_eq!(
                 after.peers.get(k).copied().unwrap_or(0),
                 v & !1,
                 "peer {k:?}"
             );
         }
-        for (k, v) in &before.ports {
+        for (k, v) in before.ports.iter() {
             assert_eq!(
                 after.ports.get(k).copied().unwrap_or(0),
                 v & !1,
