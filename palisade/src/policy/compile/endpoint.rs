@@ -576,6 +576,14 @@ impl Context<'_> {
         rule: &RuleRef,
         namespaces: Option<&LabelSelector>,
     ) -> Vec<(u32, &IdentityKey)> {
+        let every_namespace = namespaces.is_some_and(|sel| {
+            sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+        });
+        if every_namespace {
+            // `namespaceSelector: {}`: every identity, already in id order.
+            return self.identities.iter().map(|(id, i)| (*id, i)).collect();
+        }
         let mut ids: Vec<u32> = match namespaces {
             None => self
                 .identities
