@@ -160,7 +160,7 @@ fn main() -> anyhow::Result<()> {
             (k * 37) % policies
         };
         let ns = format!("ns-{}", i % namespaces);
-        let key = ObjectKey::new(&ns, format!("p-{i}"));
+        let key = ObjectKey::new(ns.as_str(), format!("p-{i}"));
         // Its selector, a port of its own.
         cluster
             .policies
@@ -507,14 +507,14 @@ fn synthetic(
         let name = format!("pod-{idx}");
         let node = format!("node-{}", p % nodes);
         cluster.pods.insert(
-            ObjectKey::new(format!("ns-{ns}"), &name),
+            ObjectKey::new(format!("ns-{ns}"), name.as_str()),
             Arc::new(pod(&format!("ns-{ns}"), &name, p % 40, &node, p)?.into()),
         );
     }
     for i in 0..policies {
         let ns = format!("ns-{}", i % namespaces);
         cluster.policies.insert(
-            ObjectKey::new(&ns, format!("p-{i}")),
+            ObjectKey::new(ns.as_str(), format!("p-{i}")),
             Arc::new(policy(&ns, i, namespaces)?),
         );
     }

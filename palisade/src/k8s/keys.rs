@@ -1,6 +1,8 @@
 //! How objects are named and what a manifest leaves out: `namespace/name` keys, the defaults
 //! `kubectl apply` and a kubelet would fill in, and Kubernetes protocol names.
 
+use std::sync::Arc;
+
 use palisade_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 /// The label every namespace carries with its own name (set by the API server since v1.21).
@@ -15,12 +17,12 @@ pub const DEFAULT_NODE: &str = "node-1";
 /// `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),

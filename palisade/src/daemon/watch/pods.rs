@@ -71,7 +71,6 @@ struct Wire {
 struct WireMeta {
     name: Option<String>,
     namespace: Option<String>,
-    uid: Option<String>,
     resource_version: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     deletion_timestamp: Option<Time>,
@@ -110,7 +109,6 @@ impl Wire {
         let (metadata, labels) = PodInfo::trim_metadata(ObjectMeta {
             name: metadata.name,
             namespace: metadata.namespace,
-            uid: metadata.uid,
             resource_version: metadata.resource_version,
             labels: metadata.labels,
             deletion_timestamp: metadata.deletion_timestamp,
@@ -180,6 +178,7 @@ mod tests {
         let SlimPod(pod) = serde_json::from_value(json).expect("decodes");
         assert_eq!(pod.metadata.name.as_deref(), Some("a"));
         assert_eq!(pod.metadata.resource_version.as_deref(), Some("42"));
+        assert!(pod.metadata.uid.is_none(), "nothing reads it");
         assert_eq!(pod.labels.get("app"), Some(&"web".to_owned()));
         assert!(pod.metadata.annotations.is_none());
         assert!(pod.metadata.labels.is_none(), "held interned, once");

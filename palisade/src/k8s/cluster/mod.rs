@@ -149,8 +149,8 @@ impl Cluster {
     pub fn delete_object(&mut self, target: &ObjectRef) -> Result<(), ClusterError> {
         let found = match target {
             ObjectRef::Namespace(name) => {
-                self.pods.retain(|key, _| key.namespace != *name);
-                self.policies.retain(|key, _| key.namespace != *name);
+                self.pods.retain(|key, _| *key.namespace != **name);
+                self.policies.retain(|key, _| *key.namespace != **name);
                 self.namespaces.remove(name).is_some()
             }
             ObjectRef::Pod(key) => self.pods.remove(key).is_some(),

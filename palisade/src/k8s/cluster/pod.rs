@@ -36,8 +36,10 @@ pub fn intern_labels(labels: Option<BTreeMap<String, String>>) -> Labels {
 /// wire by the agent's watch.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodInfo {
-    /// Name, namespace, uid, resourceVersion and deletionTimestamp (the rest is not kept,
-    /// managedFields above all). Its `labels` are always `None`: they are [`Self::labels`].
+    /// Name, namespace, resourceVersion and deletionTimestamp (the rest is not kept,
+    /// managedFields above all, and not the uid: nothing reads it, and the watch cache would
+    /// hold it twice, here and in its key). Its `labels` are always `None`: they are
+    /// [`Self::labels`].
     pub metadata: ObjectMeta,
     /// `metadata.labels`, interned.
     pub labels: Labels,
@@ -62,7 +64,6 @@ impl PodInfo {
         let trimmed = ObjectMeta {
             name: metadata.name,
             namespace: metadata.namespace,
-            uid: metadata.uid,
             resource_version: metadata.resource_version,
             deletion_timestamp: metadata.deletion_timestamp,
             ..ObjectMeta::default()

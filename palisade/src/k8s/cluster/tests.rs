@@ -141,8 +141,8 @@ fn deleting_a_namespace_removes_its_pods_and_policies() {
     let mut cluster = cluster_from(CLUSTER);
     assert!(cluster.delete("namespace/x").is_ok());
     assert!(!cluster.namespaces.contains_key("x"));
-    assert!(cluster.pods.keys().all(|key| key.namespace == "y"));
-    assert!(cluster.policies.keys().all(|key| key.namespace == "y"));
+    assert!(cluster.pods.keys().all(|key| &*key.namespace == "y"));
+    assert!(cluster.policies.keys().all(|key| &*key.namespace == "y"));
     assert_eq!((cluster.pods.len(), cluster.policies.len()), (1, 1));
 }
 

@@ -563,7 +563,7 @@ impl Compiler {
         let mut recompute = Vec::new();
         let mut edits = PeerEdits::default();
         for (key, ep) in &mut state.endpoints {
-            if key.namespace == name {
+            if &*key.namespace == name {
                 let flags = ep.flags;
                 ep.flags &= !palisade_common::EP_AUDIT;
                 if audited {

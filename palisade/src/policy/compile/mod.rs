@@ -406,7 +406,8 @@ fn read_tiers(cluster: &Cluster, errors: &mut Vec<PolicyError>) -> Vec<ClusterPo
 /// What makes two pods the same peer.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct IdentityKey {
-    namespace: String,
+    /// Shared with the pods' keys.
+    namespace: Arc<str>,
     /// Interned: a clone is a reference count.
     labels: Labels,
     /// (name, protocol, port) of named container ports, sorted: egress named ports resolve
@@ -477,7 +478,7 @@ impl Journal {
 #[derive(Clone, Debug, Default)]
 struct Live {
     by_id: BTreeMap<u32, IdentityKey>,
-    by_namespace: HashMap<String, BTreeSet<u32>>,
+    by_namespace: HashMap<Arc<str>, BTreeSet<u32>>,
 }
 
 impl Live {
@@ -527,7 +528,7 @@ impl Live {
     }
 
     /// The namespaces that have identities, each with its ids (in no particular order).
-    fn namespaces(&self) -> impl Iterator<Item = (&String, &BTreeSet<u32>)> {
+    fn namespaces(&self) -> impl Iterator<Item = (&Arc<str>, &BTreeSet<u32>)> {
         self.by_namespace.iter()
     }
 }

@@ -420,14 +420,14 @@ spec:
         );
         let classes = &state.endpoints[&server].classes[d];
         assert_eq!(classes.len(), 3);
-        assert_eq!(classes[0].rules[0].policy.name, "d-late");
+        assert_eq!(&*classes[0].rules[0].policy.name, "d-late");
         assert_eq!(classes[1..], after.classes[d][1..]);
         assert!(ask(&state, "10.0.0.30", 9000) && !ask(&state, "10.0.0.20", 9000));
         // A fresh compiler, which has no slots to keep, numbers in policy order, granting the
         // same.
         let fresh = Compiler::new().compile(&cluster, &view);
         assert_eq!(
-            fresh.endpoints[&server].classes[d][0].rules[0].policy.name,
+            &*fresh.endpoints[&server].classes[d][0].rules[0].policy.name,
             "b-second"
         );
         for (from, port) in [("10.0.0.20", 8080), ("10.0.0.30", 443), ("10.0.0.30", 9000)] {

@@ -98,7 +98,7 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
             b.pod(i, ns, pod);
             let (key, mut pod) = b.cluster.pods.pop_first()?;
             let key = ObjectKey::new(key.namespace, format!("new{step}"));
-            Arc::make_mut(&mut pod).metadata.name = Some(key.name.clone());
+            Arc::make_mut(&mut pod).metadata.name = Some(key.name.to_string());
             if !local {
                 Arc::make_mut(&mut pod).node_name = Some("node-2".into());
             }
@@ -139,8 +139,8 @@ fn apply(cluster: &mut Cluster, step: usize, op: &Op) -> Option<ClusterChange> {
                 Some(i) if !policies.is_empty() => policies[i.index(policies.len())].clone(),
                 _ => ObjectKey::new(ns, format!("new{step}")),
             };
-            Arc::make_mut(&mut new).metadata.namespace = Some(key.namespace.clone());
-            Arc::make_mut(&mut new).metadata.name = Some(key.name.clone());
+            Arc::make_mut(&mut new).metadata.namespace = Some(key.namespace.to_string());
+            Arc::make_mut(&mut new).metadata.name = Some(key.name.to_string());
             cluster.policies.insert(key.clone(), new);
             Some(ClusterChange::Policy(key))
         }
