@@ -2,10 +2,12 @@
 //! operator) tell whether the agent has written exactly the objects it sees itself.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, VecDeque},
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use kube::runtime::reflector::Lookup;
 use serde::{Deserialize, Serialize};
 
 /// The agent's state, served as JSON on `/status`.
@@ -120,15 +122,15 @@ impl Digest {
     }
 
     /// Adds an object under its kind, namespace, name and resourceVersion.
-    pub fn add_object<K: kube::Resource<DynamicType = ()>>(&mut self, object: &K) {
+    pub fn add_object<K: Lookup<DynamicType = ()>>(&mut self, object: &K) {
         let (namespace, name, version) = identity(object);
-        self.add(&K::kind(&()), namespace, name, version);
+        self.add(&K::kind(&()), namespace.as_deref(), &name, &version);
     }
 
     /// Takes back an object [`Self::add_object`] added (the same version of it).
-    pub fn remove_object<K: kube::Resource<DynamicType = ()>>(&mut self, object: &K) {
+    pub fn remove_object<K: Lookup<DynamicType = ()>>(&mut self, object: &K) {
         let (namespace, name, version) = identity(object);
-        self.remove(&K::kind(&()), namespace, name, version);
+        self.remove(&K::kind(&()), namespace.as_deref(), &name, &version);
     }
 
     pub fn finish(&self) -> String {
@@ -136,12 +138,11 @@ impl Digest {
     }
 }
 
-fn identity<K: kube::Resource>(object: &K) -> (Option<&str>, &str, &str) {
-    let meta = object.meta();
+fn identity<K: Lookup>(object: &K) -> (Option<Cow<'_, str>>, Cow<'_, str>, Cow<'_, str>) {
     (
-        meta.namespace.as_deref(),
-        meta.name.as_deref().unwrap_or_default(),
-        meta.resource_version.as_deref().unwrap_or_default(),
+        Lookup::namespace(object),
+        Lookup::name(object).unwrap_or_default(),
+        Lookup::resource_version(object).unwrap_or_default(),
     )
 }
 

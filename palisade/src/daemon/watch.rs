@@ -21,8 +21,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt as _,
     runtime::{
-        WatchStreamExt as _,
-        reflector::{self, Store},
+        reflector::{self, Lookup, Store},
         watcher,
     },
 };
@@ -101,7 +100,7 @@ impl Caches {
                 Api::<SlimPod>::all(client.clone()),
                 "pods",
                 |pod: &PodInfo| ClusterChange::Pod(key_of(pod)),
-                |SlimPod(pod)| pod,
+                SlimPod::into_pod,
                 None,
                 changes.clone(),
                 metrics,
@@ -142,8 +141,11 @@ impl Caches {
 }
 
 /// The key of a namespaced object, as [`Views`] file it.
-fn key_of<K: Resource>(object: &K) -> ObjectKey {
-    ObjectKey::new(object.namespace().unwrap_or_default(), object.name_any())
+fn key_of<K: Lookup>(object: &K) -> ObjectKey {
+    ObjectKey::new(
+        Lookup::namespace(object).as_deref().unwrap_or_default(),
+        Lookup::name(object).as_deref().unwrap_or_default(),
+    )
 }
 
 /// Nobody reads them, and they are most of an object's size.
@@ -186,7 +188,7 @@ where
         + Send
         + Sync
         + 'static,
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    K: Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let mut retry = Retry::new(resource, Arc::clone(metrics));
@@ -196,15 +198,16 @@ where
     // Lists are served from the API server's watch cache (resourceVersion "0"), as client-go's
     // informers do: a quorum read of every pod of the cluster, 500 at a time, was most of an
     // agent's start-up at 50,000 pods. A list that old only means more events to come.
-    let stream = watcher(api, watcher::Config::default().any_semantic())
-        .map_ok(move |event| match event {
+    // The cache holds what `keep` makes (a `Lookup`, which need not be a whole `Resource`).
+    let kept =
+        watcher(api, watcher::Config::default().any_semantic()).map_ok(move |event| match event {
             watcher::Event::Apply(o) => watcher::Event::Apply(keep(o)),
             watcher::Event::Delete(o) => watcher::Event::Delete(keep(o)),
             watcher::Event::Init => watcher::Event::Init,
             watcher::Event::InitApply(o) => watcher::Event::InitApply(keep(o)),
             watcher::Event::InitDone => watcher::Event::InitDone,
-        })
-        .reflect(writer);
+        });
+    let stream = reflector::reflector(writer, kept);
     let started = Instant::now();
     let mut listed = false;
     tokio::spawn(async move {
@@ -239,7 +242,7 @@ where
             let (object, version) = match &item {
                 Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => (
                     Some(changed(o)),
-                    o.resource_version().map(|v| (resource, v)),
+                    Lookup::resource_version(o).map(|v| (resource, v.into_owned())),
                 ),
                 // A (re)list's objects are applied to the cache at InitDone, all at once.
                 Ok(watcher::Event::InitDone) => (None, None),

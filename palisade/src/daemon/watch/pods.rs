@@ -11,7 +11,7 @@ use std::{borrow::Cow, collections::BTreeMap};
 
 use k8s_openapi::{
     NamespaceResourceScope,
-    api::core::v1::{ContainerPort, PodIP},
+    api::core::v1::{ContainerPort, Pod, PodIP},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
 use kube::Resource;
@@ -19,13 +19,24 @@ use serde::Deserialize;
 
 use crate::k8s::cluster::PodInfo;
 
-/// A [`PodInfo`] decoded straight from the API's JSON (what [`Wire`] reads).
+/// A [`PodInfo`] decoded straight from the API's JSON (what [`Wire`] reads), with the
+/// metadata the watch itself reads (name, namespace and resourceVersion) until the cache
+/// takes the pod ([`SlimPod::into_pod`]).
 #[derive(Clone, Debug)]
-pub struct SlimPod(pub PodInfo);
+pub struct SlimPod {
+    metadata: ObjectMeta,
+    pod: PodInfo,
+}
+
+impl SlimPod {
+    pub fn into_pod(self) -> PodInfo {
+        self.pod
+    }
+}
 
 impl<'de> Deserialize<'de> for SlimPod {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Wire::deserialize(deserializer).map(|wire| Self(wire.into_pod()))
+        Wire::deserialize(deserializer).map(Wire::into_slim)
     }
 }
 
@@ -34,27 +45,27 @@ impl Resource for SlimPod {
     type Scope = NamespaceResourceScope;
 
     fn kind(dt: &()) -> Cow<'_, str> {
-        PodInfo::kind(dt)
+        Pod::kind(dt)
     }
 
     fn group(dt: &()) -> Cow<'_, str> {
-        PodInfo::group(dt)
+        Pod::group(dt)
     }
 
     fn version(dt: &()) -> Cow<'_, str> {
-        PodInfo::version(dt)
+        Pod::version(dt)
     }
 
     fn plural(dt: &()) -> Cow<'_, str> {
-        PodInfo::plural(dt)
+        Pod::plural(dt)
     }
 
     fn meta(&self) -> &ObjectMeta {
-        &self.0.metadata
+        &self.metadata
     }
 
     fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.0.metadata
+        &mut self.metadata
     }
 }
 
@@ -99,12 +110,18 @@ struct WireStatus {
 }
 
 impl Wire {
-    fn into_pod(self) -> PodInfo {
+    fn into_slim(self) -> SlimPod {
         let Self {
             metadata,
             spec,
             status,
         } = self;
+        let watched = ObjectMeta {
+            name: metadata.name.clone(),
+            namespace: metadata.namespace.clone(),
+            resource_version: metadata.resource_version.clone(),
+            ..ObjectMeta::default()
+        };
         // What `PodInfo::trim_metadata` keeps.
         let (metadata, labels) = PodInfo::trim_metadata(ObjectMeta {
             name: metadata.name,
@@ -130,7 +147,7 @@ impl Wire {
             let ips = status.pod_ips.into_iter().flatten().map(|PodIP { ip }| ip);
             (status.pod_ip, ips.collect())
         });
-        PodInfo {
+        let pod = PodInfo {
             metadata,
             labels,
             node_name,
@@ -138,6 +155,10 @@ impl Wire {
             ports,
             pod_ip,
             pod_ips,
+        };
+        SlimPod {
+            metadata: watched,
+            pod,
         }
     }
 }
@@ -175,14 +196,12 @@ mod tests {
                 "conditions": [{"type": "Ready", "status": "True"}]
             }
         });
-        let SlimPod(pod) = serde_json::from_value(json).expect("decodes");
+        let slim: SlimPod = serde_json::from_value(json).expect("decodes");
+        assert_eq!(slim.metadata.resource_version.as_deref(), Some("42"));
+        let pod = slim.into_pod();
         assert_eq!(pod.metadata.name.as_deref(), Some("a"));
         assert_eq!(pod.metadata.resource_version.as_deref(), Some("42"));
-        assert!(pod.metadata.uid.is_none(), "nothing reads it");
         assert_eq!(pod.labels.get("app"), Some(&"web".to_owned()));
-        assert!(pod.metadata.annotations.is_none());
-        assert!(pod.metadata.labels.is_none(), "held interned, once");
-        assert!(pod.metadata.managed_fields.is_none());
         assert_eq!(pod_node(&pod), "node-1");
         assert!(!is_host_network(&pod));
         assert_eq!(

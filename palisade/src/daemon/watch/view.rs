@@ -223,7 +223,7 @@ mod tests {
     use crate::{
         daemon::watch::Caches,
         k8s::{
-            cluster::{ObjectKey, PodInfo},
+            cluster::{ObjectKey, PodInfo, PodMeta},
             cnp::ClusterNetworkPolicy,
         },
         policy::ClusterChange,
@@ -235,6 +235,21 @@ mod tests {
             namespace: namespace.map(str::to_owned),
             resource_version: Some(version.to_string()),
             ..ObjectMeta::default()
+        }
+    }
+
+    fn pod_meta(namespace: &str, name: &str, version: u32) -> PodMeta {
+        let ObjectMeta {
+            name,
+            namespace,
+            resource_version,
+            ..
+        } = meta(Some(namespace), name, version);
+        PodMeta {
+            name,
+            namespace,
+            resource_version,
+            deletion_timestamp: None,
         }
     }
 
@@ -318,14 +333,14 @@ mod tests {
                     }
                     2 => {
                         pod_writer.apply_watcher_event(&Event::Delete(PodInfo {
-                            metadata: meta(Some(&ns), &name, version),
+                            metadata: pod_meta(&ns, &name, version),
                             ..PodInfo::default()
                         }));
                         changes.push(ClusterChange::Pod(ObjectKey::new(ns, name)));
                     }
                     _ => {
                         pod_writer.apply_watcher_event(&Event::Apply(PodInfo {
-                            metadata: meta(Some(&ns), &name, version),
+                            metadata: pod_meta(&ns, &name, version),
                             node_name: Some(format!("node-{}", next(2) + 1)),
                             host_network: next(4) == 0,
                             ..PodInfo::default()

@@ -37,6 +37,12 @@
 //! before the Accept bit beside it would admit what neither state admits), hence the
 //! condition.
 //!
+//! What was written is kept as the compiled state's own allocations ([`Rules`] holds the
+//! `Arc`s of [`EndpointState`]): an endpoint whose entries are the allocation written last is
+//! unchanged without a comparison, and replicas moving from one allocation to another share one
+//! ordered walk of the two ([`Deltas`]), so a sync costs one diff per distinct rule set and
+//! one write per changed entry per endpoint.
+//!
 //! The address-to-identity and CIDR maps are shared by every endpoint. New entries are written
 //! after the endpoints' new rules and before they are switched on; stale ones are deleted last.
 //! A pod that changes identity does so in one value write.

@@ -22,8 +22,8 @@ use k8s_openapi::{
 
 pub use self::{
     pod::{
-        Labels, PodInfo, container_ports, intern_labels, is_host_network, pod_addrs, pod_ips,
-        pod_key, pod_labels, pod_node,
+        Labels, PodInfo, PodMeta, container_ports, intern_labels, is_host_network, pod_addrs,
+        pod_ips, pod_key, pod_labels, pod_node,
     },
     reference::{LabelChange, LabelEdit, ObjectRef},
 };

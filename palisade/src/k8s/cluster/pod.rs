@@ -6,6 +6,10 @@
 //! security context inline); at 50,000 pods those two structs alone were 215 MiB of an agent's
 //! 347 MiB heap (heaptrack, `palisade-lab load` at its defaults, 2026-12-07).
 //!
+//! Nor does it keep an `ObjectMeta` (340 bytes, nearly all of them empty `Option`s): a
+//! [`PodMeta`] holds the four fields read, and the watch cache finds pods through
+//! [`Lookup`], which asks for no more.
+//!
 //! A pod's labels are interned ([`Labels`]): the pods of one ReplicaSet, StatefulSet or Job
 //! carry equal labels, and the agent holds one copy of each distinct set, however many pods
 //! carry it.
@@ -13,10 +17,11 @@
 use std::{borrow::Cow, collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::{
-    NamespaceResourceScope,
+    Resource as _,
     api::core::v1::{Container, ContainerPort, Pod, PodIP, PodSpec},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
+use kube::runtime::reflector::Lookup;
 
 use crate::k8s::keys::{protocol_name, protocol_number};
 
@@ -36,11 +41,9 @@ pub fn intern_labels(labels: Option<BTreeMap<String, String>>) -> Labels {
 /// wire by the agent's watch.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodInfo {
-    /// Name, namespace, resourceVersion and deletionTimestamp (the rest is not kept,
-    /// managedFields above all, and not the uid: nothing reads it, and the watch cache would
-    /// hold it twice, here and in its key). Its `labels` are always `None`: they are
-    /// [`Self::labels`].
-    pub metadata: ObjectMeta,
+    /// Name, namespace, resourceVersion and deletionTimestamp (the rest of the metadata is
+    /// not kept: managedFields above all, and not the uid, which nothing reads).
+    pub metadata: PodMeta,
     /// `metadata.labels`, interned.
     pub labels: Labels,
     /// `spec.nodeName`.
@@ -57,32 +60,45 @@ pub struct PodInfo {
     pub pod_ips: Vec<String>,
 }
 
+/// What a [`PodInfo`] keeps of a pod's metadata, under the names `ObjectMeta` gives them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodMeta {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub resource_version: Option<String>,
+    pub deletion_timestamp: Option<Time>,
+}
+
 impl PodInfo {
     /// Keeps what [`PodInfo`] holds of `metadata` (the one place that says what that is): the
-    /// metadata without its labels, and the labels interned.
-    pub fn trim_metadata(metadata: ObjectMeta) -> (ObjectMeta, Labels) {
-        let trimmed = ObjectMeta {
+    /// [`PodMeta`], and the labels interned.
+    pub fn trim_metadata(metadata: ObjectMeta) -> (PodMeta, Labels) {
+        let trimmed = PodMeta {
             name: metadata.name,
             namespace: metadata.namespace,
             resource_version: metadata.resource_version,
             deletion_timestamp: metadata.deletion_timestamp,
-            ..ObjectMeta::default()
         };
         (trimmed, intern_labels(metadata.labels))
     }
 
     /// The metadata as the API would show it: [`Self::metadata`] with the labels back in.
     pub fn api_metadata(&self) -> ObjectMeta {
+        let meta = &self.metadata;
         ObjectMeta {
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            resource_version: meta.resource_version.clone(),
+            deletion_timestamp: meta.deletion_timestamp.clone(),
             labels: (!self.labels.is_empty()).then(|| (*self.labels).clone()),
-            ..self.metadata.clone()
+            ..ObjectMeta::default()
         }
     }
 
     /// Validates and converts declared container ports (see [`Self::ports`]); `metadata` names
     /// the pod in warnings.
     pub fn valid_ports<'a>(
-        metadata: &ObjectMeta,
+        metadata: &PodMeta,
         ports: impl IntoIterator<Item = &'a ContainerPort>,
     ) -> Vec<(String, u8, u16)> {
         let pod = || {
@@ -159,6 +175,7 @@ impl From<Pod> for PodInfo {
             status,
         } = pod;
         let spec = spec.unwrap_or_default();
+        let (metadata, labels) = Self::trim_metadata(metadata);
         let ports = Self::valid_ports(
             &metadata,
             spec.containers
@@ -166,7 +183,6 @@ impl From<Pod> for PodInfo {
                 .flat_map(|container| container.ports.iter().flatten()),
         );
         let status = status.unwrap_or_default();
-        let (metadata, labels) = Self::trim_metadata(metadata);
         Self {
             metadata,
             labels,
@@ -184,33 +200,41 @@ impl From<Pod> for PodInfo {
     }
 }
 
-/// So the agent's watch caches hold [`PodInfo`]s: the API's kind, group and version of Pods.
-impl kube::Resource for PodInfo {
+/// So the agent's watch caches hold [`PodInfo`]s: the API's kind, group and version of Pods,
+/// and the names and version the cache keys and orders them by.
+impl Lookup for PodInfo {
     type DynamicType = ();
-    type Scope = NamespaceResourceScope;
 
-    fn kind(dt: &()) -> Cow<'_, str> {
-        Pod::kind(dt)
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed(Pod::KIND)
     }
 
-    fn group(dt: &()) -> Cow<'_, str> {
-        Pod::group(dt)
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed(Pod::GROUP)
     }
 
-    fn version(dt: &()) -> Cow<'_, str> {
-        Pod::version(dt)
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed(Pod::VERSION)
     }
 
-    fn plural(dt: &()) -> Cow<'_, str> {
-        Pod::plural(dt)
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed(Pod::URL_PATH_SEGMENT)
     }
 
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
+    fn name(&self) -> Option<Cow<'_, str>> {
+        self.metadata.name.as_deref().map(Cow::Borrowed)
     }
 
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        self.metadata.namespace.as_deref().map(Cow::Borrowed)
+    }
+
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        self.metadata.resource_version.as_deref().map(Cow::Borrowed)
+    }
+
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        None
     }
 }
 

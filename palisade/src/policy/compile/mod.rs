@@ -22,7 +22,12 @@
 //!   `slots.rs`, so a class that survives keeps its bit and its entries), and a new
 //!   or departed ipBlock prefix adds or removes one CIDR entry per endpoint; a namespace
 //!   relabel re-evaluates its own identities at each endpoint. Local pods of one kind (same
-//!   namespace, labels, ports and policies: replicas) are computed once and copied.
+//!   namespace, labels, ports and policies: replicas) are computed once and *share* their
+//!   entries (`Arc`s in [`EndpointState`]): they are placed once (`slots.rs`), edited once per
+//!   allocation (`PeerEdits`), given back their old allocation when a recompute changed
+//!   nothing (`Kept`), and the dataplane, which holds the same allocations as its record of
+//!   what it wrote, compares and diffs them once per pair of allocations. A policy that selects
+//!   50 replicas thus costs one endpoint's work and 50 endpoints' map writes, not 50 of each.
 //! - Selectors visit only the identities of the namespaces they can match ([`Live`]).
 //! - Every in-place change records what it touched in a [`Journal`], so the dataplane
 //!   compares and writes only those entries, not the node's whole state.
@@ -360,7 +365,7 @@ pub struct EndpointState {
     /// (direction, peer identity or CIDR class) -> classes. Shared, as are `ports` and
     /// `classes`, by endpoints with equal rules (replicas) and by what the dataplane wrote: a
     /// change is made to a copy (`Arc::make_mut`), and two endpoints whose entries are one
-    /// allocation are known equal without a comparison (see [`Shared`]).
+    /// allocation are known equal without a comparison.
     pub peers: Arc<PeerEntries>,
     /// (direction, protocol, port prefix) -> classes.
     pub ports: Arc<PortEntries>,

@@ -438,4 +438,78 @@ spec:
         }
         assert!(!ask(&fresh, "10.0.0.20", 80));
     }
+
+    #[test]
+    fn replicas_share_their_entries_through_compiles_and_changes() {
+        use std::sync::Arc;
+
+        use crate::k8s::fixtures::{cluster, namespace, pod};
+
+        let web = |i: usize| ObjectKey::new("x", format!("web-{i}"));
+        let replicas = (0..3).map(|i| {
+            let name = format!("web-{i}");
+            let ip = format!("10.0.0.{}", 10 + i);
+            pod("x", &name).label("app", "server").ip(&ip).into()
+        });
+        let peers = [("client", "10.0.0.20"), ("other", "10.0.0.30")]
+            .map(|(name, ip)| pod("x", name).label("app", name).ip(ip).into());
+        let mut cluster = cluster(
+            std::iter::once(namespace("x").into())
+                .chain(replicas)
+                .chain(peers),
+        );
+        apply_yaml(&mut cluster, POLICIES);
+        let addrs: [IpAddr; 1] = ["10.0.0.1".parse().expect("addr")];
+        let view = NodeView {
+            name: "node-1",
+            addrs: &addrs,
+        };
+        let shared = |s: &crate::policy::NodeState| {
+            let first = &s.endpoints[&web(0)];
+            (1..3).all(|i| {
+                let other = &s.endpoints[&web(i)];
+                Arc::ptr_eq(&first.peers, &other.peers)
+                    && Arc::ptr_eq(&first.ports, &other.ports)
+                    && Arc::ptr_eq(&first.classes, &other.classes)
+            })
+        };
+        let mut compiler = Compiler::new();
+        let mut state = compiler.compile(&cluster, &view);
+        assert!(shared(&state), "a full compile computes replicas once");
+
+        // A policy deleted, then one added: each placed once for all three.
+        let first = ObjectKey::new("x", "a-first");
+        cluster.policies.remove(&first);
+        let change = ClusterChange::Policy(first);
+        assert_eq!(
+            compiler.apply_change(&mut state, &cluster, &view, &change),
+            Update::Incremental
+        );
+        assert!(shared(&state), "after a delete");
+        apply_yaml(&mut cluster, LATE);
+        let late = ClusterChange::Policy(ObjectKey::new("x", "d-late"));
+        compiler.apply_change(&mut state, &cluster, &view, &late);
+        assert!(shared(&state), "after an add");
+        assert_eq!(compiler.clone().compile(&cluster, &view), state);
+
+        // A change that changes nothing gives the endpoints back the allocation they had.
+        let before = state.endpoints[&web(0)].peers.clone();
+        compiler.apply_change(&mut state, &cluster, &view, &late);
+        assert!(Arc::ptr_eq(&before, &state.endpoints[&web(0)].peers));
+
+        // A new peer identity is one edit of the shared entries, shared again after it.
+        let newcomer = pod("x", "other-2")
+            .label("app", "other")
+            .label("v", "2")
+            .ip("10.0.0.31");
+        cluster.apply(newcomer.into());
+        let key = ObjectKey::new("x", "other-2");
+        assert_eq!(
+            compiler.apply_pod_change(&mut state, &cluster, &view, &key),
+            Update::Incremental
+        );
+        assert!(shared(&state), "after a new identity");
+        assert!(!Arc::ptr_eq(&before, &state.endpoints[&web(0)].peers));
+        assert_eq!(compiler.clone().compile(&cluster, &view), state);
+    }
 }
