@@ -29,6 +29,16 @@ pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
         })
 }
 
+/// Whether `selector` is empty (`{}`): it matches every object whatever its labels, so a
+/// caller may skip reading them.
+pub fn matches_everything(selector: &LabelSelector) -> bool {
+    selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|e| e.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
@@ -57,6 +67,13 @@ mod tests {
     fn empty_selector_matches_everything() {
         assert!(matches(&LabelSelector::default(), &labels(&[])));
         assert!(matches(&LabelSelector::default(), &labels(&[("a", "b")])));
+        assert!(super::matches_everything(&LabelSelector::default()));
+        let empty_lists = LabelSelector {
+            match_labels: Some(BTreeMap::new()),
+            match_expressions: Some(Vec::new()),
+        };
+        assert!(super::matches_everything(&empty_lists));
+        assert!(!super::matches_everything(&expr("tier", "Exists", &[])));
     }
 
     #[test]

@@ -276,6 +276,7 @@ fn delta<K: Ord + Copy>(
     if let Some((_, _, delta)) = memo.get(&key) {
         return delta.clone();
     }
+    // One allocation against itself: an empty walk, without reading either.
     let delta = if Arc::ptr_eq(old, new) {
         Delta::between(&BTreeMap::new(), &BTreeMap::new())
     } else {

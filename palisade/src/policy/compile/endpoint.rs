@@ -50,7 +50,7 @@ use crate::{
     policy::{
         model::{Peer, Policy, PolicyError, Port, Rule},
         ports::{PortRange, PortSet, range_to_prefixes},
-        selector::matches,
+        selector::{matches, matches_everything},
         tiers::ClusterPolicy,
     },
 };
@@ -576,11 +576,7 @@ impl Context<'_> {
         rule: &RuleRef,
         namespaces: Option<&LabelSelector>,
     ) -> Vec<(u32, &IdentityKey)> {
-        let every_namespace = namespaces.is_some_and(|sel| {
-            sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
-                && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty())
-        });
-        if every_namespace {
+        if namespaces.is_some_and(matches_everything) {
             // `namespaceSelector: {}`: every identity, already in id order.
             return self.identities.iter().map(|(id, i)| (*id, i)).collect();
         }

@@ -313,8 +313,6 @@ fn update_endpoints(
             let mask = masks[usize::from(direction)];
             ((direction, id), (joined && mask != 0).then_some(mask))
         });
-        // A departing identity only loses entries (its masks are not asked again).
-        let edit = edit.into_iter().filter(|(_, v)| joined || v.is_none());
         if edits.apply(ep, edit) {
             journal.endpoint(key);
         }
