@@ -7,7 +7,8 @@ use crate::Addr;
 #[cfg(doc)]
 use crate::{
     AllowReason, DIR_EGRESS, DIR_INGRESS, DropReason, EP_AUDIT, EVENT_WINDOW_NS, MAP_ENDPOINTS,
-    MAP_EVENT_LIMITS, MAP_EVENT_SCRATCH, MAP_EVENTS, MAP_FLOW_CONFIG, MAP_ORIGINAL_DST,
+    MAP_EVENT_LIMITS, MAP_EVENT_MEMO, MAP_EVENT_SCRATCH, MAP_EVENTS, MAP_FLOW_CONFIG,
+    MAP_ORIGINAL_DST,
 };
 
 /// [`FlowEvent::verdict`]: the flow was admitted ([`FlowEvent::reason`] is an [`AllowReason`]).
@@ -83,10 +84,31 @@ pub struct FlowConfig {
 pub struct EventLimit {
     /// When the current window began (`bpf_ktime_get_coarse_ns()`).
     pub window_ns: u64,
-    /// Events sent in the current window.
+    /// Events sent in the current window, and [`EVENT_LIMIT_MEMOIZED`].
     pub sent: u32,
-    /// Events suppressed since the last one sent.
+    /// Events suppressed since the last one sent (besides those CPUs still hold in their
+    /// [`EventMemo`]s, added to it before the next event is sent).
     pub suppressed: u32,
+}
+
+/// [`EventLimit::sent`]: some CPU's [`EventMemo`] has held this budget since the last event of
+/// its sender was sent, so the memos' counts are gathered before the next one is.
+pub const EVENT_LIMIT_MEMOIZED: u32 = 1 << 31;
+
+/// [`MAP_EVENT_MEMO`]'s one value per CPU: the budget this CPU last found spent, so that a
+/// sender far over its budget costs a comparison per packet rather than a lookup in
+/// [`MAP_EVENT_LIMITS`] (and the event it owes is not even written).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct EventMemo {
+    /// The spent budget's [`MAP_EVENT_LIMITS`] key.
+    pub budget: Addr,
+    /// When its window ends (`bpf_ktime_get_coarse_ns()`): until then, its events are
+    /// suppressed here.
+    pub until_ns: u64,
+    /// Events suppressed here and not yet added to the budget's [`EventLimit::suppressed`].
+    pub suppressed: u32,
+    pub _pad: u32,
 }
 
 /// [`MAP_EVENT_SCRATCH`] slots.
@@ -97,4 +119,5 @@ const _: () = {
     assert!(core::mem::size_of::<FlowEvent>() == 64);
     assert!(core::mem::size_of::<FlowConfig>() == 8);
     assert!(core::mem::size_of::<EventLimit>() == 16);
+    assert!(core::mem::size_of::<EventMemo>() == 32);
 };

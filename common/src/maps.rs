@@ -60,6 +60,10 @@ pub const MAP_EVENTS: &str = "PAL_EVENTS";
 /// local pod's events (egress verdicts) are budgeted by its endpoint, under `ff00::<ifindex>`
 /// (its claimed source may be another's address); anyone else's by source address.
 pub const MAP_EVENT_LIMITS: &str = "PAL_EVENT_LIMITS";
+/// Per-CPU array of [`EVENT_MEMO_SLOTS`] [`EventMemo`](crate::EventMemo)s: budgets the CPU
+/// last found spent (a slot per sender, by a fold of its address), checked before an event is
+/// even written.
+pub const MAP_EVENT_MEMO: &str = "PAL_EVENT_MEMO";
 /// Per-CPU array of two [`FlowEvent`]s: where a verdict writes the event it owes while the
 /// packet is being judged, emitted once the verdict returns (the judging frame has no stack to
 /// spare). Slot [`SCRATCH_TRANSLATED`] holds the egress verdict of a Service flow judged after
@@ -78,7 +82,7 @@ pub const MAP_CT_CONFIG: &str = "PAL_CT_CONFIG";
 pub const MAP_FRAGMENTS: &str = "PAL_FRAGS";
 
 /// Every map, for the agent's checks that the object and this crate agree.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_ENDPOINTS,
     MAP_POD_IDENTITIES,
     MAP_CIDRS,
@@ -91,6 +95,7 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_LOCAL_ADDRS,
     MAP_EVENTS,
     MAP_EVENT_LIMITS,
+    MAP_EVENT_MEMO,
     MAP_EVENT_SCRATCH,
     MAP_FLOW_CONFIG,
     MAP_CT_CONFIG,
@@ -113,6 +118,8 @@ pub const MAX_LOCAL_ADDRS: u32 = 4 * MAX_ENDPOINTS;
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 /// Sources whose event budget is remembered at once ([`MAP_EVENT_LIMITS`]).
 pub const MAX_EVENT_LIMITS: u32 = 16_384;
+/// Slots of [`MAP_EVENT_MEMO`] per CPU (a power of two).
+pub const EVENT_MEMO_SLOTS: u32 = 16;
 /// The window of the per-source event budget ([`FlowConfig::events_per_window`]).
 pub const EVENT_WINDOW_NS: u64 = 1_000_000_000;
 

@@ -6,16 +6,30 @@
 //! source's budget: at most `events_per_window` events per source address per second, the rest
 //! counted and reported in that source's next event. Packets of tracked flows owe nothing and
 //! never reach this code.
+//!
+//! A sender far over its budget (a pod scanning closed ports, a host sweeping the node) is the
+//! case the budget exists for, and the one that must cost least: each CPU remembers the last
+//! budgets it found spent and until when ([`EventMemo`], a few slots by sender), and [`owe`] counts such a sender's
+//! events there, before anything is written or looked up. The counts come home before the
+//! sender's next event is sent: the budget's entry says a memo holds it
+//! ([`EVENT_LIMIT_MEMOIZED`]), and [`gather`] adds every CPU's count for it.
 
+use aya_ebpf::{cty::c_void, helpers::bpf_map_lookup_percpu_elem};
 use palisade_common::{
-    Addr, CFG_AUDIT_ALL, CFG_EVENTS, DIR_EGRESS, EP_AUDIT, EVENT_WINDOW_NS, EndpointInfo,
-    EventLimit, FlowConfig, SCRATCH_MAIN, SCRATCH_TRANSLATED, Stat,
+    Addr, CFG_AUDIT_ALL, CFG_EVENTS, DIR_EGRESS, EP_AUDIT, EVENT_LIMIT_MEMOIZED, EVENT_MEMO_SLOTS,
+    EVENT_WINDOW_NS, EndpointInfo, EventLimit, EventMemo, FlowConfig, SCRATCH_MAIN,
+    SCRATCH_TRANSLATED, Stat,
 };
 
 use crate::{
-    maps::{EVENT_LIMITS, EVENT_SCRATCH, EVENTS, FLOW_CONFIG, bump},
+    clock::now_ns,
+    maps::{EVENT_LIMITS, EVENT_MEMO, EVENT_SCRATCH, EVENTS, FLOW_CONFIG, bump},
     parse::{Packet, copied},
 };
+
+/// The CPUs [`gather`] reads the memos of. A CPU beyond them adds its count to the budget when
+/// it next remembers another ([`memoize`]).
+const GATHERED_CPUS: u32 = 1024;
 
 /// What an event says beyond the packet: who judged it and how.
 pub(crate) struct Owed {
@@ -51,6 +65,9 @@ pub(crate) fn owe(slot: u32, packet: &Packet, owed: Owed) {
         .get(0)
         .is_some_and(|config| config.flags & CFG_EVENTS != 0)
     {
+        return;
+    }
+    if spent_here(packet, owed.direction, owed.ifindex) {
         return;
     }
     let Some(event) = EVENT_SCRATCH.get_ptr_mut(slot) else {
@@ -110,7 +127,7 @@ fn send(slot: u32, config: &FlowConfig) {
         return;
     }
     event.pending = 0;
-    let now = crate::clock::now_ns();
+    let now = now_ns();
     event.time_ns = now;
     // The budget is per sender, so one flooding pod (or host) cannot use up another's: a local
     // pod's by its endpoint (the address it claims may be another's, which its spoofed packets
@@ -128,12 +145,17 @@ fn send(slot: u32, config: &FlowConfig) {
             let limit = unsafe { &mut *limit };
             if now.wrapping_sub(limit.window_ns) >= EVENT_WINDOW_NS {
                 limit.window_ns = now;
-                limit.sent = 0;
+                limit.sent &= EVENT_LIMIT_MEMOIZED;
             }
-            if limit.sent >= config.events_per_window {
+            if limit.sent & !EVENT_LIMIT_MEMOIZED >= config.events_per_window {
                 limit.suppressed = limit.suppressed.saturating_add(1);
                 bump(Stat::EventsSuppressed as u32);
+                memoize(&budget, limit, now);
                 return;
+            }
+            if limit.sent & EVENT_LIMIT_MEMOIZED != 0 {
+                limit.sent &= !EVENT_LIMIT_MEMOIZED;
+                gather(&budget, limit);
             }
             limit.sent += 1;
             event.suppressed = limit.suppressed;
@@ -162,6 +184,113 @@ fn send(slot: u32, config: &FlowConfig) {
     } else {
         bump(Stat::EventsLost as u32);
     }
+}
+
+/// Whether this CPU's memo holds the budget of the sender of an event owed for `packet`
+/// (judged in `direction` at endpoint `ifindex`), spent for a while yet: the event is then
+/// counted there, and neither written nor sent. The same sender as [`send`]'s budget key names,
+/// compared a word at a time without building the key.
+#[inline(always)]
+fn spent_here(packet: &Packet, direction: u8, ifindex: u32) -> bool {
+    let endpoint = direction == DIR_EGRESS && ifindex != 0;
+    let slot = if endpoint {
+        memo_slot(&endpoint_budget(ifindex))
+    } else {
+        memo_slot(&packet.src)
+    };
+    let Some(memo) = EVENT_MEMO.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: a per-CPU slot; only this program run on this CPU writes it (`gather` aside,
+    // whose races can only make a count approximate).
+    let memo = unsafe { &mut *memo };
+    let same = if endpoint {
+        same_words(&memo.budget, &endpoint_budget(ifindex))
+    } else {
+        same_words(&memo.budget, &packet.src)
+    };
+    if !same || now_ns() >= memo.until_ns {
+        return false;
+    }
+    memo.suppressed = memo.suppressed.saturating_add(1);
+    bump(Stat::EventsSuppressed as u32);
+    true
+}
+
+/// Remembers in this CPU's memo that `budget` (its entry `limit`) is spent until its window
+/// ends, unless the memo holds another sender's counts whose window has not ended: that sender
+/// keeps it, and this one is looked up as before. An ended one's counts are added to its own
+/// budget first.
+#[inline(always)]
+fn memoize(budget: &Addr, limit: &mut EventLimit, now: u64) {
+    let Some(memo) = EVENT_MEMO.get_ptr_mut(memo_slot(budget)) else {
+        return;
+    };
+    // SAFETY: as in `spent_here`.
+    let memo = unsafe { &mut *memo };
+    if memo.suppressed != 0 && !same_words(&memo.budget, budget) {
+        if now < memo.until_ns {
+            return;
+        }
+        // SAFETY: a map value; concurrent updates can only make the counts approximate.
+        if let Some(other) = EVENT_LIMITS.get_ptr_mut(&memo.budget) {
+            let other = unsafe { &mut *other };
+            other.suppressed = other.suppressed.saturating_add(memo.suppressed);
+        }
+        memo.suppressed = 0;
+    }
+    memo.budget = copied(budget);
+    memo.until_ns = limit.window_ns.wrapping_add(EVENT_WINDOW_NS);
+    limit.sent |= EVENT_LIMIT_MEMOIZED;
+}
+
+/// Adds to `limit` (the entry of `budget`) the events every CPU's memo counted for it, before
+/// its sender's next event carries the total. Runs once per window of a sender that went over
+/// its budget, when its next event is sent.
+#[inline(always)]
+fn gather(budget: &Addr, limit: &mut EventLimit) {
+    let index = memo_slot(budget);
+    for cpu in 0..GATHERED_CPUS {
+        // SAFETY: the memo map and a key on the stack; the helper returns null past the last
+        // possible CPU.
+        let memo = unsafe {
+            bpf_map_lookup_percpu_elem(
+                core::ptr::addr_of!(EVENT_MEMO) as *mut c_void,
+                core::ptr::addr_of!(index) as *const c_void,
+                cpu,
+            )
+        } as *mut EventMemo;
+        if memo.is_null() {
+            break;
+        }
+        // SAFETY: another CPU's slot: a race with its program can only lose a count.
+        let memo = unsafe { &mut *memo };
+        if memo.suppressed != 0 && same_words(&memo.budget, budget) {
+            limit.suppressed = limit.suppressed.saturating_add(memo.suppressed);
+            memo.suppressed = 0;
+        }
+    }
+}
+
+/// The memo slot of `budget`: a fold of its words, so that a few senders over their budgets
+/// at once on one CPU (a scan from a pod and one from outside) each keep theirs. Two that
+/// share a slot cost what a sender without a memo does: a [`EVENT_LIMITS`] lookup.
+#[inline(always)]
+fn memo_slot(budget: &Addr) -> u32 {
+    let w = &budget.words;
+    let mut x = w[0] ^ w[1] ^ w[2] ^ w[3];
+    x ^= x >> 16;
+    x ^= x >> 8;
+    x & (EVENT_MEMO_SLOTS - 1)
+}
+
+/// Whether two addresses are equal, a word at a time.
+#[inline(always)]
+fn same_words(a: &Addr, b: &Addr) -> bool {
+    a.words[0] == b.words[0]
+        && a.words[1] == b.words[1]
+        && a.words[2] == b.words[2]
+        && a.words[3] == b.words[3]
 }
 
 /// The budget key of the pod behind endpoint `ifindex`: an address in `ff00::/16` (reserved

@@ -6,11 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::{
-    Addr, ClassMask, CtKey, CtTimeouts, CtValue, EVENTS_RING_BYTES, EndpointInfo, EndpointKey,
-    EventLimit, FlowConfig, FlowEvent, FragKey, FragValue, IdentityValue, MAX_CIDRS, MAX_CONNTRACK,
-    MAX_ENDPOINTS, MAX_EVENT_LIMITS, MAX_FRAGMENTS, MAX_LOCAL_ADDRS, MAX_ORIGINAL_DST, MAX_PEERS,
-    MAX_POD_IDENTITIES, MAX_PORTS, MAX_SERVICE_RANGES, OriginalKey, OriginalValue, PeerKey,
-    PortKey, STAT_SLOTS,
+    Addr, ClassMask, CtKey, CtTimeouts, CtValue, EVENT_MEMO_SLOTS, EVENTS_RING_BYTES, EndpointInfo,
+    EndpointKey, EventLimit, EventMemo, FlowConfig, FlowEvent, FragKey, FragValue, IdentityValue,
+    MAX_CIDRS, MAX_CONNTRACK, MAX_ENDPOINTS, MAX_EVENT_LIMITS, MAX_FRAGMENTS, MAX_LOCAL_ADDRS,
+    MAX_ORIGINAL_DST, MAX_PEERS, MAX_POD_IDENTITIES, MAX_PORTS, MAX_SERVICE_RANGES, OriginalKey,
+    OriginalValue, PeerKey, PortKey, STAT_SLOTS,
 };
 
 #[map(name = "PAL_ENDPOINTS")]
@@ -57,6 +57,10 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0
 #[map(name = "PAL_EVENT_LIMITS")]
 pub(crate) static EVENT_LIMITS: LruHashMap<Addr, EventLimit> =
     LruHashMap::with_max_entries(MAX_EVENT_LIMITS, 0);
+
+#[map(name = "PAL_EVENT_MEMO")]
+pub(crate) static EVENT_MEMO: PerCpuArray<EventMemo> =
+    PerCpuArray::with_max_entries(EVENT_MEMO_SLOTS, 0);
 
 #[map(name = "PAL_EVENT_SCRATCH")]
 pub(crate) static EVENT_SCRATCH: PerCpuArray<FlowEvent> = PerCpuArray::with_max_entries(2, 0);

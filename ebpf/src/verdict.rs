@@ -141,8 +141,10 @@ fn try_judge(ctx: &TcContext, direction: u8, parsed: u32) -> u32 {
 ///    class (`PAL_CIDRS`, LPM, and `PAL_PEERS`) only if classes of the port are still
 ///    missing; for an unknown address `PAL_CIDRS` (and `PAL_PEERS`), then `PAL_PORTS` only if
 ///    some class holds the peer. A SYN from a known pod to a closed port: two lookups here;
-/// 5. denied: a per-CPU counter, and with flow events on the event (written into a per-CPU
-///    slot, sent by [`flush`] within its sender's budget, `PAL_EVENT_LIMITS`);
+/// 5. denied: a per-CPU counter, and with flow events on the event: a sender this CPU already
+///    found over its budget is counted in the CPU's memo (`PAL_EVENT_MEMO`, one compare and
+///    the coarse clock, nothing written); any other's is written into a per-CPU slot and sent
+///    by [`flush`] within its sender's budget (`PAL_EVENT_LIMITS`, one lookup);
 /// 6. allowed: a per-CPU counter, the event as above, and [`conntrack::track`]: the coarse
 ///    clock and one `PAL_CT` insert. That insert (an LRU update writing an element and a bucket
 ///    of a 262,144-entry table, cold in a single run) is most of this path: in the benchmark's

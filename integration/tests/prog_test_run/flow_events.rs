@@ -136,6 +136,140 @@ fn a_source_over_its_budget_is_counted_and_the_count_rides_on_its_next_event() {
     assert_eq!(events[0].suppressed, 3);
 }
 
+/// Runs `f` on CPU `cpu` only (a test run executes on the calling thread's CPU), then lets
+/// the thread run anywhere again.
+fn on_cpu<T>(cpu: usize, f: impl FnOnce() -> T) -> T {
+    use nix::{sched::CpuSet, sched::sched_getaffinity, sched::sched_setaffinity, unistd::Pid};
+    let before = sched_getaffinity(Pid::from_raw(0)).expect("sched_getaffinity");
+    let mut only = CpuSet::new();
+    only.set(cpu).expect("a CPU index");
+    sched_setaffinity(Pid::from_raw(0), &only)
+        .unwrap_or_else(|e| panic!("cannot run on CPU {cpu}: {e}"));
+    let out = f();
+    sched_setaffinity(Pid::from_raw(0), &before).expect("restore the affinity");
+    out
+}
+
+/// The two CPUs a test of per-CPU state runs on; fails (rather than skips) on one CPU.
+fn two_cpus() -> (usize, usize) {
+    use nix::{sched::CpuSet, sched::sched_getaffinity, unistd::Pid};
+    let set = sched_getaffinity(Pid::from_raw(0)).expect("sched_getaffinity");
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .take(2)
+        .collect();
+    assert!(
+        cpus.len() == 2,
+        "this test needs two CPUs to run on (per-CPU event memos); it has {cpus:?}"
+    );
+    (cpus[0], cpus[1])
+}
+
+#[test]
+fn what_each_cpu_suppressed_rides_on_the_next_event_wherever_it_is_sent() {
+    let (first, second) = two_cpus();
+    let mut node = Node::with_server();
+    let mut ring = events_on(&mut node, 2);
+    let syn = |port| syn4(OTHER, SERVER, port, 80);
+    // Two sent and three suppressed on one CPU (the first of them found spent in the budget's
+    // entry, the next two by that CPU's memo), four more on the other.
+    on_cpu(first, || {
+        for port in 0..5 {
+            assert_eq!(run(&node, PROG_TO_POD, &syn(43000 + port)), DROP);
+        }
+    });
+    on_cpu(second, || {
+        for port in 5..9 {
+            assert_eq!(run(&node, PROG_TO_POD, &syn(43000 + port)), DROP);
+        }
+    });
+    assert_eq!(drain(&mut ring).len(), 2);
+    let counters = node.dataplane.counters().unwrap();
+    assert_eq!(counters[Stat::EventsSuppressed as usize], 7);
+    assert_eq!(counters[DropReason::PolicyIngress.stat_index() as usize], 9);
+    // The next window's first event, sent from either CPU, carries all seven.
+    std::thread::sleep(Duration::from_millis(1100));
+    on_cpu(second, || {
+        assert_eq!(run(&node, PROG_TO_POD, &syn(43100)), DROP);
+    });
+    let events = drain(&mut ring);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].suppressed, 7);
+    // And nothing is counted twice: the window after has none to report.
+    std::thread::sleep(Duration::from_millis(1100));
+    on_cpu(first, || {
+        assert_eq!(run(&node, PROG_TO_POD, &syn(43101)), DROP);
+    });
+    let events = drain(&mut ring);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].suppressed, 0);
+}
+
+/// The memo slot `ebpf/src/events.rs` gives a budget key: its fold of the words.
+fn memo_slot(addr: Addr) -> u32 {
+    let w = addr.words;
+    let mut x = w[0] ^ w[1] ^ w[2] ^ w[3];
+    x ^= x >> 16;
+    x ^= x >> 8;
+    x & (palisade_common::EVENT_MEMO_SLOTS - 1)
+}
+
+#[test]
+fn senders_over_budget_on_one_cpu_keep_their_own_counts_in_one_memo_slot_or_two() {
+    // OTHER and CLIENT (which the server admits only on port 80: port 9 is denied), and a
+    // sender from TEST-NET-2 whose memo slot is OTHER's: it finds the slot taken while OTHER's
+    // window lasts, and is counted in its budget's entry instead.
+    let shared = (1..=254)
+        .map(|last| [198, 51, 100, last])
+        .find(|a| memo_slot(Addr::from_v4(*a)) == memo_slot(Addr::from_v4(OTHER)))
+        .expect("a TEST-NET-2 address in OTHER's memo slot");
+    assert_ne!(
+        memo_slot(Addr::from_v4(CLIENT)),
+        memo_slot(Addr::from_v4(OTHER)),
+        "the test assumes CLIENT and OTHER have slots of their own"
+    );
+    let (cpu, _) = two_cpus();
+    let mut node = Node::with_server();
+    let mut ring = events_on(&mut node, 1);
+    let senders = [(OTHER, 80), (CLIENT, 9), (shared, 80)];
+    on_cpu(cpu, || {
+        // Interleaved: one sent each, then three suppressed each.
+        for round in 0..4 {
+            for (i, &(from, port)) in senders.iter().enumerate() {
+                let sport = 44000 + 10 * i as u16 + round;
+                assert_eq!(
+                    run(&node, PROG_TO_POD, &syn4(from, SERVER, sport, port)),
+                    DROP
+                );
+            }
+        }
+    });
+    assert_eq!(drain(&mut ring).len(), 3);
+    assert_eq!(
+        node.dataplane.counters().unwrap()[Stat::EventsSuppressed as usize],
+        9
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    on_cpu(cpu, || {
+        for (i, &(from, port)) in senders.iter().enumerate() {
+            let sport = 44100 + i as u16;
+            assert_eq!(
+                run(&node, PROG_TO_POD, &syn4(from, SERVER, sport, port)),
+                DROP
+            );
+        }
+    });
+    let events = drain(&mut ring);
+    assert_eq!(events.len(), 3, "{events:#?}");
+    for &(from, _) in &senders {
+        let event = events
+            .iter()
+            .find(|e| e.saddr == Addr::from_v4(from))
+            .unwrap_or_else(|| panic!("an event from {from:?}: {events:#?}"));
+        assert_eq!(event.suppressed, 3, "{from:?}");
+    }
+}
+
 #[test]
 fn audit_passes_and_reports_what_policy_would_drop_per_endpoint_or_for_the_node() {
     let mut node = Node::with_server();
