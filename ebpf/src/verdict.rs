@@ -150,6 +150,9 @@ fn try_judge(ctx: &TcContext, direction: u8, parsed: u32) -> u32 {
 ///    of a 262,144-entry table, cold in a single run) is most of this path: in the benchmark's
 ///    allowed row (single runs, 2026-12-07), about 220 of its 336 ns, where everything else
 ///    together, the test run's own 40 ns included, took 113-116 ns with the insert left out.
+///    About 130 ns of it is the table's size, not its instructions: with 16,384 entries (a
+///    table that fits a core's L2) the same path is 4.4x the empty program's single run, from
+///    65,536 entries up 7.4-8x (`bench/ANALYSIS.md`, "The full run after the event memo").
 ///
 /// Why no fewer: the endpoint entry is both the fail-closed check and the rules' masks; the
 /// peer's identity decides step 6 and names its classes; the port's and the peer's classes are

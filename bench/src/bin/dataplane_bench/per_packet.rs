@@ -36,7 +36,9 @@ use palisade::{
     k8s::cluster::ObjectKey,
     policy::{Compiler, NodeView},
 };
-use palisade_common::{PROG_EMPTY, PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD, Stat};
+use palisade_common::{
+    MAP_CONNTRACK, PROG_EMPTY, PROG_FROM_POD, PROG_FROM_UPLINK, PROG_TO_POD, Stat,
+};
 use serde::Serialize;
 
 use crate::synth::{self, CLIENT, NAMESPACE, NODE, SERVER, Scale, TCP_DATA_PORT, UDP_DATA_PORT};
@@ -69,6 +71,8 @@ pub struct PerPacket {
 /// Names a repeated row to run alone, for `PROFILE_SECONDS`, under a profiler.
 const PROFILE_ENV: &str = "PALISADE_BENCH_PROFILE";
 const PROFILE_SECONDS: u64 = 10;
+/// Sizes the conntrack map for an analysis run (production's `MAX_CONNTRACK` otherwise).
+const CT_ENTRIES_ENV: &str = "PALISADE_BENCH_CT_ENTRIES";
 
 struct Path {
     name: &'static str,
@@ -119,7 +123,18 @@ pub fn measure(
             state.errors
         );
     }
-    let mut dataplane = Dataplane::load()?;
+    // For the analysis of the allowed row (see `bench/ANALYSIS.md`): a smaller conntrack
+    // table than production's, to see what of the insert is the table's size.
+    let mut dataplane = match std::env::var(CT_ENTRIES_ENV) {
+        Ok(entries) => {
+            let entries: u32 = entries
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{CT_ENTRIES_ENV}={entries:?}: {e}"))?;
+            eprintln!("[bench] {MAP_CONNTRACK} with {entries} entries ({CT_ENTRIES_ENV})");
+            Dataplane::load_with_max_entries(&[(MAP_CONNTRACK, entries)])?
+        }
+        Err(_) => Dataplane::load()?,
+    };
     dataplane.load_empty_program()?;
     let ifindex: BTreeMap<ObjectKey, u32> = [
         (ObjectKey::new(NAMESPACE, "server"), LOOPBACK_IFINDEX),
