@@ -104,7 +104,8 @@ pub struct EventMemo {
     /// The spent budget's [`MAP_EVENT_LIMITS`] key.
     pub budget: Addr,
     /// When its window ends (`bpf_ktime_get_coarse_ns()`): until then, its events are
-    /// suppressed here.
+    /// suppressed here (a budget the agent raises meanwhile applies to this sender from the
+    /// next window).
     pub until_ns: u64,
     /// Events suppressed here and not yet added to the budget's [`EventLimit::suppressed`].
     pub suppressed: u32,
