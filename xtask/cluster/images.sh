@@ -45,3 +45,6 @@ cp -a "$BASE/." "$R/"; rm -f "$R/.complete"
 install -m 0755 "$BIN" "$R/usr/local/bin/palisade"
 name=${REF//[^a-zA-Z0-9]/_}
 "$H/mkimage.sh" "$I/palisade-$name.tar" "$REF" "$R" '["/usr/local/bin/palisade"]'
+# Each build's image has a tar of its own (about 360 MB): the four newest stay (this one, and
+# a rollout's other image among them), the rest go.
+ls -t "$I"/palisade-*.tar | tail -n +5 | while read -r old; do rm -f "$old"; done

@@ -68,7 +68,15 @@ if (( I == 1 )); then
 fi
 start containerd containerd --config "$N/containerd.toml"
 for _ in $(seq 1 60); do [[ -S $N/containerd.sock ]] && break; sleep 0.5; done
-for t in "$W"/img/*.tar; do
+# The fixed images, and Palisade's only as deployed (deploy.sh and restarts.sh import the
+# ones they roll out): every build leaves its own tar in $W/img, and importing them all (6 s
+# each) once kept a node from being Ready within up.sh's two minutes.
+images=("$W/img/pause.tar" "$W/img/agnhost.tar")
+if [[ -f $W/overlay/image ]]; then
+  ref=$(cat "$W/overlay/image"); images+=("$W/img/palisade-${ref//[^a-zA-Z0-9]/_}.tar")
+fi
+for t in "${images[@]}"; do
+  [[ -f $t ]] || continue
   ctr -a "$N/containerd.sock" -n k8s.io images import "$t" >> "$L/import.log" 2>&1 || echo "import $t failed" >> "$L/import.log"
 done
 start kubelet "$K/kubelet" --config="$N/kubelet.yaml" --kubeconfig="$W/kubeconfigs/$NAME" \

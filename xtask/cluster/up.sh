@@ -175,7 +175,16 @@ for i in $(seq 1 "$NODES"); do
   n=$(node_name "$i")
   for s in $(seq 1 240); do
     [[ -f $W/node-$i/up ]] && [[ $(node_exec 1 kubectl get node "$n" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]] && break
-    if (( s == 240 )); then echo "node $n not Ready after 120 s; logs in $W/node-$i/log/" >&2; exit 1; fi
+    if (( s == 240 )); then
+      # `cluster down` removes $W: say now what the node's logs say.
+      {
+        echo "node $n not Ready after 120 s; disk: $(df -h --output=avail,pcent "$W" | tail -1)"
+        [[ -f $W/node-$i/up ]] || echo "its launcher never said it was up"
+        node_exec 1 kubectl get node "$n" -o 'jsonpath={range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}' || true
+        for f in "$W/node-$i"/log/*.log; do echo "---- $f"; tail -20 "$f"; done
+      } >&2
+      exit 1
+    fi
     sleep 0.5
   done
 done
