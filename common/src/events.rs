@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::Addr;
+use crate::{Addr, EVENT_MEMO_SLOTS};
 #[cfg(doc)]
 use crate::{
     AllowReason, DIR_EGRESS, DIR_INGRESS, DropReason, EP_AUDIT, EVENT_WINDOW_NS, MAP_ENDPOINTS,
@@ -110,6 +110,21 @@ pub struct EventMemo {
     /// Events suppressed here and not yet added to the budget's [`EventLimit::suppressed`].
     pub suppressed: u32,
     pub _pad: u32,
+}
+
+impl EventMemo {
+    /// The slot (of [`EVENT_MEMO_SLOTS`]) that holds `budget`'s memo: a fold of its words, so
+    /// that a few senders over their budgets at once on one CPU (a scan from a pod and one from
+    /// outside) each keep theirs. Two senders in one slot cost what a sender without a memo
+    /// does: a [`MAP_EVENT_LIMITS`] lookup.
+    #[inline(always)]
+    pub const fn slot_of(budget: &Addr) -> u32 {
+        let w = &budget.words;
+        let mut x = w[0] ^ w[1] ^ w[2] ^ w[3];
+        x ^= x >> 16;
+        x ^= x >> 8;
+        x & (EVENT_MEMO_SLOTS - 1)
+    }
 }
 
 /// [`MAP_EVENT_SCRATCH`] slots.

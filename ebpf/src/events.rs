@@ -16,9 +16,8 @@
 
 use aya_ebpf::{cty::c_void, helpers::bpf_map_lookup_percpu_elem};
 use palisade_common::{
-    Addr, CFG_AUDIT_ALL, CFG_EVENTS, DIR_EGRESS, EP_AUDIT, EVENT_LIMIT_MEMOIZED, EVENT_MEMO_SLOTS,
-    EVENT_WINDOW_NS, EndpointInfo, EventLimit, EventMemo, FlowConfig, SCRATCH_MAIN,
-    SCRATCH_TRANSLATED, Stat,
+    Addr, CFG_AUDIT_ALL, CFG_EVENTS, DIR_EGRESS, EP_AUDIT, EVENT_LIMIT_MEMOIZED, EVENT_WINDOW_NS,
+    EndpointInfo, EventLimit, EventMemo, FlowConfig, SCRATCH_MAIN, SCRATCH_TRANSLATED, Stat,
 };
 
 use crate::{
@@ -133,7 +132,7 @@ fn send(slot: u32, config: &FlowConfig) {
     // pod's by its endpoint (the address it claims may be another's, which its spoofed packets
     // would otherwise spend), anyone else's by source address. Counts race between CPUs; a
     // budget is approximate, never unbounded.
-    let budget = if event.direction == DIR_EGRESS && event.ifindex != 0 {
+    let budget = if by_endpoint(event.direction, event.ifindex) {
         endpoint_budget(event.ifindex)
     } else {
         event.saddr
@@ -192,11 +191,11 @@ fn send(slot: u32, config: &FlowConfig) {
 /// compared a word at a time without building the key.
 #[inline(always)]
 fn spent_here(packet: &Packet, direction: u8, ifindex: u32) -> bool {
-    let endpoint = direction == DIR_EGRESS && ifindex != 0;
+    let endpoint = by_endpoint(direction, ifindex);
     let slot = if endpoint {
-        memo_slot(&endpoint_budget(ifindex))
+        EventMemo::slot_of(&endpoint_budget(ifindex))
     } else {
-        memo_slot(&packet.src)
+        EventMemo::slot_of(&packet.src)
     };
     let Some(memo) = EVENT_MEMO.get_ptr_mut(slot) else {
         return false;
@@ -223,7 +222,7 @@ fn spent_here(packet: &Packet, direction: u8, ifindex: u32) -> bool {
 /// budget first.
 #[inline(always)]
 fn memoize(budget: &Addr, limit: &mut EventLimit, now: u64) {
-    let Some(memo) = EVENT_MEMO.get_ptr_mut(memo_slot(budget)) else {
+    let Some(memo) = EVENT_MEMO.get_ptr_mut(EventMemo::slot_of(budget)) else {
         return;
     };
     // SAFETY: as in `spent_here`.
@@ -249,7 +248,7 @@ fn memoize(budget: &Addr, limit: &mut EventLimit, now: u64) {
 /// its budget, when its next event is sent.
 #[inline(always)]
 fn gather(budget: &Addr, limit: &mut EventLimit) {
-    let index = memo_slot(budget);
+    let index = EventMemo::slot_of(budget);
     for cpu in 0..GATHERED_CPUS {
         // SAFETY: the memo map and a key on the stack; the helper returns null past the last
         // possible CPU.
@@ -272,16 +271,12 @@ fn gather(budget: &Addr, limit: &mut EventLimit) {
     }
 }
 
-/// The memo slot of `budget`: a fold of its words, so that a few senders over their budgets
-/// at once on one CPU (a scan from a pod and one from outside) each keep theirs. Two that
-/// share a slot cost what a sender without a memo does: a [`EVENT_LIMITS`] lookup.
+/// Whether the budget of an event judged in `direction` at endpoint `ifindex` is the pod's
+/// endpoint's ([`endpoint_budget`]) rather than its source address's: what a local pod sends.
+/// [`send`] and [`spent_here`] name the same sender by it.
 #[inline(always)]
-fn memo_slot(budget: &Addr) -> u32 {
-    let w = &budget.words;
-    let mut x = w[0] ^ w[1] ^ w[2] ^ w[3];
-    x ^= x >> 16;
-    x ^= x >> 8;
-    x & (EVENT_MEMO_SLOTS - 1)
+fn by_endpoint(direction: u8, ifindex: u32) -> bool {
+    direction == DIR_EGRESS && ifindex != 0
 }
 
 /// Whether two addresses are equal, a word at a time.

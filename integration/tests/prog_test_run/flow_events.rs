@@ -6,8 +6,8 @@ use std::time::Duration;
 use aya::maps::{MapData, RingBuf};
 use palisade::dataplane::FlowSettings;
 use palisade_common::{
-    AllowReason, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, FLOW_ALLOWED, FLOW_AUDIT, FLOW_DENIED,
-    FlowEvent, NO_CLASS, PROTO_TCP,
+    AllowReason, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EventMemo, FLOW_ALLOWED, FLOW_AUDIT,
+    FLOW_DENIED, FlowEvent, NO_CLASS, PROTO_TCP,
 };
 
 use super::*;
@@ -187,31 +187,20 @@ fn what_each_cpu_suppressed_rides_on_the_next_event_wherever_it_is_sent() {
     let counters = node.dataplane.counters().unwrap();
     assert_eq!(counters[Stat::EventsSuppressed as usize], 7);
     assert_eq!(counters[DropReason::PolicyIngress.stat_index() as usize], 9);
-    // The next window's first event, sent from either CPU, carries all seven.
-    std::thread::sleep(Duration::from_millis(1100));
-    on_cpu(second, || {
-        assert_eq!(run(&node, PROG_TO_POD, &syn(43100)), DROP);
-    });
-    let events = drain(&mut ring);
-    assert_eq!(events.len(), 1, "{events:#?}");
-    assert_eq!(events[0].suppressed, 7);
-    // And nothing is counted twice: the window after has none to report.
-    std::thread::sleep(Duration::from_millis(1100));
-    on_cpu(first, || {
-        assert_eq!(run(&node, PROG_TO_POD, &syn(43101)), DROP);
-    });
-    let events = drain(&mut ring);
-    assert_eq!(events.len(), 1, "{events:#?}");
-    assert_eq!(events[0].suppressed, 0);
-}
-
-/// The memo slot `ebpf/src/events.rs` gives a budget key: its fold of the words.
-fn memo_slot(addr: Addr) -> u32 {
-    let w = addr.words;
-    let mut x = w[0] ^ w[1] ^ w[2] ^ w[3];
-    x ^= x >> 16;
-    x ^= x >> 8;
-    x & (palisade_common::EVENT_MEMO_SLOTS - 1)
+    // The first event of the next window, sent from CPU `cpu`.
+    let mut next_window = |cpu, port| {
+        std::thread::sleep(Duration::from_millis(1100));
+        on_cpu(cpu, || {
+            assert_eq!(run(&node, PROG_TO_POD, &syn(port)), DROP)
+        });
+        let events = drain(&mut ring);
+        assert_eq!(events.len(), 1, "{events:#?}");
+        events[0]
+    };
+    // Sent from either CPU, it carries all seven; and nothing is counted twice: the window
+    // after has none to report.
+    assert_eq!(next_window(second, 43100).suppressed, 7);
+    assert_eq!(next_window(first, 43101).suppressed, 0);
 }
 
 #[test]
@@ -221,11 +210,13 @@ fn senders_over_budget_on_one_cpu_keep_their_own_counts_in_one_memo_slot_or_two(
     // window lasts, and is counted in its budget's entry instead.
     let shared = (1..=254)
         .map(|last| [198, 51, 100, last])
-        .find(|a| memo_slot(Addr::from_v4(*a)) == memo_slot(Addr::from_v4(OTHER)))
+        .find(|a| {
+            EventMemo::slot_of(&Addr::from_v4(*a)) == EventMemo::slot_of(&Addr::from_v4(OTHER))
+        })
         .expect("a TEST-NET-2 address in OTHER's memo slot");
     assert_ne!(
-        memo_slot(Addr::from_v4(CLIENT)),
-        memo_slot(Addr::from_v4(OTHER)),
+        EventMemo::slot_of(&Addr::from_v4(CLIENT)),
+        EventMemo::slot_of(&Addr::from_v4(OTHER)),
         "the test assumes CLIENT and OTHER have slots of their own"
     );
     let (cpu, _) = two_cpus();
